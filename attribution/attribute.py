@@ -1,0 +1,245 @@
+"""Attribution: a linear estimate of each node's effect on the metric, for every node at once.
+
+Gradients are straight-through at every SAE: d(metric)/dx at a hook is the real model's gradient (the
+error term absorbs the SAE, so later SAEs do not bend it), and d(metric)/d f_i = W_dec[i] . d(metric)/dx.
+So grad_x_act needs one plain forward and one backward whatever the number of SAEs, and
+`activation * gradient` estimates metric(clean) - metric(feature zeroed, error term kept).
+
+- grad_x_act: f * g
+- atp (attribution patching): (f_clean - f_corrupt) * g_clean, estimating the effect of patching in the
+  corrupt prompt's value
+- ig (integrated gradients): (f - f_base) * mean_alpha g(alpha), the SAE's input interpolated from the
+  baseline (zero, or the corrupt prompt) to clean at one hook at a time; per hook the attributions add up
+  to metric(clean) - metric(baseline at that hook), up to the midpoint-rule error of `steps`.
+
+<bos> is left out of the node set by default (include_bos=True keeps it): its residual is an attention
+sink with a norm ~10x the median, and attributions there are artefacts of that norm, not of meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from attribution.errors import AttributionError, TokenizationError, check_finite
+from attribution.metrics import Rows, evaluate
+from attribution.nodes import NodeTable
+from attribution.splice import Decomposition, decompose, grow_edits, prepare_saes, trace
+
+METHODS = ("grad_x_act", "atp", "ig")
+
+
+@dataclass
+class Attribution(NodeTable):
+    """Activations, gradients and attributions of every active feature and error node."""
+
+    method: str = "grad_x_act"
+    metric: Tensor = field(default_factory=lambda: torch.zeros(0))  # [batch] metric on the clean prompts
+    baseline: Tensor | None = None  # [batch] metric on the corrupt prompts (atp, ig with corrupt)
+    d_sae: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def attribution(self) -> Tensor:
+        return self.value
+
+    def dense(self, hook: str, prompt: int = 0) -> Tensor:
+        """Feature attributions of one hook as a tensor [pos, d_sae] (zeros where a feature is inactive)."""
+        h = self.hooks.index(hook)
+        out = torch.zeros(len(self.tokens[prompt]), self.d_sae[hook])
+        sel = (self.hook_idx == h) & (self.prompt == prompt) & (self.feature >= 0)
+        out[self.position[sel], self.feature[sel]] = self.value[sel]
+        return out
+
+    def error(self, hook: str, prompt: int = 0) -> Tensor:
+        """Error-node attributions of one hook, [pos]."""
+        h = self.hooks.index(hook)
+        out = torch.zeros(len(self.tokens[prompt]))
+        sel = (self.hook_idx == h) & (self.prompt == prompt) & (self.feature < 0)
+        out[self.position[sel]] = self.value[sel]
+        return out
+
+    def total(self, prompt: int = 0, hook: str | None = None) -> float:
+        sel = self.prompt == prompt
+        if hook is not None:
+            sel &= self.hook_idx == self.hooks.index(hook)
+        return float(self.value[sel].sum())
+
+    def __str__(self) -> str:
+        lines = [f"Attribution ({self.method}) over {len(self)} nodes at {len(self.hooks)} hook(s); "
+                 f"metric = {self.metric.tolist()}"]
+        lines += [str(n) for n in self.top(10)]
+        return "\n".join(lines)
+
+
+def attribute(model, saes, prompt: str | list[str], metric, *, method: str = "grad_x_act",
+              corrupt: str | list[str] | None = None, steps: int = 10, include_bos: bool = False,
+              max_rows: int = 160) -> Attribution:
+    """Attribute `metric` to every SAE feature and error node of `saes` ({hook: SAE}) on `prompt`."""
+    if method not in METHODS:
+        raise AttributionError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method == "atp" and corrupt is None:
+        raise AttributionError("method='atp' patches from a corrupted prompt: pass corrupt='...'")
+    if steps < 1:
+        raise AttributionError(f"steps must be >= 1, got {steps}")
+    saes = prepare_saes(model, saes)
+    if not saes:
+        raise AttributionError("no SAEs given: pass {hook: SAE} for at least one hook")
+    batch = model.tokenize(prompt)
+    cbatch = None
+    if corrupt is not None:
+        cbatch = model.tokenize(corrupt)
+        if cbatch.lengths != batch.lengths:
+            raise TokenizationError(
+                f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens but the clean ones to {batch.lengths}; "
+                "patching compares position by position, so they must have the same number of tokens.")
+    valid = _node_positions(batch, include_bos)
+    table = Attribution(hooks=list(saes), tokens=batch.tokens, method=method,
+                        d_sae={h: s.d_sae for h, s in saes.items()})
+    if method == "ig":
+        parts, table.metric, table.baseline = _integrated_gradients(model, saes, batch, cbatch, metric, steps,
+                                                                    valid, max_rows)
+    else:
+        parts, table.metric, table.baseline = _gradient_times(model, saes, batch, cbatch, metric, valid)
+    _fill(table, parts, batch, valid)
+    return table
+
+
+def _node_positions(batch, include_bos: bool) -> Tensor:
+    valid = batch.attention_mask.bool().clone()  # [batch, pos]
+    if batch.bos and not include_bos:
+        for b in range(batch.size):
+            valid[b, batch.offset(b)] = False
+    return valid
+
+
+def _rows(batch) -> Rows:
+    return Rows(torch.arange(batch.size), torch.tensor([batch.offset(b) for b in range(batch.size)]))
+
+
+def _gradient_times(model, saes, batch, cbatch, metric, valid):
+    hooks = list(saes)
+    tr = trace(model, batch, capture=hooks, grad=True)
+    m = evaluate(metric, model, tr.hidden, _rows(batch))
+    grads = torch.autograd.grad(m.sum(), [tr.acts[h] for h in hooks], allow_unused=True)
+    corrupt = None
+    mc = None
+    if cbatch is not None:
+        ctr = trace(model, cbatch, capture=hooks)
+        mc = evaluate(metric, model, ctr.hidden, _rows(cbatch)).detach()
+        corrupt = ctr.acts
+    parts = []
+    for j, (h, sae) in enumerate(saes.items()):
+        x = tr.acts[h].detach()
+        g = torch.zeros_like(x) if grads[j] is None else grads[j].detach()  # [batch, pos, d_model]
+        check_finite(g, f"the gradient at {h}")
+        clean = decompose(sae, x)
+        base = decompose(sae, corrupt[h]) if corrupt is not None else None
+        gf = g.to(sae.W_dec.dtype) @ sae.W_dec.T  # [batch, pos, d_sae]
+        parts.append((j, clean, base, gf, g))
+    return parts, m.detach(), mc
+
+
+def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_rows):
+    """Per prompt, one growing-batch forward/backward per chunk of hooks: `steps` rows join at each hook."""
+    hooks = list(saes)
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint rule
+    per_hook = max(1, (max_rows - 1) // steps)
+    metrics, baselines = [], []
+    out = {h: [] for h in hooks}  # per prompt: (clean, base, gf_mean, g_mean)
+    for b in range(batch.size):
+        one = batch.select(b)
+        rows1 = Rows(torch.tensor([b]), torch.tensor([0]))
+        clean_tr = trace(model, one, capture=hooks)
+        metrics.append(evaluate(metric, model, clean_tr.hidden, rows1).detach()[0])
+        base_acts = None
+        if cbatch is not None:
+            ctr = trace(model, cbatch.select(b), capture=hooks)
+            baselines.append(evaluate(metric, model, ctr.hidden, rows1).detach()[0])
+            base_acts = ctr.acts
+        mask = valid[b, batch.offset(b):][None, :, None]  # [1, pos, 1]
+        for start in range(0, len(hooks), per_hook):
+            chunk = hooks[start:start + per_hook]
+            leaves, decs = {}, {}
+
+            def maker(h):
+                sae = saes[h]
+
+                def make(x):  # the clean row at h, [1, pos, d_model] -> [steps, pos, d_model]
+                    clean = decompose(sae, x)
+                    base = (decompose(sae, base_acts[h]) if base_acts is not None else
+                            Decomposition(torch.zeros_like(clean.features), torch.zeros_like(clean.error)))
+                    a = alphas.to(x.dtype)[:, None, None]
+                    fa = base.features + a * (clean.features - base.features)  # [steps, pos, d_sae]
+                    ea = base.error + a * (clean.error - base.error)  # [steps, pos, d_model]
+                    xa = torch.where(mask, sae.decode(fa).to(x.dtype) + ea, x)
+                    leaves[h] = xa.detach().requires_grad_(True)
+                    decs[h] = (clean, base)
+                    return leaves[h]
+
+                return steps, make
+
+            tr = trace(model, one, edits=grow_edits(model, {h: maker(h) for h in chunk}), grad=True)
+            n = tr.hidden.shape[0]
+            m = evaluate(metric, model, tr.hidden, Rows(torch.full((n,), b), torch.zeros(n, dtype=torch.long)))
+            grads = torch.autograd.grad(m.sum(), [leaves[h] for h in chunk])
+            for h, g in zip(chunk, grads):
+                check_finite(g, f"the gradient at {h}")
+                clean, base = decs[h]
+                g_mean = g.mean(0, keepdim=True)  # [1, pos, d_model]
+                out[h].append((clean, base, g_mean.to(saes[h].W_dec.dtype) @ saes[h].W_dec.T, g_mean))
+    parts = []
+    for j, h in enumerate(hooks):
+        clean = _pad_cat([c for c, _, _, _ in out[h]], batch)
+        base = _pad_cat([bb for _, bb, _, _ in out[h]], batch)
+        gf = _pad_stack([x for _, _, x, _ in out[h]], batch)
+        g = _pad_stack([x for _, _, _, x in out[h]], batch)
+        parts.append((j, clean, base, gf, g))
+    baseline = torch.stack(baselines) if baselines else None
+    return parts, torch.stack(metrics), baseline
+
+
+def _pad_stack(xs: list[Tensor], batch) -> Tensor:
+    """Per-prompt [1, len_b, d] tensors -> one left-padded [batch, pos, d]."""
+    out = xs[0].new_zeros(batch.size, batch.width, xs[0].shape[-1])
+    for b, x in enumerate(xs):
+        out[b, batch.offset(b):] = x[0]
+    return out
+
+
+def _pad_cat(decs: list[Decomposition], batch) -> Decomposition:
+    return Decomposition(_pad_stack([d.features for d in decs], batch), _pad_stack([d.error for d in decs], batch))
+
+
+def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
+    """Turn per-hook dense tensors into the sparse node table (active features + error nodes)."""
+    cols = {k: [] for k in ("prompt", "hook_idx", "position", "feature", "activation", "gradient", "value")}
+    offsets = torch.tensor([batch.offset(b) for b in range(batch.size)])
+    for j, clean, base, gf, g in parts:
+        f, e = clean.features, clean.error
+        df = f if base is None else f - base.features
+        de = e if base is None else e - base.error
+        active = (f != 0) if base is None else (f != 0) | (base.features != 0)
+        active &= valid[..., None]
+        b, t, i = active.nonzero(as_tuple=True)
+        cols["prompt"].append(b)
+        cols["hook_idx"].append(torch.full_like(b, j))
+        cols["position"].append(t - offsets[b])
+        cols["feature"].append(i)
+        cols["activation"].append(f[b, t, i].float())
+        cols["gradient"].append(gf[b, t, i].float())
+        cols["value"].append((df * gf)[b, t, i].float())
+        b, t = valid.nonzero(as_tuple=True)  # one error node per (prompt, position)
+        norm = e[b, t].float().norm(dim=-1)
+        err_attr = (de[b, t].float() * g[b, t].float()).sum(-1)
+        cols["prompt"].append(b)
+        cols["hook_idx"].append(torch.full_like(b, j))
+        cols["position"].append(t - offsets[b])
+        cols["feature"].append(torch.full_like(b, -1))
+        cols["activation"].append(norm)
+        cols["gradient"].append((e[b, t].float() * g[b, t].float()).sum(-1) / norm.clamp_min(1e-12))
+        cols["value"].append(err_attr)
+    for k, v in cols.items():
+        setattr(table, k, torch.cat(v))
+

@@ -1,0 +1,101 @@
+"""Metrics: scalar functions of the model's output that attribution explains.
+
+A metric maps the final-norm hidden states to one value per batch row. `LogitDiff` unembeds only the
+two answer tokens at one position; any plain callable on logits [rows, pos, vocab] works too (it is
+given full logits, which costs a full unembedding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attribution.errors import TokenizationError, check_finite
+
+
+@dataclass
+class Rows:
+    """Which prompt each batch row belongs to and how far it is left-padded."""
+
+    prompt: Tensor  # [rows] long
+    offset: Tensor  # [rows] long
+
+
+class LogitDiff:
+    """logit(good) - logit(bad) at one position (default: the last token of each prompt).
+
+    good/bad are single-token strings such as " sad" (mind the leading space), or one per prompt.
+    """
+
+    def __init__(self, model, good: str | list[str], bad: str | list[str], position: int = -1):
+        goods, bads = _as_list(good), _as_list(bad)
+        if len(goods) != len(bads):
+            raise TokenizationError(f"{len(goods)} good answers but {len(bads)} bad ones: give one of each "
+                                    "per prompt, or a single pair for all prompts")
+        self.good, self.bad, self.position = goods, bads, position
+        self.good_ids = torch.tensor([model.token_id(w) for w in goods])
+        self.bad_ids = torch.tensor([model.token_id(w) for w in bads])
+
+    def __repr__(self):
+        g = self.good[0] if len(self.good) == 1 else self.good
+        b = self.bad[0] if len(self.bad) == 1 else self.bad
+        return f"LogitDiff({g!r} - {b!r})"
+
+    def _ids(self, rows: Rows):
+        if len(self.good_ids) == 1:
+            return self.good_ids.expand(len(rows.prompt)), self.bad_ids.expand(len(rows.prompt))
+        if int(rows.prompt.max()) >= len(self.good_ids):
+            raise TokenizationError(f"{len(self.good_ids)} answer pairs for more prompts; give one per prompt")
+        return self.good_ids[rows.prompt], self.bad_ids[rows.prompt]
+
+    def _column(self, width: int, rows: Rows) -> Tensor:
+        if self.position < 0:
+            return torch.full_like(rows.offset, width + self.position)
+        return rows.offset + self.position
+
+    def from_hidden(self, model, hidden: Tensor, rows: Rows) -> Tensor:
+        """[rows, pos, d_model] final-norm states -> [rows], unembedding two columns only."""
+        r = torch.arange(hidden.shape[0])
+        h = hidden[r, self._column(hidden.shape[1], rows)]  # [rows, d_model]
+        good, bad = self._ids(rows)
+        ids = torch.stack([good, bad], -1)  # [rows, 2]
+        W = model.W_U[ids]  # [rows, 2, d_model]
+        logits = torch.einsum("rd,rkd->rk", h, W.to(h.dtype))
+        if model.b_U is not None:
+            logits = logits + model.b_U[ids]
+        if model.softcap:
+            logits = torch.tanh(logits / model.softcap) * model.softcap
+        return logits[:, 0] - logits[:, 1]
+
+    def __call__(self, logits: Tensor, rows: Rows | None = None) -> Tensor:
+        """The same metric from full logits [rows, pos, vocab] (for checks against a plain forward)."""
+        rows = rows or Rows(torch.zeros(logits.shape[0], dtype=torch.long),
+                            torch.zeros(logits.shape[0], dtype=torch.long))
+        r = torch.arange(logits.shape[0])
+        lg = logits[r, self._column(logits.shape[1], rows)]
+        good, bad = self._ids(rows)
+        return lg[r, good] - lg[r, bad]
+
+
+def evaluate(metric, model, hidden: Tensor, rows: Rows) -> Tensor:
+    """Apply a metric to final hidden states; returns [rows], checked finite."""
+    if hasattr(metric, "from_hidden"):
+        value = metric.from_hidden(model, hidden, rows)
+    elif callable(metric):
+        value = metric(model.unembed(hidden))
+    else:
+        raise TypeError(f"metric must be LogitDiff, have from_hidden(), or be callable on logits; got {metric!r}")
+    value = torch.as_tensor(value)
+    if value.dim() == 0:
+        value = value.expand(hidden.shape[0]) if hidden.shape[0] == 1 else value
+    if value.shape != (hidden.shape[0],):
+        raise ValueError(f"metric returned shape {tuple(value.shape)}; it must return one value per batch row "
+                         f"({hidden.shape[0]},)")
+    check_finite(value.detach(), "the metric")
+    return value
+
+
+def _as_list(x) -> list[str]:
+    return [x] if isinstance(x, str) else list(x)

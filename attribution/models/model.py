@@ -1,0 +1,199 @@
+"""The model wrapper: nnsight's LanguageModel plus what attribution needs to know about it."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from attribution.errors import TokenizationError
+from attribution.models.hooks import HookSpec, family_of, hook_points, parse_hook
+
+
+@dataclass
+class Batch:
+    """Tokenized prompts, left-padded so that position -1 is every prompt's last token.
+
+    Positions reported to users are each prompt's own (0 = its first token, usually <bos>); `offset(b)`
+    converts them to the padded tensor's columns. position_ids are explicit so that padding does not shift
+    rotary positions: a batched run then equals one-at-a-time runs.
+    """
+
+    input_ids: Tensor  # [batch, pos]
+    attention_mask: Tensor  # [batch, pos]
+    position_ids: Tensor  # [batch, pos]
+    lengths: list[int]
+    tokens: list[list[str]]  # each prompt's own tokens, as decoded strings
+    bos: bool  # whether each prompt starts with the BOS token
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.input_ids.shape[1]
+
+    def offset(self, b: int) -> int:
+        return self.width - self.lengths[b]
+
+    def inputs(self) -> dict[str, Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+    def repeat(self, n: int) -> Batch:
+        """Each prompt repeated n times in a row (for IG steps): rows b*n .. b*n+n-1 belong to prompt b."""
+        return Batch(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0),
+                     self.position_ids.repeat_interleave(n, 0), [x for x in self.lengths for _ in range(n)],
+                     [t for t in self.tokens for _ in range(n)], self.bos)
+
+    def select(self, b: int) -> Batch:
+        """Prompt b alone, without padding."""
+        off = self.offset(b)
+        return Batch(self.input_ids[b:b + 1, off:], self.attention_mask[b:b + 1, off:],
+                     self.position_ids[b:b + 1, off:], [self.lengths[b]], [self.tokens[b]], self.bos)
+
+
+class Model:
+    """A causal LM wrapped in nnsight, with uniform hook names (`resid_post.9`, `attn_out.3`, ...).
+
+    `lm` is the nnsight LanguageModel (trace it yourself for custom interventions), `hf` the underlying
+    transformers model, `hooks` the hook-point table in forward order.
+    """
+
+    def __init__(self, hf_model, tokenizer, name: str = "model"):
+        from nnsight import LanguageModel
+
+        self.name = name
+        self.hf = hf_model.eval().requires_grad_(False)  # we differentiate activations, never weights
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.lm = LanguageModel(self.hf, tokenizer=tokenizer)
+        cfg = self.hf.config
+        self.model_type: str = cfg.model_type
+        self.family = family_of(self.model_type)
+        self.n_layers: int = cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layer
+        self.d_model: int = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd
+        self.max_context: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(
+            cfg, "n_positions", None)
+        self.softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
+        self.hooks: dict[str, HookSpec] = hook_points(self.model_type, self.n_layers)
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, family={self.model_type}, n_layers={self.n_layers}, "
+                f"d_model={self.d_model}, dtype={self.dtype})")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_U.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    def hook(self, name: str) -> HookSpec:
+        return parse_hook(name, self.hooks)
+
+    def envoy(self, path: str):
+        """The nnsight Envoy of a dotted module path, e.g. 'model.layers.3.mlp'."""
+        obj = self.lm
+        for part in path.split("."):
+            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+        return obj
+
+    # --- tokens --------------------------------------------------------------------------------
+    @cached_property
+    def _adds_bos(self) -> bool:
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and self.tokenizer("a").input_ids[:1] == [bos]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt, starting with BOS (added if the tokenizer does not add it itself)."""
+        ids = self.tokenizer(text).input_ids
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and not self._adds_bos:
+            ids = [bos, *ids]
+        return ids
+
+    def to_str_tokens(self, ids) -> list[str]:
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    def token_id(self, word: str) -> int:
+        """The id of an answer that must be exactly one token (e.g. ' sad', with its leading space)."""
+        if not isinstance(word, str) or word == "":
+            raise TokenizationError(f"answer must be a non-empty string, got {word!r}")
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            pieces = self.to_str_tokens(ids)
+            hint = "" if word.startswith(" ") else f" Did you mean {' ' + word!r} with a leading space?"
+            raise TokenizationError(
+                f"answer {word!r} is {len(ids)} tokens {pieces}, not one. A logit difference needs "
+                f"single-token answers: pick a word that is one token.{hint}")
+        return ids[0]
+
+    def tokenize(self, prompts: str | list[str]) -> Batch:
+        """Tokenize one prompt or a list, left-padded, checking length against the context window."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise TokenizationError("no prompts given: pass a string or a non-empty list of strings")
+        seqs = []
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise TokenizationError(f"empty prompt {p!r}: give some text to attribute")
+            ids = self.encode(p)
+            if self.max_context is not None and len(ids) > self.max_context:
+                raise TokenizationError(
+                    f"prompt is {len(ids)} tokens, longer than the model's context of {self.max_context}. "
+                    "Shorten the prompt.")
+            seqs.append(ids)
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            input_ids[b, width - len(s):] = torch.tensor(s)
+            mask[b, width - len(s):] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        bos = self.tokenizer.bos_token_id is not None and all(s[0] == self.tokenizer.bos_token_id for s in seqs)
+        return Batch(input_ids.to(self.device), mask.to(self.device), position_ids.to(self.device),
+                     [len(s) for s in seqs], [self.to_str_tokens(s) for s in seqs], bos)
+
+    # --- unembedding ---------------------------------------------------------------------------
+    @property
+    def W_U(self) -> Tensor:
+        """Unembedding matrix, [vocab, d_model]."""
+        return self.hf.get_output_embeddings().weight
+
+    @property
+    def b_U(self) -> Tensor | None:
+        return getattr(self.hf.get_output_embeddings(), "bias", None)
+
+    def unembed(self, hidden: Tensor, token_ids: Tensor | None = None) -> Tensor:
+        """Logits from final-norm hidden states: [..., d_model] -> [..., vocab] or [..., len(token_ids)].
+
+        Passing token_ids computes only those columns: the default model's vocabulary is 262k, so a metric
+        that needs two logits should not pay for all of them.
+        """
+        W, b = self.W_U, self.b_U
+        if token_ids is not None:
+            W = W[token_ids]
+            b = None if b is None else b[token_ids]
+        logits = hidden @ W.T
+        if b is not None:
+            logits = logits + b
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @torch.no_grad()
+    def logits(self, prompts: str | list[str]) -> Tensor:
+        """Plain forward: full logits [batch, pos, vocab] (left-padded like `tokenize`)."""
+        batch = self.tokenize(prompts)
+        return self.hf(**batch.inputs()).logits

@@ -1,0 +1,96 @@
+"""Nodes (what users attribute to and intervene on) and the result table that carries them.
+
+A node is a feature (hook, position, feature) or an error term (hook, position, feature=None) of one
+prompt. Positions are the prompt's own token indices (0 is <bos>), whatever the batch padding was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Node(NamedTuple):
+    hook: str
+    position: int
+    token: str
+    feature: int | None  # None: the SAE's error term at (hook, position)
+    activation: float  # feature activation, or ||e|| for an error node
+    gradient: float  # d(metric)/d(activation); for an error node, along e's direction
+    attribution: float  # estimated metric(clean) - metric(node ablated)
+    prompt: int = 0
+
+    @property
+    def key(self) -> tuple[int, str, int, int]:
+        return node_key(self.prompt, self.hook, self.position, self.feature)
+
+    @property
+    def is_error(self) -> bool:
+        return self.feature is None
+
+    def __str__(self):
+        what = "error" if self.is_error else f"f{self.feature}"
+        return (f"{self.hook:>13} pos {self.position:>3} {self.token!r:>14} {what:>8}  "
+                f"act {self.activation:9.3f}  grad {self.gradient:+9.4f}  attr {self.attribution:+8.4f}")
+
+
+def node_key(prompt: int, hook: str, position: int, feature: int | None) -> tuple[int, str, int, int]:
+    return (int(prompt), hook, int(position), -1 if feature is None else int(feature))
+
+
+def as_key(node) -> tuple[int, str, int, int]:
+    """Key of a Node, or of a plain tuple (hook, position, feature[, prompt])."""
+    if isinstance(node, Node):
+        return node.key
+    hook, position, feature, *rest = node
+    return node_key(rest[0] if rest else 0, hook, position, feature)
+
+
+@dataclass
+class NodeTable:
+    """Columnar node table: one row per (prompt, hook, position, feature|error). Feature -1 = error."""
+
+    hooks: list[str]
+    tokens: list[list[str]]  # each prompt's tokens
+    prompt: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [n]
+    hook_idx: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [n]
+    position: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [n]
+    feature: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [n], -1 = error
+    activation: Tensor = field(default_factory=lambda: torch.zeros(0))  # [n]
+    gradient: Tensor = field(default_factory=lambda: torch.zeros(0))  # [n]
+    value: Tensor = field(default_factory=lambda: torch.zeros(0))  # [n] attribution or ablation effect
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def node(self, i: int) -> Node:
+        p, h, pos, f = (int(self.prompt[i]), int(self.hook_idx[i]), int(self.position[i]),
+                        int(self.feature[i]))
+        return Node(self.hooks[h], pos, self.tokens[p][pos], None if f < 0 else f, float(self.activation[i]),
+                    float(self.gradient[i]), float(self.value[i]), p)
+
+    def keys(self) -> list[tuple[int, str, int, int]]:
+        return [(int(p), self.hooks[int(h)], int(s), int(f))
+                for p, h, s, f in zip(self.prompt, self.hook_idx, self.position, self.feature)]
+
+    def order(self, k: int | None = None, *, prompt: int | None = 0, errors: bool = True,
+              by: str = "abs") -> Tensor:
+        """Row indices sorted by |value| (by="abs"), value (by="pos") or -value (by="neg")."""
+        keep = torch.ones(len(self), dtype=torch.bool)
+        if prompt is not None:
+            keep &= self.prompt == prompt
+        if not errors:
+            keep &= self.feature >= 0
+        idx = keep.nonzero().squeeze(-1)
+        score = {"abs": self.value.abs(), "pos": self.value, "neg": -self.value}[by][idx]
+        order = idx[score.argsort(descending=True, stable=True)]
+        return order if k is None else order[:k]
+
+    def top(self, k: int = 10, *, prompt: int | None = 0, errors: bool = True, by: str = "abs") -> list[Node]:
+        return [self.node(int(i)) for i in self.order(k, prompt=prompt, errors=errors, by=by)]
+
+    def records(self) -> list[dict]:
+        return [self.node(i)._asdict() for i in range(len(self))]

@@ -1,0 +1,10 @@
+"""Sparse autoencoders: one file per architecture behind a registry, and the SAELens on-disk format."""
+
+from attribution.saes import jumprelu, relu, topk  # noqa: F401  (register the architectures)
+from attribution.saes.base import REGISTRY, SAE, build
+from attribution.saes.io import load_sae, save_sae
+from attribution.saes.jumprelu import JumpReLUSAE
+from attribution.saes.relu import ReLUSAE
+from attribution.saes.topk import TopKSAE
+
+__all__ = ["REGISTRY", "SAE", "JumpReLUSAE", "ReLUSAE", "TopKSAE", "build", "load_sae", "save_sae"]

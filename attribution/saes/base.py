@@ -1,0 +1,103 @@
+"""The SAE base class and the architecture registry.
+
+All SAEs work in the model's own activation space: a scalar input normalisation used in training is
+folded into the weights when the SAE is saved, so `decode(encode(x))` reconstructs x directly and the
+gradient with respect to feature i is simply `W_dec[i] . dL/dx`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from attribution.errors import SAEError
+
+REGISTRY: dict[str, type[SAE]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        REGISTRY[name] = cls
+        cls.architecture = name
+        return cls
+
+    return deco
+
+
+class SAE(nn.Module):
+    """f(x) = act(W_enc^T (x - b_dec?) + b_enc); x_hat = f @ W_dec + b_dec.
+
+    Subclasses only define `activation(pre)`. Shapes: W_enc [d_in, d_sae], b_enc [d_sae],
+    W_dec [d_sae, d_in], b_dec [d_in] (the SAELens layout).
+    """
+
+    architecture = "base"
+
+    def __init__(self, d_in: int, d_sae: int, hook: str, *, apply_b_dec_to_input: bool = False,
+                 dtype: torch.dtype = torch.float32, **extra):
+        super().__init__()
+        if d_in < 1 or d_sae < 1:
+            raise SAEError(f"d_in and d_sae must be >= 1, got d_in={d_in}, d_sae={d_sae}")
+        self.hook = hook
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, dtype=dtype))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
+        self.meta: dict = {}  # training statistics and provenance, saved in cfg.json
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+    def extra_config(self) -> dict:
+        """Architecture-specific scalars saved in cfg.json (e.g. k for TopK)."""
+        return {}
+
+    def pre_acts(self, x: Tensor) -> Tensor:  # [..., d_in] -> [..., d_sae]
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x.to(self.W_enc.dtype) @ self.W_enc + self.b_enc
+
+    def activation(self, pre: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations, [..., d_in] -> [..., d_sae]."""
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Reconstruction, [..., d_sae] -> [..., d_in]."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.encode(x)
+        return self.decode(f), f
+
+    def check(self, model=None) -> None:
+        """Raise SAEError if weights hold NaN/inf, or the SAE does not fit `model`'s hook point."""
+        for name, p in self.named_parameters():
+            if not torch.isfinite(p).all():
+                raise SAEError(f"SAE at {self.hook!r}: parameter {name} contains NaN/inf. The weights are "
+                               "corrupt or training diverged; retrain or reload them.")
+        if model is not None:
+            spec = model.hook(self.hook)
+            if self.d_in != model.d_model:
+                raise SAEError(
+                    f"SAE at {spec.name!r} has width d_in={self.d_in}, but the model's {spec.name} is "
+                    f"{model.d_model} wide. This SAE was trained for another model; load one for this model.")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(hook={self.hook!r}, d_in={self.d_in}, d_sae={self.d_sae})"
+
+
+def build(architecture: str, d_in: int, d_sae: int, hook: str, **kw) -> SAE:
+    try:
+        cls = REGISTRY[architecture]
+    except KeyError:
+        raise SAEError(f"unknown SAE architecture {architecture!r}; known: {sorted(REGISTRY)}") from None
+    return cls(d_in, d_sae, hook, **kw)

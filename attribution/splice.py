@@ -1,0 +1,198 @@
+"""The forward-pass engine: one nnsight trace with edits and captures at hook points.
+
+Everything else (attribution, ablation, splicing SAEs) is built from `trace`. The forward stops at the
+final norm: metrics unembed only what they need. An edit may return more rows than it received; later
+layers then run on the larger batch. Ablations and integrated-gradient steps use this to share the work
+upstream of their hook ("growing batch"), which is exact for a single unpadded prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attribution.errors import SAEError, check_finite
+
+Edit = Callable[[Tensor], Tensor]  # [rows, pos, d_model] -> [rows', pos, d_model]
+
+
+@dataclass
+class Trace:
+    acts: dict[str, Tensor]  # hook -> [rows, pos, d_model], the value that flowed downstream
+    hidden: Tensor  # [rows, pos, d_model], after the final norm
+
+
+def trace(model, batch, *, edits: dict[str, Edit] | None = None, capture: Iterable[str] = (),
+          grad: bool = False) -> Trace:
+    """Run the model on `batch` with `edits` applied and `capture`d activations kept (with graph if grad)."""
+    edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
+    capture = {model.hook(h).name for h in capture}
+    specs = sorted((model.hooks[h] for h in set(edits) | capture), key=lambda s: s.order)
+    acts: dict[str, Tensor] = {}
+    out: list[Tensor] = []
+    with torch.set_grad_enabled(grad), model.lm.trace(batch.input_ids, attention_mask=batch.attention_mask,
+                                                      position_ids=batch.position_ids) as tracer:
+        for spec in specs:
+            env = model.envoy(spec.module)
+            x = _get(env, spec)
+            edited = spec.name in edits
+            if edited:
+                x = edits[spec.name](x)
+            if grad and spec.name in capture and not x.requires_grad:
+                # model weights are frozen, so the first captured activation becomes the graph's leaf
+                x, edited = x.detach().requires_grad_(True), True
+            if edited:
+                _set(env, spec, x)
+            if spec.name in capture:
+                acts[spec.name] = x
+        out.append(model.envoy(model.family.final_norm).output)
+        tracer.stop()
+    hidden = out[0]
+    check_finite(hidden.detach(), "the model's final hidden state")
+    return Trace(acts, hidden)
+
+
+Maker = Callable[[Tensor], Tensor]  # the clean row at a hook [1, pos, d_model] -> new rows [n, pos, d_model]
+
+
+def grow_edits(model, makers: dict[str, tuple[int, Maker]]) -> dict[str, Edit]:
+    """Edits that append `n` rows at each hook, made from row 0 (the clean prompt) by `make`.
+
+    Rows may only join at block boundaries (inside a block the residual is held at the old batch size),
+    so rows for attn_out/mlp_out join at the block's input as copies of row 0 and are overwritten at their
+    hook. Rows are appended in hook order; row 0 stays clean.
+    """
+    specs = sorted((model.hook(h) for h in makers), key=lambda s: s.order)
+    edits: dict[str, Edit] = {}
+    for layer in sorted({s.layer for s in specs}):
+        inner = [s for s in specs if s.layer == layer and s.kind in ("attn_out", "mlp_out")]
+        pre = next((s for s in specs if s.layer == layer and s.kind == "resid_pre"), None)
+        post = next((s for s in specs if s.layer == layer and s.kind == "resid_post"), None)
+        if pre is not None or inner:
+            edits[f"resid_pre.{layer}"] = _join(makers[pre.name] if pre else None,
+                                                [makers[s.name] for s in inner], [s.name for s in inner], edits)
+        if post is not None:
+            edits[post.name] = _append(*makers[post.name])
+    return edits
+
+
+def _append(n: int, make: Maker) -> Edit:
+    def edit(x):
+        rows = make(x[:1])
+        if rows.shape[0] != n:
+            raise ValueError(f"maker returned {rows.shape[0]} rows, expected {n}")
+        return torch.cat([x, rows.to(x.dtype)])
+
+    return edit
+
+
+def _join(own, inner: list[tuple[int, Maker]], names: list[str], edits: dict[str, Edit]) -> Edit:
+    state = {}
+
+    def edit(x):
+        parts = [x]
+        if own is not None:
+            parts.append(own[1](x[:1]).to(x.dtype))
+        state["start"] = sum(p.shape[0] for p in parts)
+        parts.append(x[:1].repeat(sum(n for n, _ in inner), 1, 1))
+        return torch.cat(parts)
+
+    offset = 0
+    for (n, make), name in zip(inner, names):
+        edits[name] = _overwrite(state, offset, n, make)
+        offset += n
+    return edit
+
+
+def _overwrite(state: dict, offset: int, n: int, make: Maker) -> Edit:
+    def edit(x):
+        start = state["start"] + offset
+        return torch.cat([x[:start], make(x[:1]).to(x.dtype), x[start + n:]])
+
+    return edit
+
+
+def _get(env, spec):
+    value = env.output if spec.io == "output" else env.input
+    return value if spec.index is None else value[spec.index]
+
+
+def _set(env, spec, x):
+    if spec.io == "input":
+        env.input = x
+    elif spec.index is None:
+        env.output = x
+    else:
+        old = env.output
+        env.output = (*old[: spec.index], x, *old[spec.index + 1:])
+
+
+def prepare_saes(model, saes) -> dict:
+    """{hook: SAE} keyed by canonical hook names, each checked against the model."""
+    if not isinstance(saes, dict):
+        saes = {s.hook: s for s in saes}
+    prepared = {}
+    for hook, sae in saes.items():
+        name = model.hook(hook).name
+        if model.hook(sae.hook).name != name:
+            raise SAEError(f"SAE trained at {sae.hook!r} was given for hook {hook!r}; key it by its own hook")
+        sae.check(model)
+        prepared[name] = sae
+    return dict(sorted(prepared.items(), key=lambda kv: model.hooks[kv[0]].order))
+
+
+@dataclass
+class Decomposition:
+    """An activation split into SAE features and the error term: x = decode(f) + e."""
+
+    features: Tensor  # [rows, pos, d_sae]
+    error: Tensor  # [rows, pos, d_model]
+
+
+@torch.no_grad()
+def decompose(sae, x: Tensor) -> Decomposition:
+    f = sae.encode(x)
+    return Decomposition(f, x - sae.decode(f).to(x.dtype))
+
+
+@dataclass
+class SplicedRun:
+    logits: Tensor  # [batch, pos, vocab], left-padded like Model.tokenize
+    features: dict[str, Tensor]  # hook -> [batch, pos, d_sae] (after any edit)
+    errors: dict[str, Tensor]  # hook -> [batch, pos, d_model], kept from the clean activations
+
+
+FeatureEdit = Callable[[Tensor], Tensor]  # [batch, pos, d_sae] -> [batch, pos, d_sae]
+
+
+@torch.no_grad()
+def run_with_saes(model, saes, prompt, *, edit_features: dict[str, FeatureEdit] | None = None) -> SplicedRun:
+    """Run with SAEs spliced in: x' = decode(edit(f)) + e, with e = x - decode(f) kept.
+
+    Without edits the logits equal the plain model's (up to float rounding). With edits (clamping or
+    zeroing features) this is the intervention that steering and ablation are made of.
+    """
+    saes = prepare_saes(model, saes)
+    edit_features = {model.hook(h).name: fn for h, fn in (edit_features or {}).items()}
+    unknown = set(edit_features) - set(saes)
+    if unknown:
+        raise SAEError(f"feature edits at {sorted(unknown)} but no SAE is spliced there; SAEs at {list(saes)}")
+    batch = model.tokenize(prompt)
+    features, errors = {}, {}
+
+    def splice(hook):
+        sae = saes[hook]
+
+        def edit(x):
+            d = decompose(sae, x)
+            f = edit_features[hook](d.features) if hook in edit_features else d.features
+            features[hook], errors[hook] = f, d.error
+            return sae.decode(f).to(x.dtype) + d.error
+
+        return edit
+
+    tr = trace(model, batch, edits={h: splice(h) for h in saes})
+    return SplicedRun(model.unembed(tr.hidden), features, errors)
