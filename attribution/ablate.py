@@ -44,9 +44,19 @@ class Ablation(NodeTable):
         return "\n".join(lines)
 
 
-def ablate(model, saes, prompt: str | list[str], metric, nodes, *, mode: str = "zero",
-           corrupt: str | list[str] | None = None, reference: str | list[str] | None = None,
-           batch_size: int = 64, progress: bool = True) -> Ablation:
+def ablate(
+    model,
+    saes,
+    prompt: str | list[str],
+    metric,
+    nodes,
+    *,
+    mode: str = "zero",
+    corrupt: str | list[str] | None = None,
+    reference: str | list[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Ablation:
     """Exact effect of ablating each node (Node, or (hook, position, feature|None[, prompt]) tuples).
 
     mode="mean" uses each feature's (and error term's) mean over the non-<bos> positions of `reference`
@@ -60,26 +70,33 @@ def ablate(model, saes, prompt: str | list[str], metric, nodes, *, mode: str = "
         raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
     saes = prepare_saes(model, saes)
     batch = model.tokenize(prompt)
-    keys = [_check_key(as_key(n), model, saes, batch) for n in (nodes.top(None) if isinstance(nodes, NodeTable)
-                                                               else nodes)]
+    keys = [
+        _check_key(as_key(n), model, saes, batch)
+        for n in (nodes.top(None) if isinstance(nodes, NodeTable) else nodes)
+    ]
     if not keys:
         raise AttributionError("no nodes to ablate")
     cbatch = None
     if mode == "patch":
         cbatch = model.tokenize(corrupt)
         if cbatch.lengths != batch.lengths:
-            raise TokenizationError(f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens but the clean ones "
-                                    f"to {batch.lengths}; patching needs equal lengths.")
-    means = _means(model, saes, model.tokenize(reference) if reference is not None else batch) \
-        if mode == "mean" else None
+            raise TokenizationError(
+                f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens but the clean ones "
+                f"to {batch.lengths}; patching needs equal lengths."
+            )
+    means = (
+        _means(model, saes, model.tokenize(reference) if reference is not None else batch)
+        if mode == "mean"
+        else None
+    )
 
     hooks = list(saes)
     order = sorted(range(len(keys)), key=lambda n: (keys[n][0], model.hooks[keys[n][1]].order, keys[n][2:]))
     result = Ablation(hooks=hooks, tokens=batch.tokens, mode=mode)
-    effect = torch.zeros(len(keys))
-    ablated = torch.zeros(len(keys))
-    activation = torch.zeros(len(keys))
-    metrics = torch.zeros(batch.size)
+    effect = torch.zeros(len(keys), dtype=torch.float64)
+    ablated = torch.zeros(len(keys), dtype=torch.float64)
+    activation = torch.zeros(len(keys), dtype=torch.float64)
+    metrics = torch.zeros(batch.size, dtype=torch.float64)
     n_chunks = sum(-(-sum(1 for k in keys if k[0] == b) // batch_size) for b in range(batch.size))
     bar = tqdm(total=len(keys), desc="ablations", disable=not progress or n_chunks <= 1, leave=False)
     for b in range(batch.size):
@@ -96,19 +113,22 @@ def ablate(model, saes, prompt: str | list[str], metric, nodes, *, mode: str = "
             cdec = {h: decompose(saes[h], ctr.acts[h]) for h in used}
         rows1 = None
         for start in range(0, len(mine), batch_size):
-            chunk = mine[start:start + batch_size]
+            chunk = mine[start : start + batch_size]
             deltas: dict[str, tuple[list[int], list[Tensor]]] = {}
             for n in chunk:
                 _, h, pos, feat = keys[n]
-                delta, act = _delta(saes[h], dec[h], cdec[h] if cdec else None, means[h] if means else None,
-                                    pos, feat, mode)
+                delta, act = _delta(
+                    saes[h], dec[h], cdec[h] if cdec else None, means[h] if means else None, pos, feat, mode
+                )
                 deltas.setdefault(h, ([], []))
                 deltas[h][0].append(pos)
                 deltas[h][1].append(delta)
                 activation[n] = act
             tr = trace(model, one, edits=grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()}))
-            rows1 = Rows(torch.full((tr.hidden.shape[0],), b), torch.zeros(tr.hidden.shape[0], dtype=torch.long))
-            m = evaluate(metric, model, tr.hidden, rows1).detach().float()
+            rows1 = Rows(
+                torch.full((tr.hidden.shape[0],), b), torch.zeros(tr.hidden.shape[0], dtype=torch.long)
+            )
+            m = evaluate(metric, model, tr.hidden, rows1).detach().double()
             # rows after 0 follow hook order, and `chunk` is sorted the same way
             ablated[chunk] = m[1:]
             effect[chunk] = m[0] - m[1:]
@@ -142,12 +162,18 @@ def _delta(sae, dec, cdec, mean, pos: int, feat: int, mode: str) -> tuple[Tensor
     """The change in the hook's activation at `pos` that ablating the node makes, and its clean activation."""
     if feat >= 0:
         f = dec.features[0, pos, feat]
-        target = {"zero": torch.zeros_like(f), "mean": mean[0][feat] if mean else None,
-                  "patch": cdec.features[0, pos, feat] if cdec else None}[mode]
+        target = {
+            "zero": torch.zeros_like(f),
+            "mean": mean[0][feat] if mean else None,
+            "patch": cdec.features[0, pos, feat] if cdec else None,
+        }[mode]
         return (target - f) * sae.W_dec[feat], float(f)
     e = dec.error[0, pos]
-    target = {"zero": torch.zeros_like(e), "mean": mean[1] if mean else None,
-              "patch": cdec.error[0, pos] if cdec else None}[mode]
+    target = {
+        "zero": torch.zeros_like(e),
+        "mean": mean[1] if mean else None,
+        "patch": cdec.error[0, pos] if cdec else None,
+    }[mode]
     return target - e, float(e.norm())
 
 
@@ -174,7 +200,9 @@ def _check_key(key, model, saes, batch):
     if not 0 <= prompt < batch.size:
         raise AttributionError(f"node names prompt {prompt} but only {batch.size} prompt(s) were given")
     if not 0 <= pos < batch.lengths[prompt]:
-        raise AttributionError(f"node position {pos} is outside prompt {prompt} ({batch.lengths[prompt]} tokens)")
+        raise AttributionError(
+            f"node position {pos} is outside prompt {prompt} ({batch.lengths[prompt]} tokens)"
+        )
     if feat >= saes[name].d_sae:
         raise AttributionError(f"feature {feat} does not exist: the SAE at {name} has {saes[name].d_sae}")
     return (prompt, name, pos, feat)

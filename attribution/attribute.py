@@ -47,7 +47,7 @@ class Attribution(NodeTable):
     def dense(self, hook: str, prompt: int = 0) -> Tensor:
         """Feature attributions of one hook as a tensor [pos, d_sae] (zeros where a feature is inactive)."""
         h = self.hooks.index(hook)
-        out = torch.zeros(len(self.tokens[prompt]), self.d_sae[hook])
+        out = self.value.new_zeros(len(self.tokens[prompt]), self.d_sae[hook])
         sel = (self.hook_idx == h) & (self.prompt == prompt) & (self.feature >= 0)
         out[self.position[sel], self.feature[sel]] = self.value[sel]
         return out
@@ -55,7 +55,7 @@ class Attribution(NodeTable):
     def error(self, hook: str, prompt: int = 0) -> Tensor:
         """Error-node attributions of one hook, [pos]."""
         h = self.hooks.index(hook)
-        out = torch.zeros(len(self.tokens[prompt]))
+        out = self.value.new_zeros(len(self.tokens[prompt]))
         sel = (self.hook_idx == h) & (self.prompt == prompt) & (self.feature < 0)
         out[self.position[sel]] = self.value[sel]
         return out
@@ -67,15 +67,26 @@ class Attribution(NodeTable):
         return float(self.value[sel].sum())
 
     def __str__(self) -> str:
-        lines = [f"Attribution ({self.method}) over {len(self)} nodes at {len(self.hooks)} hook(s); "
-                 f"metric = {self.metric.tolist()}"]
+        lines = [
+            f"Attribution ({self.method}) over {len(self)} nodes at {len(self.hooks)} hook(s); "
+            f"metric = {self.metric.tolist()}"
+        ]
         lines += [str(n) for n in self.top(10)]
         return "\n".join(lines)
 
 
-def attribute(model, saes, prompt: str | list[str], metric, *, method: str = "grad_x_act",
-              corrupt: str | list[str] | None = None, steps: int = 10, include_bos: bool = False,
-              max_rows: int = 160) -> Attribution:
+def attribute(
+    model,
+    saes,
+    prompt: str | list[str],
+    metric,
+    *,
+    method: str = "grad_x_act",
+    corrupt: str | list[str] | None = None,
+    steps: int = 10,
+    include_bos: bool = False,
+    max_rows: int = 160,
+) -> Attribution:
     """Attribute `metric` to every SAE feature and error node of `saes` ({hook: SAE}) on `prompt`."""
     if method not in METHODS:
         raise AttributionError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -93,13 +104,16 @@ def attribute(model, saes, prompt: str | list[str], metric, *, method: str = "gr
         if cbatch.lengths != batch.lengths:
             raise TokenizationError(
                 f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens but the clean ones to {batch.lengths}; "
-                "patching compares position by position, so they must have the same number of tokens.")
+                "patching compares position by position, so they must have the same number of tokens."
+            )
     valid = _node_positions(batch, include_bos)
-    table = Attribution(hooks=list(saes), tokens=batch.tokens, method=method,
-                        d_sae={h: s.d_sae for h, s in saes.items()})
+    table = Attribution(
+        hooks=list(saes), tokens=batch.tokens, method=method, d_sae={h: s.d_sae for h, s in saes.items()}
+    )
     if method == "ig":
-        parts, table.metric, table.baseline = _integrated_gradients(model, saes, batch, cbatch, metric, steps,
-                                                                    valid, max_rows)
+        parts, table.metric, table.baseline = _integrated_gradients(
+            model, saes, batch, cbatch, metric, steps, valid, max_rows
+        )
     else:
         parts, table.metric, table.baseline = _gradient_times(model, saes, batch, cbatch, metric, valid)
     _fill(table, parts, batch, valid)
@@ -158,31 +172,23 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
             ctr = trace(model, cbatch.select(b), capture=hooks)
             baselines.append(evaluate(metric, model, ctr.hidden, rows1).detach()[0])
             base_acts = ctr.acts
-        mask = valid[b, batch.offset(b):][None, :, None]  # [1, pos, 1]
+        mask = valid[b, batch.offset(b) :][None, :, None]  # [1, pos, 1]
         for start in range(0, len(hooks), per_hook):
-            chunk = hooks[start:start + per_hook]
+            chunk = hooks[start : start + per_hook]
             leaves, decs = {}, {}
 
-            def maker(h):
-                sae = saes[h]
-
-                def make(x):  # the clean row at h, [1, pos, d_model] -> [steps, pos, d_model]
-                    clean = decompose(sae, x)
-                    base = (decompose(sae, base_acts[h]) if base_acts is not None else
-                            Decomposition(torch.zeros_like(clean.features), torch.zeros_like(clean.error)))
-                    a = alphas.to(x.dtype)[:, None, None]
-                    fa = base.features + a * (clean.features - base.features)  # [steps, pos, d_sae]
-                    ea = base.error + a * (clean.error - base.error)  # [steps, pos, d_model]
-                    xa = torch.where(mask, sae.decode(fa).to(x.dtype) + ea, x)
-                    leaves[h] = xa.detach().requires_grad_(True)
-                    decs[h] = (clean, base)
-                    return leaves[h]
-
-                return steps, make
-
-            tr = trace(model, one, edits=grow_edits(model, {h: maker(h) for h in chunk}), grad=True)
+            tr = trace(
+                model,
+                one,
+                edits=grow_edits(
+                    model, {h: _ig_rows(saes[h], h, alphas, mask, base_acts, leaves, decs) for h in chunk}
+                ),
+                grad=True,
+            )
             n = tr.hidden.shape[0]
-            m = evaluate(metric, model, tr.hidden, Rows(torch.full((n,), b), torch.zeros(n, dtype=torch.long)))
+            m = evaluate(
+                metric, model, tr.hidden, Rows(torch.full((n,), b), torch.zeros(n, dtype=torch.long))
+            )
             grads = torch.autograd.grad(m.sum(), [leaves[h] for h in chunk])
             for h, g in zip(chunk, grads):
                 check_finite(g, f"the gradient at {h}")
@@ -200,16 +206,42 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
     return parts, torch.stack(metrics), baseline
 
 
+def _ig_rows(sae, hook, alphas, mask, base_acts, leaves: dict, decs: dict):
+    """Row maker for one hook: `steps` interpolations from the baseline to the clean activation.
+
+    Each block of rows is a leaf (stored in `leaves`) so one backward gives every step's gradient.
+    """
+
+    def make(x):  # the clean row at the hook, [1, pos, d_model] -> [steps, pos, d_model]
+        clean = decompose(sae, x)
+        base = (
+            decompose(sae, base_acts[hook])
+            if base_acts is not None
+            else Decomposition(torch.zeros_like(clean.features), torch.zeros_like(clean.error))
+        )
+        a = alphas.to(x.dtype)[:, None, None]
+        fa = base.features + a * (clean.features - base.features)  # [steps, pos, d_sae]
+        ea = base.error + a * (clean.error - base.error)  # [steps, pos, d_model]
+        xa = torch.where(mask, sae.decode(fa).to(x.dtype) + ea, x)
+        leaves[hook] = xa.detach().requires_grad_(True)
+        decs[hook] = (clean, base)
+        return leaves[hook]
+
+    return len(alphas), make
+
+
 def _pad_stack(xs: list[Tensor], batch) -> Tensor:
     """Per-prompt [1, len_b, d] tensors -> one left-padded [batch, pos, d]."""
     out = xs[0].new_zeros(batch.size, batch.width, xs[0].shape[-1])
     for b, x in enumerate(xs):
-        out[b, batch.offset(b):] = x[0]
+        out[b, batch.offset(b) :] = x[0]
     return out
 
 
 def _pad_cat(decs: list[Decomposition], batch) -> Decomposition:
-    return Decomposition(_pad_stack([d.features for d in decs], batch), _pad_stack([d.error for d in decs], batch))
+    return Decomposition(
+        _pad_stack([d.features for d in decs], batch), _pad_stack([d.error for d in decs], batch)
+    )
 
 
 def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
@@ -227,19 +259,18 @@ def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
         cols["hook_idx"].append(torch.full_like(b, j))
         cols["position"].append(t - offsets[b])
         cols["feature"].append(i)
-        cols["activation"].append(f[b, t, i].float())
-        cols["gradient"].append(gf[b, t, i].float())
-        cols["value"].append((df * gf)[b, t, i].float())
+        cols["activation"].append(f[b, t, i].double())
+        cols["gradient"].append(gf[b, t, i].double())
+        cols["value"].append((df * gf)[b, t, i].double())
         b, t = valid.nonzero(as_tuple=True)  # one error node per (prompt, position)
-        norm = e[b, t].float().norm(dim=-1)
-        err_attr = (de[b, t].float() * g[b, t].float()).sum(-1)
+        norm = e[b, t].double().norm(dim=-1)
+        err_attr = (de[b, t].double() * g[b, t].double()).sum(-1)
         cols["prompt"].append(b)
         cols["hook_idx"].append(torch.full_like(b, j))
         cols["position"].append(t - offsets[b])
         cols["feature"].append(torch.full_like(b, -1))
         cols["activation"].append(norm)
-        cols["gradient"].append((e[b, t].float() * g[b, t].float()).sum(-1) / norm.clamp_min(1e-12))
+        cols["gradient"].append((e[b, t].double() * g[b, t].double()).sum(-1) / norm.clamp_min(1e-12))
         cols["value"].append(err_attr)
     for k, v in cols.items():
         setattr(table, k, torch.cat(v))
-

@@ -20,27 +20,36 @@ class Agreement:
 
     def __str__(self) -> str:
         tk = ", ".join(f"top-{k} {v:.0%}" for k, v in self.top_k.items())
-        return (f"attribution vs ablation over {self.n} nodes: Pearson r = {self.pearson:.3f}, Spearman rho = "
-                f"{self.spearman:.3f}, {tk}, same sign {self.sign_agreement:.0%}, "
-                f"relative error {self.relative_error:.2f}")
+        return (
+            f"attribution vs ablation over {self.n} nodes: Pearson r = {self.pearson:.3f}, Spearman rho = "
+            f"{self.spearman:.3f}, {tk}, same sign {self.sign_agreement:.0%}, "
+            f"relative error {self.relative_error:.2f}"
+        )
 
 
 def compare(attr, abl, ks: tuple[int, ...] = (10, 20, 50)) -> Agreement:
     """Compare estimates in `attr` with real effects in `abl` over the nodes that were ablated."""
-    index = {k: i for i, k in enumerate(attr.keys())}
-    missing = [k for k in abl.keys() if k not in index]
+    index = {k: i for i, k in enumerate(attr.node_keys())}
+    missing = [k for k in abl.node_keys() if k not in index]
     if missing:
-        raise AttributionError(f"{len(missing)} ablated node(s) have no attribution (first: {missing[0]}); "
-                               "ablate nodes taken from the same attribution run and prompt(s)")
-    est = np.array([float(attr.value[index[k]]) for k in abl.keys()])
+        raise AttributionError(
+            f"{len(missing)} ablated node(s) have no attribution (first: {missing[0]}); "
+            "ablate nodes taken from the same attribution run and prompt(s)"
+        )
+    est = np.array([float(attr.value[index[k]]) for k in abl.node_keys()])
     true = abl.value.numpy().astype(float)
     if len(true) < 2:
         raise AttributionError("need at least two ablated nodes to compute a correlation")
     top = {k: _overlap(est, true, k) for k in ks if k <= len(true)}
     denom = np.abs(true).sum()
-    return Agreement(len(true), _corr(est, true), _corr(_rank(est), _rank(true)), top,
-                     float(np.mean(np.sign(est) == np.sign(true))),
-                     float(np.abs(est - true).sum() / denom) if denom > 0 else float("nan"))
+    return Agreement(
+        len(true),
+        _corr(est, true),
+        _corr(_rank(est), _rank(true)),
+        top,
+        float(np.mean(np.sign(est) == np.sign(true))),
+        float(np.abs(est - true).sum() / denom) if denom > 0 else float("nan"),
+    )
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,8 +32,10 @@ class LogitDiff:
     def __init__(self, model, good: str | list[str], bad: str | list[str], position: int = -1):
         goods, bads = _as_list(good), _as_list(bad)
         if len(goods) != len(bads):
-            raise TokenizationError(f"{len(goods)} good answers but {len(bads)} bad ones: give one of each "
-                                    "per prompt, or a single pair for all prompts")
+            raise TokenizationError(
+                f"{len(goods)} good answers but {len(bads)} bad ones: give one of each "
+                "per prompt, or a single pair for all prompts"
+            )
         self.good, self.bad, self.position = goods, bads, position
         self.good_ids = torch.tensor([model.token_id(w) for w in goods])
         self.bad_ids = torch.tensor([model.token_id(w) for w in bads])
@@ -47,7 +49,9 @@ class LogitDiff:
         if len(self.good_ids) == 1:
             return self.good_ids.expand(len(rows.prompt)), self.bad_ids.expand(len(rows.prompt))
         if int(rows.prompt.max()) >= len(self.good_ids):
-            raise TokenizationError(f"{len(self.good_ids)} answer pairs for more prompts; give one per prompt")
+            raise TokenizationError(
+                f"{len(self.good_ids)} answer pairs for more prompts; give one per prompt"
+            )
         return self.good_ids[rows.prompt], self.bad_ids[rows.prompt]
 
     def _column(self, width: int, rows: Rows) -> Tensor:
@@ -71,8 +75,9 @@ class LogitDiff:
 
     def __call__(self, logits: Tensor, rows: Rows | None = None) -> Tensor:
         """The same metric from full logits [rows, pos, vocab] (for checks against a plain forward)."""
-        rows = rows or Rows(torch.zeros(logits.shape[0], dtype=torch.long),
-                            torch.zeros(logits.shape[0], dtype=torch.long))
+        rows = rows or Rows(
+            torch.zeros(logits.shape[0], dtype=torch.long), torch.zeros(logits.shape[0], dtype=torch.long)
+        )
         r = torch.arange(logits.shape[0])
         lg = logits[r, self._column(logits.shape[1], rows)]
         good, bad = self._ids(rows)
@@ -86,13 +91,17 @@ def evaluate(metric, model, hidden: Tensor, rows: Rows) -> Tensor:
     elif callable(metric):
         value = metric(model.unembed(hidden))
     else:
-        raise TypeError(f"metric must be LogitDiff, have from_hidden(), or be callable on logits; got {metric!r}")
+        raise TypeError(
+            f"metric must be LogitDiff, have from_hidden(), or be callable on logits; got {metric!r}"
+        )
     value = torch.as_tensor(value)
     if value.dim() == 0:
         value = value.expand(hidden.shape[0]) if hidden.shape[0] == 1 else value
     if value.shape != (hidden.shape[0],):
-        raise ValueError(f"metric returned shape {tuple(value.shape)}; it must return one value per batch row "
-                         f"({hidden.shape[0]},)")
+        raise ValueError(
+            f"metric returned shape {tuple(value.shape)}; it must return one value per batch row "
+            f"({hidden.shape[0]},)"
+        )
     check_finite(value.detach(), "the metric")
     return value
 

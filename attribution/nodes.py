@@ -33,8 +33,10 @@ class Node(NamedTuple):
 
     def __str__(self):
         what = "error" if self.is_error else f"f{self.feature}"
-        return (f"{self.hook:>13} pos {self.position:>3} {self.token!r:>14} {what:>8}  "
-                f"act {self.activation:9.3f}  grad {self.gradient:+9.4f}  attr {self.attribution:+8.4f}")
+        return (
+            f"{self.hook:>13} pos {self.position:>3} {self.token!r:>14} {what:>8}  "
+            f"act {self.activation:9.3f}  grad {self.gradient:+9.4f}  attr {self.attribution:+8.4f}"
+        )
 
 
 def node_key(prompt: int, hook: str, position: int, feature: int | None) -> tuple[int, str, int, int]:
@@ -67,17 +69,32 @@ class NodeTable:
         return len(self.value)
 
     def node(self, i: int) -> Node:
-        p, h, pos, f = (int(self.prompt[i]), int(self.hook_idx[i]), int(self.position[i]),
-                        int(self.feature[i]))
-        return Node(self.hooks[h], pos, self.tokens[p][pos], None if f < 0 else f, float(self.activation[i]),
-                    float(self.gradient[i]), float(self.value[i]), p)
+        p, h, pos, f = (
+            int(self.prompt[i]),
+            int(self.hook_idx[i]),
+            int(self.position[i]),
+            int(self.feature[i]),
+        )
+        return Node(
+            self.hooks[h],
+            pos,
+            self.tokens[p][pos],
+            None if f < 0 else f,
+            float(self.activation[i]),
+            float(self.gradient[i]),
+            float(self.value[i]),
+            p,
+        )
 
-    def keys(self) -> list[tuple[int, str, int, int]]:
-        return [(int(p), self.hooks[int(h)], int(s), int(f))
-                for p, h, s, f in zip(self.prompt, self.hook_idx, self.position, self.feature)]
+    def node_keys(self) -> list[tuple[int, str, int, int]]:
+        return [
+            (int(p), self.hooks[int(h)], int(s), int(f))
+            for p, h, s, f in zip(self.prompt, self.hook_idx, self.position, self.feature)
+        ]
 
-    def order(self, k: int | None = None, *, prompt: int | None = 0, errors: bool = True,
-              by: str = "abs") -> Tensor:
+    def order(
+        self, k: int | None = None, *, prompt: int | None = 0, errors: bool = True, by: str = "abs"
+    ) -> Tensor:
         """Row indices sorted by |value| (by="abs"), value (by="pos") or -value (by="neg")."""
         keep = torch.ones(len(self), dtype=torch.bool)
         if prompt is not None:
@@ -89,7 +106,13 @@ class NodeTable:
         order = idx[score.argsort(descending=True, stable=True)]
         return order if k is None else order[:k]
 
-    def top(self, k: int = 10, *, prompt: int | None = 0, errors: bool = True, by: str = "abs") -> list[Node]:
+    def top_values(self, k: int | None = 10, **kw) -> Tensor:
+        """The values of `top(k, **kw)`, as a tensor in the same order."""
+        return self.value[self.order(k, **kw)]
+
+    def top(
+        self, k: int | None = 10, *, prompt: int | None = 0, errors: bool = True, by: str = "abs"
+    ) -> list[Node]:
         return [self.node(int(i)) for i in self.order(k, prompt=prompt, errors=errors, by=by)]
 
     def records(self) -> list[dict]:

@@ -25,16 +25,21 @@ class Trace:
     hidden: Tensor  # [rows, pos, d_model], after the final norm
 
 
-def trace(model, batch, *, edits: dict[str, Edit] | None = None, capture: Iterable[str] = (),
-          grad: bool = False) -> Trace:
+def trace(
+    model, batch, *, edits: dict[str, Edit] | None = None, capture: Iterable[str] = (), grad: bool = False
+) -> Trace:
     """Run the model on `batch` with `edits` applied and `capture`d activations kept (with graph if grad)."""
     edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
     capture = {model.hook(h).name for h in capture}
     specs = sorted((model.hooks[h] for h in set(edits) | capture), key=lambda s: s.order)
     acts: dict[str, Tensor] = {}
     out: list[Tensor] = []
-    with torch.set_grad_enabled(grad), model.lm.trace(batch.input_ids, attention_mask=batch.attention_mask,
-                                                      position_ids=batch.position_ids) as tracer:
+    with (
+        torch.set_grad_enabled(grad),
+        model.lm.trace(
+            batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ) as tracer,
+    ):
         for spec in specs:
             env = model.envoy(spec.module)
             x = _get(env, spec)
@@ -72,8 +77,12 @@ def grow_edits(model, makers: dict[str, tuple[int, Maker]]) -> dict[str, Edit]:
         pre = next((s for s in specs if s.layer == layer and s.kind == "resid_pre"), None)
         post = next((s for s in specs if s.layer == layer and s.kind == "resid_post"), None)
         if pre is not None or inner:
-            edits[f"resid_pre.{layer}"] = _join(makers[pre.name] if pre else None,
-                                                [makers[s.name] for s in inner], [s.name for s in inner], edits)
+            edits[f"resid_pre.{layer}"] = _join(
+                makers[pre.name] if pre else None,
+                [makers[s.name] for s in inner],
+                [s.name for s in inner],
+                edits,
+            )
         if post is not None:
             edits[post.name] = _append(*makers[post.name])
     return edits
@@ -110,7 +119,7 @@ def _join(own, inner: list[tuple[int, Maker]], names: list[str], edits: dict[str
 def _overwrite(state: dict, offset: int, n: int, make: Maker) -> Edit:
     def edit(x):
         start = state["start"] + offset
-        return torch.cat([x[:start], make(x[:1]).to(x.dtype), x[start + n:]])
+        return torch.cat([x[:start], make(x[:1]).to(x.dtype), x[start + n :]])
 
     return edit
 
@@ -127,7 +136,7 @@ def _set(env, spec, x):
         env.output = x
     else:
         old = env.output
-        env.output = (*old[: spec.index], x, *old[spec.index + 1:])
+        env.output = (*old[: spec.index], x, *old[spec.index + 1 :])
 
 
 def prepare_saes(model, saes) -> dict:
@@ -179,7 +188,9 @@ def run_with_saes(model, saes, prompt, *, edit_features: dict[str, FeatureEdit] 
     edit_features = {model.hook(h).name: fn for h, fn in (edit_features or {}).items()}
     unknown = set(edit_features) - set(saes)
     if unknown:
-        raise SAEError(f"feature edits at {sorted(unknown)} but no SAE is spliced there; SAEs at {list(saes)}")
+        raise SAEError(
+            f"feature edits at {sorted(unknown)} but no SAE is spliced there; SAEs at {list(saes)}"
+        )
     batch = model.tokenize(prompt)
     features, errors = {}, {}
 

@@ -41,8 +41,9 @@ class Family:
     mlp: tuple[str, int | None]
 
 
-_GEMMA_POSTNORM = Family("model.layers", "model.norm", ("post_attention_layernorm", None),
-                         ("post_feedforward_layernorm", None))
+_GEMMA_POSTNORM = Family(
+    "model.layers", "model.norm", ("post_attention_layernorm", None), ("post_feedforward_layernorm", None)
+)
 _LLAMA_LIKE = Family("model.layers", "model.norm", ("self_attn", 0), ("mlp", None))
 
 FAMILIES: dict[str, Family] = {
@@ -102,7 +103,7 @@ def parse_hook(name: str, specs: dict[str, HookSpec]) -> HookSpec:
 def _from_transformerlens(name: str) -> str | None:
     parts = name.split(".")
     if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2].startswith("hook_"):
-        kind = parts[2][len("hook_"):]
+        kind = parts[2][len("hook_") :]
         if kind in KINDS:
             return f"{kind}.{parts[1]}"
     return None

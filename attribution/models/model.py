@@ -41,20 +41,34 @@ class Batch:
         return self.width - self.lengths[b]
 
     def inputs(self) -> dict[str, Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "position_ids": self.position_ids}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
 
     def repeat(self, n: int) -> Batch:
         """Each prompt repeated n times in a row (for IG steps): rows b*n .. b*n+n-1 belong to prompt b."""
-        return Batch(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0),
-                     self.position_ids.repeat_interleave(n, 0), [x for x in self.lengths for _ in range(n)],
-                     [t for t in self.tokens for _ in range(n)], self.bos)
+        return Batch(
+            self.input_ids.repeat_interleave(n, 0),
+            self.attention_mask.repeat_interleave(n, 0),
+            self.position_ids.repeat_interleave(n, 0),
+            [x for x in self.lengths for _ in range(n)],
+            [t for t in self.tokens for _ in range(n)],
+            self.bos,
+        )
 
     def select(self, b: int) -> Batch:
         """Prompt b alone, without padding."""
         off = self.offset(b)
-        return Batch(self.input_ids[b:b + 1, off:], self.attention_mask[b:b + 1, off:],
-                     self.position_ids[b:b + 1, off:], [self.lengths[b]], [self.tokens[b]], self.bos)
+        return Batch(
+            self.input_ids[b : b + 1, off:],
+            self.attention_mask[b : b + 1, off:],
+            self.position_ids[b : b + 1, off:],
+            [self.lengths[b]],
+            [self.tokens[b]],
+            self.bos,
+        )
 
 
 class Model:
@@ -81,13 +95,16 @@ class Model:
         self.n_layers: int = cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layer
         self.d_model: int = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd
         self.max_context: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(
-            cfg, "n_positions", None)
+            cfg, "n_positions", None
+        )
         self.softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
         self.hooks: dict[str, HookSpec] = hook_points(self.model_type, self.n_layers)
 
     def __repr__(self) -> str:
-        return (f"Model({self.name!r}, family={self.model_type}, n_layers={self.n_layers}, "
-                f"d_model={self.d_model}, dtype={self.dtype})")
+        return (
+            f"Model({self.name!r}, family={self.model_type}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, dtype={self.dtype})"
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -134,7 +151,8 @@ class Model:
             hint = "" if word.startswith(" ") else f" Did you mean {' ' + word!r} with a leading space?"
             raise TokenizationError(
                 f"answer {word!r} is {len(ids)} tokens {pieces}, not one. A logit difference needs "
-                f"single-token answers: pick a word that is one token.{hint}")
+                f"single-token answers: pick a word that is one token.{hint}"
+            )
         return ids[0]
 
     def tokenize(self, prompts: str | list[str]) -> Batch:
@@ -151,19 +169,28 @@ class Model:
             if self.max_context is not None and len(ids) > self.max_context:
                 raise TokenizationError(
                     f"prompt is {len(ids)} tokens, longer than the model's context of {self.max_context}. "
-                    "Shorten the prompt.")
+                    "Shorten the prompt."
+                )
             seqs.append(ids)
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for b, s in enumerate(seqs):
-            input_ids[b, width - len(s):] = torch.tensor(s)
-            mask[b, width - len(s):] = 1
+            input_ids[b, width - len(s) :] = torch.tensor(s)
+            mask[b, width - len(s) :] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        bos = self.tokenizer.bos_token_id is not None and all(s[0] == self.tokenizer.bos_token_id for s in seqs)
-        return Batch(input_ids.to(self.device), mask.to(self.device), position_ids.to(self.device),
-                     [len(s) for s in seqs], [self.to_str_tokens(s) for s in seqs], bos)
+        bos = self.tokenizer.bos_token_id is not None and all(
+            s[0] == self.tokenizer.bos_token_id for s in seqs
+        )
+        return Batch(
+            input_ids.to(self.device),
+            mask.to(self.device),
+            position_ids.to(self.device),
+            [len(s) for s in seqs],
+            [self.to_str_tokens(s) for s in seqs],
+            bos,
+        )
 
     # --- unembedding ---------------------------------------------------------------------------
     @property

@@ -33,8 +33,16 @@ class SAE(nn.Module):
 
     architecture = "base"
 
-    def __init__(self, d_in: int, d_sae: int, hook: str, *, apply_b_dec_to_input: bool = False,
-                 dtype: torch.dtype = torch.float32, **extra):
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        hook: str,
+        *,
+        apply_b_dec_to_input: bool = False,
+        dtype: torch.dtype = torch.float32,
+        **extra,
+    ):
         super().__init__()
         if d_in < 1 or d_sae < 1:
             raise SAEError(f"d_in and d_sae must be >= 1, got d_in={d_in}, d_sae={d_sae}")
@@ -82,14 +90,17 @@ class SAE(nn.Module):
         """Raise SAEError if weights hold NaN/inf, or the SAE does not fit `model`'s hook point."""
         for name, p in self.named_parameters():
             if not torch.isfinite(p).all():
-                raise SAEError(f"SAE at {self.hook!r}: parameter {name} contains NaN/inf. The weights are "
-                               "corrupt or training diverged; retrain or reload them.")
+                raise SAEError(
+                    f"SAE at {self.hook!r}: parameter {name} contains NaN/inf. The weights are "
+                    "corrupt or training diverged; retrain or reload them."
+                )
         if model is not None:
             spec = model.hook(self.hook)
             if self.d_in != model.d_model:
                 raise SAEError(
                     f"SAE at {spec.name!r} has width d_in={self.d_in}, but the model's {spec.name} is "
-                    f"{model.d_model} wide. This SAE was trained for another model; load one for this model.")
+                    f"{model.d_model} wide. This SAE was trained for another model; load one for this model."
+                )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(hook={self.hook!r}, d_in={self.d_in}, d_sae={self.d_sae})"

@@ -51,8 +51,10 @@ def load_sae(path: str | Path, *, hook: str | None = None, model=None, device=No
         raise SAEError(f"SAE folder {path} does not exist. Pass a folder holding {CFG} and {WEIGHTS}.")
     for name in (CFG, WEIGHTS):
         if not (path / name).is_file():
-            raise SAEError(f"SAE folder {path} has no {name}. An SAE folder holds {CFG} and {WEIGHTS} "
-                           "(the SAELens layout); re-save or re-download it.")
+            raise SAEError(
+                f"SAE folder {path} has no {name}. An SAE folder holds {CFG} and {WEIGHTS} "
+                "(the SAELens layout); re-save or re-download it."
+            )
     try:
         cfg = json.loads((path / CFG).read_text())
     except json.JSONDecodeError as exc:
@@ -60,16 +62,27 @@ def load_sae(path: str | Path, *, hook: str | None = None, model=None, device=No
     try:
         weights = load_file(str(path / WEIGHTS))
     except Exception as exc:
-        raise SAEError(f"{path / WEIGHTS} could not be read ({exc}); the file is corrupt or truncated.") from exc
+        raise SAEError(
+            f"{path / WEIGHTS} could not be read ({exc}); the file is corrupt or truncated."
+        ) from exc
 
     arch, extra = _architecture(cfg, path)
     hook = hook or _hook_name(cfg, path)
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise SAEError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
-                       "fold the activation scale into W_enc/b_enc and W_dec/b_dec and set it to 'none'.")
+        raise SAEError(
+            f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
+            "fold the activation scale into W_enc/b_enc and W_dec/b_dec and set it to 'none'."
+        )
     d_in, d_sae = _shapes(weights, path)
-    sae = build(arch, d_in, d_sae, hook, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
-                dtype=weights["W_enc"].dtype, **extra)
+    sae = build(
+        arch,
+        d_in,
+        d_sae,
+        hook,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
+        dtype=weights["W_enc"].dtype,
+        **extra,
+    )
     expected = set(sae.state_dict())
     missing = expected - set(weights)
     if missing:
@@ -88,7 +101,9 @@ def _architecture(cfg: dict, path: Path) -> tuple[str, dict]:
     if arch is None:  # older SAELens: the activation function names the architecture
         arch = {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str", "relu"))
     if arch not in _SAELENS_ARCH:
-        raise SAEError(f"{path}: SAE architecture {arch!r} is not supported (use standard/relu, jumprelu, topk).")
+        raise SAEError(
+            f"{path}: SAE architecture {arch!r} is not supported (use standard/relu, jumprelu, topk)."
+        )
     arch = _SAELENS_ARCH[arch]
     extra = {}
     if arch == "topk":
@@ -119,6 +134,8 @@ def _shapes(weights: dict[str, torch.Tensor], path: Path) -> tuple[int, int]:
     shapes = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
     for key, shape in shapes.items():
         if tuple(weights[key].shape) != shape:
-            raise SAEError(f"{path / WEIGHTS}: {key} has shape {tuple(weights[key].shape)}, expected {shape} "
-                           f"for W_enc of shape {(d_in, d_sae)}; the files do not belong together.")
+            raise SAEError(
+                f"{path / WEIGHTS}: {key} has shape {tuple(weights[key].shape)}, expected {shape} "
+                f"for W_enc of shape {(d_in, d_sae)}; the files do not belong together."
+            )
     return d_in, d_sae

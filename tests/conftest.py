@@ -1,0 +1,137 @@
+"""Tiny random models of each supported family, and random SAEs, for exactness tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attribution import Model, load_model
+from attribution.models.hooks import family_of
+from attribution.saes import build
+
+WORDS = ["john", "says", "i", "want", "to", "be", "alone", "right", "now", "feels", "sad", "happy", "the", "capital", "of", "state", "where", "kobe", "bryant", "played", "basketball", "is", "sacramento", "albany", "mary", "went", "home", "and", "felt", "tired", "a", "cat", "dog", "ran", "fast"]
+PROMPTS = ["john says i want to be alone right now john feels", "mary went home and felt", "the cat ran"]
+FAMILIES = ("gemma3", "llama", "gpt2", "neox")
+D = 32
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def tiny_hf(family: str, seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    vocab, common = len(WORDS) + 4, {"initializer_range": 0.3}
+    if family == "gemma3":
+        cfg = tf.Gemma3TextConfig(
+            vocab_size=vocab,
+            hidden_size=D,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=64,
+            sliding_window=4,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=1,
+            **common,
+        )
+        hf = tf.Gemma3ForCausalLM(cfg)
+    elif family == "llama":
+        cfg = tf.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=D,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=1,
+            **common,
+        )
+        hf = tf.LlamaForCausalLM(cfg)
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(
+            vocab_size=vocab,
+            n_embd=D,
+            n_layer=3,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=2,
+            eos_token_id=1,
+            **common,
+        )
+        hf = tf.GPT2LMHeadModel(cfg)
+    elif family == "neox":
+        cfg = tf.GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=D,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            bos_token_id=2,
+            eos_token_id=1,
+            **common,
+        )
+        hf = tf.GPTNeoXForCausalLM(cfg)
+    else:
+        raise ValueError(family)
+    hf.tokenizer = tiny_tokenizer()
+    return hf
+
+
+def tiny_model(
+    family: str = "gemma3", dtype=torch.float64, seed: int = 0, linear_head: bool = False
+) -> Model:
+    """A tiny random model; linear_head replaces the final norm by the identity, so everything after the
+    last block is linear (attribution at resid_post of the last layer is then exact)."""
+    hf = tiny_hf(family, seed)
+    if linear_head:
+        path = family_of(hf.config.model_type).final_norm.split(".")
+        owner = hf
+        for p in path[:-1]:
+            owner = getattr(owner, p)
+        setattr(owner, path[-1], torch.nn.Identity())
+    return load_model(hf, dtype=dtype)
+
+
+def random_sae(model: Model, hook: str, d_sae: int = 64, arch: str = "relu", seed: int = 0, **kw):
+    """A random SAE whose features fire sparsely on the tiny models' activations."""
+    g = torch.Generator().manual_seed(seed)
+    d = model.d_model
+    sae = build(arch, d, d_sae, hook, dtype=model.dtype, **kw)
+    with torch.no_grad():
+        W = torch.randn(d_sae, d, generator=g, dtype=model.dtype)
+        sae.W_dec.copy_(W / W.norm(dim=-1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.copy_(-3.0 * torch.rand(d_sae, generator=g, dtype=model.dtype))
+        sae.b_dec.copy_(0.1 * torch.randn(d, generator=g, dtype=model.dtype))
+        if arch == "jumprelu":
+            sae.threshold.copy_(0.3 * torch.rand(d_sae, generator=g, dtype=model.dtype))
+    return sae.requires_grad_(False)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    return load_model()
