@@ -103,7 +103,7 @@ def attribute(
         cbatch = model.tokenize(corrupt)
         if cbatch.lengths != batch.lengths:
             raise TokenizationError(
-                f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens but the clean ones to {batch.lengths}; "
+                f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens, the clean ones to {batch.lengths}; "
                 "patching compares position by position, so they must have the same number of tokens."
             )
     valid = _node_positions(batch, include_bos)

@@ -9,7 +9,10 @@ from attribution import Model, load_model
 from attribution.models.hooks import family_of
 from attribution.saes import build
 
-WORDS = ["john", "says", "i", "want", "to", "be", "alone", "right", "now", "feels", "sad", "happy", "the", "capital", "of", "state", "where", "kobe", "bryant", "played", "basketball", "is", "sacramento", "albany", "mary", "went", "home", "and", "felt", "tired", "a", "cat", "dog", "ran", "fast"]
+WORDS = (
+    "john says i want to be alone right now feels sad happy the capital of state where kobe bryant played "
+    "basketball is sacramento albany mary went home and felt tired a cat dog ran fast"
+).split()
 PROMPTS = ["john says i want to be alone right now john feels", "mary went home and felt", "the cat ran"]
 FAMILIES = ("gemma3", "llama", "gpt2", "neox")
 D = 32

@@ -70,7 +70,7 @@ def test_bad_inputs_have_clear_errors():
 def test_model_loading_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "missing.gguf")
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_model(tmp_path)
     hf = tiny_hf("llama")
     hf.save_pretrained(tmp_path / "m")

@@ -96,7 +96,7 @@ def test_bad_files_have_clear_errors(model, tmp_path):
     good = save_sae(random_sae(model, "resid_post.1"), tmp_path / "good")
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "cfg.json").write_text((good / "cfg.json").read_text())
-    with pytest.raises(SAEError, match="has no sae_weights.safetensors"):
+    with pytest.raises(SAEError, match=r"has no sae_weights\.safetensors"):
         load_sae(tmp_path / "noweights")
     (good / "sae_weights.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(SAEError, match="corrupt or truncated"):
@@ -112,7 +112,7 @@ def test_bad_files_have_clear_errors(model, tmp_path):
         "metadata": {"hook_name": "blocks.1.hook_resid_post"},
     }
     wide = _saelens_dir(tmp_path / "wide", cfg, _weights(d_in=48))
-    with pytest.raises(SAEError, match="d_in=48, but the model's resid_post.1 is 32 wide"):
+    with pytest.raises(SAEError, match=r"d_in=48, but the model's resid_post\.1 is 32 wide"):
         load_sae(wide, model=model)
     w = _weights()
     w["b_dec"] = torch.zeros(5)
