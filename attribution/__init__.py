@@ -18,7 +18,7 @@ from attribution.errors import (
 from attribution.metrics import LogitDiff
 from attribution.models import Batch, HookSpec, Model, load_model
 from attribution.nodes import Node
-from attribution.saes import SAE, JumpReLUSAE, ReLUSAE, TopKSAE, load_sae, save_sae
+from attribution.saes import SAE, JumpReLUSAE, ReLUSAE, TopKSAE, WholeActivation, load_sae, save_sae
 from attribution.splice import SplicedRun, run_with_saes, trace
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SplicedRun",
     "TokenizationError",
     "TopKSAE",
+    "WholeActivation",
     "ablate",
     "attribute",
     "compare",

@@ -71,8 +71,7 @@ def ablate(
     saes = prepare_saes(model, saes)
     batch = model.tokenize(prompt)
     keys = [
-        _check_key(as_key(n), model, saes, batch)
-        for n in (nodes.top(None) if isinstance(nodes, NodeTable) else nodes)
+        _check_key(as_key(n), model, saes, batch) for n in (nodes.top(None) if isinstance(nodes, NodeTable) else nodes)
     ]
     if not keys:
         raise AttributionError("no nodes to ablate")
@@ -85,9 +84,7 @@ def ablate(
                 f"to {batch.lengths}; patching needs equal lengths."
             )
     means = (
-        _means(model, saes, model.tokenize(reference) if reference is not None else batch)
-        if mode == "mean"
-        else None
+        _means(model, saes, model.tokenize(reference) if reference is not None else batch) if mode == "mean" else None
     )
 
     hooks = list(saes)
@@ -125,9 +122,7 @@ def ablate(
                 deltas[h][1].append(delta)
                 activation[n] = act
             tr = trace(model, one, edits=grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()}))
-            rows1 = Rows(
-                torch.full((tr.hidden.shape[0],), b), torch.zeros(tr.hidden.shape[0], dtype=torch.long)
-            )
+            rows1 = Rows(torch.full((tr.hidden.shape[0],), b), torch.zeros(tr.hidden.shape[0], dtype=torch.long))
             m = evaluate(metric, model, tr.hidden, rows1).detach().double()
             # rows after 0 follow hook order, and `chunk` is sorted the same way
             ablated[chunk] = m[1:]
@@ -200,9 +195,7 @@ def _check_key(key, model, saes, batch):
     if not 0 <= prompt < batch.size:
         raise AttributionError(f"node names prompt {prompt} but only {batch.size} prompt(s) were given")
     if not 0 <= pos < batch.lengths[prompt]:
-        raise AttributionError(
-            f"node position {pos} is outside prompt {prompt} ({batch.lengths[prompt]} tokens)"
-        )
+        raise AttributionError(f"node position {pos} is outside prompt {prompt} ({batch.lengths[prompt]} tokens)")
     if feat >= saes[name].d_sae:
         raise AttributionError(f"feature {feat} does not exist: the SAE at {name} has {saes[name].d_sae}")
     return (prompt, name, pos, feat)

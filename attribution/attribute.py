@@ -150,8 +150,7 @@ def _gradient_times(model, saes, batch, cbatch, metric, valid):
         check_finite(g, f"the gradient at {h}")
         clean = decompose(sae, x)
         base = decompose(sae, corrupt[h]) if corrupt is not None else None
-        gf = g.to(sae.W_dec.dtype) @ sae.W_dec.T  # [batch, pos, d_sae]
-        parts.append((j, clean, base, gf, g))
+        parts.append((j, sae, clean, base, g))
     return parts, m.detach(), mc
 
 
@@ -161,7 +160,7 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint rule
     per_hook = max(1, (max_rows - 1) // steps)
     metrics, baselines = [], []
-    out = {h: [] for h in hooks}  # per prompt: (clean, base, gf_mean, g_mean)
+    out = {h: [] for h in hooks}  # per prompt: (clean, base, g_mean)
     for b in range(batch.size):
         one = batch.select(b)
         rows1 = Rows(torch.tensor([b]), torch.tensor([0]))
@@ -186,22 +185,19 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
                 grad=True,
             )
             n = tr.hidden.shape[0]
-            m = evaluate(
-                metric, model, tr.hidden, Rows(torch.full((n,), b), torch.zeros(n, dtype=torch.long))
-            )
+            m = evaluate(metric, model, tr.hidden, Rows(torch.full((n,), b), torch.zeros(n, dtype=torch.long)))
             grads = torch.autograd.grad(m.sum(), [leaves[h] for h in chunk])
             for h, g in zip(chunk, grads):
                 check_finite(g, f"the gradient at {h}")
                 clean, base = decs[h]
                 g_mean = g.mean(0, keepdim=True)  # [1, pos, d_model]
-                out[h].append((clean, base, g_mean.to(saes[h].W_dec.dtype) @ saes[h].W_dec.T, g_mean))
+                out[h].append((clean, base, g_mean))
     parts = []
     for j, h in enumerate(hooks):
-        clean = _pad_cat([c for c, _, _, _ in out[h]], batch)
-        base = _pad_cat([bb for _, bb, _, _ in out[h]], batch)
-        gf = _pad_stack([x for _, _, x, _ in out[h]], batch)
-        g = _pad_stack([x for _, _, _, x in out[h]], batch)
-        parts.append((j, clean, base, gf, g))
+        clean = _pad_cat([c for c, _, _ in out[h]], batch)
+        base = _pad_cat([bb for _, bb, _ in out[h]], batch)
+        g = _pad_stack([x for _, _, x in out[h]], batch)
+        parts.append((j, saes[h], clean, base, g))
     baseline = torch.stack(baselines) if baselines else None
     return parts, torch.stack(metrics), baseline
 
@@ -239,16 +235,14 @@ def _pad_stack(xs: list[Tensor], batch) -> Tensor:
 
 
 def _pad_cat(decs: list[Decomposition], batch) -> Decomposition:
-    return Decomposition(
-        _pad_stack([d.features for d in decs], batch), _pad_stack([d.error for d in decs], batch)
-    )
+    return Decomposition(_pad_stack([d.features for d in decs], batch), _pad_stack([d.error for d in decs], batch))
 
 
 def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
     """Turn per-hook dense tensors into the sparse node table (active features + error nodes)."""
     cols = {k: [] for k in ("prompt", "hook_idx", "position", "feature", "activation", "gradient", "value")}
     offsets = torch.tensor([batch.offset(b) for b in range(batch.size)])
-    for j, clean, base, gf, g in parts:
+    for j, sae, clean, base, g in parts:  # g: [batch, pos, d_model], the gradient at the hook
         f, e = clean.features, clean.error
         df = f if base is None else f - base.features
         de = e if base is None else e - base.error
@@ -260,8 +254,10 @@ def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
         cols["position"].append(t - offsets[b])
         cols["feature"].append(i)
         cols["activation"].append(f[b, t, i].double())
-        cols["gradient"].append(gf[b, t, i].double())
-        cols["value"].append((df * gf)[b, t, i].double())
+        # d(metric)/d f_i = W_dec[i] . g, needed only where a node exists (not a dense [.., d_sae] product)
+        gf = torch.einsum("nd,nd->n", sae.W_dec[i], g[b, t].to(sae.W_dec.dtype)).double()
+        cols["gradient"].append(gf)
+        cols["value"].append(df[b, t, i].double() * gf)
         b, t = valid.nonzero(as_tuple=True)  # one error node per (prompt, position)
         norm = e[b, t].double().norm(dim=-1)
         err_attr = (de[b, t].double() * g[b, t].double()).sum(-1)

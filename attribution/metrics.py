@@ -49,9 +49,7 @@ class LogitDiff:
         if len(self.good_ids) == 1:
             return self.good_ids.expand(len(rows.prompt)), self.bad_ids.expand(len(rows.prompt))
         if int(rows.prompt.max()) >= len(self.good_ids):
-            raise TokenizationError(
-                f"{len(self.good_ids)} answer pairs for more prompts; give one per prompt"
-            )
+            raise TokenizationError(f"{len(self.good_ids)} answer pairs for more prompts; give one per prompt")
         return self.good_ids[rows.prompt], self.bad_ids[rows.prompt]
 
     def _column(self, width: int, rows: Rows) -> Tensor:
@@ -91,16 +89,13 @@ def evaluate(metric, model, hidden: Tensor, rows: Rows) -> Tensor:
     elif callable(metric):
         value = metric(model.unembed(hidden))
     else:
-        raise TypeError(
-            f"metric must be LogitDiff, have from_hidden(), or be callable on logits; got {metric!r}"
-        )
+        raise TypeError(f"metric must be LogitDiff, have from_hidden(), or be callable on logits; got {metric!r}")
     value = torch.as_tensor(value)
     if value.dim() == 0:
         value = value.expand(hidden.shape[0]) if hidden.shape[0] == 1 else value
     if value.shape != (hidden.shape[0],):
         raise ValueError(
-            f"metric returned shape {tuple(value.shape)}; it must return one value per batch row "
-            f"({hidden.shape[0]},)"
+            f"metric returned shape {tuple(value.shape)}; it must return one value per batch row ({hidden.shape[0]},)"
         )
     check_finite(value.detach(), "the metric")
     return value

@@ -92,9 +92,7 @@ class NodeTable:
             for p, h, s, f in zip(self.prompt, self.hook_idx, self.position, self.feature)
         ]
 
-    def order(
-        self, k: int | None = None, *, prompt: int | None = 0, errors: bool = True, by: str = "abs"
-    ) -> Tensor:
+    def order(self, k: int | None = None, *, prompt: int | None = 0, errors: bool = True, by: str = "abs") -> Tensor:
         """Row indices sorted by |value| (by="abs"), value (by="pos") or -value (by="neg")."""
         keep = torch.ones(len(self), dtype=torch.bool)
         if prompt is not None:
@@ -110,9 +108,7 @@ class NodeTable:
         """The values of `top(k, **kw)`, as a tensor in the same order."""
         return self.value[self.order(k, **kw)]
 
-    def top(
-        self, k: int | None = 10, *, prompt: int | None = 0, errors: bool = True, by: str = "abs"
-    ) -> list[Node]:
+    def top(self, k: int | None = 10, *, prompt: int | None = 0, errors: bool = True, by: str = "abs") -> list[Node]:
         return [self.node(int(i)) for i in self.order(k, prompt=prompt, errors=errors, by=by)]
 
     def records(self) -> list[dict]:

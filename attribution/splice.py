@@ -36,9 +36,7 @@ def trace(
     out: list[Tensor] = []
     with (
         torch.set_grad_enabled(grad),
-        model.lm.trace(
-            batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        ) as tracer,
+        model.lm.trace(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids) as tracer,
     ):
         for spec in specs:
             env = model.envoy(spec.module)
@@ -188,9 +186,7 @@ def run_with_saes(model, saes, prompt, *, edit_features: dict[str, FeatureEdit] 
     edit_features = {model.hook(h).name: fn for h, fn in (edit_features or {}).items()}
     unknown = set(edit_features) - set(saes)
     if unknown:
-        raise SAEError(
-            f"feature edits at {sorted(unknown)} but no SAE is spliced there; SAEs at {list(saes)}"
-        )
+        raise SAEError(f"feature edits at {sorted(unknown)} but no SAE is spliced there; SAEs at {list(saes)}")
     batch = model.tokenize(prompt)
     features, errors = {}, {}
 

@@ -99,9 +99,7 @@ def tiny_hf(family: str, seed: int = 0):
     return hf
 
 
-def tiny_model(
-    family: str = "gemma3", dtype=torch.float64, seed: int = 0, linear_head: bool = False
-) -> Model:
+def tiny_model(family: str = "gemma3", dtype=torch.float64, seed: int = 0, linear_head: bool = False) -> Model:
     """A tiny random model; linear_head replaces the final norm by the identity, so everything after the
     last block is linear (attribution at resid_post of the last layer is then exact)."""
     hf = tiny_hf(family, seed)

@@ -146,9 +146,7 @@ def test_bos_excluded_by_default_and_records():
         if not n.is_error:
             assert n.activation * n.gradient == pytest.approx(n.attribution)
     dense = attr.dense("resid_post.1")
-    assert dense.shape == (6, 64) and dense.sum().item() == pytest.approx(
-        float(attr.value[attr.feature >= 0].sum())
-    )
+    assert dense.shape == (6, 64) and dense.sum().item() == pytest.approx(float(attr.value[attr.feature >= 0].sum()))
 
 
 def test_attribution_errors():

@@ -24,9 +24,7 @@ def _metric_with(m, prompt, metric, hook=None, pos=None, delta=None):
         edits[hook] = edit
     tr = trace(m, m.tokenize(prompt), edits=edits)
     return float(
-        evaluate(
-            metric, m, tr.hidden, Rows(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        )
+        evaluate(metric, m, tr.hidden, Rows(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
     )
 
 

@@ -38,9 +38,7 @@ def load_model(model=None, *, dtype: torch.dtype | str | None = None, device: st
     elif isinstance(model, torch.nn.Module):
         tok = getattr(model, "tokenizer", None)
         if tok is None:
-            raise ModelLoadError(
-                "an in-memory model needs a tokenizer: set model.tokenizer = tokenizer first"
-            )
+            raise ModelLoadError("an in-memory model needs a tokenizer: set model.tokenizer = tokenizer first")
         hf, name = model.to(dtype), type(model).__name__
     else:
         path = Path(str(model)).expanduser()
@@ -113,14 +111,10 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hf = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-            )
+            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             tok = _tokenizer(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:  # gguf raises many different types on a truncated or foreign file
-        raise ModelLoadError(
-            f"could not read GGUF file {gguf}: {exc}. Re-download or re-assemble it."
-        ) from exc
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}. Re-download or re-assemble it.") from exc
     hf.config.quantization_config = None  # otherwise save_pretrained refuses a GGUF-loaded model
     hf.hf_quantizer = None
     tmp = target.with_name(target.name + ".partial")

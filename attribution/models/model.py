@@ -180,9 +180,7 @@ class Model:
             input_ids[b, width - len(s) :] = torch.tensor(s)
             mask[b, width - len(s) :] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        bos = self.tokenizer.bos_token_id is not None and all(
-            s[0] == self.tokenizer.bos_token_id for s in seqs
-        )
+        bos = self.tokenizer.bos_token_id is not None and all(s[0] == self.tokenizer.bos_token_id for s in seqs)
         return Batch(
             input_ids.to(self.device),
             mask.to(self.device),

@@ -6,5 +6,16 @@ from attribution.saes.io import load_sae, save_sae
 from attribution.saes.jumprelu import JumpReLUSAE
 from attribution.saes.relu import ReLUSAE
 from attribution.saes.topk import TopKSAE
+from attribution.saes.whole import WholeActivation
 
-__all__ = ["REGISTRY", "SAE", "JumpReLUSAE", "ReLUSAE", "TopKSAE", "build", "load_sae", "save_sae"]
+__all__ = [
+    "REGISTRY",
+    "SAE",
+    "JumpReLUSAE",
+    "ReLUSAE",
+    "TopKSAE",
+    "WholeActivation",
+    "build",
+    "load_sae",
+    "save_sae",
+]

@@ -32,6 +32,7 @@ class SAE(nn.Module):
     """
 
     architecture = "base"
+    min_features = 1  # WholeActivation, the featureless dictionary, sets 0
 
     def __init__(
         self,
@@ -44,7 +45,7 @@ class SAE(nn.Module):
         **extra,
     ):
         super().__init__()
-        if d_in < 1 or d_sae < 1:
+        if d_in < 1 or d_sae < self.min_features:
             raise SAEError(f"d_in and d_sae must be >= 1, got d_in={d_in}, d_sae={d_sae}")
         self.hook = hook
         self.apply_b_dec_to_input = apply_b_dec_to_input

@@ -62,9 +62,7 @@ def load_sae(path: str | Path, *, hook: str | None = None, model=None, device=No
     try:
         weights = load_file(str(path / WEIGHTS))
     except Exception as exc:
-        raise SAEError(
-            f"{path / WEIGHTS} could not be read ({exc}); the file is corrupt or truncated."
-        ) from exc
+        raise SAEError(f"{path / WEIGHTS} could not be read ({exc}); the file is corrupt or truncated.") from exc
 
     arch, extra = _architecture(cfg, path)
     hook = hook or _hook_name(cfg, path)
@@ -101,9 +99,7 @@ def _architecture(cfg: dict, path: Path) -> tuple[str, dict]:
     if arch is None:  # older SAELens: the activation function names the architecture
         arch = {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str", "relu"))
     if arch not in _SAELENS_ARCH:
-        raise SAEError(
-            f"{path}: SAE architecture {arch!r} is not supported (use standard/relu, jumprelu, topk)."
-        )
+        raise SAEError(f"{path}: SAE architecture {arch!r} is not supported (use standard/relu, jumprelu, topk).")
     arch = _SAELENS_ARCH[arch]
     extra = {}
     if arch == "topk":

@@ -1,0 +1,123 @@
+"""`python -m attribution run`: attribution, ablation and their agreement for one prompt, from a shell.
+
+With --sae folders it attributes to SAE features (grad_x_act, checked by zero ablation). Without, every
+(layer, position) of the residual stream is one node, and it runs attribution patching against real
+activation patching from --corrupt: the classic experiment, and the baseline SAE features must beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+JOHN = 'John says, "I want to be alone right now." John feels'
+JOHN_HAPPY = 'John says, "I love to be here right now." John feels'
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m attribution", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="attribute a logit difference and check it by ablation")
+    run.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: gemma-3-270m)")
+    run.add_argument("--sae", action="append", default=[], help="SAE folder (ours or SAELens); repeatable")
+    run.add_argument(
+        "--hooks", default=None, help="comma-separated hook points for the SAE-free run (default: every resid_post)"
+    )
+    run.add_argument("--prompt", default=JOHN, help="the prompt (default: the paper's John example)")
+    run.add_argument("--good", default=" sad", help="answer whose logit counts positively (one token)")
+    run.add_argument("--bad", default=" happy", help="answer whose logit counts negatively (one token)")
+    run.add_argument(
+        "--corrupt",
+        default=None,
+        help=f"same-length corrupted prompt for atp / patching (SAE-free default: {JOHN_HAPPY!r})",
+    )
+    run.add_argument(
+        "--method",
+        choices=["grad_x_act", "atp", "ig"],
+        default=None,
+        help="attribution method (default: grad_x_act with --sae, atp without)",
+    )
+    run.add_argument(
+        "--mode",
+        choices=["zero", "mean", "patch"],
+        default=None,
+        help="ablation mode (default: zero with --sae, patch without)",
+    )
+    run.add_argument("--steps", type=int, default=10, help="integrated-gradient steps")
+    run.add_argument("--ablate", type=int, default=100, help="ablate this many top nodes (0: all)")
+    run.add_argument("--top", type=int, default=15, help="rows of the printed table")
+    run.add_argument("--json", default=None, help="write every node's estimate and effect to this file")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from attribution import (
+        AttributionError,
+        LogitDiff,
+        WholeActivation,
+        ablate,
+        attribute,
+        compare,
+        load_model,
+        load_sae,
+    )
+
+    try:
+        t0 = time.perf_counter()
+        model = load_model(args.model)
+        metric = LogitDiff(model, args.good, args.bad)
+        if args.sae:
+            saes = {s.hook: s for s in (load_sae(path, model=model) for path in args.sae)}
+            method, mode, corrupt = args.method or "grad_x_act", args.mode or "zero", args.corrupt
+        else:
+            hooks = args.hooks.split(",") if args.hooks else [f"resid_post.{i}" for i in range(model.n_layers)]
+            saes = WholeActivation.at(model, hooks)
+            method, mode = args.method or "atp", args.mode or "patch"
+            corrupt = args.corrupt or (JOHN_HAPPY if args.prompt == JOHN else None)
+            if corrupt is None and (mode == "patch" or method == "atp"):
+                raise AttributionError("without --sae, give --corrupt: a same-length prompt to patch from")
+        print(f"{model}\nprompt: {args.prompt!r}\nmetric: {metric}")
+        t1 = time.perf_counter()
+        attr = attribute(model, saes, args.prompt, metric, method=method, corrupt=corrupt, steps=args.steps)
+        t2 = time.perf_counter()
+        print(
+            f"metric = {float(attr.metric[0]):+.3f}"
+            + (f" (corrupt: {float(attr.baseline[0]):+.3f})" if attr.baseline is not None else "")
+        )
+        nodes = attr.top(args.ablate or None)
+        abl = ablate(model, saes, args.prompt, metric, nodes, mode=mode, corrupt=corrupt)
+        t3 = time.perf_counter()
+    except AttributionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    effect = dict(zip(abl.node_keys(), abl.effect.tolist()))
+    print(f"\n{'hook':>13} {'pos':>4} {'token':>12} {'node':>8} {'estimate':>9} {'real effect':>12}")
+    for n in nodes[: args.top]:
+        label = f"f{n.feature}" if not n.is_error else ("error" if args.sae else "whole")
+        print(f"{n.hook:>13} {n.position:>4} {n.token!r:>12} {label:>8} {n.attribution:+9.3f} {effect[n.key]:+12.3f}")
+    agreement = compare(attr, abl)
+    print(f"\n{method} vs {mode} ablation: {agreement}")
+    print(
+        f"time: load {t1 - t0:.1f}s, attribution {t2 - t1:.2f}s ({len(attr)} nodes), "
+        f"{len(abl)} ablations {t3 - t2:.2f}s"
+    )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                {
+                    "prompt": args.prompt,
+                    "metric": float(attr.metric[0]),
+                    "method": method,
+                    "mode": mode,
+                    "agreement": agreement.__dict__,
+                    "nodes": [n._asdict() | {"effect": effect[n.key]} for n in nodes],
+                },
+                fh,
+                indent=1,
+            )
+    return 0
