@@ -162,7 +162,19 @@ class Decomposition:
 @torch.no_grad()
 def decompose(sae, x: Tensor) -> Decomposition:
     f = sae.encode(x)
-    return Decomposition(f, x - sae.decode(f).to(x.dtype))
+    return Decomposition(f, x - decode(sae, f).to(x.dtype))
+
+
+@torch.no_grad()
+def decode(sae, f: Tensor) -> Tensor:
+    """sae.decode(f), summing only the active features' decoder rows when few are active (TopK: k of d_sae)."""
+    flat = f.flatten(0, -2)  # [n, d_sae]
+    rows, cols = flat.nonzero(as_tuple=True)
+    if len(rows) > 0.05 * flat.numel():
+        return sae.decode(f)
+    out = sae.b_dec.expand(flat.shape[0], -1).clone()  # [n, d_in]
+    out.index_add_(0, rows, flat[rows, cols, None] * sae.W_dec[cols])
+    return out.reshape(*f.shape[:-1], -1)
 
 
 @dataclass
@@ -197,7 +209,7 @@ def run_with_saes(model, saes, prompt, *, edit_features: dict[str, FeatureEdit] 
             d = decompose(sae, x)
             f = edit_features[hook](d.features) if hook in edit_features else d.features
             features[hook], errors[hook] = f, d.error
-            return sae.decode(f).to(x.dtype) + d.error
+            return decode(sae, f).to(x.dtype) + d.error
 
         return edit
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from attribution import AttributionError, LogitDiff, TokenizationError, ablate, attribute, compare, trace
+from attribution import AttributionError, LogitDiff, SAEError, TokenizationError, ablate, attribute, compare, trace
 from attribution.compare import _rank
 from attribution.metrics import Rows, evaluate
 from tests.conftest import PROMPTS, random_sae, tiny_model
@@ -165,3 +165,14 @@ def test_attribution_errors():
 
 def test_compare_statistics():
     assert _rank(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+
+
+def test_nan_weights_are_caught_after_a_successful_run():
+    m = tiny_model("gemma3")
+    sae = random_sae(m, "resid_post.1")
+    metric = LogitDiff(m, "sad", "happy")
+    attribute(m, {sae.hook: sae}, PROMPTS[0], metric)  # checked once, then cached ...
+    with torch.no_grad():
+        sae.W_dec[3, 3] = float("nan")  # ... until the weights change
+    with pytest.raises(SAEError, match="W_dec contains NaN"):
+        attribute(m, {sae.hook: sae}, PROMPTS[0], metric)

@@ -89,18 +89,24 @@ class SAE(nn.Module):
 
     def check(self, model=None) -> None:
         """Raise SAEError if weights hold NaN/inf, or the SAE does not fit `model`'s hook point."""
-        for name, p in self.named_parameters():
-            if not torch.isfinite(p).all():
-                raise SAEError(
-                    f"SAE at {self.hook!r}: parameter {name} contains NaN/inf. The weights are "
-                    "corrupt or training diverged; retrain or reload them."
-                )
+        state = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if state != getattr(self, "_finite_state", None):  # scanning 10^8 weights per call is not free
+            self._check_finite()
+            self._finite_state = state
         if model is not None:
             spec = model.hook(self.hook)
             if self.d_in != model.d_model:
                 raise SAEError(
                     f"SAE at {spec.name!r} has width d_in={self.d_in}, but the model's {spec.name} is "
                     f"{model.d_model} wide. This SAE was trained for another model; load one for this model."
+                )
+
+    def _check_finite(self) -> None:
+        for name, p in self.named_parameters():
+            if not torch.isfinite(p).all():
+                raise SAEError(
+                    f"SAE at {self.hook!r}: parameter {name} contains NaN/inf. The weights are "
+                    "corrupt or training diverged; retrain or reload them."
                 )
 
     def __repr__(self) -> str:
