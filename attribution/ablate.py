@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.errors import AttributionError, TokenizationError
+from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import NodeTable, as_key
 from attribution.splice import decompose, grow_edits, prepare_saes, trace
@@ -75,14 +75,7 @@ def ablate(
     ]
     if not keys:
         raise AttributionError("no nodes to ablate")
-    cbatch = None
-    if mode == "patch":
-        cbatch = model.tokenize(corrupt)
-        if cbatch.lengths != batch.lengths:
-            raise TokenizationError(
-                f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens but the clean ones "
-                f"to {batch.lengths}; patching needs equal lengths."
-            )
+    cbatch = batch.same_shape(model.tokenize(corrupt)) if mode == "patch" else None
     means = (
         _means(model, saes, model.tokenize(reference) if reference is not None else batch) if mode == "mean" else None
     )
@@ -108,7 +101,6 @@ def ablate(
         if cbatch is not None:
             ctr = trace(model, cbatch.select(b), capture=used)
             cdec = {h: decompose(saes[h], ctr.acts[h]) for h in used}
-        rows1 = None
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             deltas: dict[str, tuple[list[int], list[Tensor]]] = {}
@@ -122,8 +114,7 @@ def ablate(
                 deltas[h][1].append(delta)
                 activation[n] = act
             tr = trace(model, one, edits=grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()}))
-            rows1 = Rows(torch.full((tr.hidden.shape[0],), b), torch.zeros(tr.hidden.shape[0], dtype=torch.long))
-            m = evaluate(metric, model, tr.hidden, rows1).detach().double()
+            m = evaluate(metric, model, tr.hidden, Rows.copies(b, tr.hidden.shape[0])).detach().double()
             # rows after 0 follow hook order, and `chunk` is sorted the same way
             ablated[chunk] = m[1:]
             effect[chunk] = m[0] - m[1:]
@@ -176,10 +167,7 @@ def _delta(sae, dec, cdec, mean, pos: int, feat: int, mode: str) -> tuple[Tensor
 def _means(model, saes, batch) -> dict[str, tuple[Tensor, Tensor]]:
     """Mean feature activations [d_sae] and error terms [d_model] over non-<bos> tokens of `batch`."""
     tr = trace(model, batch, capture=list(saes))
-    mask = batch.attention_mask.bool().clone()
-    if batch.bos:
-        for b in range(batch.size):
-            mask[b, batch.offset(b)] = False
+    mask = batch.node_mask()
     out = {}
     for h, sae in saes.items():
         d = decompose(sae, tr.acts[h])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from attribution.errors import AttributionError, TokenizationError, check_finite
+from attribution.errors import AttributionError, check_finite
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import NodeTable
 from attribution.splice import Decomposition, decompose, grow_edits, prepare_saes, trace
@@ -98,15 +98,8 @@ def attribute(
     if not saes:
         raise AttributionError("no SAEs given: pass {hook: SAE} for at least one hook")
     batch = model.tokenize(prompt)
-    cbatch = None
-    if corrupt is not None:
-        cbatch = model.tokenize(corrupt)
-        if cbatch.lengths != batch.lengths:
-            raise TokenizationError(
-                f"corrupt prompt(s) tokenize to {cbatch.lengths} tokens, the clean ones to {batch.lengths}; "
-                "patching compares position by position, so they must have the same number of tokens."
-            )
-    valid = _node_positions(batch, include_bos)
+    cbatch = None if corrupt is None else batch.same_shape(model.tokenize(corrupt))
+    valid = batch.node_mask(include_bos)
     table = Attribution(
         hooks=list(saes), tokens=batch.tokens, method=method, d_sae={h: s.d_sae for h, s in saes.items()}
     )
@@ -115,33 +108,21 @@ def attribute(
             model, saes, batch, cbatch, metric, steps, valid, max_rows
         )
     else:
-        parts, table.metric, table.baseline = _gradient_times(model, saes, batch, cbatch, metric, valid)
+        parts, table.metric, table.baseline = _gradient_times(model, saes, batch, cbatch, metric)
     _fill(table, parts, batch, valid)
     return table
 
 
-def _node_positions(batch, include_bos: bool) -> Tensor:
-    valid = batch.attention_mask.bool().clone()  # [batch, pos]
-    if batch.bos and not include_bos:
-        for b in range(batch.size):
-            valid[b, batch.offset(b)] = False
-    return valid
-
-
-def _rows(batch) -> Rows:
-    return Rows(torch.arange(batch.size), torch.tensor([batch.offset(b) for b in range(batch.size)]))
-
-
-def _gradient_times(model, saes, batch, cbatch, metric, valid):
+def _gradient_times(model, saes, batch, cbatch, metric):
     hooks = list(saes)
     tr = trace(model, batch, capture=hooks, grad=True)
-    m = evaluate(metric, model, tr.hidden, _rows(batch))
+    m = evaluate(metric, model, tr.hidden, Rows.of(batch))
     grads = torch.autograd.grad(m.sum(), [tr.acts[h] for h in hooks], allow_unused=True)
     corrupt = None
     mc = None
     if cbatch is not None:
         ctr = trace(model, cbatch, capture=hooks)
-        mc = evaluate(metric, model, ctr.hidden, _rows(cbatch)).detach()
+        mc = evaluate(metric, model, ctr.hidden, Rows.of(cbatch)).detach()
         corrupt = ctr.acts
     parts = []
     for j, (h, sae) in enumerate(saes.items()):
@@ -163,7 +144,7 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
     out = {h: [] for h in hooks}  # per prompt: (clean, base, g_mean)
     for b in range(batch.size):
         one = batch.select(b)
-        rows1 = Rows(torch.tensor([b]), torch.tensor([0]))
+        rows1 = Rows.copies(b, 1)
         clean_tr = trace(model, one, capture=hooks)
         metrics.append(evaluate(metric, model, clean_tr.hidden, rows1).detach()[0])
         base_acts = None
@@ -185,7 +166,7 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
                 grad=True,
             )
             n = tr.hidden.shape[0]
-            m = evaluate(metric, model, tr.hidden, Rows(torch.full((n,), b), torch.zeros(n, dtype=torch.long)))
+            m = evaluate(metric, model, tr.hidden, Rows.copies(b, n))
             grads = torch.autograd.grad(m.sum(), [leaves[h] for h in chunk])
             for h, g in zip(chunk, grads):
                 check_finite(g, f"the gradient at {h}")

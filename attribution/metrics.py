@@ -22,6 +22,16 @@ class Rows:
     prompt: Tensor  # [rows] long
     offset: Tensor  # [rows] long
 
+    @classmethod
+    def of(cls, batch) -> Rows:
+        """One row per prompt of a (left-padded) batch."""
+        return cls(torch.arange(batch.size), torch.tensor([batch.offset(b) for b in range(batch.size)]))
+
+    @classmethod
+    def copies(cls, prompt: int, n: int) -> Rows:
+        """n unpadded rows that all belong to one prompt (a growing batch)."""
+        return cls(torch.full((n,), prompt), torch.zeros(n, dtype=torch.long))
+
 
 class LogitDiff:
     """logit(good) - logit(bad) at one position (default: the last token of each prompt).
@@ -73,9 +83,7 @@ class LogitDiff:
 
     def __call__(self, logits: Tensor, rows: Rows | None = None) -> Tensor:
         """The same metric from full logits [rows, pos, vocab] (for checks against a plain forward)."""
-        rows = rows or Rows(
-            torch.zeros(logits.shape[0], dtype=torch.long), torch.zeros(logits.shape[0], dtype=torch.long)
-        )
+        rows = rows or Rows.copies(0, logits.shape[0])
         r = torch.arange(logits.shape[0])
         lg = logits[r, self._column(logits.shape[1], rows)]
         good, bad = self._ids(rows)

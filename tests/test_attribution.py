@@ -86,7 +86,7 @@ def test_integrated_gradients_are_complete(family):
         return x
 
     tr = trace(m, m.tokenize(PROMPTS[0]), edits={hook: patch})
-    rows = Rows(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    rows = Rows.copies(0, 1)
     target = float(ig.metric[0] - evaluate(metric, m, tr.hidden, rows))
     assert abs(target) > 0.02  # a non-trivial effect, far above the tolerance
     assert ig.total() == pytest.approx(target, rel=2e-3, abs=5e-4)  # abs: llama's float32 internals
@@ -176,3 +176,17 @@ def test_nan_weights_are_caught_after_a_successful_run():
         sae.W_dec[3, 3] = float("nan")  # ... until the weights change
     with pytest.raises(SAEError, match="W_dec contains NaN"):
         attribute(m, {sae.hook: sae}, PROMPTS[0], metric)
+
+
+def test_any_callable_on_logits_is_a_metric():
+    """A plain function of full logits gives the same attributions as LogitDiff's two-column shortcut."""
+    m = tiny_model("llama")
+    sae = random_sae(m, "resid_post.1")
+    sad, happy = m.token_id("sad"), m.token_id("happy")
+    fast = attribute(m, {sae.hook: sae}, PROMPTS[0], LogitDiff(m, "sad", "happy"))
+    slow = attribute(m, {sae.hook: sae}, PROMPTS[0], lambda logits: logits[:, -1, sad] - logits[:, -1, happy])
+    torch.testing.assert_close(slow.value, fast.value)
+    abl = ablate(m, {sae.hook: sae}, PROMPTS[0], lambda lg: lg[:, -1, sad] - lg[:, -1, happy], fast.top(5))
+    torch.testing.assert_close(
+        abl.effect, ablate(m, {sae.hook: sae}, PROMPTS[0], LogitDiff(m, "sad", "happy"), fast.top(5)).effect
+    )

@@ -36,7 +36,7 @@ def test_batched_equals_one_at_a_time(family):
     assert batch.lengths == [12, 6, 4] and batch.width == 12
     tr = trace(m, batch, capture=["resid_post.1"])
     metric = LogitDiff(m, "sad", "happy")
-    rows = Rows(torch.arange(3), torch.tensor([batch.offset(b) for b in range(3)]))
+    rows = Rows.of(batch)
     batched = evaluate(metric, m, tr.hidden, rows)
     for b, p in enumerate(PROMPTS):
         one = trace(m, m.tokenize(p), capture=["resid_post.1"])
@@ -50,7 +50,7 @@ def test_logit_diff_position_and_per_prompt_answers(family):
     logits = m.logits(PROMPTS[1])
     metric = LogitDiff(m, ["sad", "tired"], ["happy", "home"], position=2)
     batch = m.tokenize(PROMPTS[:2])
-    got = evaluate(metric, m, trace(m, batch).hidden, Rows(torch.arange(2), torch.tensor([0, 6])))
+    got = evaluate(metric, m, trace(m, batch).hidden, Rows.of(batch))
     ids = [m.token_id(w) for w in ("tired", "home")]
     torch.testing.assert_close(got[1], logits[0, 2, ids[0]] - logits[0, 2, ids[1]])
 

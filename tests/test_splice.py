@@ -23,9 +23,7 @@ def _metric_with(m, prompt, metric, hook=None, pos=None, delta=None):
 
         edits[hook] = edit
     tr = trace(m, m.tokenize(prompt), edits=edits)
-    return float(
-        evaluate(metric, m, tr.hidden, Rows(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
-    )
+    return float(evaluate(metric, m, tr.hidden, Rows.copies(0, 1)))
 
 
 def test_spliced_model_equals_original(family):

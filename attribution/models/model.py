@@ -40,6 +40,22 @@ class Batch:
     def offset(self, b: int) -> int:
         return self.width - self.lengths[b]
 
+    def node_mask(self, include_bos: bool = False) -> Tensor:
+        """[batch, pos] True at real tokens, <bos> excluded unless include_bos (see README: attention sinks)."""
+        mask = self.attention_mask.bool().clone()
+        if self.bos and not include_bos:
+            mask[torch.arange(self.size), torch.tensor([self.offset(b) for b in range(self.size)])] = False
+        return mask
+
+    def same_shape(self, other: Batch) -> Batch:
+        """`other` (corrupted prompts), checked to have this batch's token counts: patching is per position."""
+        if other.lengths != self.lengths:
+            raise TokenizationError(
+                f"corrupt prompt(s) tokenize to {other.lengths} tokens, the clean ones to {self.lengths}; "
+                "patching compares position by position, so they must have the same number of tokens."
+            )
+        return other
+
     def inputs(self) -> dict[str, Tensor]:
         return {
             "input_ids": self.input_ids,
