@@ -1,0 +1,199 @@
+"""Training an SAE on a stream of activations (the model-free core of `train_sae`).
+
+Follows "Scaling Monosemanticity" and its follow-ups:
+- inputs are scaled by one scalar so that E||x||^2 = d_in (the residual norm of gemma-3-270m is ~5,900),
+  and that scale is folded into the weights at the end, so the saved SAE works in model space;
+- ReLU: loss = ||x - x_hat||^2 + lambda * sum_i f_i ||W_dec[i]||, decoder norms left free (the penalty
+  weighs them), lambda warmed up linearly over the first 5% of steps;
+- TopK: loss = ||x - x_hat||^2 + AuxK (dead features reconstruct the residual error, weight 1/32), decoder
+  rows kept at unit norm;
+- Adam, learning-rate warm-up over 1% of steps and linear decay to zero over the last 20%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.errors import AttributionError
+from attribution.saes.base import SAE
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 4096
+    lr: float = 4e-4
+    l1_coefficient: float = 5.0  # ReLU only; in units of the normalised input (E||x||^2 = d_in)
+    l1_warmup: float = 0.05
+    lr_warmup: float = 0.01
+    lr_decay: float = 0.2
+    aux_k: int = 256  # TopK only: dead features used by the auxiliary loss
+    aux_coefficient: float = 1 / 32
+    dead_after_tokens: int = 1_000_000  # a feature silent for this many tokens counts as dead
+    log_every: int = 100
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainLog:
+    steps: list[int] = field(default_factory=list)
+    mse: list[float] = field(default_factory=list)  # normalised units
+    explained_variance: list[float] = field(default_factory=list)
+    l0: list[float] = field(default_factory=list)
+    dead_fraction: list[float] = field(default_factory=list)
+    scale: float = 1.0
+
+    def last(self) -> dict:
+        return {k: v[-1] for k, v in asdict(self).items() if isinstance(v, list) and v}
+
+
+def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> TrainLog:
+    """Train `sae` in place on batches of activations [batch, d_in]; returns the training log."""
+    cfg = cfg or TrainConfig()
+    if sae.architecture not in ("relu", "topk"):
+        raise AttributionError(f"training {sae.architecture!r} SAEs is not supported; train 'relu' or 'topk'")
+    stream = _batches(batches, cfg.batch_size)
+    first = next(stream, None)
+    if first is None or first.shape[0] == 0:
+        raise AttributionError("no activations to train on: the corpus is empty")
+    if first.shape[-1] != sae.d_in:
+        raise AttributionError(f"activations are {first.shape[-1]} wide but the SAE expects d_in={sae.d_in}")
+    torch.manual_seed(cfg.seed)
+    scale = float((sae.d_in / first.float().pow(2).sum(-1).mean()).sqrt())
+    _init(sae, first.float() * scale)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    log = TrainLog(scale=scale)
+    since_fired = torch.zeros(sae.d_sae)
+    topk = sae.architecture == "topk"
+    bar = tqdm(range(cfg.steps), desc=f"training SAE {sae.hook}", disable=not cfg.progress)
+    x = first
+    for step in bar:
+        if step:
+            x = next(stream, None)
+            if x is None:
+                break
+        x = x.float() * scale
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(step, cfg)
+        pre = sae.pre_acts(x)
+        f = sae.activation(pre)
+        x_hat = sae.decode(f)
+        err = x - x_hat
+        mse = err.pow(2).sum(-1).mean()
+        fired = (f > 0).any(0)
+        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0])
+        dead = since_fired >= cfg.dead_after_tokens
+        if topk:
+            loss = mse + cfg.aux_coefficient * _aux_k_loss(sae, pre, err, dead, cfg.aux_k)
+        else:
+            lam = cfg.l1_coefficient * min(1.0, (step + 1) / max(1, cfg.l1_warmup * cfg.steps))
+            loss = mse + lam * (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if topk:
+            _project_out_radial_grad(sae)
+        opt.step()
+        if topk:
+            with torch.no_grad():
+                sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            with torch.no_grad():
+                ev = 1 - err.var(0).sum() / x.var(0).sum()
+            log.steps.append(step)
+            log.mse.append(float(mse.detach()))
+            log.explained_variance.append(float(ev))
+            log.l0.append(float((f > 0).float().sum(-1).mean()))
+            log.dead_fraction.append(float(dead.float().mean()))
+            bar.set_postfix(ev=f"{float(ev):.3f}", l0=f"{log.l0[-1]:.1f}", dead=f"{log.dead_fraction[-1]:.1%}")
+    _fold_scale(sae, scale)
+    sae.requires_grad_(False)
+    sae.meta.update({"training": asdict(cfg), "scale": scale, **{f"final_{k}": v for k, v in log.last().items()}})
+    return log
+
+
+def _batches(batches: Iterable[Tensor], size: int) -> Iterator[Tensor]:
+    """Re-chunk [n, d] tensors (or one big tensor) into batches of `size` rows, in epochs when `batches`
+    can be iterated again (a list, a tensor, a cache on disk); a one-shot iterator is read once."""
+    if isinstance(batches, Tensor):
+        batches = [batches]
+
+    def epochs():
+        while True:
+            empty = True
+            for b in batches:
+                empty = False
+                yield b
+            if empty or iter(batches) is batches:
+                return
+
+    buf, n = [], 0
+    for b in epochs():
+        b = b.reshape(-1, b.shape[-1])
+        buf.append(b)
+        n += b.shape[0]
+        while n >= size:
+            cat = torch.cat(buf)
+            yield cat[:size]
+            buf, n = [cat[size:]], n - size
+    if n:
+        yield torch.cat(buf)
+
+
+def _init(sae: SAE, x: Tensor) -> None:
+    """Decoder rows: random directions (norm 0.1 for ReLU, 1 for TopK); encoder = decoder^T; b_dec = mean."""
+    with torch.no_grad():
+        w = torch.randn(sae.d_sae, sae.d_in, dtype=sae.W_dec.dtype)
+        w /= w.norm(dim=-1, keepdim=True)
+        sae.W_dec.copy_(w if sae.architecture == "topk" else 0.1 * w)
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(x.mean(0))
+    sae.requires_grad_(True)
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(cfg.lr_warmup * cfg.steps))
+    decay_start = int((1 - cfg.lr_decay) * cfg.steps)
+    if step < warm:
+        return (step + 1) / warm
+    if step >= decay_start:
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
+    return 1.0
+
+
+def _aux_k_loss(sae: SAE, pre: Tensor, err: Tensor, dead: Tensor, k_aux: int) -> Tensor:
+    """Dead features, through their top-k_aux pre-activations, learn to reconstruct the residual error."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    k = min(k_aux, n_dead)
+    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+    vals, idx = masked.topk(k, dim=-1)
+    f_aux = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    recon = f_aux @ sae.W_dec
+    return (err.detach() - recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+
+
+def _project_out_radial_grad(sae: SAE) -> None:
+    """With unit-norm decoder rows, drop the gradient component that would only change their norm."""
+    if sae.W_dec.grad is None:
+        return
+    w = sae.W_dec.data
+    g = sae.W_dec.grad
+    g -= (g * w).sum(-1, keepdim=True) * w
+
+
+def _fold_scale(sae: SAE, scale: float) -> None:
+    """Make the SAE take and return raw activations: f(x) = act(W_enc^T (s x) + b), x_hat = decode / s."""
+    with torch.no_grad():
+        if sae.apply_b_dec_to_input:
+            raise AttributionError("folding a scale with apply_b_dec_to_input is not supported")
+        sae.W_enc.mul_(scale)
+        sae.W_dec.div_(scale)
+        sae.b_dec.div_(scale)
