@@ -22,13 +22,22 @@ Edit = Callable[[Tensor], Tensor]  # [rows, pos, d_model] -> [rows', pos, d_mode
 @dataclass
 class Trace:
     acts: dict[str, Tensor]  # hook -> [rows, pos, d_model], the value that flowed downstream
-    hidden: Tensor  # [rows, pos, d_model], after the final norm
+    hidden: Tensor | None  # [rows, pos, d_model], after the final norm (None with stop_early)
 
 
 def trace(
-    model, batch, *, edits: dict[str, Edit] | None = None, capture: Iterable[str] = (), grad: bool = False
+    model,
+    batch,
+    *,
+    edits: dict[str, Edit] | None = None,
+    capture: Iterable[str] = (),
+    grad: bool = False,
+    stop_early: bool = False,
 ) -> Trace:
-    """Run the model on `batch` with `edits` applied and `capture`d activations kept (with graph if grad)."""
+    """Run the model on `batch` with `edits` applied and `capture`d activations kept (with graph if grad).
+
+    stop_early: stop right after the last hook (no final hidden state), e.g. to collect activations.
+    """
     edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
     capture = {model.hook(h).name for h in capture}
     specs = sorted((model.hooks[h] for h in set(edits) | capture), key=lambda s: s.order)
@@ -51,8 +60,11 @@ def trace(
                 _set(env, spec, x)
             if spec.name in capture:
                 acts[spec.name] = x
-        out.append(model.envoy(model.family.final_norm).output)
+        if not stop_early:
+            out.append(model.envoy(model.family.final_norm).output)
         tracer.stop()
+    if stop_early:
+        return Trace(acts, None)
     hidden = out[0]
     check_finite(hidden.detach(), "the model's final hidden state")
     return Trace(acts, hidden)

@@ -1,0 +1,147 @@
+"""Activation caches: residual activations streamed to disk in shards, so memory stays bounded.
+
+Collection runs in bfloat16 under autocast (this CPU multiplies bf16 ~3.5x faster than fp32) and stops the
+forward at the last hook needed. Each shard holds every hook's activations for the same tokens; the
+manifest records how many input batches are done, so an interrupted collection resumes where it stopped.
+
+Which tokens are kept: never <bos> (an attention sink whose norm is ~10x the median: a dictionary would
+spend features on it, and attribution leaves it out of the node set anyway), and no token whose norm
+exceeds `outlier` x the batch median (the rare massive-activation tokens, ~0.02% of text).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.errors import AttributionError
+from attribution.models.model import Batch
+from attribution.splice import trace
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ActivationCache:
+    """A folder of shards; `batches(hook)` can be iterated any number of times (training epochs)."""
+
+    path: Path
+    hooks: list[str]
+    shards: list[str]
+    n_tokens: int
+
+    def batches(self, hook: str) -> _Shards:
+        if hook not in self.hooks:
+            raise AttributionError(f"the cache at {self.path} has no {hook!r}; it holds {self.hooks}")
+        return _Shards(self, hook)
+
+    def tensor(self, hook: str) -> Tensor:
+        """Every cached activation of one hook in memory, [n_tokens, d_model] (for small caches)."""
+        return torch.cat(list(self.batches(hook)))
+
+
+class _Shards:
+    def __init__(self, cache: ActivationCache, hook: str):
+        self.cache, self.hook = cache, hook
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for name in self.cache.shards:
+            yield load_file(str(self.cache.path / name))[self.hook]
+
+
+def collect(
+    model,
+    hooks: list[str],
+    token_batches: Iterable[Tensor],
+    path: str | Path,
+    *,
+    shard_tokens: int = 1 << 17,
+    dtype: torch.dtype = torch.bfloat16,
+    outlier: float = 10.0,
+    total: int | None = None,
+    progress: bool = True,
+) -> ActivationCache:
+    """Run `token_batches` ([batch, seq] ids, each row starting with <bos>) and cache `hooks` under `path`."""
+    hooks = sorted({model.hook(h).name for h in hooks}, key=lambda h: model.hooks[h].order)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(path, hooks)
+    done_batches = manifest["batches"]
+    buffers: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    buffered, seen = 0, done_batches
+    bar = tqdm(total=total, desc=f"activations {','.join(hooks)}", unit="batch", disable=not progress)
+    for i, ids in enumerate(token_batches):
+        bar.update(1)
+        if i < done_batches:
+            continue  # resuming: this batch is already in a shard
+        seen = i + 1
+        batch = _batch(ids)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            acts = trace(model, batch, capture=hooks, stop_early=True).acts
+        keep = _keep(acts[hooks[-1]], outlier)  # [batch, seq] bool: not <bos>, not a massive-norm token
+        for h in hooks:
+            buffers[h].append(acts[h][keep].to(dtype))
+        buffered += int(keep.sum())
+        if buffered >= shard_tokens:
+            _write_shard(path, manifest, buffers, seen)
+            buffers, buffered = {h: [] for h in hooks}, 0
+    if buffered:
+        _write_shard(path, manifest, buffers, seen)
+    bar.close()
+    manifest["complete"] = True
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if not manifest["shards"]:
+        raise AttributionError("no activations were collected: the token source was empty")
+    return ActivationCache(path, hooks, [s["file"] for s in manifest["shards"]], manifest["tokens"])
+
+
+def open_cache(path: str | Path) -> ActivationCache | None:
+    """A complete cache at `path`, or None."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        return None
+    m = json.loads((path / MANIFEST).read_text())
+    if not m.get("complete"):
+        return None
+    return ActivationCache(path, m["hooks"], [s["file"] for s in m["shards"]], m["tokens"])
+
+
+def _batch(ids: Tensor) -> Batch:
+    n, seq = ids.shape
+    ones = torch.ones_like(ids)
+    return Batch(ids, ones, torch.arange(seq).expand(n, seq), [seq] * n, [[] for _ in range(n)], True)
+
+
+def _keep(x: Tensor, outlier: float) -> Tensor:
+    norms = x.float().norm(dim=-1)  # [batch, seq]
+    keep = norms <= outlier * norms[:, 1:].median()
+    keep[:, 0] = False  # <bos>
+    return keep
+
+
+def _read_manifest(path: Path, hooks: list[str]) -> dict:
+    if (path / MANIFEST).exists():
+        m = json.loads((path / MANIFEST).read_text())
+        if m["hooks"] != hooks:
+            raise AttributionError(f"{path} caches {m['hooks']}, not {hooks}; use another folder")
+        return m
+    return {"hooks": hooks, "batches": 0, "tokens": 0, "shards": [], "complete": False}
+
+
+def _write_shard(path: Path, manifest: dict, buffers: dict[str, list[Tensor]], batches_done: int) -> None:
+    name = f"shard_{len(manifest['shards']):05d}.safetensors"
+    tensors = {h: torch.cat(v).contiguous() for h, v in buffers.items()}
+    n = next(iter(tensors.values())).shape[0]
+    save_file(tensors, str(path / (name + ".partial")))
+    (path / (name + ".partial")).rename(path / name)
+    manifest["shards"].append({"file": name, "tokens": n})
+    manifest["tokens"] += n
+    manifest["batches"] = batches_done
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
