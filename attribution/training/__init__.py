@@ -1,5 +1,20 @@
-"""SAE training: the trainer on activation streams (corpus and activation caching come next)."""
+"""SAE training: a corpus, cached activations, the trainer, and held-out evaluation."""
 
+from attribution.training.activations import ActivationCache, collect, open_cache
+from attribution.training.corpus import sample_tokens, text_tokens
+from attribution.training.evaluate import evaluate_sae
+from attribution.training.train import train_sae
 from attribution.training.trainer import TrainConfig, TrainLog, fit
 
-__all__ = ["TrainConfig", "TrainLog", "fit"]
+__all__ = [
+    "ActivationCache",
+    "TrainConfig",
+    "TrainLog",
+    "collect",
+    "evaluate_sae",
+    "fit",
+    "open_cache",
+    "sample_tokens",
+    "text_tokens",
+    "train_sae",
+]
