@@ -6,6 +6,7 @@ with a fixed seed, so the same call gives the same tokens anywhere; results are 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -39,23 +40,23 @@ def sample_tokens(
     if cache and path.exists():
         return load_file(str(path))["tokens"]
     gen = torch.Generator().manual_seed(seed)
+    # a bfloat16 copy: autocast would re-cast the frozen weights (262k x 640 unembedding included) every step
+    hf = copy.deepcopy(model.hf).to(torch.bfloat16)
     rows = []
     bar = tqdm(total=n_seq * (seq_len - 1), desc="sampling corpus", unit="tok", disable=not progress)
     for start in range(0, n_seq, batch_size):
         n = min(batch_size, n_seq - start)
         ids = torch.full((n, 1), model.tokenizer.bos_token_id, dtype=torch.long)
         past = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            for _ in range(seq_len - 1):
-                out = model.hf(
-                    ids[:, -1:] if past is not None else ids, past_key_values=past, use_cache=True, logits_to_keep=1
-                )
-                past = out.past_key_values
-                logits = out.logits[:, -1].float() / temperature
-                vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-                choice = torch.multinomial(vals.softmax(-1), 1, generator=gen)
-                ids = torch.cat([ids, idx.gather(-1, choice)], dim=1)
-                bar.update(n)
+        for _ in range(seq_len - 1):
+            step_ids = ids[:, -1:] if past is not None else ids
+            out = hf(step_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            logits = out.logits[:, -1].float() / temperature
+            vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+            choice = torch.multinomial(vals.softmax(-1), 1, generator=gen)
+            ids = torch.cat([ids, idx.gather(-1, choice)], dim=1)
+            bar.update(n)
         rows.append(ids)
     bar.close()
     tokens = torch.cat(rows)
