@@ -57,3 +57,14 @@ def test_topk_respects_k_and_errors():
         fit(build("relu", 16, 8, "resid_post.0"), x, TrainConfig(progress=False))
     with pytest.raises(AttributionError, match="not supported"):
         fit(build("jumprelu", 32, 8, "resid_post.0"), x, TrainConfig(progress=False))
+
+
+def test_scale_folds_with_a_centred_encoder():
+    """Data with a large mean: a centred encoder (b_dec subtracted) trains, and the saved SAE works on raw x."""
+    x, true = synthetic(40_000)
+    x = x + 5000 * torch.nn.functional.normalize(torch.ones(32), dim=0)  # a big shared mean, as in a residual
+    sae = build("topk", 32, 96, "resid_post.0", k=4, apply_b_dec_to_input=True)
+    fit(sae, x.split(1000), TrainConfig(steps=800, batch_size=512, lr=3e-3, dead_after_tokens=20_000, progress=False))
+    f = sae.encode(x[:4000])
+    ev = 1 - (x[:4000] - sae.decode(f)).var(0).sum() / x[:4000].var(0).sum()
+    assert ev >= 0.9 and recovery(sae, true) >= 0.9

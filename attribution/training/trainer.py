@@ -194,9 +194,9 @@ def _project_out_radial_grad(sae: SAE) -> None:
 
 def _fold_scale(sae: SAE, scale: float) -> None:
     """Make the SAE take and return raw activations: f(x) = act(W_enc^T (s x) + b), x_hat = decode / s."""
+    # With apply_b_dec_to_input: act((s W_enc)^T (x - b_dec/s) + b_enc) = act(W_enc^T (s x - b_dec) + b_enc),
+    # so the same three lines fold the scale either way.
     with torch.no_grad():
-        if sae.apply_b_dec_to_input:
-            raise AttributionError("folding a scale with apply_b_dec_to_input is not supported")
         sae.W_enc.mul_(scale)
         sae.W_dec.div_(scale)
         sae.b_dec.div_(scale)
