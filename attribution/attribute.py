@@ -144,13 +144,10 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
     out = {h: [] for h in hooks}  # per prompt: (clean, base, g_mean)
     for b in range(batch.size):
         one = batch.select(b)
-        rows1 = Rows.copies(b, 1)
-        clean_tr = trace(model, one, capture=hooks)
-        metrics.append(evaluate(metric, model, clean_tr.hidden, rows1).detach()[0])
         base_acts = None
         if cbatch is not None:
             ctr = trace(model, cbatch.select(b), capture=hooks)
-            baselines.append(evaluate(metric, model, ctr.hidden, rows1).detach()[0])
+            baselines.append(evaluate(metric, model, ctr.hidden, Rows.copies(b, 1)).detach()[0])
             base_acts = ctr.acts
         mask = valid[b, batch.offset(b) :][None, :, None]  # [1, pos, 1]
         for start in range(0, len(hooks), per_hook):
@@ -167,6 +164,8 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
             )
             n = tr.hidden.shape[0]
             m = evaluate(metric, model, tr.hidden, Rows.copies(b, n))
+            if start == 0:
+                metrics.append(m[0].detach())  # row 0 of every growing batch is the clean prompt
             grads = torch.autograd.grad(m.sum(), [leaves[h] for h in chunk])
             for h, g in zip(chunk, grads):
                 check_finite(g, f"the gradient at {h}")

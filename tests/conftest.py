@@ -31,70 +31,60 @@ def tiny_tokenizer():
     )
 
 
+# family: (config class, model class, what differs); vocabulary, ids and init scale are shared below
+TINY = {
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {
+            "hidden_size": D,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 64,
+            "sliding_window": 4,
+            "pad_token_id": 0,
+        },
+    ),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {
+            "hidden_size": D,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "pad_token_id": 0,
+        },
+    ),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": D, "n_layer": 3, "n_head": 4, "n_positions": 64}),
+    "neox": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        {
+            "hidden_size": D,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+        },
+    ),
+}
+
+
 def tiny_hf(family: str, seed: int = 0):
     import transformers as tf
 
+    config_cls, model_cls, sizes = TINY[family]
     torch.manual_seed(seed)
-    vocab, common = len(WORDS) + 4, {"initializer_range": 0.3}
-    if family == "gemma3":
-        cfg = tf.Gemma3TextConfig(
-            vocab_size=vocab,
-            hidden_size=D,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            max_position_embeddings=64,
-            sliding_window=4,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=1,
-            **common,
-        )
-        hf = tf.Gemma3ForCausalLM(cfg)
-    elif family == "llama":
-        cfg = tf.LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=D,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=1,
-            **common,
-        )
-        hf = tf.LlamaForCausalLM(cfg)
-    elif family == "gpt2":
-        cfg = tf.GPT2Config(
-            vocab_size=vocab,
-            n_embd=D,
-            n_layer=3,
-            n_head=4,
-            n_positions=64,
-            bos_token_id=2,
-            eos_token_id=1,
-            **common,
-        )
-        hf = tf.GPT2LMHeadModel(cfg)
-    elif family == "neox":
-        cfg = tf.GPTNeoXConfig(
-            vocab_size=vocab,
-            hidden_size=D,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            bos_token_id=2,
-            eos_token_id=1,
-            **common,
-        )
-        hf = tf.GPTNeoXForCausalLM(cfg)
-    else:
-        raise ValueError(family)
+    cfg = getattr(tf, config_cls)(
+        vocab_size=len(WORDS) + 4, bos_token_id=2, eos_token_id=1, initializer_range=0.3, **sizes
+    )
+    hf = getattr(tf, model_cls)(cfg)
     hf.tokenizer = tiny_tokenizer()
     return hf
 

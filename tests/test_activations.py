@@ -30,12 +30,7 @@ def test_cache_holds_exact_activations_without_bos(tmp_path):
     assert len(cache.shards) > 1 and cache.n_tokens == 6 * 3 * 8  # every token but <bos>
     expected = {h: [] for h in HOOKS}
     for ids in token_batches(m):
-        n, seq = ids.shape
-        acts = trace(
-            m,
-            Batch(ids, torch.ones_like(ids), torch.arange(seq).expand(n, seq), [seq] * n, [[]] * n, True),
-            capture=HOOKS,
-        ).acts
+        acts = trace(m, Batch.from_ids(ids), capture=HOOKS).acts
         for h in HOOKS:
             expected[h].append(acts[h][:, 1:].reshape(-1, m.d_model))
     for h in HOOKS:

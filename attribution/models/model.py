@@ -63,16 +63,11 @@ class Batch:
             "position_ids": self.position_ids,
         }
 
-    def repeat(self, n: int) -> Batch:
-        """Each prompt repeated n times in a row (for IG steps): rows b*n .. b*n+n-1 belong to prompt b."""
-        return Batch(
-            self.input_ids.repeat_interleave(n, 0),
-            self.attention_mask.repeat_interleave(n, 0),
-            self.position_ids.repeat_interleave(n, 0),
-            [x for x in self.lengths for _ in range(n)],
-            [t for t in self.tokens for _ in range(n)],
-            self.bos,
-        )
+    @classmethod
+    def from_ids(cls, ids: Tensor) -> Batch:
+        """Unpadded rows of token ids [batch, seq], each starting with <bos> (corpus windows)."""
+        n, seq = ids.shape
+        return cls(ids, torch.ones_like(ids), torch.arange(seq).expand(n, seq), [seq] * n, [[] for _ in range(n)], True)
 
     def select(self, b: int) -> Batch:
         """Prompt b alone, without padding."""

@@ -82,7 +82,7 @@ def collect(
         if i < done_batches:
             continue  # resuming: this batch is already in a shard
         seen = i + 1
-        batch = _batch(ids)
+        batch = Batch.from_ids(ids)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             acts = trace(model, batch, capture=hooks, stop_early=True).acts
         keep = _keep(acts[hooks[-1]], outlier)  # [batch, seq] bool: not <bos>, not a massive-norm token
@@ -111,12 +111,6 @@ def open_cache(path: str | Path) -> ActivationCache | None:
     if not m.get("complete"):
         return None
     return ActivationCache(path, m["hooks"], [s["file"] for s in m["shards"]], m["tokens"])
-
-
-def _batch(ids: Tensor) -> Batch:
-    n, seq = ids.shape
-    ones = torch.ones_like(ids)
-    return Batch(ids, ones, torch.arange(seq).expand(n, seq), [seq] * n, [[] for _ in range(n)], True)
 
 
 def _keep(x: Tensor, outlier: float) -> Tensor:

@@ -29,13 +29,13 @@ def evaluate_sae(model, sae, tokens: Tensor, *, batch_size: int = 16, progress: 
     for start in tqdm(range(0, len(tokens), batch_size), desc=f"evaluating {hook}", disable=not progress):
         ids = tokens[start : start + batch_size]
         n, seq = ids.shape
-        batch = Batch(ids, torch.ones_like(ids), torch.arange(seq).expand(n, seq), [seq] * n, [[]] * n, True)
+        batch = Batch.from_ids(ids)
         box = {}
 
         def spliced(x, box=box):
             f = sae.encode(x[:, 1:])
-            box["x"], box["f"] = x[:, 1:], f
-            return torch.cat([x[:, :1], sae.decode(f).to(x.dtype)], dim=1)
+            box["x"], box["f"], box["x_hat"] = x[:, 1:], f, sae.decode(f)
+            return torch.cat([x[:, :1], box["x_hat"].to(x.dtype)], dim=1)
 
         def zeroed(x):
             return torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], dim=1)
@@ -44,7 +44,7 @@ def evaluate_sae(model, sae, tokens: Tensor, *, batch_size: int = 16, progress: 
             ce[name] += _ce_sum(model, trace(model, batch, edits=edits).hidden, ids)
         x = box["x"].reshape(-1, model.d_model).double()
         f = box["f"].reshape(-1, sae.d_sae)
-        sq_err += (x - sae.decode(f).double()).pow(2).sum(0)
+        sq_err += (x - box["x_hat"].reshape(-1, model.d_model).double()).pow(2).sum(0)
         sum_x += x.sum(0)
         sum_x2 += x.pow(2).sum(0)
         l0 += float((f != 0).sum())
