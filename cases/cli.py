@@ -1,0 +1,112 @@
+"""`python -m cases`: run a case study from a shell and write its offline HTML report.
+
+  python -m cases emotion --out runs/emotion        John ... feels: sad vs happy
+  python -m cases multihop --out runs/kobe          Kobe Bryant -> Sacramento vs Albany, with the graph
+  python -m cases run --prompt "The capital of Texas is" --good " Austin" --bad " Dallas" --out runs/mine
+
+Each writes report.html (open it in a browser; it needs no network), report.json with every number, and
+CSV tables (top_attribution.csv, top_activation.csv, steering.csv) into --out.
+Exit codes: 0 done, 2 bad input (one line on stderr saying what and how to fix it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("model and dictionaries")
+    g.add_argument(
+        "--model", default=None,
+        help="model folder, .gguf file or hub id, anything attribution.load_model takes (default: the embedded "
+        "gemma-3-270m)",
+    )  # fmt: skip
+    g.add_argument(
+        "--saes", action="append", default=None, metavar="PATH|default|whole",
+        help="SAE folder (ours or SAELens: cfg.json + sae_weights.safetensors); repeat for several hooks. "
+        "'default': the project's SAEs for the default model (trained on first use, then cached). 'whole': no "
+        "SAE, each layer's whole activation at each position is one node (activation patching). Default: default",
+    )  # fmt: skip
+    g.add_argument(
+        "--hooks", default=None,
+        help="comma-separated hook points, e.g. resid_post.6,resid_post.9: which of the SAEs to use (for "
+        "'default' and 'whole': where to put them; 'whole' defaults to every resid_post)",
+    )  # fmt: skip
+    a = common.add_argument_group("attribution and ablation")
+    a.add_argument("--method", choices=["grad_x_act", "atp", "ig"], default="grad_x_act",
+                   help="attribution: activation x gradient (one backward), attribution patching from --corrupt, "
+                   "or integrated gradients (default: grad_x_act)")  # fmt: skip
+    a.add_argument("--mode", choices=["zero", "mean", "patch"], default="zero",
+                   help="ablation that checks it: zero the node, set it to its mean, or patch it from --corrupt "
+                   "(default: zero)")  # fmt: skip
+    a.add_argument("--corrupt", default=None, help="same-length corrupted prompt, for --method atp / --mode patch")
+    a.add_argument("--ablate", type=int, default=100, help="ablate the top N nodes of each ranking (default: 100)")
+    r = common.add_argument_group("report")
+    r.add_argument("--out", default=None, help="folder for report.html, report.json and the CSVs (default: runs/NAME)")
+    r.add_argument("--top", type=int, default=20, help="rows of each table shown in the page (default: 20)")
+    r.add_argument("--cards", type=int, default=5, help="feature cards for the top N features (default: 5)")
+    r.add_argument("--no-explain", action="store_true", help="skip labels and feature cards (no feature index)")
+    r.add_argument("--no-steer", action="store_true", help="skip the steering panel")
+    r.add_argument("--steer-tokens", type=int, default=12, help="tokens of greedy continuation (default: 12)")
+    r.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="build the feature graph (default: on for multihop, off otherwise)")  # fmt: skip
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = argparse.ArgumentParser(
+        prog="python -m cases", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="case", required=True, metavar="{emotion,multihop,run}")
+    sub.add_parser("emotion", parents=[common], help="John says he wants to be alone: sad vs happy")
+    sub.add_parser("multihop", parents=[common], help="Kobe Bryant's state capital: Sacramento vs Albany, with graph")
+    own = sub.add_parser("run", parents=[common], help="your own prompt and answer pair")
+    own.add_argument("--prompt", required=True, help="the prompt; the metric is read at its last token")
+    own.add_argument("--good", required=True, help="answer counted positively, one token (mind the leading space)")
+    own.add_argument("--bad", required=True, help="answer counted negatively, one token")
+    own.add_argument("--title", default="Case study", help="the report's title")
+    return p
+
+
+def main(argv=None, *, model=None, saes=None) -> int:
+    """Run the CLI. `model`/`saes` objects, when given, replace --model/--saes (for tests and notebooks)."""
+    args = parser().parse_args(argv)
+    import cases
+    from attribution import AttributionError
+
+    kw = dict(
+        model=model if model is not None else args.model,
+        saes=saes if saes is not None else _saes(args.saes),
+        hooks=args.hooks,
+        out=args.out or f"runs/{'kobe' if args.case == 'multihop' else args.case}",
+        method=args.method,
+        mode=args.mode,
+        corrupt=args.corrupt,
+        n_ablate=args.ablate,
+        top=args.top,
+        cards=args.cards,
+        explain=not args.no_explain,
+        steer=not args.no_steer,
+        steer_tokens=args.steer_tokens,
+        progress=not args.quiet,
+    )
+    if args.graph is not None:
+        kw["graph"] = args.graph
+    try:
+        if args.case == "emotion":
+            report = cases.emotion.run(**kw)
+        elif args.case == "multihop":
+            report = cases.multihop.run(**kw)
+        else:
+            report = cases.run(args.prompt, args.good, args.bad, title=args.title, **kw)
+    except AttributionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+def _saes(values: list[str] | None):
+    if not values:
+        return "default"
+    return values[0] if len(values) == 1 and values[0] in ("default", "whole") else values

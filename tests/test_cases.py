@@ -1,0 +1,198 @@
+"""Case studies on a tiny random model: the report's numbers are the library's, steering is ablation, the
+page is offline, and the CLI fails cleanly on bad input. No default SAEs are trained and no real index built."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import cases
+from attribution import LogitDiff, ablate, attribute, compare
+from cases.cli import main
+from cases.steer import steer
+from tests.conftest import PROMPTS, random_sae, tiny_model
+
+PROMPT = PROMPTS[0]  # "john says i want to be alone right now john feels"
+HOOKS = ("resid_post.0", "resid_post.1", "resid_post.2")
+
+
+def read(path) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("gemma3")
+
+
+@pytest.fixture(scope="module")
+def saes(model):
+    return {h: random_sae(model, h, seed=i) for i, h in enumerate(HOOKS)}
+
+
+@pytest.fixture(scope="module")
+def report(model, saes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("case")
+    return cases.run(
+        PROMPT, " sad", " happy", model=model, saes=saes, out=out, n_ablate=30, explain=False, progress=False
+    )
+
+
+def test_run_writes_the_page_json_and_csv_tables(report):
+    paths = report.paths
+    for name in ("report.html", "report.json", "top_attribution.csv", "top_activation.csv", "steering.csv"):
+        assert name in paths and read(paths[name])
+    data = json.loads(read(paths["report.json"]), parse_constant=pytest.fail)  # strict JSON: no NaN
+    assert data["paths"]["report.html"] == paths["report.html"] and "total" in data["timings"]
+    assert len(data["top_attribution"]) == len(report.top_attribution) == 30
+    rows = list(csv.DictReader(read(paths["top_attribution.csv"]).splitlines()))
+    assert [float(r["effect"]) for r in rows] == pytest.approx([r.effect for r in report.top_attribution])
+    steering = list(csv.DictReader(read(paths["steering.csv"]).splitlines()))
+    assert {r["condition"] for r in steering} == {"unedited", "clamp 0", "clamp 5x max", "clamp 10x max"}
+    assert "attribution.explain" not in str(report.notes) and "turned off" in str(report.notes)
+
+
+def test_numbers_are_those_of_attribute_and_ablate(model, saes, report):
+    metric = LogitDiff(model, " sad", " happy")
+    attr = attribute(model, saes, PROMPT, metric)
+    nodes = attr.top(30, errors=False)
+    abl = ablate(model, saes, PROMPT, metric, nodes, progress=False)
+    data = json.loads(read(report.paths["report.json"]))
+    assert data["metric"] == pytest.approx(float(attr.metric[0]))
+    got = [(r["hook"], r["position"], r["feature"], r["attribution"], r["effect"]) for r in data["top_attribution"]]
+    want = [(n.hook, n.position, n.feature, n.attribution, e) for n, e in zip(nodes, abl.effect.tolist())]
+    assert [g[:3] for g in got] == [w[:3] for w in want]
+    assert [g[3:] for g in got] == pytest.approx([w[3:] for w in want], rel=1e-9, abs=1e-9)
+    agreement = compare(attr, abl)
+    assert data["agreement"]["pearson"] == pytest.approx(agreement.pearson)
+    assert data["agreement"]["top_k"]["10"] == pytest.approx(agreement.top_k[10])
+
+
+def test_activation_ranking_and_captured_shares(model, saes, report):
+    acts = [r.activation for r in report.top_activation]
+    assert acts == sorted(acts, reverse=True) and all(r.feature is not None for r in report.top_activation)
+    # every activation-ranked effect is a real ablation of that node
+    metric = LogitDiff(model, " sad", " happy")
+    some = report.top_activation[:5]
+    abl = ablate(model, saes, PROMPT, metric, [(r.hook, r.position, r.feature) for r in some], progress=False)
+    assert abl.effect.tolist() == pytest.approx([r.effect for r in some], abs=1e-9)
+    # captured: own top-k |effect| / best k |effect| over every node ablated for the report
+    every = {(r.hook, r.position, r.feature): abs(r.effect) for r in report.top_attribution + report.top_activation}
+    best10 = sum(sorted(every.values(), reverse=True)[:10])
+    for ranking, rows in (("attribution", report.top_attribution), ("activation", report.top_activation)):
+        share = report.rankings[ranking].captured[10]
+        assert share == pytest.approx(sum(abs(r.effect) for r in rows[:10]) / best10) and 0 <= share <= 1 + 1e-12
+    assert report.rankings["attribution"].captured[10] > report.rankings["activation"].captured[10]
+
+
+def test_clamping_to_zero_is_ablation_and_to_own_value_is_nothing(model, saes, report):
+    metric = LogitDiff(model, " sad", " happy")
+    for row in [report.top_attribution[0], *[r for r in report.top_attribution if r.hook == "resid_post.0"][:1]]:
+        s = steer(
+            model, saes[row.hook], PROMPT, metric, row.feature, max_activation=1.0, multiples=(0.0, row.activation),
+            positions=[row.position], n_tokens=0,
+        )  # fmt: skip
+        unedited, zero, own = (c.metric for c in s.clamps)
+        assert unedited == pytest.approx(report.metric, abs=1e-9)
+        assert zero == pytest.approx(report.metric - row.effect, abs=1e-9)  # = ablate's zero ablation
+        assert own == pytest.approx(report.metric, abs=1e-9)
+
+
+def test_steering_panel(report):
+    s = report.steering
+    top_positive = next(r for r in report.top_attribution if r.attribution > 0)
+    assert (s.hook, s.feature) == (top_positive.hook, top_positive.feature)
+    assert "this prompt" in s.max_source  # no feature index here
+    assert [c.value for c in s.clamps] == pytest.approx([None, 0.0, 5 * s.max_activation, 10 * s.max_activation])
+    for c in s.clamps:
+        assert len(c.next_tokens) == 10 and c.continuation.startswith(" ") and len(c.continuation.split()) == 12
+        assert sum(p for _, p in c.next_tokens) <= 1 + 1e-6
+
+
+def test_page_is_offline_and_shows_the_numbers(report):
+    page = read(report.paths["report.html"])
+    assert not re.search(r"https?://", page)
+    assert page.count("<svg") == 2 and f"Pearson r = {report.rankings['attribution'].pearson:.3f}" in page
+    assert "Top features by attribution" in page and "Top features by plain activation" in page
+    assert f"{report.top_attribution[0].effect:+.3f}" in page and "Feature cards not shown" in page
+    assert "clamp 10x max" in page and "<script" not in page
+
+
+def test_whole_activations_skip_features_honestly(model, tmp_path):
+    r = cases.run(PROMPT, " sad", " happy", model=model, saes="whole", hooks="resid_post.0,resid_post.2",
+                  out=tmp_path, n_ablate=10, progress=False)  # fmt: skip
+    assert r.steering is None and not r.cards and all(x.feature is None for x in r.top_attribution)
+    assert any("no features" in n for n in r.notes)
+    assert "Feature cards not shown" in read(r.paths["report.html"])
+
+
+def test_cards_and_labels_from_a_small_index(model, saes, tmp_path, monkeypatch):
+    pytest.importorskip("attribution.explain")
+    monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
+    ids = torch.randint(4, model.hf.config.vocab_size, (6, 12), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = model.tokenizer.bos_token_id
+    r = cases.run(PROMPT, " sad", " happy", model=model, saes=saes, out=tmp_path / "r", n_ablate=10, cards=2,
+                  index_tokens=ids, steer_tokens=2, progress=False)  # fmt: skip
+    assert len(r.cards) == len(r.card_html) == 2 and all(x.label for x in r.top_attribution)
+    assert "feature index" in r.steering.max_source
+    page = read(r.paths["report.html"])
+    assert "Activation histogram" in page and not re.search(r"https?://", page)
+
+
+def test_graph_is_embedded_offline(model, saes, tmp_path):
+    graphs = pytest.importorskip("graphs")
+    if not hasattr(graphs, "build_graph"):
+        pytest.skip("graphs.build_graph is not there yet")
+    r = cases.run(PROMPTS[1], " tired", " happy", model=model, saes=saes, out=tmp_path, n_ablate=10, graph=True,
+                  explain=False, steer=False, progress=False)  # fmt: skip
+    assert r.graph["feature nodes"] > 0 and r.graph["edges"] > 0 and (tmp_path / "graph.json").exists()
+    page = read(r.paths["report.html"])
+    assert "<iframe" in page and 'href="graph.html"' in page
+    assert not re.search(r"""(src|href)=["']?https?://""", page)  # vis-network's licence comments name URLs
+
+
+def test_cli_writes_a_report(model, saes, tmp_path, capsys):
+    argv = ["run", "--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--out", str(tmp_path), "--ablate", "10",
+            "--no-explain", "--steer-tokens", "2", "--quiet"]  # fmt: skip
+    assert main(argv, model=model, saes=saes) == 0
+    assert "Pearson r" in capsys.readouterr().out and (tmp_path / "report.html").exists()
+    # the emotion prompt's words are mostly unknown to the tiny vocabulary (<unk>), but that is not bad input
+    assert (
+        main(["emotion", "--out", str(tmp_path / "e"), "--saes", "whole", "--ablate", "5", "--quiet"], model=model) == 0
+    )
+    assert json.loads((tmp_path / "e" / "report.json").read_text())["good"] == " sad"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "  ", "--good", " sad", "--bad", " happy"], "empty prompt"),
+        (["--prompt", PROMPT, "--good", " sad happy", "--bad", " happy"], "is 2 tokens"),
+        (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--hooks", "resid_post.99"], "resid_post.99"),
+        (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--saes", "/no/such/sae"], "does not exist"),
+        (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--ablate", "1"], "n_ablate"),
+        (["--prompt", PROMPT, "--good", " sad", "--bad", " sad"], "same token"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(model, tmp_path, capsys, args, message):
+    assert main(["run", *args, "--out", str(tmp_path), "--quiet"], model=model) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_empty_prompt_fails_before_loading_a_model(capsys):
+    assert main(["run", "--prompt", "", "--good", " sad", "--bad", " happy", "--model", "/no/such/model"]) == 2
+    assert "empty prompt" in capsys.readouterr().err
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    flags = "--model --saes --hooks --method --mode --corrupt --ablate --out --top --cards --no-explain --no-steer"
+    for flag in [*flags.split(), "--steer-tokens", "--graph", "--quiet", "--prompt", "--good", "--bad"]:
+        assert flag in text
