@@ -2,6 +2,7 @@
 
 Data flow: prompt -> model + spliced SAEs (x = decode(f) + e) -> activations and gradients ->
 attributions (linear estimates) and ablations (real effects) -> compare.
+SAEs are trained by `train_sae` / `default_saes` and explained by `explain`.
 """
 
 from attribution.ablate import Ablation, ablate
@@ -15,11 +16,13 @@ from attribution.errors import (
     SAEError,
     TokenizationError,
 )
+from attribution.explain import FeatureCard, FeatureIndex, explain, feature_index, feature_indexes
 from attribution.metrics import LogitDiff
 from attribution.models import Batch, HookSpec, Model, load_model
 from attribution.nodes import Node
 from attribution.saes import SAE, JumpReLUSAE, ReLUSAE, TopKSAE, WholeActivation, load_sae, save_sae
 from attribution.splice import SplicedRun, run_with_saes, trace
+from attribution.training import TrainConfig, default_saes, train_sae
 
 __all__ = [
     "SAE",
@@ -28,6 +31,8 @@ __all__ = [
     "Attribution",
     "AttributionError",
     "Batch",
+    "FeatureCard",
+    "FeatureIndex",
     "HookError",
     "HookSpec",
     "JumpReLUSAE",
@@ -41,13 +46,19 @@ __all__ = [
     "SplicedRun",
     "TokenizationError",
     "TopKSAE",
+    "TrainConfig",
     "WholeActivation",
     "ablate",
     "attribute",
     "compare",
+    "default_saes",
+    "explain",
+    "feature_index",
+    "feature_indexes",
     "load_model",
     "load_sae",
     "run_with_saes",
     "save_sae",
     "trace",
+    "train_sae",
 ]

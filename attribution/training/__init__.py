@@ -2,6 +2,7 @@
 
 from attribution.training.activations import ActivationCache, collect, open_cache
 from attribution.training.corpus import sample_tokens, text_tokens
+from attribution.training.defaults import default_saes, default_specs
 from attribution.training.evaluate import evaluate_sae
 from attribution.training.train import train_sae
 from attribution.training.trainer import TrainConfig, TrainLog, fit
@@ -11,6 +12,8 @@ __all__ = [
     "TrainConfig",
     "TrainLog",
     "collect",
+    "default_saes",
+    "default_specs",
     "evaluate_sae",
     "fit",
     "open_cache",

@@ -83,14 +83,24 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            pre = sae.pre_acts(x)  # matmuls in bfloat16; parameters and the loss stay float32
-            f = sae.activation(pre)
-            x_hat = sae.decode(f)
-        f, pre = f.float(), pre.float()
-        err = x - x_hat.float()
+            pre = sae.pre_acts(x)  # [batch, d_sae]; matmuls in bfloat16, parameters and the loss in float32
+        if topk:
+            # sparse decoding: only the k active rows of W_dec are read and receive gradient (a dense
+            # [batch, d_sae] feature matrix and its matmul cost more than the encoder itself)
+            vals, idx = pre.topk(sae.k, dim=-1)  # [batch, k]
+            vals = torch.relu(vals.float())
+            x_hat = _sparse_decode(sae, idx, vals)
+            counts = torch.bincount(idx[vals > 0], minlength=sae.d_sae)  # [d_sae] firings in this batch
+            l0 = (vals > 0).float().sum(-1).mean()
+        else:
+            f = sae.activation(pre.float())  # [batch, d_sae]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                x_hat = sae.decode(f).float()
+            counts = (f > 0).sum(0)
+            l0 = (f > 0).float().sum(-1).mean()
+        err = x - x_hat
         mse = err.pow(2).sum(-1).mean()
-        fired = (f > 0).any(0)
-        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0])
+        since_fired = torch.where(counts > 0, torch.zeros_like(since_fired), since_fired + x.shape[0])
         dead = since_fired >= cfg.dead_after_tokens
         if topk:
             loss = mse + cfg.aux_coefficient * _aux_k_loss(sae, pre, err, dead, cfg.aux_k)
@@ -111,7 +121,7 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
             log.steps.append(step)
             log.mse.append(float(mse.detach()))
             log.explained_variance.append(float(ev))
-            log.l0.append(float((f > 0).float().sum(-1).mean()))
+            log.l0.append(float(l0))
             log.dead_fraction.append(float(dead.float().mean()))
             bar.set_postfix(ev=f"{float(ev):.3f}", l0=f"{log.l0[-1]:.1f}", dead=f"{log.dead_fraction[-1]:.1%}")
     _fold_scale(sae, scale)
@@ -124,7 +134,8 @@ def _batches(batches: Iterable[Tensor], size: int) -> Iterator[Tensor]:
     """Re-chunk [n, d] tensors (or one big tensor) into batches of `size` rows, in epochs when `batches`
     can be iterated again (a list, a tensor, a cache on disk); a one-shot iterator is read once."""
     if isinstance(batches, Tensor):
-        batches = [batches]
+        yield from _shuffled(batches.reshape(-1, batches.shape[-1]), size)
+        return
 
     def epochs():
         while True:
@@ -146,6 +157,17 @@ def _batches(batches: Iterable[Tensor], size: int) -> Iterator[Tensor]:
             buf, n = [cat[size:]], n - size
     if n:
         yield torch.cat(buf)
+
+
+def _shuffled(x: Tensor, size: int) -> Iterator[Tensor]:
+    """Batches of an in-memory [n, d] tensor, reshuffled every epoch (seeded), endlessly."""
+    if len(x) == 0:
+        return
+    gen = torch.Generator().manual_seed(0)
+    while True:
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x) - size + 1 if len(x) >= size else 1, size):
+            yield x[perm[i : i + size]]
 
 
 def _init(sae: SAE, x: Tensor) -> None:
@@ -176,11 +198,16 @@ def _aux_k_loss(sae: SAE, pre: Tensor, err: Tensor, dead: Tensor, k_aux: int) ->
     if n_dead == 0:
         return pre.new_zeros(())
     k = min(k_aux, n_dead)
-    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
-    vals, idx = masked.topk(k, dim=-1)
-    f_aux = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-    recon = f_aux @ sae.W_dec
+    dead_idx = dead.nonzero().squeeze(1)  # [n_dead]
+    vals, j = pre[:, dead_idx].topk(k, dim=-1)  # [batch, k] among the dead features only
+    recon = _sparse_decode(sae, dead_idx[j], torch.relu(vals.float()), bias=False)
     return (err.detach() - recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+
+
+def _sparse_decode(sae: SAE, idx: Tensor, vals: Tensor, bias: bool = True) -> Tensor:
+    """sum_j vals[:, j] W_dec[idx[:, j]] (+ b_dec): [batch, k] indices and values -> [batch, d_in]."""
+    out = torch.nn.functional.embedding_bag(idx, sae.W_dec, per_sample_weights=vals, mode="sum")
+    return out + sae.b_dec if bias else out
 
 
 def _project_out_radial_grad(sae: SAE) -> None:

@@ -1,0 +1,397 @@
+"""What a feature is: top contexts, the whole activation distribution, logit-lens tokens, neighbours, a label.
+
+A feature is more than its top examples, so every card also carries a histogram of its activations by
+interval with the share of all its firings in each. Everything that needs a pass over text is computed once
+per SAE into a `FeatureIndex` on disk (top contexts, histograms, frequencies, logit-lens tokens,
+neighbours, labels), so labelling hundreds of graph nodes is a lookup; only a card's per-token activations
+in its contexts are recomputed, from the stored token ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.errors import AttributionError, SAEError
+from attribution.models.loading import cache_dir
+from attribution.models.model import Batch
+from attribution.splice import trace
+
+N_TOP = 24  # contexts kept per feature
+N_BINS = 10
+N_LOGIT = 10  # promoted / suppressed tokens
+N_NEIGHBOURS = 8
+VERSION = 1
+
+
+@dataclass
+class Context:
+    tokens: list[str]  # a window of the text around the firing token
+    acts: list[float]  # the feature's activation at each of those tokens
+    position: int  # index in `tokens` of the top-firing token
+    activation: float
+
+
+@dataclass
+class Bin:
+    lo: float
+    hi: float
+    count: int
+    share: float  # of all the feature's non-zero activations in the indexed text
+
+
+@dataclass
+class FeatureCard:
+    hook: str
+    feature: int
+    label: str
+    frequency: float  # share of indexed tokens on which it fires
+    max_activation: float
+    contexts: list[Context]
+    histogram: list[Bin]
+    promoted: list[tuple[str, float]]  # tokens whose logits the decoder direction raises most (logit lens)
+    suppressed: list[tuple[str, float]]
+    neighbours: list[tuple[int, float]]  # (feature, cosine of decoder directions)
+    n_tokens: int  # how many tokens the index covers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.hook} #{self.feature}: {self.label}",
+            f"  fires on {self.frequency:.3%} of {self.n_tokens} tokens, max {self.max_activation:.3g}",
+        ]
+        for c in self.contexts[:5]:
+            text = "".join(f"[[{t}]]" if i == c.position else t for i, t in enumerate(c.tokens))
+            lines.append(f"  {c.activation:7.3g}  {text!r}")
+        lines.append("  histogram: " + ", ".join(f"{b.lo:.3g}-{b.hi:.3g}: {b.share:.1%}" for b in self.histogram))
+        lines.append("  promotes:  " + ", ".join(repr(t) for t, _ in self.promoted[:8]))
+        lines.append("  suppresses: " + ", ".join(repr(t) for t, _ in self.suppressed[:8]))
+        lines.append("  neighbours: " + ", ".join(f"#{f} ({c:.2f})" for f, c in self.neighbours[:5]))
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """A self-contained snippet (inline styles only)."""
+        esc = html.escape
+        peak = max(self.max_activation, 1e-9)
+
+        def tok(t: str, a: float, top: bool) -> str:
+            alpha = min(1.0, max(0.0, a / peak))
+            border = "border-bottom:2px solid #b00;" if top else ""
+            return f'<span style="background:rgba(255,120,0,{alpha:.2f});{border}" title="{a:.3g}">{esc(t)}</span>'
+
+        ctx = "".join(
+            f'<div style="font-family:monospace;white-space:pre-wrap;margin:2px 0">'
+            f"<b>{c.activation:.3g}</b> "
+            + "".join(tok(t, a, i == c.position) for i, (t, a) in enumerate(zip(c.tokens, c.acts)))
+            + "</div>"
+            for c in self.contexts
+        )
+        top_share = max((b.share for b in self.histogram), default=1.0) or 1.0
+        hist = "".join(
+            f'<div style="font-family:monospace;font-size:11px">{b.lo:7.3g}–{b.hi:<7.3g} '
+            f'<span style="display:inline-block;background:#4a7;height:9px;width:{160 * b.share / top_share:.0f}px">'
+            f"</span> {b.share:.1%} ({b.count})</div>"
+            for b in self.histogram
+        )
+        promoted = ", ".join(f"<code>{esc(repr(t))}</code>" for t, _ in self.promoted)
+        suppressed = ", ".join(f"<code>{esc(repr(t))}</code>" for t, _ in self.suppressed)
+        neighbours = ", ".join(f"#{f} ({c:.2f})" for f, c in self.neighbours)
+        return (
+            f'<div class="feature-card" style="border:1px solid #ccc;padding:8px;margin:8px 0">'
+            f"<h4 style='margin:0'>{esc(self.hook)} #{self.feature}: {esc(self.label)}</h4>"
+            f"<div>fires on {self.frequency:.3%} of {self.n_tokens} tokens; max activation "
+            f"{self.max_activation:.3g}</div><h5>Top contexts</h5>{ctx}"
+            f"<h5>Activation histogram (share of firings per interval)</h5>{hist}"
+            f"<div><b>promotes</b> {promoted}</div><div><b>suppresses</b> {suppressed}</div>"
+            f"<div><b>nearest by decoder cosine</b> {neighbours}</div></div>"
+        )
+
+
+class FeatureIndex:
+    """Per-feature statistics of one SAE over a fixed token set, loaded from (or saved to) a folder."""
+
+    def __init__(self, path: Path, tensors: dict[str, Tensor], info: dict):
+        self.path, self.info = path, info
+        self.hook: str = info["hook"]
+        self.labels_: list[str] = info["labels"]
+        self.t = tensors  # see _build for the names and shapes
+
+    @property
+    def n_tokens(self) -> int:
+        return self.info["n_tokens"]
+
+    @property
+    def d_sae(self) -> int:
+        return len(self.labels_)
+
+    def label(self, feature: int) -> str:
+        return self.labels_[self._check(feature)]
+
+    def labels(self, features) -> list[str]:
+        return [self.label(int(f)) for f in features]
+
+    def frequency(self, feature: int) -> float:
+        return float(self.t["count"][self._check(feature)]) / self.n_tokens
+
+    def max_activation(self, feature: int) -> float:
+        return float(self.t["max"][self._check(feature)])
+
+    def _check(self, feature: int) -> int:
+        if not 0 <= feature < self.d_sae:
+            raise AttributionError(f"feature {feature} does not exist: the SAE at {self.hook} has {self.d_sae}")
+        return feature
+
+
+def feature_index(
+    model, sae, *, tokens: Tensor | None = None, n_tokens: int = 65_536, rebuild: bool = False, progress: bool = True
+) -> FeatureIndex:
+    """The index of `sae`, built on first use over `tokens` ([n_seq, seq] ids starting with <bos>;
+    default: the first `n_tokens` of the default training corpus) and cached by the SAE's weights."""
+    kw = {"tokens": tokens, "n_tokens": n_tokens, "rebuild": rebuild, "progress": progress}
+    indexes = feature_indexes(model, {sae.hook: sae}, **kw)
+    return indexes[model.hook(sae.hook).name]
+
+
+def feature_indexes(
+    model, saes, *, tokens: Tensor | None = None, n_tokens: int = 65_536, rebuild: bool = False, progress: bool = True
+) -> dict[str, FeatureIndex]:
+    """Indexes for several SAEs; the missing ones share one pass over the text."""
+    from attribution.splice import prepare_saes
+
+    saes = {h: s for h, s in prepare_saes(model, saes).items() if s.d_sae > 0}
+    if tokens is None:
+        from attribution.training.defaults import default_corpus
+
+        train, _ = default_corpus(model, progress=progress)
+        tokens = train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
+    key = hashlib.sha1(tokens.numpy().tobytes()).hexdigest()[:10]
+    folders = {h: cache_dir() / "index" / f"{_sae_digest(s)}-{key}-v{VERSION}" for h, s in saes.items()}
+    out, todo = {}, {}
+    for h, folder in folders.items():
+        idx = None if rebuild else _load(folder)
+        if idx is None:
+            todo[h] = saes[h]
+        else:
+            out[h] = idx
+    if todo:
+        for h, (tensors, info) in _build(model, todo, tokens, progress).items():
+            out[h] = _save(folders[h], tensors, info)
+    return out
+
+
+def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_contexts: int = 8) -> FeatureCard:
+    """The card of one feature (top contexts, histogram, logit-lens tokens, neighbours, label)."""
+    if sae.d_sae == 0:
+        raise SAEError(f"{sae!r} has no features to explain (WholeActivation): explain an SAE's features")
+    index = index or feature_index(model, sae)
+    feature = index._check(int(feature))
+    tok = model.tokenizer
+    t = index.t
+    acts, seqs, poss = t["top_acts"][feature], t["top_seq"][feature], t["top_pos"][feature]
+    chosen, seen = [], set()
+    for a, s, p in zip(acts.tolist(), seqs.tolist(), poss.tolist()):
+        if a <= 0 or s in seen:
+            continue  # one context per sequence: neighbouring positions of one text say the same thing
+        seen.add(s)
+        chosen.append((a, s, p))
+        if len(chosen) == n_contexts:
+            break
+    contexts = []
+    if chosen:
+        ids = t["tokens"][[s for _, s, _ in chosen]]  # [n, seq]
+        f = _activations(model, {index.hook: sae}, ids)[index.hook][..., feature]  # [n, seq]
+        for row, (a, _, p) in enumerate(chosen):
+            lo, hi = max(1, p - 12), min(ids.shape[1], p + 5)
+            pieces = [tok.decode([i]) for i in ids[row, lo:hi].tolist()]
+            contexts.append(Context(pieces, [float(v) for v in f[row, lo:hi]], p - lo, a))
+    edges = t["hist_edges"][feature].tolist()
+    counts = t["hist"][feature].tolist()
+    total = max(1, sum(counts))
+    histogram = [Bin(edges[i], edges[i + 1], int(c), c / total) for i, c in enumerate(counts)]
+    return FeatureCard(
+        hook=index.hook,
+        feature=feature,
+        label=index.label(feature),
+        frequency=index.frequency(feature),
+        max_activation=index.max_activation(feature),
+        contexts=contexts,
+        histogram=histogram,
+        promoted=_tokens(tok, t["up_ids"][feature], t["up_vals"][feature]),
+        suppressed=_tokens(tok, t["down_ids"][feature], t["down_vals"][feature]),
+        neighbours=[(int(i), float(c)) for i, c in zip(t["nb_ids"][feature], t["nb_cos"][feature])],
+        n_tokens=index.n_tokens,
+    )
+
+
+def _tokens(tok, ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
+    return [(tok.decode([int(i)]), float(v)) for i, v in zip(ids, vals)]
+
+
+@torch.no_grad()
+def _activations(model, saes: dict, ids: Tensor) -> dict[str, Tensor]:
+    """{hook: [n, seq, d_sae]} feature activations on ids (bf16 forward, stopping at the last hook)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        acts = trace(model, Batch.from_ids(ids), capture=list(saes), stop_early=True).acts
+    return {h: sae.encode(acts[h].float()).float() for h, sae in saes.items()}
+
+
+@torch.no_grad()
+def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple[dict, dict]]:
+    n_seq, seq = tokens.shape
+    state = {
+        h: {
+            "top_acts": torch.zeros(s.d_sae, N_TOP),
+            "top_seq": torch.zeros(s.d_sae, N_TOP, dtype=torch.long),
+            "top_pos": torch.zeros(s.d_sae, N_TOP, dtype=torch.long),
+            "count": torch.zeros(s.d_sae, dtype=torch.long),
+            "fired": [],  # (feature ids, values) of every non-zero activation, for the histograms
+        }
+        for h, s in saes.items()
+    }
+    n_tok = 0
+    for start in tqdm(range(0, n_seq, 16), desc=f"indexing features at {','.join(saes)}", disable=not progress):
+        ids = tokens[start : start + 16]
+        feats = _activations(model, saes, ids)
+        for h, f in feats.items():
+            f = f[:, 1:]  # [n, seq-1, d_sae]: <bos> is not a token the SAEs explain
+            flat = f.reshape(-1, f.shape[-1])  # [n*(seq-1), d_sae]
+            st = state[h]
+            nz = flat.nonzero(as_tuple=True)
+            st["fired"].append((nz[1].to(torch.int32), flat[nz].to(torch.float32)))
+            st["count"] += (flat > 0).sum(0)
+            k = min(N_TOP, flat.shape[0])
+            vals, where = flat.T.topk(k, dim=-1)  # [d_sae, k] over this batch's tokens
+            seq_i = start + where // (seq - 1)
+            pos_i = where % (seq - 1) + 1
+            all_vals = torch.cat([st["top_acts"], vals], 1)
+            best, pick = all_vals.topk(N_TOP, dim=-1)
+            st["top_acts"] = best
+            st["top_seq"] = torch.cat([st["top_seq"], seq_i], 1).gather(1, pick)
+            st["top_pos"] = torch.cat([st["top_pos"], pos_i], 1).gather(1, pick)
+        n_tok += ids.shape[0] * (seq - 1)
+    out = {}
+    for h, sae in saes.items():
+        st = state[h]
+        feat_ids = torch.cat([a for a, _ in st["fired"]]).long()
+        values = torch.cat([v for _, v in st["fired"]])
+        peak = torch.zeros(sae.d_sae).scatter_reduce(0, feat_ids, values, "amax")
+        width = (peak / N_BINS).clamp_min(1e-12)
+        bins = (values / width[feat_ids]).long().clamp(0, N_BINS - 1)
+        hist = torch.zeros(sae.d_sae * N_BINS, dtype=torch.long)
+        hist.index_add_(0, feat_ids * N_BINS + bins, torch.ones_like(bins))
+        edges = width[:, None] * torch.arange(N_BINS + 1)  # [d_sae, N_BINS + 1]
+        up_ids, up_vals, down_ids, down_vals = _logit_lens(model, sae)
+        nb_ids, nb_cos = _neighbours(sae)
+        tensors = {
+            "tokens": tokens,
+            "top_acts": st["top_acts"],
+            "top_seq": st["top_seq"],
+            "top_pos": st["top_pos"],
+            "count": st["count"],
+            "max": peak,
+            "hist": hist.reshape(sae.d_sae, N_BINS),
+            "hist_edges": edges,
+            "up_ids": up_ids,
+            "up_vals": up_vals,
+            "down_ids": down_ids,
+            "down_vals": down_vals,
+            "nb_ids": nb_ids,
+            "nb_cos": nb_cos,
+        }
+        labels = _labels(model.tokenizer, tensors)
+        out[h] = (tensors, {"hook": h, "n_tokens": n_tok, "labels": labels, "version": VERSION})
+    return out
+
+
+@torch.no_grad()
+def _logit_lens(model, sae, chunk: int = 512) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top promoted / suppressed tokens of each decoder direction, through the unembedding (no final norm:
+    a direction added to the residual changes the logits along W_U up to the norm's per-token scale)."""
+    W_U = model.W_U.to(torch.bfloat16).T  # [d_model, vocab]
+    ups, upv, downs, downv = [], [], [], []
+    for i in range(0, sae.d_sae, chunk):
+        logits = (sae.W_dec[i : i + chunk].to(torch.bfloat16) @ W_U).float()  # [chunk, vocab]
+        v, j = logits.topk(N_LOGIT, dim=-1)
+        ups.append(j), upv.append(v)
+        v, j = (-logits).topk(N_LOGIT, dim=-1)
+        downs.append(j), downv.append(-v)
+    return torch.cat(ups), torch.cat(upv), torch.cat(downs), torch.cat(downv)
+
+
+@torch.no_grad()
+def _neighbours(sae, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    w = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1)  # [d_sae, d_in]
+    k = min(N_NEIGHBOURS, sae.d_sae - 1)
+    ids, cos = [], []
+    for i in range(0, sae.d_sae, chunk):
+        sims = w[i : i + chunk] @ w.T  # [chunk, d_sae]
+        sims[torch.arange(sims.shape[0]), torch.arange(i, i + sims.shape[0])] = -2  # not itself
+        v, j = sims.topk(k, dim=-1)
+        ids.append(j), cos.append(v)
+    return torch.cat(ids), torch.cat(cos)
+
+
+def _labels(tok, t: dict) -> list[str]:
+    """A short label per feature: its most frequent top-firing tokens, then the token it promotes most."""
+    labels = []
+    vocab_cache: dict[int, str] = {}
+
+    def word(i: int) -> str:
+        if i not in vocab_cache:
+            vocab_cache[i] = tok.decode([i]).strip()
+        return vocab_cache[i]
+
+    firing = t["tokens"][t["top_seq"], t["top_pos"]]  # [d_sae, N_TOP] the token ids where each feature peaks
+    for f in range(len(firing)):
+        if t["count"][f] == 0:
+            labels.append("(dead)")
+            continue
+        alive = t["top_acts"][f] > 0
+        words = Counter(w for w in (word(int(i)) for i in firing[f][alive]) if w)
+        common = [w for w, _ in words.most_common(3)]
+        if len(common) > 1 and words[common[0]] >= 0.5 * int(alive.sum()):
+            common = common[:1]  # one dominant token says it best
+        head = "/".join(repr(w)[1:-1][:14] for w in common) or "(whitespace)"
+        promoted = word(int(t["up_ids"][f][0]))
+        labels.append(f"{head} → {promoted[:14]}" if promoted else head)
+    return labels
+
+
+def _sae_digest(sae) -> str:
+    h = hashlib.sha1(f"{sae.hook}|{sae.architecture}|{sae.d_in}|{sae.d_sae}".encode())
+    for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+        h.update(p.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load(folder: Path) -> FeatureIndex | None:
+    if not (folder / "index.json").exists():
+        return None
+    try:
+        info = json.loads((folder / "index.json").read_text())
+        return FeatureIndex(folder, load_file(str(folder / "index.safetensors")), info)
+    except Exception:  # a corrupt or partial index is rebuilt, not trusted
+        return None
+
+
+def _save(folder: Path, tensors: dict, info: dict) -> FeatureIndex:
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "index.safetensors"))
+    (tmp / "index.json").write_text(json.dumps(info))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return FeatureIndex(folder, tensors, info)

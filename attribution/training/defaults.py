@@ -1,0 +1,140 @@
+"""`default_saes`: the dictionaries the case studies use, trained on first use and then loaded from a cache.
+
+TopK SAEs on the residual stream after every other block (0, 2, ..., enough for multi-layer graphs) plus a
+wider one after the middle block, where the paper's single-layer analyses live. All of them train on one
+shared corpus sampled from the model itself (so a fresh machine with no network can build them), whose
+activations are collected for every hook in one pass; each SAE then trains on shuffled in-memory
+activations. A folder per SAE, written atomically, is the cache: a finished SAE is never retrained.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from attribution.errors import AttributionError
+from attribution.models.loading import cache_dir
+from attribution.saes import build, load_sae, save_sae
+
+VERSION = 1  # bump when the recipe changes, so stale caches are not reused
+
+
+@dataclass(frozen=True)
+class DefaultSpec:
+    """The recipe of one default SAE."""
+
+    hook: str
+    d_sae: int
+    k: int = 32
+    steps: int = 200
+    batch_size: int = 4096
+    lr: float = 4e-4
+
+    @property
+    def folder(self) -> str:
+        return f"{self.hook}-topk{self.d_sae}-k{self.k}-s{self.steps}-v{VERSION}"
+
+
+# the corpus every default SAE trains on: ~120k tokens sampled from the model (5 min on 2 cores, cached)
+CORPUS_TOKENS = 120_000
+SEQ_LEN = 128
+HELD_OUT = 0.05
+
+
+def default_specs(model) -> dict[str, DefaultSpec]:
+    """{hook: recipe}: resid_post of every other block, and a 2x wider SAE after the middle block."""
+    mid = model.n_layers // 2
+    base = 2 ** round(math.log2(6.4 * model.d_model))  # 4096 features for a width of 640
+    specs = {}
+    for layer in sorted(set(range(0, model.n_layers - 1, 2)) | {mid}):
+        hook = model.hook(f"resid_post.{layer}").name
+        specs[hook] = DefaultSpec(hook, d_sae=2 * base, steps=300) if layer == mid else DefaultSpec(hook, d_sae=base)
+    return specs
+
+
+def default_saes(model=None, hooks=None, *, train: bool = True, progress: bool = True) -> dict:
+    """{hook: SAE} for `hooks` (default: every default hook), training the missing ones first.
+
+    train=False raises instead of training (e.g. for a quick check whether the cache is built).
+    """
+    from attribution.models.loading import load_model
+
+    model = model if model is not None else load_model()
+    specs = default_specs(model)
+    wanted = list(specs) if hooks is None else [model.hook(h).name for h in _as_list(hooks)]
+    for h in wanted:
+        if h not in specs:
+            if model.hooks[h].kind != "resid_post":
+                raise AttributionError(
+                    f"default SAEs live on the residual stream (resid_post.*), not at {h!r}; "
+                    "train one there with train_sae(model, hook)"
+                )
+            specs[h] = DefaultSpec(h, d_sae=min(s.d_sae for s in specs.values()))
+    root = saes_dir(model)
+    missing = [h for h in wanted if not (root / specs[h].folder / "cfg.json").exists()]
+    if missing:
+        if not train:
+            raise AttributionError(
+                f"default SAEs for {missing} are not built yet; run `python -m attribution saes` "
+                "(or call default_saes(model)) to train them"
+            )
+        _train_missing(model, [specs[h] for h in missing], root, progress)
+    return {h: load_sae(root / specs[h].folder, model=model) for h in wanted}
+
+
+def saes_dir(model) -> Path:
+    from attribution.training.corpus import _model_key
+
+    return cache_dir() / "saes" / _model_key(model)
+
+
+def default_corpus(model, progress: bool = True):
+    """([n_train, seq], [n_eval, seq]) token ids: the shared sampled corpus and its held-out tail."""
+    from attribution.training.corpus import sample_tokens
+
+    ids = sample_tokens(model, CORPUS_TOKENS, seq_len=SEQ_LEN, progress=progress)
+    n_eval = max(1, round(HELD_OUT * len(ids)))
+    return ids[:-n_eval], ids[-n_eval:]
+
+
+def _train_missing(model, specs: list[DefaultSpec], root: Path, progress: bool) -> None:
+    import hashlib
+
+    from attribution.training.activations import collect, open_cache
+    from attribution.training.corpus import _model_key
+    from attribution.training.evaluate import evaluate_sae
+    from attribution.training.trainer import TrainConfig, fit
+
+    train_ids, eval_ids = default_corpus(model, progress)
+    digest = hashlib.sha1(train_ids.numpy().tobytes()).hexdigest()[:12]
+    hooks = [s.hook for s in specs]
+    tag = hashlib.sha1(",".join(hooks).encode()).hexdigest()[:8]
+    folder = cache_dir() / "activations" / f"{_model_key(model)}-defaults-{tag}-{digest}"
+    cache = open_cache(folder) or collect(
+        model, hooks, train_ids.split(32), folder, total=-(-len(train_ids) // 32), progress=progress
+    )
+    for spec in specs:
+        sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True)
+        cfg = TrainConfig(
+            steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, dead_after_tokens=200_000, progress=progress
+        )
+        fit(sae, cache.tensor(spec.hook), cfg)
+        sae.meta["eval"] = evaluate_sae(model, sae, eval_ids[:16], progress=progress)
+        sae.meta["corpus"] = {
+            "source": "sampled from the model (seed 0, top-k 40)",
+            "sequences": len(train_ids) + len(eval_ids),
+            "seq_len": SEQ_LEN,
+            "train_tokens": cache.n_tokens,
+        }
+        sae.meta["default_spec"] = {"folder": spec.folder, "version": VERSION}
+        tmp = root / (spec.folder + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_sae(sae, tmp)
+        shutil.rmtree(root / spec.folder, ignore_errors=True)
+        tmp.rename(root / spec.folder)
+
+
+def _as_list(hooks) -> list[str]:
+    return [hooks] if isinstance(hooks, str) else list(hooks)

@@ -1,0 +1,56 @@
+"""default_saes on a tiny model: the layer plan, one shared corpus, training once, then loading from the cache."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import attribution.training.defaults as defaults
+from attribution import AttributionError, TopKSAE, default_saes
+from tests.conftest import tiny_model
+
+
+@pytest.fixture
+def model(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(defaults, "CORPUS_TOKENS", 2400)
+    monkeypatch.setattr(defaults, "SEQ_LEN", 16)
+    real = defaults.default_specs
+
+    def quick(model):  # the real plan, with steps a tiny model can afford
+        return {h: dataclasses.replace(s, steps=100, batch_size=256, lr=3e-3) for h, s in real(model).items()}
+
+    monkeypatch.setattr(defaults, "default_specs", quick)
+    return tiny_model("gemma3", dtype=torch.float32)
+
+
+def test_layer_plan():
+    m = tiny_model("gemma3", dtype=torch.float32)
+    specs = defaults.default_specs(m)  # 3 layers: every other one (0) and the middle one (1), which is wider
+    assert list(specs) == ["resid_post.0", "resid_post.1"]
+    assert specs["resid_post.1"].d_sae == 2 * specs["resid_post.0"].d_sae
+
+
+def test_default_saes_train_once_then_load(model, monkeypatch):
+    with pytest.raises(AttributionError, match="python -m attribution saes"):
+        default_saes(model, train=False)
+    saes = default_saes(model, progress=False)
+    assert list(saes) == ["resid_post.0", "resid_post.1"]
+    for hook, sae in saes.items():
+        assert isinstance(sae, TopKSAE) and sae.hook == hook and sae.k == 32
+        ev = sae.meta["eval"]
+        assert ev["explained_variance"] > 0.3 and ev["l0"] <= 32 and ev["ce_zero"] > ev["ce_sae"]
+
+    def no_training(*a, **k):
+        raise AssertionError("cached default SAEs should not be retrained")
+
+    monkeypatch.setattr("attribution.training.trainer.fit", no_training)
+    again = default_saes(model, ["resid_post.1"], train=False)
+    assert torch.equal(again["resid_post.1"].W_dec, saes["resid_post.1"].W_dec)
+
+
+def test_default_saes_bad_hooks(model):
+    with pytest.raises(AttributionError, match="residual stream"):
+        default_saes(model, ["mlp_out.1"], progress=False)
+    with pytest.raises(AttributionError, match=r"resid_post\.7"):
+        default_saes(model, ["resid_post.7"], progress=False)
