@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+RAW = argparse.RawDescriptionHelpFormatter
+
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -54,13 +56,20 @@ def parser() -> argparse.ArgumentParser:
                    help="build the feature graph (default: on for multihop, off otherwise)")  # fmt: skip
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = argparse.ArgumentParser(
-        prog="python -m cases", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m cases", description=__doc__, formatter_class=RAW)
     sub = p.add_subparsers(dest="case", required=True, metavar="{emotion,multihop,run}")
-    sub.add_parser("emotion", parents=[common], help="John says he wants to be alone: sad vs happy")
-    sub.add_parser("multihop", parents=[common], help="Kobe Bryant's state capital: Sacramento vs Albany, with graph")
-    own = sub.add_parser("run", parents=[common], help="your own prompt and answer pair")
+    from cases import emotion, multihop
+
+    for name, case, what in (
+        ("emotion", emotion, "John says he wants to be alone: sad vs happy"),
+        ("multihop", multihop, "Kobe Bryant's state capital: Sacramento vs Albany, with the graph"),
+    ):
+        text = f"{what}.\n\nprompt: {case.PROMPT!r}\nmetric: logit({case.GOOD!r}) - logit({case.BAD!r})"
+        sub.add_parser(name, parents=[common], help=what, description=text, formatter_class=RAW)
+    own = sub.add_parser(
+        "run", parents=[common], help="your own prompt and answer pair",
+        description="Any prompt; the metric is logit(--good) - logit(--bad) at its last token.",
+    )  # fmt: skip
     own.add_argument("--prompt", required=True, help="the prompt; the metric is read at its last token")
     own.add_argument("--good", required=True, help="answer counted positively, one token (mind the leading space)")
     own.add_argument("--bad", required=True, help="answer counted negatively, one token")

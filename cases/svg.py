@@ -86,4 +86,6 @@ def scatter(
 
 
 def _num(t: float) -> str:
-    return f"{t:.3g}" if t != 0 else "0"
+    if t == int(t) and abs(t) < 1e6:
+        return str(int(t))
+    return f"{t:.3g}"
