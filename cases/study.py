@@ -176,7 +176,11 @@ class _Clock:
         def timed():
             self.bar.set_postfix_str(stage)
             t = time.perf_counter()
-            yield
+            try:
+                yield
+            except BaseException:
+                self.bar.close()  # so an error message is not tangled with a half-drawn bar
+                raise
             self.times[stage] = round(time.perf_counter() - t, 3)
             self.bar.update(1)
 
