@@ -51,11 +51,28 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ablate", type=int, default=100, help="ablate this many top nodes (0: all)")
     run.add_argument("--top", type=int, default=15, help="rows of the printed table")
     run.add_argument("--json", default=None, help="write every node's estimate and effect to this file")
+    saes = sub.add_parser(
+        "saes",
+        help="train (once) and cache the default SAEs; --evaluate measures them on real text",
+        description="Train the default SAEs (resid_post of every other layer plus a wider middle layer) if "
+        "they are not cached yet, print where they are, and optionally measure their quality.",
+    )
+    saes.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: gemma-3-270m)")
+    saes.add_argument("--hooks", default=None, help="comma-separated subset of the default hooks")
+    saes.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="also measure EV / CE loss recovered / L0 on Debian English text and count dead features",
+    )
+    saes.add_argument("--dead-tokens", type=int, default=1_000_000, help="tokens over which dead features count")
+    saes.add_argument("--index", action="store_true", help="also build each SAE's feature index (for explain)")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "saes":
+        return _saes(args)
     from attribution import (
         AttributionError,
         LogitDiff,
@@ -120,4 +137,32 @@ def main(argv=None) -> int:
                 fh,
                 indent=1,
             )
+    return 0
+
+
+def _saes(args) -> int:
+    from attribution import AttributionError, default_saes, feature_indexes, load_model
+    from attribution.training.defaults import saes_dir
+    from attribution.training.quality import evaluate_defaults, quality_table, save_report
+
+    try:
+        model = load_model(args.model)
+        saes = default_saes(model, args.hooks.split(",") if args.hooks else None)
+        print(f"default SAEs in {saes_dir(model)}:")
+        for h, sae in saes.items():
+            ev = sae.meta.get("eval", {})
+            print(
+                f"  {h:>14}: {sae.d_sae} features, held-out EV {ev.get('explained_variance', float('nan')):.3f}, "
+                f"CE loss recovered {ev.get('ce_loss_recovered', float('nan')):.3f}, L0 {ev.get('l0', 0):.1f}"
+            )
+        if args.index:
+            feature_indexes(model, saes)
+        if args.evaluate:
+            report = evaluate_defaults(model, saes, dead_tokens=args.dead_tokens)
+            path = save_report(report, saes_dir(model) / "quality.json")
+            print(quality_table(report))
+            print(f"written to {path}")
+    except AttributionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -1,0 +1,109 @@
+"""How good the default SAEs are on text the model did not write, and which features never fire.
+
+The default SAEs train on text sampled from the model, so their quality is also measured on real English
+that Debian packages ship (the `fortunes` collection and the Jargon File: `apt-get install fortunes
+jargon-text`, ~1M tokens). Dead features are counted the way the paper does, on many held-out tokens: a
+feature is dead when it fires on none of them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.errors import AttributionError
+from attribution.models.model import Batch
+from attribution.splice import trace
+
+FORTUNES = Path("/usr/share/games/fortunes")
+JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
+
+
+def reference_text(model, *, seq_len: int = 128, max_tokens: int | None = None) -> Tensor:
+    """[n_seq, seq_len] token ids (rows start with <bos>) of English text from Debian packages."""
+    docs = []
+    if FORTUNES.is_dir():  # plain files of quotes separated by "%" lines; mario.* are Portuguese
+        for f in sorted(FORTUNES.iterdir()):
+            if f.is_file() and "." not in f.name and not f.is_symlink():
+                docs.append(re.sub(r"^%$", "", f.read_text(errors="replace"), flags=re.M))
+    if JARGON.is_file():
+        docs.append(gzip.decompress(JARGON.read_bytes()).decode("utf-8", "replace"))
+    if not docs:
+        raise AttributionError(
+            f"no reference text found ({FORTUNES}, {JARGON}); install it with "
+            "`apt-get install -y fortunes jargon-text`, or pass your own token ids"
+        )
+    ids: list[int] = []
+    for doc in docs:
+        ids += model.tokenizer(doc, add_special_tokens=False).input_ids
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    body = seq_len - 1
+    n_seq = len(ids) // body if max_tokens is None else min(len(ids) // body, -(-max_tokens // body))
+    windows = torch.tensor(ids[: n_seq * body]).reshape(n_seq, body)
+    return torch.cat([torch.full((n_seq, 1), model.tokenizer.bos_token_id), windows], dim=1)
+
+
+@torch.no_grad()
+def firing_counts(model, saes: dict, tokens: Tensor, *, batch_size: int = 32, progress: bool = True):
+    """({hook: [d_sae] number of tokens each feature fired on}, tokens seen), one bf16 pass for all hooks."""
+    hooks = list(saes)
+    counts = {h: torch.zeros(saes[h].d_sae, dtype=torch.long) for h in hooks}
+    n = 0
+    for ids in tqdm(tokens.split(batch_size), desc="counting feature firings", disable=not progress):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            acts = trace(model, Batch.from_ids(ids), capture=hooks, stop_early=True).acts
+        for h in hooks:
+            f = saes[h].encode(acts[h][:, 1:].float())  # [batch, seq-1, d_sae], <bos> left out
+            counts[h] += (f > 0).flatten(0, 1).sum(0)
+        n += ids.shape[0] * (ids.shape[1] - 1)
+    return counts, n
+
+
+def evaluate_defaults(
+    model, saes: dict, *, dead_tokens: int = 1_000_000, ce_sequences: int = 32, progress: bool = True
+) -> dict:
+    """Per hook: quality on held-out sampled text (from training), on reference text, and dead features."""
+    from attribution.training.evaluate import evaluate_sae
+
+    text = reference_text(model, max_tokens=dead_tokens)
+    counts, n = firing_counts(model, saes, text, progress=progress)
+    report = {}
+    for h, sae in saes.items():
+        report[h] = {
+            "d_sae": sae.d_sae,
+            "k": getattr(sae, "k", None),
+            "sampled_held_out": sae.meta.get("eval"),
+            "reference_text": evaluate_sae(model, sae, text[:ce_sequences], progress=progress),
+            "dead_fraction": float((counts[h] == 0).float().mean()),
+            "dead_tokens": n,
+        }
+    return report
+
+
+def quality_table(report: dict) -> str:
+    """The markdown table the README quotes."""
+    rows = [
+        "| hook | d_sae | EV (sampled) | CE rec. (sampled) | EV (real text) | CE rec. (real text) | L0 | dead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for h, r in report.items():
+        s, t = r["sampled_held_out"] or {}, r["reference_text"]
+        rows.append(
+            f"| {h} | {r['d_sae']} | {s.get('explained_variance', float('nan')):.3f} | "
+            f"{s.get('ce_loss_recovered', float('nan')):.3f} | {t['explained_variance']:.3f} | "
+            f"{t['ce_loss_recovered']:.3f} | {t['l0']:.0f} | {r['dead_fraction']:.1%} of "
+            f"{r['dead_tokens'] / 1e6:.2f}M tok |"
+        )
+    return "\n".join(rows)
+
+
+def save_report(report: dict, path: Path) -> Path:
+    path.write_text(json.dumps(report, indent=1))
+    return path
