@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attribution import HookError, SAEError, load_sae
+from attribution import AttributionError, HookError, SAEError, load_sae
 from attribution.training import TrainConfig, evaluate_sae, sample_tokens, train_sae
 from tests.conftest import tiny_model
 
@@ -52,3 +52,19 @@ def test_train_sae_bad_inputs(model, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(Exception, match="corpus is empty"):
         train_sae(model, "resid_post.1", d_sae=8, k=4, corpus=tmp_path / "empty.txt", progress=False)
+
+
+def test_text_sources(model, tmp_path):
+    from attribution.training import text_tokens
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("john feels sad " * 10)
+    (folder / "b.txt").write_text("mary went home " * 10)
+    ids = text_tokens(model, folder, seq_len=8)
+    assert ids.shape == (60 // 7, 8) and (ids[:, 0] == model.tokenizer.bos_token_id).all()
+    assert torch.equal(ids, text_tokens(model, [folder / "a.txt", folder / "b.txt"], seq_len=8))
+    with pytest.raises(AttributionError, match="does not exist"):
+        text_tokens(model, tmp_path / "missing.txt")
+    with pytest.raises(AttributionError, match=r"datasets|Hugging Face"):
+        text_tokens(model, "hf:no-such-org/no-such-dataset")

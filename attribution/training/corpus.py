@@ -66,20 +66,25 @@ def sample_tokens(
     return tokens
 
 
-def text_tokens(model, source: str | Path | list, *, seq_len: int = 128) -> Tensor:
-    """[n_seq, seq_len] windows of text files (a file, a folder of .txt files, or a list of either)."""
-    files = []
+def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tokens: int = 2_000_000) -> Tensor:
+    """[n_seq, seq_len] windows of text: a file, a folder of .txt files, a Hugging Face dataset name ("hf:"
+    prefix, e.g. "hf:NeelNanda/pile-10k"; needs the `datasets` package and a reachable hub), or a list."""
+    texts = []
     for item in source if isinstance(source, list) else [source]:
         p = Path(item)
-        if p.is_dir():
-            files += sorted(p.rglob("*.txt"))
+        if isinstance(item, str) and item.startswith("hf:"):
+            texts += _hub_dataset(item[3:], max_tokens)
+        elif p.is_dir():
+            texts += [f.read_text(errors="replace") for f in sorted(p.rglob("*.txt"))]
         elif p.is_file():
-            files.append(p)
+            texts.append(p.read_text(errors="replace"))
         else:
-            raise AttributionError(f"text source {p} does not exist")
+            raise AttributionError(
+                f"text source {p} does not exist; pass a text file, a folder of .txt files or 'hf:<dataset>'"
+            )
     ids = []
-    for f in files:
-        ids += model.tokenizer(f.read_text(errors="replace"), add_special_tokens=False).input_ids
+    for text in texts:
+        ids += model.tokenizer(text, add_special_tokens=False).input_ids
     body = seq_len - 1
     n_seq = len(ids) // body
     if n_seq == 0:
@@ -90,6 +95,28 @@ def text_tokens(model, source: str | Path | list, *, seq_len: int = 128) -> Tens
     windows = torch.tensor(ids[: n_seq * body]).reshape(n_seq, body)
     bos = torch.full((n_seq, 1), model.tokenizer.bos_token_id)
     return torch.cat([bos, windows], dim=1)
+
+
+def _hub_dataset(name: str, max_tokens: int) -> list[str]:
+    """Texts of a Hugging Face dataset's train split, streamed until ~max_tokens (4 characters a token)."""
+    try:
+        import datasets
+    except ImportError:
+        raise AttributionError(f"hf:{name} needs the `datasets` package: pip install datasets") from None
+    try:
+        rows = datasets.load_dataset(name, split="train", streaming=True)
+        texts, chars = [], 0
+        for row in rows:
+            texts.append(row["text"])
+            chars += len(row["text"])
+            if chars >= 4 * max_tokens:
+                break
+    except Exception as exc:  # network, unknown dataset, no "text" column: say which, and what to do
+        raise AttributionError(
+            f"could not read the Hugging Face dataset {name!r} ({type(exc).__name__}: {exc}); "
+            "without a reachable hub, pass text files or a folder instead"
+        ) from None
+    return texts
 
 
 def _model_key(model) -> str:
