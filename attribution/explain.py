@@ -26,12 +26,14 @@ from attribution.errors import AttributionError, SAEError
 from attribution.models.loading import cache_dir
 from attribution.models.model import Batch
 from attribution.splice import trace
+from attribution.training.activations import _keep
 
 N_TOP = 24  # contexts kept per feature
 N_BINS = 10
 N_LOGIT = 10  # promoted / suppressed tokens
 N_NEIGHBOURS = 8
-VERSION = 1
+VERSION = 2
+OUTLIER = 10.0  # the norm cut-off (x batch median) the training activations used
 
 
 @dataclass
@@ -240,11 +242,20 @@ def _tokens(tok, ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
 
 
 @torch.no_grad()
-def _activations(model, saes: dict, ids: Tensor) -> dict[str, Tensor]:
-    """{hook: [n, seq, d_sae]} feature activations on ids (bf16 forward, stopping at the last hook)."""
+def _activations(model, saes: dict, ids: Tensor, *, outliers: bool = True) -> dict[str, Tensor]:
+    """{hook: [n, seq, d_sae]} feature activations on ids (bf16 forward, stopping at the last hook).
+
+    outliers=False zeroes the tokens the SAEs were not trained on (<bos>, and massive-norm tokens over 10x
+    the median): their huge activations would otherwise fill every feature's top contexts."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         acts = trace(model, Batch.from_ids(ids), capture=list(saes), stop_early=True).acts
-    return {h: sae.encode(acts[h].float()).float() for h, sae in saes.items()}
+    out = {}
+    for h, sae in saes.items():
+        f = sae.encode(acts[h].float()).float()
+        if not outliers:
+            f = f * _keep(acts[h], OUTLIER)[..., None]
+        out[h] = f
+    return out
 
 
 @torch.no_grad()
@@ -263,7 +274,7 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
     n_tok = 0
     for start in tqdm(range(0, n_seq, 16), desc=f"indexing features at {','.join(saes)}", disable=not progress):
         ids = tokens[start : start + 16]
-        feats = _activations(model, saes, ids)
+        feats = _activations(model, saes, ids, outliers=False)
         for h, f in feats.items():
             f = f[:, 1:]  # [n, seq-1, d_sae]: <bos> is not a token the SAEs explain
             flat = f.reshape(-1, f.shape[-1])  # [n*(seq-1), d_sae]

@@ -29,7 +29,7 @@ def setup(parts, tmp_path, monkeypatch):
 def _direct(model, sae, tokens):
     from attribution.explain import _activations
 
-    return _activations(model, {"resid_post.1": sae}, tokens)["resid_post.1"][:, 1:]  # [n, seq-1, d_sae]
+    return _activations(model, {"resid_post.1": sae}, tokens, outliers=False)["resid_post.1"][:, 1:]
 
 
 def test_index_statistics_match_a_direct_pass(setup):
