@@ -1,5 +1,19 @@
 """Feature graphs for multi-hop prompts: nodes across layers and positions, edges by direct effect,
 pruned by influence, checked by ablation, exported as offline HTML, Neuronpedia JSON and networkx.
 
-Built on `attribution` (issue 4); this package holds no code yet.
+    g = build_graph(model, {hook: sae, ...}, prompt, LogitDiff(model, " Sacramento", " Albany"))
+    g.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)   # in place, returns g
+    print(g.check())                        # faithfulness and completeness by real ablation (zero, errors kept)
+    g.group("California", [("resid_post.9", 1809)]); g.ablate_group("California")   # metric change
+    g.to_html("kobe.html"); g.to_json("kobe.json"); nx_graph = g.to_networkx()
+
+Modules: build (candidates, assembling), edges (batched backward passes), prune (influence), check
+(interventions), groups, labels (attribution.explain), html + template (pyvis), schema (JSON, networkx).
 """
+
+from graphs.build import build_graph
+from graphs.check import Check
+from graphs.graph import Edge, Graph
+from graphs.nodes import GraphError, GraphNode
+
+__all__ = ["Check", "Edge", "Graph", "GraphError", "GraphNode", "build_graph"]

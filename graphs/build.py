@@ -1,0 +1,147 @@
+"""build_graph: a prompt's feature graph, from one clean forward/backward plus one batched backward per
+chunk of each SAE layer's nodes.
+
+Candidates, circuit-tracer style: edges are computed only into nodes that can be kept. Per SAE layer, the
+`candidates` active features with the largest |attribution| (activation x gradient of the metric, the
+library's grad_x_act) become nodes, plus one error node per position; every non-<bos> token is a node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from attribution.splice import prepare_saes
+from graphs.edges import EMBED, Side, clean_pass, direct_edges, readouts
+from graphs.graph import Graph
+from graphs.labels import labeler
+from graphs.nodes import METRIC_ID, GraphError, GraphNode, check_residual, error_id, feature_id, token_id
+
+
+def build_graph(
+    model,
+    saes,
+    prompt: str,
+    metric,
+    *,
+    candidates: int | None = 128,
+    labels=True,
+    max_rows: int = 256,
+    progress: bool = True,
+) -> Graph:
+    """The feature graph of `prompt` for `metric` (e.g. LogitDiff), with SAEs `saes` ({hook: SAE}).
+
+    candidates: feature nodes per SAE layer, by |attribution| (None: every active feature).
+    labels: True (attribution.explain), {hook: FeatureIndex}, False, fn(hook, feature) -> str, or a labeller
+        (see graphs.labels).
+    max_rows: downstream nodes per backward pass (memory: rows x prompt length x d_model).
+    progress: progress bars (feature indexes, edges).
+    The result is unpruned; call .prune() on it.
+    """
+    start = time.perf_counter()
+    if not isinstance(prompt, str):
+        raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
+    if candidates is not None and candidates < 1:
+        raise GraphError(f"candidates must be >= 1 (features per layer) or None for all, got {candidates}")
+    if max_rows < 1:
+        raise GraphError(f"max_rows must be >= 1, got {max_rows}")
+    saes = prepare_saes(model, saes)
+    if not saes:
+        raise GraphError("no SAEs given: pass {hook: SAE} for residual-stream hooks, e.g. resid_post.L")
+    hooks = list(saes)
+    check_residual(model, hooks)
+    batch = model.tokenize(prompt)
+    names = labeler(model, saes, labels, progress)
+    clean = clean_pass(model, saes, batch, metric)
+    tokens = batch.tokens[0]
+    positions = batch.node_mask()[0].nonzero().squeeze(-1)  # [n_pos], <bos> left out
+    nodes: list[GraphNode] = []
+
+    def add(node: GraphNode) -> int:
+        nodes.append(node)
+        return len(nodes) - 1
+
+    emb, g0 = clean.acts[EMBED].double(), clean.grads[EMBED].double()  # [pos, d_model]
+    ids = [
+        add(GraphNode(token_id(t), "token", 0, None, t, None, tokens[t], float(emb[t].norm()), float(emb[t] @ g0[t])))
+        for t in positions.tolist()
+    ]
+    sides = [(EMBED, Side(torch.tensor(ids), positions, emb[positions]), None)]
+    last_attr = None
+    for row, h in enumerate(hooks, 1):
+        sae, dec, g = saes[h], clean.decs[h], clean.grads[h].double()
+        f, e = dec.features[0].double(), dec.error[0].double()  # [pos, d_sae], [pos, d_model]
+        W_dec = sae.W_dec.double()
+        t, i = (f[positions] != 0).nonzero(as_tuple=True)  # active features at node positions
+        t = positions[t]
+        attr = f[t, i] * torch.einsum("nd,nd->n", W_dec[i], g[t])  # [n]
+        if candidates is not None and len(attr) > candidates:
+            top = attr.abs().argsort(descending=True, stable=True)[:candidates].sort().values
+            t, i, attr = t[top], i[top], attr[top]
+        ids = [
+            add(GraphNode(feature_id(h, p, k), "feature", row, h, p, k, tokens[p], float(f[p, k]), float(a)))
+            for p, k, a in zip(t.tolist(), i.tolist(), attr.tolist())
+        ]
+        err_attr = (e[positions] * g[positions]).sum(-1)  # [n_pos]
+        ids += [
+            add(GraphNode(error_id(h, p), "error", row, h, p, None, tokens[p], float(e[p].norm()), float(a)))
+            for p, a in zip(positions.tolist(), err_attr.tolist())
+        ]
+        pos = torch.cat([t, positions])
+        feats = torch.cat([i, torch.full_like(positions, -1)])
+        up = torch.cat([f[t, i, None] * W_dec[i], e[positions]])  # [n, d_model], what each node adds
+        down = readouts(sae, dec, clean.grads[h], pos, feats)  # [n, d_model]
+        for n, k in zip(ids, (feats >= 0).tolist()):
+            if k:
+                nodes[n].label = names.label(h, nodes[n].feature)
+        sides.append((h, Side(torch.tensor(ids), pos, up), Side(torch.tensor(ids), pos, down)))
+        last_attr = torch.cat([attr, err_attr])
+
+    m_pos = _metric_position(metric, batch.width)
+    metric_index = add(
+        GraphNode(METRIC_ID, "metric", len(hooks) + 1, None, m_pos, None, tokens[m_pos], clean.metric, clean.metric)
+    )
+    srcs, dsts, ws = [], [], []
+    pairs = list(itertools.pairwise(sides))
+    for (up_hook, up, _), (down_hook, _, down) in tqdm(pairs, desc="edges", disable=not progress, leave=False):
+        s, d, w = direct_edges(model, batch, up_hook, up, down_hook, down, max_rows)
+        srcs.append(s)
+        dsts.append(d)
+        ws.append(w)
+    last = sides[-1][1]
+    into_metric = last_attr != 0
+    srcs.append(last.index[into_metric])
+    dsts.append(torch.full((int(into_metric.sum()),), metric_index))
+    ws.append(last_attr[into_metric])
+    info = {"build_s": time.perf_counter() - start, "candidates": candidates, "token_prob": _prob(model, metric, clean)}
+    return Graph(
+        model=model,
+        saes=saes,
+        prompt=prompt,
+        metric=metric,
+        batch=batch,
+        clean=clean,
+        nodes=nodes,
+        edges=(torch.cat(srcs), torch.cat(dsts), torch.cat(ws)),
+        labeler=names,
+        info=info,
+    )
+
+
+def _metric_position(metric, width: int) -> int:
+    pos = getattr(metric, "position", -1)
+    return pos % width
+
+
+@torch.no_grad()
+def _prob(model, metric, clean) -> float:
+    """Probability of the metric's good answer at its position (0 for metrics without one)."""
+    good = getattr(metric, "good_ids", None)
+    if good is None:
+        return 0.0
+    pos = _metric_position(metric, clean.hidden.shape[0])
+    logits = model.unembed(clean.hidden[pos]).double()  # [vocab]
+    return float(logits.softmax(-1)[int(good[0])])

@@ -1,0 +1,123 @@
+"""Activations, gradients and direct-effect edges between consecutive SAE layers.
+
+Edge u -> d is `v_u . dr_d/dx_up`, the change in d's pre-activation per unit of u:
+- v_u, what u adds to the residual at its position: a_i W_dec[i] (feature), e (error), the embedding (token);
+- r_d, the linear readout of d at its position downstream: W_enc[:, j] for a feature (its pre-activation);
+  for an error node the readout g - W_enc[:, A] (W_dec[A] g), the gradient of g . e(x) with g the metric's
+  gradient there and A the active features (feature-circuits' projection of an error onto the gradient).
+
+Residual SAEs cover the whole stream, so every path between SAE layers passes through each SAE layer in
+between: the blocks between two consecutive SAE layers are the direct path. Attention patterns and norms
+are not frozen: edges are the real model's local Jacobian, like the library's attributions.
+
+One trace per chunk of downstream nodes: the upstream activation is replicated as a [rows, pos, d_model]
+leaf, row b's objective is downstream node b's readout, and one backward gives every row's gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attribution.errors import check_finite
+from attribution.metrics import Rows, evaluate
+from attribution.splice import Decomposition, decompose, trace
+
+EMBED = "resid_pre.0"  # the token nodes' vectors: the input of block 0, i.e. the (scaled) embedding
+
+
+@dataclass
+class Clean:
+    """One forward and backward of the clean prompt: what every node and edge is made of."""
+
+    metric: float
+    acts: dict[str, Tensor]  # hook -> [pos, d_model], EMBED included
+    grads: dict[str, Tensor]  # hook -> [pos, d_model], d(metric)/dx through the real model
+    decs: dict[str, Decomposition]  # SAE hook -> features [1, pos, d_sae], error [1, pos, d_model]
+    hidden: Tensor  # [pos, d_model] final-norm states, for the answer's probability
+
+
+def clean_pass(model, saes: dict, batch, metric) -> Clean:
+    hooks = list(dict.fromkeys([EMBED, *saes]))
+    tr = trace(model, batch, capture=hooks, grad=True)
+    m = evaluate(metric, model, tr.hidden, Rows.of(batch))
+    grads = torch.autograd.grad(m.sum(), [tr.acts[h] for h in hooks], allow_unused=True)
+    acts, gs = {}, {}
+    for h, g in zip(hooks, grads):
+        acts[h] = tr.acts[h].detach()[0]
+        gs[h] = torch.zeros_like(acts[h]) if g is None else g.detach()[0]
+        check_finite(gs[h], f"the gradient at {h}")
+    decs = {h: decompose(sae, acts[h][None]) for h, sae in saes.items()}
+    return Clean(float(m.detach()[0]), acts, gs, decs, tr.hidden.detach()[0])
+
+
+@dataclass
+class Side:
+    """One row of nodes as edges see it: graph indices, positions and one d_model vector each."""
+
+    index: Tensor  # [n] long, graph node indices
+    pos: Tensor  # [n] long, token positions
+    vec: Tensor  # [n, d_model]: contributions v_u (upstream) or readouts r_d (downstream)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def readouts(sae, dec: Decomposition, grad: Tensor, pos: Tensor, features: Tensor) -> Tensor:
+    """r_d for nodes at `pos` (`features` -1 = error node): [n] -> [n, d_model]."""
+    out = torch.empty(len(pos), grad.shape[-1], dtype=torch.float64)
+    is_f = features >= 0
+    out[is_f] = sae.W_enc[:, features[is_f]].T.double()
+    for n in (~is_f).nonzero().squeeze(-1).tolist():
+        t = int(pos[n])
+        g = grad[t].double()  # [d_model]
+        active = (dec.features[0, t] != 0).nonzero().squeeze(-1)  # [k]
+        out[n] = g - sae.W_enc[:, active].double() @ (sae.W_dec[active].double() @ g)
+    return out
+
+
+def direct_edges(
+    model, batch, up_hook: str, up: Side, down_hook: str, down: Side, max_rows: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sparse edges (source index [E], target index [E], weight [E]) from `up` to `down`, batched backward."""
+    srcs, dsts, ws = [], [], []
+    up_pos = sorted(set(up.pos.tolist()))
+    for start in range(0, len(down), max_rows):
+        rows = slice(start, start + max_rows)
+        S, R = down.pos[rows], down.vec[rows]  # [B], [B, d_model]
+        G = _row_gradients(model, batch, up_hook, down_hook, S, R)  # [B, pos, d_model]
+        for t in up_pos:
+            mine = (up.pos == t).nonzero().squeeze(-1)
+            W = G[:, t].double() @ up.vec[mine].double().T  # [B, U_t]
+            keep = (t <= S)[:, None] & (W != 0)  # causal: nothing flows backwards in position
+            b, u = keep.nonzero(as_tuple=True)
+            srcs.append(up.index[mine][u])
+            dsts.append(down.index[rows][b])
+            ws.append(W[b, u])
+    if not srcs:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, torch.zeros(0, dtype=torch.float64)
+    return torch.cat(srcs), torch.cat(dsts), torch.cat(ws)
+
+
+def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Tensor) -> Tensor:
+    """G[b] = d(R[b] . x_down[b, S[b]]) / d x_up[b]: one forward of B rows and one backward."""
+    B = len(S)
+    if model.hook(up_hook).name == model.hook(down_hook).name:  # the first SAE sits on the embedding itself
+        G = R.new_zeros(B, batch.width, R.shape[-1])
+        G[torch.arange(B), S] = R
+        return G
+    box = {}
+
+    def replicate(x):  # [1, pos, d_model] -> [B, pos, d_model], the leaf every row differentiates
+        box["leaf"] = x.detach().expand(B, -1, -1).clone().requires_grad_(True)
+        return box["leaf"]
+
+    tr = trace(model, batch, edits={up_hook: replicate}, capture=[down_hook], grad=True, stop_early=True)
+    x = tr.acts[model.hook(down_hook).name]  # [B, pos, d_model]
+    objective = (x[torch.arange(B), S] * R.to(x.dtype)).sum()
+    (G,) = torch.autograd.grad(objective, box["leaf"])
+    check_finite(G, f"the gradient from {down_hook} to {up_hook}")
+    return G

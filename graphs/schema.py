@@ -1,0 +1,170 @@
+"""Exports without a browser: Neuronpedia / circuit-tracer graph JSON, and networkx.
+
+The JSON follows circuit-tracer's frontend schema (metadata, qParams, nodes, links), so their viewers open
+it: tokens are "embedding" nodes on layer "E", SAE features "cross layer transcoder" nodes (the type their
+viewer draws as features) on the hook's layer, error terms "mlp reconstruction error" nodes, and the metric a
+"logit" node on layer n_layers + 1 named after the good answer. `feature` is the raw SAE feature index;
+`influence` is the cumulative share, as circuit-tracer writes it; groups go to qParams.supernodes as
+[name, member ids...]. Edge weights are the graph's direct effects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+class Metadata(BaseModel):
+    slug: str
+    scan: str
+    transcoder_list: list[str]
+    prompt_tokens: list[str]
+    prompt: str
+    node_threshold: float | None = None
+    schema_version: int | None = 1
+    info: dict | None = None  # ours: metric, its value, pruning settings, build time
+
+
+class QParams(BaseModel):
+    pinnedIds: list[str]
+    supernodes: list[list[str]]
+    linkType: str
+    clickedId: str
+    sg_pos: str
+
+
+class Node(BaseModel):
+    node_id: str
+    feature: int
+    layer: str
+    ctx_idx: int
+    feature_type: str
+    token_prob: float = 0.0
+    is_target_logit: bool = False
+    run_idx: int = 0
+    reverse_ctx_idx: int = 0
+    jsNodeId: str
+    clerp: str = ""
+    influence: float | None = None
+    activation: float | None = None
+
+
+class Link(BaseModel):
+    source: str
+    target: str
+    weight: float
+
+
+class GraphFile(BaseModel):
+    metadata: Metadata
+    qParams: QParams
+    nodes: list[Node]
+    links: list[Link]
+
+
+def _node(graph, x) -> Node:
+    common = {"ctx_idx": x.position, "influence": x.cumulative, "activation": x.activation}
+    if x.kind == "token":
+        vocab = int(graph.batch.input_ids[0, x.position])
+        return Node(
+            node_id=f"E_{vocab}_{x.position}",
+            feature=x.position,
+            layer="E",
+            feature_type="embedding",
+            jsNodeId=f"E_{vocab}-{x.position}",
+            **common,
+        )
+    if x.kind == "metric":
+        layer = str(graph.model.n_layers + 1)
+        vocab = int(graph.metric.good_ids[0]) if hasattr(graph.metric, "good_ids") else 0
+        return Node(
+            node_id=f"{layer}_{vocab}_{x.position}",
+            feature=vocab,
+            layer=layer,
+            ctx_idx=x.position,
+            feature_type="logit",
+            token_prob=graph.info.get("token_prob", 0.0),
+            is_target_logit=True,
+            jsNodeId=f"L_{vocab}-{x.position}",
+            clerp=f"{graph.metric!r} = {graph.metric_value:+.4f}",
+            influence=1.0,
+            activation=x.activation,
+        )
+    layer = str(graph.model.hook(x.hook).layer)
+    if x.kind == "error":
+        return Node(
+            node_id=f"{layer}_-1_{x.position}",
+            feature=-1,
+            layer=layer,
+            feature_type="mlp reconstruction error",
+            jsNodeId=f"{layer}_-1-{x.position}",
+            **common,
+        )
+    return Node(
+        node_id=f"{layer}_{x.feature}_{x.position}",
+        feature=x.feature,
+        layer=layer,
+        feature_type="cross layer transcoder",
+        jsNodeId=f"{layer}_{x.feature}-0",
+        clerp=x.label,
+        **common,
+    )
+
+
+def graph_file(graph, slug: str | None = None) -> GraphFile:
+    nodes = {x.id: _node(graph, x) for x in graph.nodes}
+    prune = graph.pruning or {}
+    meta = Metadata(
+        slug=slug or "graph",
+        scan=graph.model.name,
+        transcoder_list=graph.hooks,
+        prompt_tokens=graph.tokens,
+        prompt=graph.prompt,
+        node_threshold=prune.get("node_threshold"),
+        info={"metric": repr(graph.metric), "metric_value": graph.metric_value, "pruning": prune, **graph.info},
+    )
+    supernodes = [[name, *(nodes[i].node_id for i in ids if i in nodes)] for name, ids in graph.groups.items()]
+    qparams = QParams(pinnedIds=[], supernodes=supernodes, linkType="both", clickedId="", sg_pos="")
+    links = [Link(source=nodes[e.source].node_id, target=nodes[e.target].node_id, weight=e.weight) for e in graph.edges]
+    return GraphFile(metadata=meta, qParams=qparams, nodes=list(nodes.values()), links=links)
+
+
+def to_json(graph, path: str | Path | None = None, *, slug: str | None = None) -> dict:
+    data = graph_file(graph, slug or (Path(path).stem if path else None)).model_dump()
+    if path is not None:
+        Path(path).write_text(json.dumps(data, indent=1))
+    return data
+
+
+def to_networkx(graph, full: bool = False):
+    import networkx as nx
+
+    g = nx.DiGraph(
+        prompt=graph.prompt,
+        tokens=graph.tokens,
+        metric=repr(graph.metric),
+        metric_value=graph.metric_value,
+        hooks=graph.hooks,
+        pruning=graph.pruning,
+        groups={k: list(v) for k, v in graph.groups.items()},
+        info=dict(graph.info),
+    )
+    member = {i: name for name, ids in graph.groups.items() for i in ids}
+    mask = graph.node_mask.tolist()
+    for k, x in enumerate(graph.full_nodes):
+        if full or mask[k]:
+            g.add_node(x.id, **x.to_dict(), kept=bool(mask[k]), group=member.get(x.id))
+    ids = [x.id for x in graph.full_nodes]
+    cols = (
+        graph.src.tolist(),
+        graph.dst.tolist(),
+        graph.weight.tolist(),
+        graph.share.tolist(),
+        graph.edge_mask.tolist(),
+    )
+    for s, t, w, a, kept in zip(*cols):
+        if full or kept:
+            g.add_edge(ids[s], ids[t], weight=w, share=a, kept=kept)
+    return g

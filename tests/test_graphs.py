@@ -1,0 +1,422 @@
+"""Feature graphs checked against interventions on tiny random models: edges are the direct effects a
+finite difference measures, influence equals the dense path sum, pruning keeps what it must, the unpruned
+graph is exactly faithful, checks and group ablations equal independent interventions, exports are whole."""
+
+import importlib
+import json
+
+import networkx as nx
+import pytest
+import torch
+
+from attribution import AttributionError, LogitDiff, WholeActivation, ablate, attribute, run_with_saes, trace
+from attribution.metrics import Rows, evaluate
+from graphs import GraphError, build_graph
+from graphs.prune import influence
+from graphs.schema import GraphFile
+from tests.conftest import PROMPTS, random_sae, tiny_model
+
+HOOKS = ["resid_post.0", "resid_post.2"]  # block 1 lies between the SAE layers, block 0 before the first
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on shared cores OpenMP threads spin waiting on each other
+    (10x slower under load); restored afterwards for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """GPT-2 computes wholly in float64, so finite differences are exact to ~1e-8."""
+    m = tiny_model("gpt2")
+    saes = {h: random_sae(m, h, seed=i) for i, h in enumerate(HOOKS)}
+    metric = LogitDiff(m, "sad", "happy")
+    g = build_graph(m, saes, PROMPTS[0], metric, candidates=None, labels=False)
+    return m, saes, metric, g
+
+
+def _readout(m, saes, metric, g, node, x_hook):
+    """Downstream node's objective from the activation at its hook: pre-activation, g . e(x), or the metric."""
+    if node.kind == "feature":
+        sae = saes[node.hook]
+        return float(sae.pre_acts(x_hook[0, node.position])[node.feature])
+    sae = saes[node.hook]
+    x = x_hook[0, node.position]
+    grad = g.clean.grads[node.hook][node.position]
+    return float(grad @ (x - sae.decode(sae.encode(x))))
+
+
+def _contribution(g, node):
+    """What the upstream node adds to the residual at its position."""
+    if node.kind == "token":
+        return g.clean.acts["resid_pre.0"][node.position]
+    dec = g.clean.decs[node.hook]
+    if node.kind == "error":
+        return dec.error[0, node.position]
+    return node.activation * g.saes[node.hook].W_dec[node.feature]
+
+
+def _finite_differences(m, saes, metric, g, pairs, eps=1e-5):
+    """Central differences of each downstream objective, all perturbations of one hook pair in one batch."""
+    up_hook = "resid_pre.0" if pairs[0][0].kind == "token" else pairs[0][0].hook
+    down = pairs[0][1]
+
+    def perturb(x):  # [1, pos, d_model] -> [2 * len(pairs), pos, d_model]: +eps and -eps rows per pair
+        x = x.repeat(2 * len(pairs), 1, 1)
+        for k, (up, _) in enumerate(pairs):
+            v = _contribution(g, up)
+            x[2 * k, up.position] += eps * v
+            x[2 * k + 1, up.position] -= eps * v
+        return x
+
+    batch = m.tokenize(g.prompt)
+    if down.kind == "metric":
+        tr = trace(m, batch, edits={up_hook: perturb})
+        values = evaluate(metric, m, tr.hidden, Rows.copies(0, 2 * len(pairs))).tolist()
+    else:
+        tr = trace(m, batch, edits={up_hook: perturb}, capture=[down.hook], stop_early=True)
+        x = tr.acts[down.hook]
+        values = [
+            _readout(m, saes, metric, g, d, x[r : r + 1]) for r, (_, d) in enumerate(p for p in pairs for _ in "+-")
+        ]
+    return [(values[2 * k] - values[2 * k + 1]) / (2 * eps) for k in range(len(pairs))]
+
+
+def test_edges_equal_direct_effects_by_finite_differences(setup):
+    m, saes, metric, g = setup
+    groups = {}
+    for e in sorted(g.edges, key=lambda e: -abs(e.weight)):
+        up, down = g.node(e.source), g.node(e.target)
+        kinds = groups.setdefault((up.layer, down.layer, down.kind), {})
+        if len(kinds.setdefault((up.kind, down.kind), [])) < 3:
+            kinds[(up.kind, down.kind)].append(e)
+    seen = set()
+    for kinds in groups.values():
+        edges = [e for sample in kinds.values() for e in sample]
+        seen |= set(kinds)
+        fds = _finite_differences(m, saes, metric, g, [(g.node(e.source), g.node(e.target)) for e in edges])
+        for e, fd in zip(edges, fds):
+            assert e.weight == pytest.approx(fd, rel=1e-5, abs=1e-8), e
+    want = {("token", "feature"), ("token", "error"), ("feature", "feature"), ("error", "feature")}
+    want |= {("feature", "error"), ("error", "error"), ("feature", "metric"), ("error", "metric")}
+    assert seen == want
+
+
+def test_no_edge_flows_backwards_in_position(setup):
+    _, _, _, g = setup
+    for e in g.edges:
+        assert g.node(e.source).position <= g.node(e.target).position
+        assert g.node(e.target).layer == g.node(e.source).layer + 1  # consecutive rows only
+
+
+def test_metric_edges_equal_ablation_effects_when_the_head_is_linear():
+    m = tiny_model("gemma3", linear_head=True)
+    saes = {"resid_post.2": random_sae(m, "resid_post.2", d_sae=48)}
+    metric = LogitDiff(m, "sad", "happy")
+    g = build_graph(m, saes, PROMPTS[0], metric, candidates=None, labels=False)
+    feats = {e.source: e.weight for e in g.edges if e.target == "metric" and g.node(e.source).kind == "feature"}
+    nodes = [(g.node(i).hook, g.node(i).position, g.node(i).feature) for i in feats]
+    abl = ablate(m, saes, PROMPTS[0], metric, nodes, progress=False)
+    torch.testing.assert_close(
+        abl.effect, torch.tensor(list(feats.values()), dtype=torch.float64), rtol=1e-9, atol=1e-9
+    )
+
+
+def test_batched_edges_equal_one_row_at_a_time(setup):
+    m, saes, metric, _ = setup
+    chunked = build_graph(m, saes, PROMPTS[0], metric, candidates=30, labels=False, max_rows=15)
+    whole = build_graph(m, saes, PROMPTS[0], metric, candidates=30, labels=False, max_rows=1000)
+
+    def edges(graph):
+        return {(int(s), int(d)): float(w) for s, d, w in zip(graph.src, graph.dst, graph.weight)}
+
+    a, b = edges(chunked), edges(whole)
+    assert a.keys() == b.keys() and len(a) > 1000
+    assert all(a[k] == pytest.approx(b[k], rel=1e-10, abs=1e-13) for k in a)
+
+
+def test_nodes_and_candidates_agree_with_attribute(setup):
+    m, saes, metric, g = setup
+    attr = attribute(m, saes, PROMPTS[0], metric)
+    want = {(n.hook, n.position, n.feature): n.attribution for n in attr.top(None)}
+    got = {(x.hook, x.position, x.feature): x.attribution for x in g.full_nodes if x.kind in ("feature", "error")}
+    assert got.keys() == want.keys()  # every active feature and every error node, <bos> left out
+    assert all(got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12) for k in want)
+    assert [x.position for x in g.full_nodes if x.kind == "token"] == list(range(1, 12))
+    few = build_graph(m, saes, PROMPTS[0], metric, candidates=5, labels=False)
+    for h in HOOKS:
+        mine = [x for x in few.full_nodes if x.kind == "feature" and x.hook == h]
+        best = sorted((abs(v) for k, v in want.items() if k[0] == h and k[2] is not None), reverse=True)[:5]
+        assert sorted((abs(x.attribution) for x in mine), reverse=True) == pytest.approx(best)
+
+
+def test_influence_is_the_dense_path_sum(setup):
+    _, _, _, g = setup
+    n = len(g.full_nodes)
+    A = torch.zeros(n, n, dtype=torch.float64)  # A[target, source]
+    A[g.dst, g.src] = g.share
+    dense = torch.linalg.solve((torch.eye(n, dtype=torch.float64) - A).T, torch.eye(n, dtype=torch.float64)[-1])
+    dense[-1] -= 1  # paths of length >= 1
+    torch.testing.assert_close(influence(g.src, g.dst, g.share, n, n - 1)[:-1], dense[:-1])
+    # each row's shares sum to one, so the influence through any layer sums to one
+    for row in range(1, len(g.hooks) + 1):
+        total = sum(x.influence for x in g.full_nodes if x.layer == row)
+        assert total == pytest.approx(1.0)
+
+
+def test_prune_keeps_tokens_and_metric_and_respects_thresholds_and_caps(setup):
+    _, _, _, g = setup
+    g = g.copy()
+    n_tokens = sum(x.kind == "token" for x in g.full_nodes)
+    inner = sorted((x for x in g.full_nodes if x.kind in ("feature", "error")), key=lambda x: -x.influence)
+    total = sum(x.influence for x in inner)
+    sizes = []
+    for threshold in (0.3, 0.6, 0.9):
+        g.prune(node_threshold=threshold, edge_threshold=0.98)
+        kinds = [x.kind for x in g.nodes]
+        assert kinds.count("token") == n_tokens and kinds[-1] == "metric"
+        prefix, share = [], 0.0
+        for x in inner:  # the fewest most-influential nodes that reach the threshold
+            if share >= threshold * total:
+                break
+            prefix.append(x.id)
+            share += x.influence
+        kept = {x.id for x in g.nodes if x.kind in ("feature", "error")}
+        assert kept <= set(prefix) and share >= threshold * total
+        sizes.append(len(kept))
+        nxg = g.to_networkx()
+        for x in g.nodes:
+            if x.kind != "token":
+                assert nx.has_path(nxg, x.id, "metric")  # nothing dangles
+        assert all(g.kept(e.source) and g.kept(e.target) for e in g.edges)
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    g.prune(0.9, 0.9, max_feature_nodes=4)
+    assert sum(x.kind == "feature" for x in g.nodes) <= 4
+    g.prune(0.9, 0.9, max_nodes=3)
+    assert sum(x.kind in ("feature", "error") for x in g.nodes) <= 3
+    g.prune(1.0, 1.0)
+    assert sum(x.kind in ("feature", "error") for x in g.nodes) == sum(x.influence > 0 for x in inner)
+    assert g.unprune().node_mask.all()
+    with pytest.raises(GraphError, match="between 0 and 1"):
+        g.prune(node_threshold=1.5)
+    with pytest.raises(GraphError, match="max_feature_nodes"):
+        g.prune(max_feature_nodes=-1)
+
+
+@pytest.mark.parametrize(("mode", "errors"), [("zero", "keep"), ("mean", "keep"), ("mean", "ablate")])
+def test_unpruned_graph_is_exactly_faithful(setup, mode, errors):
+    _, _, _, g = setup
+    check = g.check(mode, errors)
+    assert check.model == pytest.approx(g.metric_value, abs=1e-12)
+    assert abs(check.model - check.empty) > 0.05  # ablating everything matters
+    assert check.faithfulness == pytest.approx(1.0, abs=1e-9)
+    assert check.completeness == pytest.approx(1.0, abs=1e-9)
+    assert g.faithfulness(mode, errors) == check.faithfulness
+
+
+def test_pruned_checks_equal_independent_interventions(setup):
+    """m(graph) and m(empty) equal run_with_saes with the clean-active non-graph features zeroed."""
+    m, saes, metric, g = setup
+    g = g.copy().prune(0.5, 0.9)
+    check = g.check("zero", "keep")
+
+    def zero_outside(hook, keep):
+        active = (g.clean.decs[hook].features[0] != 0) & m.tokenize(g.prompt).node_mask()[0][:, None]
+        return lambda f: torch.where(active & ~keep, torch.zeros_like(f), f)
+
+    kept = {h: torch.zeros(12, saes[h].d_sae, dtype=torch.bool) for h in HOOKS}
+    for x in g.nodes:
+        if x.kind == "feature":
+            kept[x.hook][x.position, x.feature] = True
+    for keep, value in ((kept, check.graph), ({h: torch.zeros_like(k) for h, k in kept.items()}, check.empty)):
+        run = run_with_saes(m, saes, g.prompt, edit_features={h: zero_outside(h, keep[h]) for h in HOOKS})
+        assert float(metric(run.logits)) == pytest.approx(value, abs=1e-9)
+    assert -10 < check.faithfulness < 10 and check.faithfulness != pytest.approx(1.0)
+
+
+def test_group_ablation_equals_ablating_the_features_together(setup):
+    m, saes, metric, g = setup
+    g = g.copy()
+    top = [x for x in g.top(None) if x.hook == "resid_post.0"][:3]
+    g.group("trio", top)
+    batch = m.tokenize(g.prompt)
+
+    def zero_members(x):
+        x = x.clone()
+        for n in top:
+            x[0, n.position] -= n.activation * saes[n.hook].W_dec[n.feature]
+        return x
+
+    tr = trace(m, batch, edits={"resid_post.0": zero_members})
+    direct = float(evaluate(metric, m, tr.hidden, Rows.copies(0, 1))) - g.metric_value
+    assert g.ablate_group("trio") == pytest.approx(direct, abs=1e-10)
+    assert g.steer_group("trio", 0.0) == pytest.approx(direct, abs=1e-10)
+    assert g.steer_group("trio", 1.0) == pytest.approx(0.0, abs=1e-12)
+    # one member: the library's single-feature ablation (effect = clean - ablated)
+    g.group("one", top[0].id)
+    effect = ablate(m, saes, g.prompt, metric, [(top[0].hook, top[0].position, top[0].feature)], progress=False)
+    assert g.ablate_group("one") == pytest.approx(-float(effect.effect[0]), abs=1e-10)
+    # members on two layers: the later one is set to zero given its upstream partner's ablation too
+    late = next(x for x in g.top(None) if x.hook == "resid_post.2")
+    g.group("pair", [top[0], (late.hook, late.position, late.feature)])
+
+    def zero(nodes):
+        def edit(f):
+            f = f.clone()
+            for n in nodes:
+                f[0, n.position, n.feature] = 0
+            return f
+
+        return edit
+
+    run = run_with_saes(m, saes, g.prompt, edit_features={"resid_post.0": zero([top[0]]), late.hook: zero([late])})
+    assert g.ablate_group("pair") == pytest.approx(float(metric(run.logits)) - g.metric_value, abs=1e-10)
+    assert g.ablate_group("pair", mode="mean") != g.ablate_group("pair")
+
+
+def test_group_members_and_errors(setup):
+    _, _, _, g = setup
+    g = g.copy()
+    f = next(x for x in g.full_nodes if x.kind == "feature")
+    assert g.group("by pair", [(f.hook, f.feature)]) == [
+        x.id for x in g.full_nodes if x.kind == "feature" and x.hook == f.hook and x.feature == f.feature
+    ]
+    assert g.group("by triple", (f.hook, f.position, f.feature)) == [f.id]
+    with pytest.raises(GraphError, match="feature nodes only"):
+        g.group("bad", "resid_post.0:3:err")
+    with pytest.raises(GraphError, match="no node"):
+        g.group("bad", "resid_post.0:3:f99999")
+    with pytest.raises(GraphError, match="no group"):
+        g.ablate_group("missing")
+    with pytest.raises(GraphError, match="unknown ablation mode"):
+        g.ablate_group("by pair", mode="patch")
+    with pytest.raises(GraphError, match="labels"):
+        g.group_by_label()
+    g.ungroup("by pair")
+    assert "by pair" not in g.groups
+
+
+def test_labels_from_a_callable_and_grouping_by_label(setup):
+    m, saes, metric, _ = setup
+    names = {0: "the capital city", 1: "capital city of", 2: "basketball"}
+    g = build_graph(m, saes, PROMPTS[0], metric, labels=lambda hook, f: names.get(f % 3, ""), candidates=None)
+    assert all(x.label == names[x.feature % 3] for x in g.full_nodes if x.kind == "feature")
+    found = g.group_by_label(min_overlap=0.5)
+    assert len(found) == 2 and "basketball" in found
+    assert any({"capital", "city"} <= set(name.split()) for name in found)
+    assert all(g.node(i).label in names.values() for ids in found.values() for i in ids)
+    with pytest.raises(GraphError, match="return a str"):
+        build_graph(m, saes, PROMPTS[0], metric, labels=lambda hook, f: 3)
+
+
+def test_labels_and_tooltips_from_feature_indexes(setup, tmp_path, monkeypatch):
+    """Real attribution.explain indexes (over random token windows) label nodes and fill the tooltips."""
+    from attribution import feature_indexes
+
+    m, saes, metric, _ = setup
+    monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
+    tokens = torch.randint(4, m.tokenizer.vocab_size, (24, 12), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = m.tokenizer.bos_token_id
+    indexes = feature_indexes(m, saes, tokens=tokens, progress=False)
+    g = build_graph(m, saes, PROMPTS[0], metric, candidates=6, labels=indexes).prune(0.9, 0.98)
+    feats = [x for x in g.nodes if x.kind == "feature"]
+    assert feats and all(x.label == indexes[x.hook].label(x.feature) for x in feats)
+    card = g.labeler.card(feats[0].hook, feats[0].feature)
+    assert card.label == feats[0].label and card.contexts
+    page = g.to_html(tmp_path / "g.html").read_text()
+    assert "promotes:" in page and "share of firings by activation" in page
+    assert {n["clerp"] for n in g.to_json()["nodes"] if n["feature_type"] == "cross layer transcoder"} == {
+        x.label for x in feats
+    }
+
+
+def test_labels_degrade_without_an_index(setup, monkeypatch):
+    module = importlib.import_module("attribution.explain")  # the package's `explain` is the function
+    m, saes, metric, _ = setup
+
+    def missing(*args, **kw):
+        raise AttributionError("no index for this SAE")
+
+    monkeypatch.setattr(module, "feature_indexes", missing)
+    monkeypatch.setattr(module, "feature_index", missing)
+    with pytest.warns(UserWarning, match="stay unlabelled"):
+        g = build_graph(m, saes, PROMPTS[0], metric, candidates=4, labels=True)
+    assert all(x.label == "" for x in g.full_nodes)
+    assert g.labeler.card("resid_post.0", 1) is None
+
+
+def test_json_follows_the_graph_schema(setup, tmp_path):
+    _, _, _, g = setup
+    g = g.copy().prune(0.6, 0.95)
+    g.group("pair", [x.id for x in g.top(2)])
+    data = g.to_json(tmp_path / "graph.json")
+    loaded = json.loads((tmp_path / "graph.json").read_text())
+    assert loaded == json.loads(json.dumps(data))
+    parsed = GraphFile.model_validate(loaded)
+    assert set(loaded) == {"metadata", "qParams", "nodes", "links"}
+    assert parsed.metadata.slug == "graph" and parsed.metadata.prompt == g.prompt
+    assert parsed.metadata.prompt_tokens == g.tokens and parsed.metadata.node_threshold == 0.6
+    ids = [n.node_id for n in parsed.nodes]
+    assert len(ids) == len(set(ids)) == len(g.nodes) and len(parsed.links) == len(g.edges)
+    assert all(link.source in ids and link.target in ids for link in parsed.links)
+    types = {n.feature_type for n in parsed.nodes}
+    assert types == {"embedding", "cross layer transcoder", "mlp reconstruction error", "logit"}
+    logit = next(n for n in parsed.nodes if n.feature_type == "logit")
+    assert logit.is_target_logit and 0 < logit.token_prob < 1 and logit.layer == "4"
+    assert parsed.qParams.supernodes[0][0] == "pair" and len(parsed.qParams.supernodes[0]) == 3
+
+
+def test_networkx_has_every_node_edge_and_attribute(setup):
+    _, _, _, g = setup
+    g = g.copy().prune(0.6, 0.95)
+    nxg = g.to_networkx()
+    assert set(nxg.nodes) == {x.id for x in g.nodes}
+    assert nxg.number_of_edges() == len(g.edges)
+    x = g.top(1)[0]
+    assert nxg.nodes[x.id] == {**x.to_dict(), "kept": True, "group": None}
+    e = g.edges[0]
+    assert nxg.edges[e.source, e.target]["weight"] == e.weight
+    assert nxg.graph["prompt"] == g.prompt and nxg.graph["pruning"]["node_threshold"] == 0.6
+    assert nx.is_directed_acyclic_graph(nxg)
+    full = g.to_networkx(full=True)
+    assert full.number_of_nodes() == len(g.full_nodes) and full.number_of_edges() == len(g.src)
+
+
+def test_html_is_offline_and_has_every_node(setup, tmp_path):
+    _, _, _, g = setup
+    g = g.copy().prune(0.6, 0.95)
+    page = g.to_html(tmp_path / "graph.html").read_text()
+    assert 'src="http' not in page and 'href="http' not in page and "<link" not in page
+    assert "vis.Network" in page and g.prompt in page and "Legend" in page and "faithfulness" in page
+    for x in g.nodes:
+        assert json.dumps(x.id) in page
+    with pytest.raises(GraphError, match="prune it first"):
+        g.unprune().to_html(tmp_path / "big.html", max_edges=100)
+    g.group("pair", [x.id for x in g.top(2)])
+    page = g.prune(0.6, 0.95).to_html(tmp_path / "grouped.html").read_text()
+    assert '"group:pair"' in page and json.dumps(g.top(1)[0].id) not in page  # members drawn as one node
+
+
+def test_whole_activation_graphs_and_bad_input():
+    m = tiny_model("llama")
+    metric = LogitDiff(m, "sad", "happy")
+    g = build_graph(m, WholeActivation.at(m, ["resid_post.0", "resid_post.1"]), PROMPTS[1], metric, labels=True)
+    assert {x.kind for x in g.full_nodes} == {"token", "error", "metric"}  # no features, nothing to label
+    assert g.check("zero", "ablate").faithfulness == pytest.approx(1.0)
+    sae = random_sae(m, "mlp_out.1")
+    with pytest.raises(GraphError, match="residual stream"):
+        build_graph(m, {"mlp_out.1": sae}, PROMPTS[1], metric, labels=False)
+    with pytest.raises(GraphError, match="one prompt"):
+        build_graph(m, {}, PROMPTS[:2], metric, labels=False)
+    with pytest.raises(GraphError, match="no SAEs"):
+        build_graph(m, {}, PROMPTS[1], metric, labels=False)
+    with pytest.raises(GraphError, match="candidates"):
+        build_graph(m, WholeActivation.at(m, ["resid_post.0"]), PROMPTS[1], metric, candidates=0, labels=False)
+    with pytest.raises(GraphError, match="at layer 0"):
+        build_graph(m, WholeActivation.at(m, ["resid_pre.0", "resid_post.0"]), PROMPTS[1], metric, labels=False)
+    with pytest.raises(AttributionError, match="labels must be"):
+        build_graph(m, WholeActivation.at(m, ["resid_post.0"]), PROMPTS[1], metric, labels=3)
