@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--cards", type=int, default=5, help="feature cards for the top N features (default: 5)")
     r.add_argument("--no-explain", action="store_true", help="skip labels and feature cards (no feature index)")
     r.add_argument("--no-steer", action="store_true", help="skip the steering panel")
+    r.add_argument(
+        "--steer", default=None, metavar="HOOK:FEATURE",
+        help="the feature to clamp, e.g. resid_post.9:1234 (default: the largest positive attribution)",
+    )  # fmt: skip
     r.add_argument("--steer-tokens", type=int, default=12, help="tokens of greedy continuation (default: 12)")
     r.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
                    help="build the feature graph (default: on for multihop, off otherwise)")  # fmt: skip
@@ -95,7 +99,7 @@ def main(argv=None, *, model=None, saes=None) -> int:
         top=args.top,
         cards=args.cards,
         explain=not args.no_explain,
-        steer=not args.no_steer,
+        steer=False if args.no_steer else (args.steer or True),
         steer_tokens=args.steer_tokens,
         progress=not args.quiet,
     )

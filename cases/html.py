@@ -43,15 +43,16 @@ svg .frame{fill:none;stroke:#c9ced8}svg .grid{stroke:#eef0f4}svg .zero{stroke:#9
 svg .diag{stroke:#e08e2b;stroke-dasharray:5 4}svg .ctitle{font-size:13px;font-weight:600}
 svg .pt{fill:#7aa7e6;fill-opacity:.75}svg .pt.hot{fill:#1f3f7a}
 .steer{display:grid;grid-template-columns:repeat(auto-fit,minmax(290px,1fr));gap:12px}
-.cond{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:10px 12px}
+.cond{min-width:0;background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:10px 12px}
 .cond h3{margin:0 0 4px;font-size:15px}.cont{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;
-background:#f6f7f9;border-radius:4px;padding:6px;margin-top:6px}
+background:#f6f7f9;border-radius:4px;padding:6px;margin-top:6px;overflow-wrap:anywhere}
 .prob{display:flex;align-items:center;gap:6px;font-size:12px}.prob span.t{width:110px;overflow:hidden;
 font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre}
 .prob div{height:8px;background:#7aa7e6;border-radius:2px}
 .note{background:#fff8e1;border:1px solid #f0d98c;border-radius:6px;padding:8px 12px;margin:6px 0}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
-.card{background:#fff;border-radius:8px;overflow:auto}.card .feature-card{margin:0!important}
+.card{background:#fff;border-radius:8px;overflow:auto;min-width:0;overflow-wrap:anywhere}
+.card .feature-card{margin:0!important}
 iframe{width:100%;height:760px;border:1px solid #dfe3ea;border-radius:8px;background:#fff}
 """
 
@@ -221,7 +222,7 @@ def _steering(s: Steering | None, r: Report) -> str:
         )
     label = f" ({escape(s.label)})" if s.label else ""
     return f"""<h2>Steering</h2><section class="box"><p>Feature <code>{escape(s.hook)} f{s.feature}</code>{label},
-the feature with the largest positive attribution, clamped at {escape(s.positions)}. Its maximum activation
+{escape(s.chosen)}, clamped at {escape(s.positions)}. Its maximum activation
 {s.max_activation:.3g} comes from {escape(s.max_source)}. Each panel: the metric and next-token distribution after
 the prompt, and a greedy continuation (the clamp stays on while generating).</p>
 <div class="steer">{"".join(conds)}</div></section>"""

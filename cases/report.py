@@ -71,6 +71,7 @@ class Steering:
     max_activation: float
     max_source: str  # where max_activation comes from (feature index, or this prompt)
     clamps: list[Clamp]
+    chosen: str = ""  # why this feature: the largest positive attribution, or the user's choice
 
 
 @dataclass

@@ -39,7 +39,7 @@ def run(
     n_ablate: int = 100,
     corrupt: str | None = None,
     graph: bool = False,
-    steer: bool = True,
+    steer: bool | str | tuple[str, int] = True,
     explain: bool = True,
     index_tokens=None,
     cards: int = 5,
@@ -54,6 +54,8 @@ def run(
     SAE objects or {hook: SAE}. hooks: restrict to (or, for "default"/"whole", choose) these hooks.
     method/mode/corrupt: as in attribution.attribute / attribution.ablate.
     top: rows shown in the page's tables (report.json and the CSVs hold all `n_ablate`).
+    steer: False, True (the feature of largest positive attribution), or the feature to clamp, as
+    (hook, feature) or "hook:feature".
     explain: labels and feature cards from attribution.explain; index_tokens: ids [n_seq, seq] to index the
     features over (default: explain's corpus). cards: how many feature cards. steer_tokens: greedy tokens.
     """
@@ -145,7 +147,7 @@ def run(
         elif not has_features:
             notes.append("steering skipped: the dictionary has no features to clamp")
         else:
-            report.steering = _steer(model, saes, prompt, metric, attr, rows_attr, explainer, steer_tokens)
+            report.steering = _steer(model, saes, prompt, metric, attr, rows_attr, explainer, steer_tokens, steer)
 
     graph_html = None
     with clock("graph"):
@@ -242,25 +244,44 @@ def _by_position(attr, features: bool) -> list[float]:
     return out
 
 
-def _steer(model, saes, prompt, metric, attr, rows_attr, explainer, n_tokens):
-    """Steer with the feature of largest positive attribution (the one that pushes toward `good`)."""
+def _steer(model, saes, prompt, metric, attr, rows_attr, explainer, n_tokens, choice):
+    """Steer with `choice` ((hook, feature) or "hook:feature"), or by default with the feature of largest
+    positive attribution (the one that pushes toward `good`)."""
+    from attribution import SAEError
     from cases.steer import steer
 
-    feats = [r for r in rows_attr if r.feature is not None]
-    row = next((r for r in feats if r.attribution > 0), feats[0])
-    peak = explainer.max_activation(row.hook, row.feature)
-    if peak is not None and peak > 0:
-        n = explainer.index(row.hook).n_tokens
-        source = f"the feature index (its largest activation over {n:,} indexed tokens)"
+    if choice is True:
+        feats = [r for r in rows_attr if r.feature is not None]
+        row = next((r for r in feats if r.attribution > 0), feats[0])
+        hook, feature, label = row.hook, row.feature, row.label
+        why = "the feature with the largest positive attribution"
     else:
-        h = attr.hooks.index(row.hook)
-        sel = (attr.hook_idx == h) & (attr.feature == row.feature) & (attr.prompt == 0)
+        try:
+            hook, feature = choice.rsplit(":", 1) if isinstance(choice, str) else choice
+            feature = int(str(feature).removeprefix("f"))
+        except ValueError:
+            raise SAEError(f"steer={choice!r}: name the feature as HOOK:FEATURE, e.g. resid_post.9:1234") from None
+        hook = model.hook(hook).name
+        if hook not in saes:
+            raise SAEError(f"cannot steer a feature at {hook}: no SAE there; SAEs are at {list(saes)}")
+        if not 0 <= feature < saes[hook].d_sae:
+            raise SAEError(f"feature {feature} does not exist: the SAE at {hook} has {saes[hook].d_sae}")
+        label, why = explainer.label(hook, feature), "chosen by the user"
+    peak = explainer.max_activation(hook, feature)
+    if peak is not None and peak > 0:
+        source = f"the feature index (its largest activation over {explainer.index(hook).n_tokens:,} indexed tokens)"
+    else:
+        sel = (attr.hook_idx == attr.hooks.index(hook)) & (attr.feature == feature) & (attr.prompt == 0)
+        if not sel.any():
+            raise SAEError(f"{hook} f{feature} does not fire on the prompt and no feature index gives its maximum")
         peak = float(attr.activation[sel].max())
         source = "this prompt (no feature index: largest activation over the prompt's tokens)"
-    return steer(
-        model, saes[row.hook], prompt, metric, row.feature,
-        max_activation=peak, max_source=source, n_tokens=n_tokens, label=row.label,
+    result = steer(
+        model, saes[hook], prompt, metric, feature, max_activation=peak, max_source=source, n_tokens=n_tokens,
+        label=label,
     )  # fmt: skip
+    result.chosen = why
+    return result
 
 
 def _graph(model, saes, prompt, metric, out: Path, explainer, notes: list[str], progress: bool):

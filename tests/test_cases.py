@@ -101,6 +101,14 @@ def test_clamping_to_zero_is_ablation_and_to_own_value_is_nothing(model, saes, r
         assert own == pytest.approx(report.metric, abs=1e-9)
 
 
+def test_steering_a_chosen_feature(model, saes, report, tmp_path):
+    row = next(r for r in report.top_attribution if r.attribution < 0)
+    r = cases.run(PROMPT, " sad", " happy", model=model, saes=saes, out=tmp_path, n_ablate=5, explain=False,
+                  steer=f"{row.hook}:{row.feature}", steer_tokens=1, progress=False)  # fmt: skip
+    assert (r.steering.hook, r.steering.feature, r.steering.chosen) == (row.hook, row.feature, "chosen by the user")
+    assert "chosen by the user" in read(r.paths["report.html"])
+
+
 def test_steering_panel(report):
     s = report.steering
     top_positive = next(r for r in report.top_attribution if r.attribution > 0)
@@ -175,6 +183,14 @@ def test_cli_writes_a_report(model, saes, tmp_path, capsys):
         (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--saes", "/no/such/sae"], "does not exist"),
         (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--ablate", "1"], "n_ablate"),
         (["--prompt", PROMPT, "--good", " sad", "--bad", " sad"], "same token"),
+        (
+            ["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--no-explain", "--steer", "resid_post.1"],
+            "HOOK:FEATURE",
+        ),
+        (
+            ["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--no-explain", "--steer", "resid_post.1:640"],
+            "does not exist",
+        ),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(model, tmp_path, capsys, args, message):
