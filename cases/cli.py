@@ -56,6 +56,10 @@ def parser() -> argparse.ArgumentParser:
         help="the feature to clamp, e.g. resid_post.9:1234 (default: the largest positive attribution)",
     )  # fmt: skip
     r.add_argument("--steer-tokens", type=int, default=12, help="tokens of greedy continuation (default: 12)")
+    r.add_argument(
+        "--clamp", default="0,5,10", metavar="M,M,...",
+        help="clamp the steered feature to these multiples of its maximum activation (default: 0,5,10)",
+    )  # fmt: skip
     r.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
                    help="build the feature graph (default: on for multihop, off otherwise)")  # fmt: skip
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -101,6 +105,7 @@ def main(argv=None, *, model=None, saes=None) -> int:
         explain=not args.no_explain,
         steer=False if args.no_steer else (args.steer or True),
         steer_tokens=args.steer_tokens,
+        clamps=args.clamp,
         progress=not args.quiet,
     )
     if args.graph is not None:

@@ -144,6 +144,12 @@ class Report:
         if self.steering is not None:
             for c in self.steering.clamps:
                 lines.append(f"steer {c.name:>14}: metric {c.metric:+.3f}, continues {c.continuation!r}")
+        if self.graph is not None:
+            g = self.graph
+            lines.append(
+                f"graph: {g['feature nodes']} feature nodes, {g['error nodes']} error nodes, {g['edges']} edges, "
+                f"faithfulness {_fmt(g['faithfulness'])}, completeness {_fmt(g['completeness'])}"
+            )
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"wrote {p}" for p in self.paths.values()]
         return "\n".join(lines)

@@ -44,6 +44,7 @@ def run(
     index_tokens=None,
     cards: int = 5,
     steer_tokens: int = 12,
+    clamps: str | tuple[float, ...] = (0.0, 5.0, 10.0),
     title: str = "Case study",
     progress: bool = True,
 ) -> Report:
@@ -55,7 +56,7 @@ def run(
     method/mode/corrupt: as in attribution.attribute / attribution.ablate.
     top: rows shown in the page's tables (report.json and the CSVs hold all `n_ablate`).
     steer: False, True (the feature of largest positive attribution), or the feature to clamp, as
-    (hook, feature) or "hook:feature".
+    (hook, feature) or "hook:feature"; clamps: multiples of its maximum activation to clamp it to.
     explain: labels and feature cards from attribution.explain; index_tokens: ids [n_seq, seq] to index the
     features over (default: explain's corpus). cards: how many feature cards. steer_tokens: greedy tokens.
     """
@@ -69,6 +70,7 @@ def run(
             f"need n_ablate >= 2 (a correlation), top >= 1, cards >= 0, steer_tokens >= 0; got "
             f"n_ablate={n_ablate}, top={top}, cards={cards}, steer_tokens={steer_tokens}"
         )
+    clamps = _multiples(clamps)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AttributionError(f"--out {out} is a file; give a folder for the report")
@@ -147,12 +149,16 @@ def run(
         elif not has_features:
             notes.append("steering skipped: the dictionary has no features to clamp")
         else:
-            report.steering = _steer(model, saes, prompt, metric, attr, rows_attr, explainer, steer_tokens, steer)
+            report.steering = _steer(
+                model, saes, prompt, metric, attr, rows_attr, explainer, steer_tokens, steer, clamps
+            )
 
     graph_html = None
     with clock("graph"):
         if graph:
             report.graph, graph_html = _graph(model, saes, prompt, metric, out, explainer, notes, progress)
+            if report.graph is not None:
+                report.paths |= {"graph.html": report.graph["html"], "graph.json": report.graph["json"]}
 
     from cases import html
 
@@ -187,6 +193,19 @@ class _Clock:
             self.bar.update(1)
 
         return timed()
+
+
+def _multiples(clamps) -> tuple[float, ...]:
+    """Clamp multiples from a sequence or a comma-separated string ("0,5,10")."""
+    from attribution import AttributionError
+
+    try:
+        values = tuple(float(x) for x in (clamps.split(",") if isinstance(clamps, str) else clamps))
+    except ValueError:
+        values = ()
+    if not values:
+        raise AttributionError(f"clamps={clamps!r}: give multiples of the maximum activation, e.g. 0,5,10")
+    return values
 
 
 def _by_activation(attr, k: int, *, features: bool):
@@ -244,7 +263,7 @@ def _by_position(attr, features: bool) -> list[float]:
     return out
 
 
-def _steer(model, saes, prompt, metric, attr, rows_attr, explainer, n_tokens, choice):
+def _steer(model, saes, prompt, metric, attr, rows_attr, explainer, n_tokens, choice, multiples):
     """Steer with `choice` ((hook, feature) or "hook:feature"), or by default with the feature of largest
     positive attribution (the one that pushes toward `good`)."""
     from attribution import SAEError
@@ -278,7 +297,7 @@ def _steer(model, saes, prompt, metric, attr, rows_attr, explainer, n_tokens, ch
         source = "this prompt (no feature index: largest activation over the prompt's tokens)"
     result = steer(
         model, saes[hook], prompt, metric, feature, max_activation=peak, max_source=source, n_tokens=n_tokens,
-        label=label,
+        label=label, multiples=multiples,
     )  # fmt: skip
     result.chosen = why
     return result

@@ -104,8 +104,9 @@ def test_clamping_to_zero_is_ablation_and_to_own_value_is_nothing(model, saes, r
 def test_steering_a_chosen_feature(model, saes, report, tmp_path):
     row = next(r for r in report.top_attribution if r.attribution < 0)
     r = cases.run(PROMPT, " sad", " happy", model=model, saes=saes, out=tmp_path, n_ablate=5, explain=False,
-                  steer=f"{row.hook}:{row.feature}", steer_tokens=1, progress=False)  # fmt: skip
+                  steer=f"{row.hook}:{row.feature}", clamps="0,2", steer_tokens=1, progress=False)  # fmt: skip
     assert (r.steering.hook, r.steering.feature, r.steering.chosen) == (row.hook, row.feature, "chosen by the user")
+    assert [c.name for c in r.steering.clamps] == ["unedited", "clamp 0", "clamp 2x max"]
     assert "chosen by the user" in read(r.paths["report.html"])
 
 
@@ -157,6 +158,7 @@ def test_graph_is_embedded_offline(model, saes, tmp_path):
     r = cases.run(PROMPTS[1], " tired", " happy", model=model, saes=saes, out=tmp_path, n_ablate=10, graph=True,
                   explain=False, steer=False, progress=False)  # fmt: skip
     assert r.graph["feature nodes"] > 0 and r.graph["edges"] > 0 and (tmp_path / "graph.json").exists()
+    assert r.paths["graph.html"] == str(tmp_path / "graph.html") and "faithfulness" in str(r)
     page = read(r.paths["report.html"])
     assert "<iframe" in page and 'href="graph.html"' in page
     assert not re.search(r"""(src|href)=["']?https?://""", page)  # vis-network's licence comments name URLs
@@ -183,6 +185,7 @@ def test_cli_writes_a_report(model, saes, tmp_path, capsys):
         (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--saes", "/no/such/sae"], "does not exist"),
         (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--ablate", "1"], "n_ablate"),
         (["--prompt", PROMPT, "--good", " sad", "--bad", " sad"], "same token"),
+        (["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--clamp", "5x"], "multiples"),
         (
             ["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--no-explain", "--steer", "resid_post.1"],
             "HOOK:FEATURE",
