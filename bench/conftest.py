@@ -1,41 +1,44 @@
-"""Shared fixtures and the ratio report: every figure is a ratio of medians measured in the same run.
+"""Shared fixtures, and the ratio table printed at the end of a run (defined once, in bench/report.py).
 
-Run: python -m pytest bench/ (writes .benchmarks/ratios.json and prints the table).
+Run everything: `python -m bench` (writes bench/results/). One file: `python -m pytest bench/test_sae.py`.
+Every benchmark in bench/test_*.py is picked up by the report by its name; no registration is needed.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
+import statistics
+import time
 
 import pytest
 import torch
 
-from attribution import LogitDiff, load_model
+from attribution import LogitDiff, attribute, load_model
 from attribution.saes import build
+from bench import report
 
+LOAD_AT_START = os.getloadavg()
+REFERENCE_ROUNDS = 5
 PROMPT = "Fact: The capital city of the state where Kobe Bryant played basketball for the Los Angeles Lakers is"
-MEDIANS: dict[str, float] = {}
-# name: (numerator, denominator, denominator multiplier, target, what)
-RATIOS = {
-    "grad_x_act": ("grad_x_act_18_layers", "plain_forward", 1, 4.0, "attribution / one plain forward"),
-    "grad_x_act_vs_body": (
-        "grad_x_act_18_layers",
-        "forward_to_final_norm",
-        1,
-        None,
-        "attribution / forward without unembedding",
-    ),
-    "atp": ("atp_18_layers", "plain_forward", 1, None, "attribution patching / one plain forward"),
-    "ig": ("ig_18_layers_10_steps", "plain_forward", 1, None, "integrated gradients (10 steps) / one forward"),
-    "ablations": ("ablate_256_nodes", "plain_forward", 256, 0.25, "256 batched ablations / 256 plain forwards"),
-    "splice": ("forward_with_18_saes", "plain_forward", 1, None, "forward with 18 SAEs spliced / plain forward"),
-}
+
+
+def pytest_configure(config):
+    if os.environ.get("BENCH_THREADS"):  # `python -m bench --threads N`
+        torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What a reader needs to judge the timings: torch's threads and how busy the machine was."""
+    machine_info.update(
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        load_average_start=LOAD_AT_START,
+        load_average_end=os.getloadavg(),
+    )
 
 
 @pytest.fixture(scope="session")
 def model():
-    torch.set_num_threads(torch.get_num_threads())
     return load_model()
 
 
@@ -64,36 +67,47 @@ def saes(model):
     return out
 
 
-@pytest.fixture
-def record(benchmark, request):
-    """Call after benchmark(...): keeps the median under the test's name for the ratio table."""
-
-    def done():
-        MEDIANS[request.node.name.removeprefix("test_")] = benchmark.stats.stats.median
-
-    return done
-
-
-def pytest_sessionfinish(session):
-    if not MEDIANS:
+@pytest.fixture(autouse=True)
+def _reference_forward(request):
+    """Plain forwards timed just before and just after each benchmark that uses the model, stored as
+    extra_info["forward_ref_s"] (their median): on a machine whose load drifts during the run, ratios
+    against this local reference stay honest where ratios of medians taken minutes apart do not."""
+    if "benchmark" not in request.fixturenames or "model" not in request.fixturenames:
+        yield
         return
-    rows = {}
-    for name, (num, den, mult, target, what) in RATIOS.items():
-        if num in MEDIANS and den in MEDIANS:
-            ratio = MEDIANS[num] / (MEDIANS[den] * mult)
-            rows[name] = {
-                "ratio": ratio,
-                "target": target,
-                "what": what,
-                "met": None if target is None else ratio <= target,
-            }
-    out = Path(".benchmarks")
-    out.mkdir(exist_ok=True)
-    (out / "ratios.json").write_text(json.dumps({"medians_s": MEDIANS, "ratios": rows}, indent=2))
-    lines = ["", "ratios (medians from this run):"]
-    for r in rows.values():
-        tgt = "" if r["target"] is None else f"  target <= {r['target']}: {'met' if r['met'] else 'MISSED'}"
-        lines.append(f"  {r['what']:<48} {r['ratio']:7.3f}{tgt}")
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("\n".join(lines))
+    model, bench = request.getfixturevalue("model"), request.getfixturevalue("benchmark")
+    ids = model.tokenize(PROMPT).input_ids
+    times = []
+
+    @torch.no_grad()
+    def forwards():
+        for _ in range(REFERENCE_ROUNDS):
+            start = time.perf_counter()
+            model.hf(ids)
+            times.append(time.perf_counter() - start)
+
+    forwards()
+    yield
+    forwards()
+    bench.extra_info["forward_ref_s"] = statistics.median(times)
+
+
+@pytest.fixture(scope="session")
+def top_nodes(model, saes, prompt, metric):
+    """The 256 nodes with the largest grad_x_act attributions (features and error nodes, many layers)."""
+    return attribute(model, saes, prompt, metric).top(256)
+
+
+@pytest.fixture
+def record():
+    """No longer needed (the report reads every benchmark from pytest-benchmark); kept for older files."""
+    return lambda: None
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's own session object
+    benches = [b for b in getattr(session, "benchmarks", []) if not b.has_error and b.stats]
+    if not benches:
+        return
+    entries = [b.as_dict(include_data=False) for b in benches]
+    terminalreporter.write_line(report.terminal(report.summarize(entries)))

@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark) and the ratio report; run with `python -m bench`."""

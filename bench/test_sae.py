@@ -1,0 +1,79 @@
+"""SAE speed: encode/decode of the middle-layer shape, and training throughput of `attribution.training.fit`.
+
+Shape: TopK, d_in 640 (gemma-3-270m's width), d_sae 8,192, k 32; 4,096 tokens a batch. Inputs are the
+default model's cached layer-9 activations when `train_sae` has cached them, else synthetic ones (timings
+depend on shapes, not values; bench/data.py says which was used, and so does each benchmark's extra_info).
+"""
+
+import pytest
+import torch
+
+from attribution.saes import build
+from attribution.splice import decompose
+from attribution.training import TrainConfig, fit
+from bench.data import BATCH, D_IN, D_SAE, HOOK, K, activations
+
+TRAIN_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def acts():
+    return activations(TRAIN_STEPS * BATCH)
+
+
+def random_sae(dtype):
+    g = torch.Generator().manual_seed(0)
+    sae = build("topk", D_IN, D_SAE, HOOK, k=K, apply_b_dec_to_input=True)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(D_SAE, D_IN, generator=g), dim=-1))
+        sae.W_enc.copy_(sae.W_dec.T / 1000)  # residual norms are ~5,000: pre-activations of order 1
+    return sae.requires_grad_(False).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sae_encode_decode(benchmark, acts, dtype):
+    """`sae(x)`: encode, TopK, and the dense decode, on 4,096 tokens."""
+    x, src = acts
+    x = x[:BATCH].to(dtype)
+    sae = random_sae(dtype)
+    with torch.no_grad():
+        x_hat, f = benchmark.pedantic(lambda: sae(x), rounds=10, warmup_rounds=2)
+    assert x_hat.shape == x.shape and int((f != 0).sum(-1).max()) <= K
+    benchmark.extra_info.update(tokens_per_s=BATCH / benchmark.stats.stats.median, inputs=src)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sae_decompose(benchmark, acts, dtype):
+    """What splicing runs at each hook: features and error term, x = decode(f) + e, with the sparse decode
+    (only the k active rows of W_dec per token)."""
+    x, src = acts
+    x = x[:BATCH].to(dtype)
+    sae = random_sae(dtype)
+    d = benchmark.pedantic(lambda: decompose(sae, x), rounds=10, warmup_rounds=2)
+    assert d.error.shape == x.shape
+    benchmark.extra_info.update(tokens_per_s=BATCH / benchmark.stats.stats.median, inputs=src)
+
+
+@pytest.mark.parametrize("aux", [False, True], ids=["steady", "auxk_every_step"])
+def test_sae_train_topk(benchmark, acts, aux):
+    """`fit` on the middle-layer shape, bf16 matmuls (the default), batch 4,096, 12 steps a round.
+
+    Without dead features the AuxK loss costs nothing (the first 10^6 tokens of any run); with_auxk counts
+    every feature as dead from the start (auxk_every_step), so each step pays for the auxiliary loss.
+    """
+    x, src = acts
+    cfg = TrainConfig(steps=TRAIN_STEPS, batch_size=BATCH, progress=False, dead_after_tokens=1 if aux else 10**6)
+
+    def setup():
+        return (build("topk", D_IN, D_SAE, HOOK, k=K, apply_b_dec_to_input=True), x.split(BATCH), cfg), {}
+
+    log = benchmark.pedantic(fit, setup=setup, rounds=2, warmup_rounds=0)
+    assert log.l0[-1] <= K
+    benchmark.extra_info.update(
+        tokens_per_s=TRAIN_STEPS * BATCH / benchmark.stats.stats.median,
+        steps=TRAIN_STEPS,
+        batch_size=BATCH,
+        inputs=src,
+        final_explained_variance=log.explained_variance[-1],
+        dead_fraction=log.dead_fraction[-1],
+    )
