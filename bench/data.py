@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from attribution.models.loading import cache_dir
@@ -20,12 +21,28 @@ HOOK = "resid_post.9"
 D_IN, D_SAE, K, BATCH = 640, 8192, 32, 4096  # the middle-layer SAE's shape and training batch
 
 
-def find_cache(hook: str = HOOK):
-    """The largest complete activation cache holding `hook`, or None."""
+def find_cache(hook: str = HOOK, d_in: int = D_IN):
+    """A complete activation cache holding `hook` at width `d_in` (the default model's, not a test model's),
+    preferring caches of fewer hooks (less to read), then more tokens; or None."""
     root = cache_dir() / "activations"
     caches = [open_cache(p) for p in sorted(root.glob("*")) if p.is_dir()] if root.is_dir() else []
-    caches = [c for c in caches if c is not None and hook in c.hooks]
-    return max(caches, key=lambda c: c.n_tokens, default=None)
+    caches = [c for c in caches if c is not None and hook in c.hooks and _width(c, hook) == d_in]
+    return min(caches, key=lambda c: (len(c.hooks), -c.n_tokens), default=None)
+
+
+def _width(cache, hook: str) -> int:
+    with safe_open(str(Path(cache.path) / cache.shards[0]), "pt") as f:
+        return f.get_slice(hook).get_shape()[-1]
+
+
+def load(cache, hook: str = HOOK) -> Tensor:
+    """Every cached activation of `hook`, reading only that tensor from each shard (a multi-hook cache of the
+    default SAE layers holds ten of them)."""
+    parts = []
+    for name in cache.shards:
+        with safe_open(str(Path(cache.path) / name), "pt") as f:
+            parts.append(f.get_tensor(hook))
+    return torch.cat(parts)
 
 
 def synthetic(n: int, d: int = D_IN, n_true: int = 4 * D_SAE, active: int = 48, seed: int = 0) -> Tensor:
@@ -51,7 +68,7 @@ def activations(n: int, hook: str = HOOK) -> tuple[Tensor, str]:
     cache = find_cache(hook)
     if cache is None:
         return synthetic(n), "synthetic (no activation cache found)"
-    x = cache.tensor(hook).float()
+    x = load(cache, hook).float()
     src = f"cached {hook} activations of the default model ({cache.n_tokens:,} tokens, {Path(cache.path).name})"
     if len(x) < n:
         x = x.repeat(-(-n // len(x)), 1)

@@ -180,7 +180,7 @@ def markdown(summary: dict) -> str:
         target = "" if b["target_s"] is None else f"<= {b['target_s']:g} s ({_met(b['met'])})"
         info = b["extra_info"]
         notes = []
-        if "tokens_per_s" in info:
+        if info.get("tokens_per_s") is not None:
             notes.append(f"{info['tokens_per_s']:,.0f} tokens/s")
         if "peak_rss_mb" in info:
             notes.append(f"peak RSS {info['peak_rss_mb']:,} MB")
@@ -231,7 +231,7 @@ def terminal(summary: dict) -> str:
         lines.append(f"  {r['what']:<66} {local:>8} | {r['ratio']:8.3f}{tgt}")
     for name, b in summary["benchmarks"].items():
         extra = b["extra_info"]
-        if "tokens_per_s" in extra:
+        if extra.get("tokens_per_s") is not None:
             lines.append(f"  {name:<66} {extra['tokens_per_s']:8,.0f} tokens/s")
         if b["target_s"] is not None:
             lines.append(f"  {name:<66} {b['median_s']:8.2f} s  target <= {b['target_s']:g} s: {_met(b['met'])}")

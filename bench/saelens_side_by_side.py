@@ -160,11 +160,11 @@ def prepare(work: Path, steps: int) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from bench.data import D_SAE, HOOK, K, find_cache, synthetic
+    from bench.data import D_SAE, HOOK, K, find_cache, load, synthetic
 
     cache = find_cache(HOOK)
     if cache is not None:
-        x = cache.tensor(HOOK)
+        x = load(cache, HOOK)
         source = {"kind": "real", "cache": str(cache.path), "tokens": cache.n_tokens, "hook": HOOK}
     else:
         x = synthetic(200_000 + N_EVAL).to(torch.bfloat16)

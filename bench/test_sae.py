@@ -21,6 +21,11 @@ def acts():
     return activations(TRAIN_STEPS * BATCH)
 
 
+def per_second(benchmark, n: int) -> float | None:
+    """n / the median time (None under --benchmark-disable, which runs each benchmark once, untimed)."""
+    return None if benchmark.stats is None else n / benchmark.stats.stats.median
+
+
 def random_sae(dtype):
     g = torch.Generator().manual_seed(0)
     sae = build("topk", D_IN, D_SAE, HOOK, k=K, apply_b_dec_to_input=True)
@@ -39,7 +44,7 @@ def test_sae_encode_decode(benchmark, acts, dtype):
     with torch.no_grad():
         x_hat, f = benchmark.pedantic(lambda: sae(x), rounds=10, warmup_rounds=2)
     assert x_hat.shape == x.shape and int((f != 0).sum(-1).max()) <= K
-    benchmark.extra_info.update(tokens_per_s=BATCH / benchmark.stats.stats.median, inputs=src)
+    benchmark.extra_info.update(tokens_per_s=per_second(benchmark, BATCH), inputs=src)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -51,7 +56,7 @@ def test_sae_decompose(benchmark, acts, dtype):
     sae = random_sae(dtype)
     d = benchmark.pedantic(lambda: decompose(sae, x), rounds=10, warmup_rounds=2)
     assert d.error.shape == x.shape
-    benchmark.extra_info.update(tokens_per_s=BATCH / benchmark.stats.stats.median, inputs=src)
+    benchmark.extra_info.update(tokens_per_s=per_second(benchmark, BATCH), inputs=src)
 
 
 @pytest.mark.parametrize("aux", [False, True], ids=["steady", "auxk_every_step"])
@@ -70,7 +75,7 @@ def test_sae_train_topk(benchmark, acts, aux):
     log = benchmark.pedantic(fit, setup=setup, rounds=2, warmup_rounds=0)
     assert log.l0[-1] <= K
     benchmark.extra_info.update(
-        tokens_per_s=TRAIN_STEPS * BATCH / benchmark.stats.stats.median,
+        tokens_per_s=per_second(benchmark, TRAIN_STEPS * BATCH),
         steps=TRAIN_STEPS,
         batch_size=BATCH,
         inputs=src,
