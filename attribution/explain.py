@@ -213,7 +213,7 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
     contexts = []
     if chosen:
         ids = t["tokens"][[s for _, s, _ in chosen]]  # [n, seq]
-        f = _activations(model, {index.hook: sae}, ids)[index.hook][..., feature]  # [n, seq]
+        f = feature_activations(model, {index.hook: sae}, ids)[index.hook][..., feature]  # [n, seq]
         for row, (a, _, p) in enumerate(chosen):
             lo, hi = max(1, p - 12), min(ids.shape[1], p + 5)
             pieces = [tok.decode([i]) for i in ids[row, lo:hi].tolist()]
@@ -242,7 +242,7 @@ def _tokens(tok, ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
 
 
 @torch.no_grad()
-def _activations(model, saes: dict, ids: Tensor, *, outliers: bool = True) -> dict[str, Tensor]:
+def feature_activations(model, saes: dict, ids: Tensor, *, outliers: bool = True) -> dict[str, Tensor]:
     """{hook: [n, seq, d_sae]} feature activations on ids (bf16 forward, stopping at the last hook).
 
     outliers=False zeroes the tokens the SAEs were not trained on (<bos>, and massive-norm tokens over 10x
@@ -274,7 +274,7 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
     n_tok = 0
     for start in tqdm(range(0, n_seq, 16), desc=f"indexing features at {','.join(saes)}", disable=not progress):
         ids = tokens[start : start + 16]
-        feats = _activations(model, saes, ids, outliers=False)
+        feats = feature_activations(model, saes, ids, outliers=False)
         for h, f in feats.items():
             f = f[:, 1:]  # [n, seq-1, d_sae]: <bos> is not a token the SAEs explain
             flat = f.reshape(-1, f.shape[-1])  # [n*(seq-1), d_sae]

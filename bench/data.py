@@ -36,13 +36,8 @@ def _width(cache, hook: str) -> int:
 
 
 def load(cache, hook: str = HOOK) -> Tensor:
-    """Every cached activation of `hook`, reading only that tensor from each shard (a multi-hook cache of the
-    default SAE layers holds ten of them)."""
-    parts = []
-    for name in cache.shards:
-        with safe_open(str(Path(cache.path) / name), "pt") as f:
-            parts.append(f.get_tensor(hook))
-    return torch.cat(parts)
+    """Every cached activation of `hook` (the cache reads only that tensor from each shard)."""
+    return cache.tensor(hook)
 
 
 def synthetic(n: int, d: int = D_IN, n_true: int = 4 * D_SAE, active: int = 48, seed: int = 0) -> Tensor:

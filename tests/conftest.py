@@ -123,6 +123,17 @@ def family(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on shared cores OpenMP threads spin waiting on each other
+    (10x slower under load); restored afterwards for the other test modules. A module opts in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def default_model():
     return load_model()

@@ -27,9 +27,9 @@ def setup(parts, tmp_path, monkeypatch):
 
 
 def _direct(model, sae, tokens):
-    from attribution.explain import _activations
+    from attribution.explain import feature_activations
 
-    return _activations(model, {"resid_post.1": sae}, tokens, outliers=False)["resid_post.1"][:, 1:]
+    return feature_activations(model, {"resid_post.1": sae}, tokens, outliers=False)["resid_post.1"][:, 1:]
 
 
 def test_index_statistics_match_a_direct_pass(setup):

@@ -17,21 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 from attribution import LogitDiff
 from graphs import build_graph
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores OpenMP threads spin waiting on each other
-    (10x slower under load); restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -16,17 +16,9 @@ from graphs.prune import influence
 from graphs.schema import GraphFile
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HOOKS = ["resid_post.0", "resid_post.2"]  # block 1 lies between the SAE layers, block 0 before the first
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores OpenMP threads spin waiting on each other
-    (10x slower under load); restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def test_reference_text_reads_fortunes_and_jargon(model, tmp_path, monkeypatch):
 
 
 def test_firing_counts_match_a_direct_pass(model):
-    from attribution.explain import _activations
+    from attribution.explain import feature_activations
 
     saes = {
         h: random_sae(model, h, d_sae=40, arch="topk", k=5, seed=i)
@@ -50,7 +50,7 @@ def test_firing_counts_match_a_direct_pass(model):
     tokens[:, 0] = model.tokenizer.bos_token_id
     counts, n = quality.firing_counts(model, saes, tokens, batch_size=7, progress=False)
     assert n == 20 * 11
-    direct = _activations(model, saes, tokens)
+    direct = feature_activations(model, saes, tokens)
     for h in saes:
         assert torch.equal(counts[h], (direct[h][:, 1:] > 0).flatten(0, 1).sum(0))
         assert counts[h][7] == 0 and 0 < int(counts[h].sum()) <= 5 * n

@@ -11,13 +11,15 @@ exceeds `outlier` x the batch median (the rare massive-activation tokens, ~0.02%
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -52,8 +54,9 @@ class _Shards:
         self.cache, self.hook = cache, hook
 
     def __iter__(self) -> Iterator[Tensor]:
-        for name in self.cache.shards:
-            yield load_file(str(self.cache.path / name))[self.hook]
+        for name in self.cache.shards:  # only this hook's tensor: a shard holds every cached hook
+            with safe_open(str(self.cache.path / name), "pt") as f:
+                yield f.get_tensor(self.hook)
 
 
 def collect(
@@ -100,6 +103,19 @@ def collect(
     if not manifest["shards"]:
         raise AttributionError("no activations were collected: the token source was empty")
     return ActivationCache(path, hooks, [s["file"] for s in manifest["shards"]], manifest["tokens"])
+
+
+def cached_activations(model, hooks: list[str], ids: Tensor, name: str, *, progress: bool = True) -> ActivationCache:
+    """The activations of `hooks` on token ids [n_seq, seq], collected once and then reused: the cache folder
+    is keyed by the model, `name` and a hash of the ids."""
+    from attribution.models.loading import cache_dir
+    from attribution.training.corpus import _model_key
+
+    digest = hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:12]
+    folder = cache_dir() / "activations" / f"{_model_key(model)}-{name}-{digest}"
+    return open_cache(folder) or collect(
+        model, hooks, ids.split(32), folder, total=-(-len(ids) // 32), progress=progress
+    )
 
 
 def open_cache(path: str | Path) -> ActivationCache | None:

@@ -85,16 +85,20 @@ def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tok
     ids = []
     for text in texts:
         ids += model.tokenizer(text, add_special_tokens=False).input_ids
-    body = seq_len - 1
-    n_seq = len(ids) // body
-    if n_seq == 0:
+    if len(ids) < seq_len - 1:
         raise AttributionError(
             f"the text corpus has {len(ids)} tokens, fewer than one window of {seq_len}: the "
             "corpus is empty or too small"
         )
-    windows = torch.tensor(ids[: n_seq * body]).reshape(n_seq, body)
-    bos = torch.full((n_seq, 1), model.tokenizer.bos_token_id)
-    return torch.cat([bos, windows], dim=1)
+    return windows(model, ids, seq_len)
+
+
+def windows(model, ids: list[int], seq_len: int, max_seq: int | None = None) -> Tensor:
+    """[n_seq, seq_len]: consecutive windows of seq_len - 1 token ids, each behind <bos> (the rest dropped)."""
+    body = seq_len - 1
+    n_seq = len(ids) // body if max_seq is None else min(len(ids) // body, max_seq)
+    rows = torch.tensor(ids[: n_seq * body], dtype=torch.long).reshape(n_seq, body)
+    return torch.cat([torch.full((n_seq, 1), model.tokenizer.bos_token_id), rows], dim=1)
 
 
 def _hub_dataset(name: str, max_tokens: int) -> list[str]:

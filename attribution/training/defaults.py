@@ -102,19 +102,14 @@ def default_corpus(model, progress: bool = True):
 def _train_missing(model, specs: list[DefaultSpec], root: Path, progress: bool) -> None:
     import hashlib
 
-    from attribution.training.activations import collect, open_cache
-    from attribution.training.corpus import _model_key
+    from attribution.training.activations import cached_activations
     from attribution.training.evaluate import evaluate_sae
     from attribution.training.trainer import TrainConfig, fit
 
     train_ids, eval_ids = default_corpus(model, progress)
-    digest = hashlib.sha1(train_ids.numpy().tobytes()).hexdigest()[:12]
     hooks = [s.hook for s in specs]
     tag = hashlib.sha1(",".join(hooks).encode()).hexdigest()[:8]
-    folder = cache_dir() / "activations" / f"{_model_key(model)}-defaults-{tag}-{digest}"
-    cache = open_cache(folder) or collect(
-        model, hooks, train_ids.split(32), folder, total=-(-len(train_ids) // 32), progress=progress
-    )
+    cache = cached_activations(model, hooks, train_ids, f"defaults-{tag}", progress=progress)
     for spec in specs:
         sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True)
         cfg = TrainConfig(

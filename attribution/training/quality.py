@@ -18,8 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.errors import AttributionError
-from attribution.models.model import Batch
-from attribution.splice import trace
+from attribution.explain import feature_activations
+from attribution.training.corpus import windows
 
 FORTUNES = Path("/usr/share/games/fortunes")
 JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
@@ -44,10 +44,8 @@ def reference_text(model, *, seq_len: int = 128, max_tokens: int | None = None) 
         ids += model.tokenizer(doc, add_special_tokens=False).input_ids
         if max_tokens is not None and len(ids) >= max_tokens:
             break
-    body = seq_len - 1
-    n_seq = len(ids) // body if max_tokens is None else min(len(ids) // body, -(-max_tokens // body))
-    windows = torch.tensor(ids[: n_seq * body]).reshape(n_seq, body)
-    return torch.cat([torch.full((n_seq, 1), model.tokenizer.bos_token_id), windows], dim=1)
+    max_seq = None if max_tokens is None else -(-max_tokens // (seq_len - 1))
+    return windows(model, ids, seq_len, max_seq)
 
 
 @torch.no_grad()
@@ -57,11 +55,9 @@ def firing_counts(model, saes: dict, tokens: Tensor, *, batch_size: int = 32, pr
     counts = {h: torch.zeros(saes[h].d_sae, dtype=torch.long) for h in hooks}
     n = 0
     for ids in tqdm(tokens.split(batch_size), desc="counting feature firings", disable=not progress):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            acts = trace(model, Batch.from_ids(ids), capture=hooks, stop_early=True).acts
+        feats = feature_activations(model, saes, ids)
         for h in hooks:
-            f = saes[h].encode(acts[h][:, 1:].float())  # [batch, seq-1, d_sae], <bos> left out
-            counts[h] += (f > 0).flatten(0, 1).sum(0)
+            counts[h] += (feats[h][:, 1:] > 0).flatten(0, 1).sum(0)  # <bos> left out
         n += ids.shape[0] * (ids.shape[1] - 1)
     return counts, n
 

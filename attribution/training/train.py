@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from torch import Tensor
 
 from attribution.errors import AttributionError
-from attribution.models.loading import cache_dir
 from attribution.saes import build, save_sae
-from attribution.training.activations import collect, open_cache
-from attribution.training.corpus import _model_key, sample_tokens, text_tokens
+from attribution.training.activations import cached_activations
+from attribution.training.corpus import sample_tokens, text_tokens
 from attribution.training.evaluate import evaluate_sae
 from attribution.training.trainer import TrainConfig, fit
 
@@ -50,11 +48,7 @@ def train_sae(
     if len(ids) - n_eval < 1:
         raise AttributionError(f"the corpus has {len(ids)} sequence(s): too few to hold {n_eval} out for evaluation")
     train_ids, eval_ids = ids[:-n_eval], ids[-n_eval:]
-    digest = hashlib.sha1(train_ids.numpy().tobytes()).hexdigest()[:12]
-    folder = cache_dir() / "activations" / f"{_model_key(model)}-{spec.name}-{digest}"
-    cache = open_cache(folder) or collect(
-        model, [spec.name], train_ids.split(32), folder, total=-(-len(train_ids) // 32), progress=progress
-    )
+    cache = cached_activations(model, [spec.name], train_ids, spec.name, progress=progress)
     cfg = config or TrainConfig(l1_coefficient=l1_coefficient, progress=progress)
     if config is None:
         cfg.steps = max(1, int(epochs * cache.n_tokens / cfg.batch_size))
