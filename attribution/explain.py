@@ -32,7 +32,7 @@ N_TOP = 24  # contexts kept per feature
 N_BINS = 10
 N_LOGIT = 10  # promoted / suppressed tokens
 N_NEIGHBOURS = 8
-VERSION = 2
+VERSION = 3  # 3: neighbours by cosine in per-dimension standard units
 OUTLIER = 10.0  # the norm cut-off (x batch median) the training activations used
 
 
@@ -247,15 +247,21 @@ def feature_activations(model, saes: dict, ids: Tensor, *, outliers: bool = True
 
     outliers=False zeroes the tokens the SAEs were not trained on (<bos>, and massive-norm tokens over 10x
     the median): their huge activations would otherwise fill every feature's top contexts."""
+    return _features(model, saes, ids, outliers)[0]
+
+
+def _features(model, saes: dict, ids: Tensor, outliers: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(features as in feature_activations, {hook: [n, seq] bool tokens kept}) plus the activations."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         acts = trace(model, Batch.from_ids(ids), capture=list(saes), stop_early=True).acts
-    out = {}
+    out, kept = {}, {}
     for h, sae in saes.items():
         f = sae.encode(acts[h].float()).float()
+        kept[h] = _keep(acts[h], OUTLIER)  # [n, seq]
         if not outliers:
-            f = f * _keep(acts[h], OUTLIER)[..., None]
+            f = f * kept[h][..., None]
         out[h] = f
-    return out
+    return out, {h: (kept[h], acts[h]) for h in saes}
 
 
 @torch.no_grad()
@@ -268,14 +274,18 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
             "top_pos": torch.zeros(s.d_sae, N_TOP, dtype=torch.long),
             "count": torch.zeros(s.d_sae, dtype=torch.long),
             "fired": [],  # (feature ids, values) of every non-zero activation, for the histograms
+            "moments": torch.zeros(3, model.d_model, dtype=torch.float64),  # count, sum, sum of squares
         }
         for h, s in saes.items()
     }
     n_tok = 0
     for start in tqdm(range(0, n_seq, 16), desc=f"indexing features at {','.join(saes)}", disable=not progress):
         ids = tokens[start : start + 16]
-        feats = feature_activations(model, saes, ids, outliers=False)
+        feats, raw = _features(model, saes, ids, outliers=False)
         for h, f in feats.items():
+            keep, x = raw[h]
+            x = x[keep].double()  # [kept tokens, d_model]
+            state[h]["moments"] += torch.stack([torch.full_like(x[0], len(x)), x.sum(0), x.pow(2).sum(0)])
             f = f[:, 1:]  # [n, seq-1, d_sae]: <bos> is not a token the SAEs explain
             flat = f.reshape(-1, f.shape[-1])  # [n*(seq-1), d_sae]
             st = state[h]
@@ -304,7 +314,9 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
         hist.index_add_(0, feat_ids * N_BINS + bins, torch.ones_like(bins))
         edges = width[:, None] * torch.arange(N_BINS + 1)  # [d_sae, N_BINS + 1]
         up_ids, up_vals, down_ids, down_vals = _logit_lens(model, sae)
-        nb_ids, nb_cos = _neighbours(sae)
+        n, s1, s2 = st["moments"]
+        std = (s2 / n.clamp_min(1) - (s1 / n.clamp_min(1)).pow(2)).clamp_min(0).sqrt().float()  # [d_model]
+        nb_ids, nb_cos = _neighbours(sae, std)
         tensors = {
             "tokens": tokens,
             "top_acts": st["top_acts"],
@@ -342,8 +354,12 @@ def _logit_lens(model, sae, chunk: int = 512) -> tuple[Tensor, Tensor, Tensor, T
 
 
 @torch.no_grad()
-def _neighbours(sae, chunk: int = 2048) -> tuple[Tensor, Tensor]:
-    w = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1)  # [d_sae, d_in]
+def _neighbours(sae, std: Tensor, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    """Nearest features by decoder cosine, measured with each residual dimension in units of its standard
+    deviation on the indexed text: in raw units one massive dimension (71% of the variance after gemma's
+    block 9) would dominate every cosine; for a stream without such dimensions this is the plain cosine."""
+    std = torch.where(std > 0, std, std[std > 0].median() if (std > 0).any() else torch.ones_like(std))
+    w = torch.nn.functional.normalize(sae.W_dec.float() / std, dim=-1)  # [d_sae, d_in]
     k = min(N_NEIGHBOURS, sae.d_sae - 1)
     ids, cos = [], []
     for i in range(0, sae.d_sae, chunk):

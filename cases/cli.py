@@ -34,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--hooks", default=None,
         help="comma-separated hook points, e.g. resid_post.6,resid_post.9: which of the SAEs to use (for "
-        "'default' and 'whole': where to put them; 'whole' defaults to every resid_post)",
+        "'default' and 'whole': where to put them; 'whole' defaults to every resid_post). 'middle' names the "
+        "residual stream after the middle block. Default for emotion: middle (one dictionary, as in the paper); "
+        "otherwise every SAE",
     )  # fmt: skip
     a = common.add_argument_group("attribution and ablation")
     a.add_argument("--method", choices=["grad_x_act", "atp", "ig"], default="grad_x_act",

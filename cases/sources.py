@@ -19,19 +19,21 @@ def check_prompt(prompt) -> str:
     return prompt
 
 
-def resolve_model(model):
+def resolve_model(model, progress: bool = True):
     """A loaded `attribution.Model` from anything `load_model` accepts (None: the embedded default)."""
     from attribution import Model, load_model
 
-    return model if isinstance(model, Model) else load_model(model)
+    return model if isinstance(model, Model) else load_model(model, progress=progress)
 
 
 def check_hooks(model, hooks) -> list[str] | None:
-    """Canonical names of `hooks` (a list or a comma-separated string); HookError for unknown ones."""
+    """Canonical names of `hooks` (a list or a comma-separated string); HookError for unknown ones.
+    "middle" names the residual stream after the middle block, where the paper's single-layer studies live."""
     if hooks is None:
         return None
     if isinstance(hooks, str):
         hooks = [h.strip() for h in hooks.split(",") if h.strip()]
+    hooks = [f"resid_post.{model.n_layers // 2}" if h == "middle" else h for h in hooks]
     return [model.hook(h).name for h in hooks]
 
 

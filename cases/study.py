@@ -78,7 +78,7 @@ def run(
     clock = _Clock(bar)
 
     with clock("load model"):
-        model = sources.resolve_model(model)
+        model = sources.resolve_model(model, progress=progress)
         model.tokenize(prompt)  # empty / too long, before anything slow
         metric = LogitDiff(model, good, bad)  # answers that are not one token
         if metric.good_ids.tolist() == metric.bad_ids.tolist():
@@ -320,8 +320,8 @@ def _graph(model, saes, prompt, metric, out: Path, explainer, notes: list[str], 
         "feature nodes": kinds.count("feature"),
         "error nodes": kinds.count("error"),
         "edges": len(g.edges),
-        "faithfulness": float(check.faithfulness),
-        "completeness": float(check.completeness),
+        "faithfulness": float(check.faithfulness) if check.defined else None,
+        "completeness": float(check.completeness) if check.defined else None,
         "check": str(check),
     }
     g.to_html(out / "graph.html")

@@ -225,9 +225,7 @@ def _title(graph, check: bool) -> str:
     kinds = [x.kind for x in graph.nodes]
     parts.append(f"{kinds.count('feature')} features, {kinds.count('error')} error nodes")
     if check:
-        c = graph.check()
-        scores = f"faithfulness {c.faithfulness:.3f}, completeness {c.completeness:.3f}"
-        parts.append(f"{scores} ({c.mode} ablation, errors {c.errors})")
+        parts.append(html.escape(str(graph.check()).split(": metric")[0]))
     return f"<h2>{html.escape(graph.prompt)}</h2><div class='sub'>{' · '.join(parts)}</div>"
 
 

@@ -164,6 +164,14 @@ def test_graph_is_embedded_offline(model, saes, tmp_path):
     assert not re.search(r"""(src|href)=["']?https?://""", page)  # vis-network's licence comments name URLs
 
 
+def test_middle_names_the_residual_stream_after_the_middle_block(model):
+    from cases import sources
+
+    mid = f"resid_post.{model.n_layers // 2}"
+    assert sources.check_hooks(model, "middle") == [mid]
+    assert sources.check_hooks(model, "resid_post.0, middle") == ["resid_post.0", mid]
+
+
 def test_cli_writes_a_report(model, saes, tmp_path, capsys):
     argv = ["run", "--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--out", str(tmp_path), "--ablate", "10",
             "--no-explain", "--steer-tokens", "2", "--quiet"]  # fmt: skip

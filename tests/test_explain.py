@@ -5,8 +5,9 @@ import sys
 import pytest
 import torch
 
-from attribution import SAEError, WholeActivation, explain, feature_index
+from attribution import SAEError, WholeActivation, explain, feature_index, trace
 from attribution.errors import AttributionError
+from attribution.models.model import Batch
 from tests.conftest import random_sae, tiny_model
 
 
@@ -63,10 +64,12 @@ def test_logit_lens_and_neighbours(setup):
     logits = model.W_U @ sae.W_dec[3]  # [vocab]
     assert card.promoted[0][1] == pytest.approx(float(logits.max()), rel=2e-2)
     assert card.suppressed[0][1] == pytest.approx(float(logits.min()), rel=2e-2)
-    w = torch.nn.functional.normalize(sae.W_dec, dim=-1)
+    # neighbours: decoder cosine with each residual dimension in units of its std over the indexed tokens
+    x = trace(model, Batch.from_ids(tokens), capture=[sae.hook]).acts[sae.hook][:, 1:].flatten(0, 1)  # <bos> left out
+    w = torch.nn.functional.normalize(sae.W_dec / x.std(0), dim=-1)
     cos = w @ w[3]
     cos[3] = -2
-    assert card.neighbours[0] == (int(cos.argmax()), pytest.approx(float(cos.max()), abs=1e-5))
+    assert card.neighbours[0] == (int(cos.argmax()), pytest.approx(float(cos.max()), abs=2e-2))
     text = str(card) + card.to_html()
     assert card.label in text and "http" not in card.to_html()
 

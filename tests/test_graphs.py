@@ -210,6 +210,19 @@ def test_unpruned_graph_is_exactly_faithful(setup, mode, errors):
     assert g.faithfulness(mode, errors) == check.faithfulness
 
 
+def test_scores_refuse_a_metric_that_no_ablation_moves():
+    """m(model) = m(empty) leaves F = 0/0: a clear error, and a printable check, not a ZeroDivisionError."""
+    from graphs.check import Check
+
+    flat = Check("zero", "keep", model=1.5, empty=1.5, graph=1.5, complement=1.5)
+    assert not flat.defined and "undefined" in str(flat)
+    for score in ("faithfulness", "completeness"):
+        with pytest.raises(GraphError, match="undefined"):
+            getattr(flat, score)
+    moved = Check("zero", "keep", model=2.0, empty=0.0, graph=1.5, complement=0.5)
+    assert moved.defined and moved.faithfulness == 0.75 and moved.completeness == 0.75
+
+
 def test_pruned_checks_equal_independent_interventions(setup):
     """m(graph) and m(empty) equal run_with_saes with the clean-active non-graph features zeroed."""
     m, saes, metric, g = setup

@@ -68,3 +68,50 @@ def test_scale_folds_with_a_centred_encoder():
     f = sae.encode(x[:4000])
     ev = 1 - (x[:4000] - sae.decode(f)).var(0).sum() / x[:4000].var(0).sum()
     assert ev >= 0.9 and recovery(sae, true) >= 0.9
+
+
+@pytest.mark.parametrize("centred", [True, False])
+@pytest.mark.parametrize("how", ["scalar", "dim"])
+def test_normalizer_folds_exactly(how, centred):
+    """An SAE trained on z = (x - shift) * scale, once folded, computes the same features and reconstruction
+    (mapped back) from raw x."""
+    from attribution.training.trainer import _fold_normalizer, _normalizer
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 16, generator=g, dtype=torch.float64) * torch.logspace(0, 3, 16, dtype=torch.float64) + 50
+    shift, scale = (t.double() for t in _normalizer(x.float(), how))
+    if how == "scalar":
+        assert (shift == 0).all() and ((x * scale).pow(2).sum(-1).mean() - 16).abs() < 1e-3
+    else:
+        z = (x - shift) * scale
+        assert torch.allclose(z.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-4)
+        assert torch.allclose(z.std(0), torch.ones(16, dtype=torch.float64), atol=1e-4)
+    sae = build("relu", 16, 40, "resid_post.0", apply_b_dec_to_input=centred).double()
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    z = (x - shift) * scale
+    f_z = sae.encode(z)
+    x_back = sae.decode(f_z) / scale + shift
+    _fold_normalizer(sae, shift, scale)
+    assert torch.allclose(sae.encode(x), f_z, atol=1e-8, rtol=1e-8)
+    assert torch.allclose(sae.decode(sae.encode(x)), x_back, atol=1e-6, rtol=1e-8)
+
+
+def test_dim_normalisation_learns_features_beside_massive_dimensions():
+    """Like gemma's residual stream, where one dimension holds most of the variance: four extra dimensions of
+    pure noise carry ~90% of it. With one scalar scale the MSE is mostly about them and TopK spends its active
+    features there; per-dimension scaling weighs every dimension alike and learns the true features."""
+    x, true = synthetic(60_000)
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([x, 5000 * torch.randn(len(x), 4, generator=g)], 1)  # [n, 36]
+    true = torch.cat([true, torch.zeros(len(true), 4)], 1)
+    cfg = dict(steps=1500, batch_size=512, lr=3e-3, dead_after_tokens=20_000, progress=False)
+    found = {}
+    for how in ("scalar", "dim"):
+        sae = build("topk", 36, 96, "resid_post.0", k=8, apply_b_dec_to_input=True)
+        fit(sae, x.split(1000), TrainConfig(normalize=how, **cfg))
+        found[how] = recovery(sae, true)
+    assert found["dim"] >= 0.95 and found["dim"] > found["scalar"] + 0.05, found
+    with pytest.raises(AttributionError, match="normalize must be"):
+        fit(build("topk", 36, 8, "resid_post.0", k=2), x[:1000], TrainConfig(normalize="l2", steps=1, progress=False))

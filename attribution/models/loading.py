@@ -25,12 +25,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATTRIBUTION_CACHE", Path.home() / ".cache" / "attribution"))
 
 
-def load_model(model=None, *, dtype: torch.dtype | str | None = None, device: str | None = None) -> Model:
+def load_model(
+    model=None, *, dtype: torch.dtype | str | None = None, device: str | None = None, progress: bool = True
+) -> Model:
     """Load a causal LM and wrap it for attribution.
 
     model: None for the embedded default (gemma-3-270m), a local Hugging Face folder, a `.gguf` file, a
     hub id (where a hub is reachable), or an already-built transformers model.
+    progress: False silences transformers' own loading bars too (a `--quiet` run prints nothing).
     """
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            try:
+                return load_model(model, dtype=dtype, device=device, progress=True)
+            finally:
+                hf_logging.enable_progress_bar()
     dtype = _dtype(dtype)
     if model is None:
         hf, tok, name = _load_folder(_default_converted(), dtype), None, DEFAULT_MODEL

@@ -4,7 +4,9 @@ TopK SAEs on the residual stream after every other block (0, 2, ..., enough for 
 wider one after the middle block, where the paper's single-layer analyses live. All of them train on one
 shared corpus sampled from the model itself (so a fresh machine with no network can build them), whose
 activations are collected for every hook in one pass; each SAE then trains on shuffled in-memory
-activations. A folder per SAE, written atomically, is the cache: a finished SAE is never retrained.
+activations, each dimension centred and scaled to unit variance (TrainConfig.normalize="dim": gemma keeps
+most of the residual variance in one dimension, see attribution.training.trainer). A folder per SAE,
+written atomically, is the cache: a finished SAE is never retrained.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from attribution.errors import AttributionError
 from attribution.models.loading import cache_dir
 from attribution.saes import build, load_sae, save_sae
 
-VERSION = 1  # bump when the recipe changes, so stale caches are not reused
+VERSION = 2  # bump when the recipe changes, so stale caches are not reused (2: per-dimension normalisation)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class DefaultSpec:
     steps: int = 200
     batch_size: int = 4096
     lr: float = 4e-4
+    normalize: str = "dim"
 
     @property
     def folder(self) -> str:
@@ -113,7 +116,12 @@ def _train_missing(model, specs: list[DefaultSpec], root: Path, progress: bool) 
     for spec in specs:
         sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True)
         cfg = TrainConfig(
-            steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, dead_after_tokens=200_000, progress=progress
+            steps=spec.steps,
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            normalize=spec.normalize,
+            dead_after_tokens=200_000,
+            progress=progress,
         )
         fit(sae, cache.tensor(spec.hook), cfg)
         sae.meta["eval"] = evaluate_sae(model, sae, eval_ids[:16], progress=progress)

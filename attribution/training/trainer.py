@@ -3,6 +3,13 @@
 Follows "Scaling Monosemanticity" and its follow-ups:
 - inputs are scaled by one scalar so that E||x||^2 = d_in (the residual norm of gemma-3-270m is ~5,900),
   and that scale is folded into the weights at the end, so the saved SAE works in model space;
+  normalize="dim" instead centres and scales each dimension to unit variance (also folded away). Some models
+  keep a few "massive" residual dimensions: in gemma-3-270m one of 640 holds 71% of the variance after block
+  9, so a plain MSE spends the dictionary on it (dozens of dense features firing on 35-50% of tokens, all
+  peaking on the same tokens) while the next layer's RMSNorm gain all but ignores it. Per-dimension
+  scaling weighs every direction alike: at that layer it left no feature denser than 10%, raised CE loss
+  recovered from 0.92 to 0.96, and made the top emotion features readable (explained variance in model
+  space fell from 0.86 to 0.78, since the massive dimension is now reconstructed less exactly);
 - ReLU: loss = ||x - x_hat||^2 + lambda * sum_i f_i ||W_dec[i]||, decoder norms left free (the penalty
   weighs them), lambda warmed up linearly over the first 5% of steps;
 - TopK: loss = ||x - x_hat||^2 + AuxK (dead features reconstruct the residual error, weight 1/32), decoder
@@ -38,6 +45,7 @@ class TrainConfig:
     log_every: int = 100
     seed: int = 0
     bf16: bool = True  # bfloat16 matmuls: ~3.5x faster on CPUs with AMX
+    normalize: str = "scalar"  # "scalar": one scale, E||x||^2 = d_in (the paper); "dim": per-dimension z-score
     progress: bool = True
 
 
@@ -66,10 +74,10 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
     if first.shape[-1] != sae.d_in:
         raise AttributionError(f"activations are {first.shape[-1]} wide but the SAE expects d_in={sae.d_in}")
     torch.manual_seed(cfg.seed)
-    scale = float((sae.d_in / first.float().pow(2).sum(-1).mean()).sqrt())
-    _init(sae, first.float() * scale)
+    shift, scale = _normalizer(first.float(), cfg.normalize)  # [d_in] each: x -> (x - shift) * scale
+    _init(sae, (first.float() - shift) * scale)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    log = TrainLog(scale=scale)
+    log = TrainLog(scale=float(scale.mean()))
     since_fired = torch.zeros(sae.d_sae)
     topk = sae.architecture == "topk"
     bar = tqdm(range(cfg.steps), desc=f"training SAE {sae.hook}", disable=not cfg.progress)
@@ -79,7 +87,7 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
             x = next(stream, None)
             if x is None:
                 break
-        x = x.float() * scale
+        x = (x.float() - shift) * scale
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -124,9 +132,9 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
             log.l0.append(float(l0))
             log.dead_fraction.append(float(dead.float().mean()))
             bar.set_postfix(ev=f"{float(ev):.3f}", l0=f"{log.l0[-1]:.1f}", dead=f"{log.dead_fraction[-1]:.1%}")
-    _fold_scale(sae, scale)
+    _fold_normalizer(sae, shift, scale)
     sae.requires_grad_(False)
-    sae.meta.update({"training": asdict(cfg), "scale": scale, **{f"final_{k}": v for k, v in log.last().items()}})
+    sae.meta.update({"training": asdict(cfg), "scale": log.scale, **{f"final_{k}": v for k, v in log.last().items()}})
     return log
 
 
@@ -219,11 +227,26 @@ def _project_out_radial_grad(sae: SAE) -> None:
     g -= (g * w).sum(-1, keepdim=True) * w
 
 
-def _fold_scale(sae: SAE, scale: float) -> None:
-    """Make the SAE take and return raw activations: f(x) = act(W_enc^T (s x) + b), x_hat = decode / s."""
-    # With apply_b_dec_to_input: act((s W_enc)^T (x - b_dec/s) + b_enc) = act(W_enc^T (s x - b_dec) + b_enc),
-    # so the same three lines fold the scale either way.
+def _normalizer(x: Tensor, how: str) -> tuple[Tensor, Tensor]:
+    """(shift, scale), each [d_in], from a first batch x [batch, d_in]; training sees (x - shift) * scale."""
+    d_in = x.shape[-1]
+    if how == "scalar":
+        return torch.zeros(d_in), torch.full((d_in,), float((d_in / x.pow(2).sum(-1).mean()).sqrt()))
+    if how == "dim":
+        return x.mean(0), 1.0 / x.std(0).clamp_min(1e-6 * float(x.std(0).max()))
+    raise AttributionError(f"normalize must be 'scalar' or 'dim', got {how!r}")
+
+
+def _fold_normalizer(sae: SAE, shift: Tensor, scale: Tensor) -> None:
+    """Make the SAE take and return raw activations x, having trained on z = (x - shift) * scale.
+
+    Encoder: z - b_dec = scale * (x - (shift + b_dec / scale)), so W_enc's rows take the scale and b_dec
+    becomes shift + b_dec / scale; without b_dec applied to the input, b_enc absorbs -(shift * scale) W_enc.
+    Decoder: x_hat = z_hat / scale + shift, so W_dec's columns are divided by the scale.
+    """
     with torch.no_grad():
-        sae.W_enc.mul_(scale)
-        sae.W_dec.div_(scale)
-        sae.b_dec.div_(scale)
+        if not sae.apply_b_dec_to_input:
+            sae.b_enc.sub_((shift * scale).to(sae.W_enc.dtype) @ sae.W_enc)
+        sae.W_enc.mul_(scale[:, None])
+        sae.W_dec.div_(scale[None, :])
+        sae.b_dec.copy_(sae.b_dec / scale + shift)
