@@ -23,7 +23,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="attribute a logit difference and check it by ablation")
     run.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: gemma-3-270m)")
-    run.add_argument("--sae", action="append", default=[], help="SAE folder (ours or SAELens); repeatable")
+    run.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        help="SAE folder (ours or SAELens); repeatable. 'default': the project's SAE after the middle block "
+        "(trained on first use, ~5-15 min, then cached)",
+    )
     run.add_argument(
         "--hooks", default=None, help="comma-separated hook points for the SAE-free run (default: every resid_post)"
     )
@@ -89,7 +95,15 @@ def main(argv=None) -> int:
         model = load_model(args.model)
         metric = LogitDiff(model, args.good, args.bad)
         if args.sae:
-            saes = {s.hook: s for s in (load_sae(path, model=model) for path in args.sae)}
+            saes = {}
+            for path in args.sae:
+                if path == "default":
+                    from attribution.training.defaults import default_saes
+
+                    saes |= default_saes(model, f"resid_post.{model.n_layers // 2}")
+                else:
+                    sae = load_sae(path, model=model)
+                    saes[sae.hook] = sae
             method, mode, corrupt = args.method or "grad_x_act", args.mode or "zero", args.corrupt
         else:
             hooks = args.hooks.split(",") if args.hooks else [f"resid_post.{i}" for i in range(model.n_layers)]

@@ -32,7 +32,8 @@ N_TOP = 24  # contexts kept per feature
 N_BINS = 10
 N_LOGIT = 10  # promoted / suppressed tokens
 N_NEIGHBOURS = 8
-VERSION = 3  # 3: neighbours by cosine in per-dimension standard units
+VERSION = 5  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
+# the logit lens through the final norm's gain
 OUTLIER = 10.0  # the norm cut-off (x batch median) the training activations used
 
 
@@ -313,7 +314,9 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
         hist = torch.zeros(sae.d_sae * N_BINS, dtype=torch.long)
         hist.index_add_(0, feat_ids * N_BINS + bins, torch.ones_like(bins))
         edges = width[:, None] * torch.arange(N_BINS + 1)  # [d_sae, N_BINS + 1]
-        up_ids, up_vals, down_ids, down_vals = _logit_lens(model, sae)
+        seen = torch.zeros(model.W_U.shape[0], dtype=torch.bool)
+        seen[tokens.flatten().clamp(0, len(seen) - 1)] = True
+        up_ids, up_vals, down_ids, down_vals, up_seen = _logit_lens(model, sae, seen)
         n, s1, s2 = st["moments"]
         std = (s2 / n.clamp_min(1) - (s1 / n.clamp_min(1)).pow(2)).clamp_min(0).sqrt().float()  # [d_model]
         nb_ids, nb_cos = _neighbours(sae, std)
@@ -328,6 +331,7 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
             "hist_edges": edges,
             "up_ids": up_ids,
             "up_vals": up_vals,
+            "up_seen": up_seen,
             "down_ids": down_ids,
             "down_vals": down_vals,
             "nb_ids": nb_ids,
@@ -339,18 +343,23 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
 
 
 @torch.no_grad()
-def _logit_lens(model, sae, chunk: int = 512) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top promoted / suppressed tokens of each decoder direction, through the unembedding (no final norm:
-    a direction added to the residual changes the logits along W_U up to the norm's per-token scale)."""
+def _logit_lens(model, sae, seen: Tensor, chunk: int = 512) -> tuple[Tensor, ...]:
+    """Top promoted / suppressed tokens of each decoder direction through the final norm's gain and the
+    unembedding (a direction added to the residual changes the logits by W_U (gain * d), up to the norm's
+    per-token 1/rms), and
+    the top promoted token among those `seen` [vocab] in the indexed text, for the label: most of a 262k
+    vocabulary is rare scripts and word pieces the model seldom writes."""
     W_U = model.W_U.to(torch.bfloat16).T  # [d_model, vocab]
-    ups, upv, downs, downv = [], [], [], []
+    gain = model.final_norm_gain.float()  # [d_model]
+    ups, upv, downs, downv, up_seen = [], [], [], [], []
     for i in range(0, sae.d_sae, chunk):
-        logits = (sae.W_dec[i : i + chunk].to(torch.bfloat16) @ W_U).float()  # [chunk, vocab]
+        logits = ((sae.W_dec[i : i + chunk].float() * gain).to(torch.bfloat16) @ W_U).float()  # [chunk, vocab]
         v, j = logits.topk(N_LOGIT, dim=-1)
         ups.append(j), upv.append(v)
         v, j = (-logits).topk(N_LOGIT, dim=-1)
         downs.append(j), downv.append(-v)
-    return torch.cat(ups), torch.cat(upv), torch.cat(downs), torch.cat(downv)
+        up_seen.append(logits.masked_fill(~seen, float("-inf")).argmax(-1))
+    return torch.cat(ups), torch.cat(upv), torch.cat(downs), torch.cat(downv), torch.cat(up_seen)
 
 
 @torch.no_grad()
@@ -371,7 +380,8 @@ def _neighbours(sae, std: Tensor, chunk: int = 2048) -> tuple[Tensor, Tensor]:
 
 
 def _labels(tok, t: dict) -> list[str]:
-    """A short label per feature: its most frequent top-firing tokens, then the token it promotes most."""
+    """A short label per feature: its most frequent top-firing tokens, then the token it promotes most (of
+    those in the indexed text)."""
     labels = []
     vocab_cache: dict[int, str] = {}
 
@@ -391,7 +401,7 @@ def _labels(tok, t: dict) -> list[str]:
         if len(common) > 1 and words[common[0]] >= 0.5 * int(alive.sum()):
             common = common[:1]  # one dominant token says it best
         head = "/".join(repr(w)[1:-1][:14] for w in common) or "(whitespace)"
-        promoted = word(int(t["up_ids"][f][0]))
+        promoted = word(int(t["up_seen"][f]))
         labels.append(f"{head} → {promoted[:14]}" if promoted else head)
     return labels
 

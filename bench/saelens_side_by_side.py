@@ -1,11 +1,13 @@
 """SAE training side by side: our `attribution.training.fit` and SAELens's `SAETrainer`, same activations.
 
-    python -m bench.saelens_side_by_side [--steps 100] [--precision bf16|fp32] [--no-ce]
+    python -m bench.saelens_side_by_side [--steps 100] [--precision bf16|fp32] [--normalize dim|scalar] [--no-ce]
 
 The same architecture (TopK, d_in 640, d_sae 8,192, k 32), the same batches in the same order (batch 4,096),
 the same step count, learning rate (4e-4, Adam 0.9/0.999), schedule (1% warm-up, linear decay to zero over
-the last 20%), precision (bfloat16 autocast by default), scalar input normalisation, centred encoder input
-(apply_b_dec_to_input) and dead-feature window (10^6 tokens). Everything else is each library's own recipe:
+the last 20%), precision (bfloat16 autocast by default), centred encoder input (apply_b_dec_to_input) and
+dead-feature window (10^6 tokens). Input normalisation: SAELens's scalar one ("expected_average_only_in");
+ours as --normalize says, by default per dimension as the default SAEs train ("scalar" matches SAELens).
+Everything else is each library's own recipe:
 ours keeps decoder rows at unit norm and uses AuxK 1/32 over 256 dead features; SAELens rescales by
 decoder norms, clips gradients at 1.0 and uses AuxK 1.0 over d_in/2 features (its TopK defaults).
 
@@ -191,7 +193,7 @@ def prepare(work: Path, steps: int) -> dict:
     return source
 
 
-def train_ours(work: Path, steps: int, precision: str, progress: bool = True):
+def train_ours(work: Path, steps: int, precision: str, progress: bool = True, normalize: str = "dim"):
     import torch
     from safetensors.torch import load_file
 
@@ -210,6 +212,7 @@ def train_ours(work: Path, steps: int, precision: str, progress: bool = True):
         lr_decay=0.2,
         dead_after_tokens=DEAD_AFTER_TOKENS,
         bf16=precision == "bf16",
+        normalize=normalize,
         progress=progress,
         seed=0,
     )
@@ -218,7 +221,7 @@ def train_ours(work: Path, steps: int, precision: str, progress: bool = True):
     fit(sae, timed((train[idx].float() for idx in order), stamps), cfg)
     seconds = time.perf_counter() - t0
     return sae, {
-        "trainer": "attribution.training.fit (ours)",
+        "trainer": f"attribution.training.fit (ours, normalize={normalize!r})",
         **speed(seconds, stamps, steps),
         "steps": steps,
         "threads": torch.get_num_threads(),
@@ -280,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps of {BATCH} tokens (default {STEPS})")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="matmul precision, both sides")
+    ap.add_argument(
+        "--normalize",
+        choices=["dim", "scalar"],
+        default="dim",
+        help="our input normalisation: per dimension, as the default SAEs (default), or scalar, as SAELens's",
+    )
     ap.add_argument("--no-ce", action="store_true", help="skip CE loss recovered (needs the default model)")
     ap.add_argument("--venv", default=str(VENV), help="virtualenv with sae-lens (default %(default)s)")
     ap.add_argument("--install", action="store_true", help="create the venv and pip install sae-lens if missing")
@@ -333,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     source = prepare(work, args.steps)
     print(f"      {source}", flush=True)
     print(f"[2/4] training ours for {args.steps} steps ({args.precision})", flush=True)
-    ours, ours_row = train_ours(work, args.steps, args.precision)
+    ours, ours_row = train_ours(work, args.steps, args.precision, normalize=args.normalize)
     save_sae(ours, work / "ours_sae")
     ours_row["load_average_after"] = os.getloadavg()
     print(f"      {ours_row['tokens_per_s']:,.0f} tokens/s, load {ours_row['load_average_after']}", flush=True)
@@ -374,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     paired = []
     for r in range(args.paired_rounds):
         print(f"[+] paired speed round {r + 1}/{args.paired_rounds}: {PAIR_STEPS} steps each", flush=True)
-        mine = train_ours(work, PAIR_STEPS, args.precision, progress=False)[1]["median_step_tokens_per_s"]
+        mine = train_ours(work, PAIR_STEPS, args.precision, progress=False, normalize=args.normalize)[1][
+            "median_step_tokens_per_s"
+        ]
         other = run_saelens(PAIR_STEPS, "default", tag="_paired")["median_step_tokens_per_s"]
         paired.append({"ours": mine, "saelens": other, "ratio": mine / other, "load_average": os.getloadavg()})
     result = {

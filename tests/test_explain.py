@@ -61,7 +61,7 @@ def test_logit_lens_and_neighbours(setup):
     model, sae, tokens = setup
     idx = feature_index(model, sae, tokens=tokens, progress=False)
     card = explain(model, sae, 3, index=idx)
-    logits = model.W_U @ sae.W_dec[3]  # [vocab]
+    logits = model.W_U @ (model.final_norm_gain * sae.W_dec[3])  # [vocab], through the final norm's gain
     assert card.promoted[0][1] == pytest.approx(float(logits.max()), rel=2e-2)
     assert card.suppressed[0][1] == pytest.approx(float(logits.min()), rel=2e-2)
     # neighbours: decoder cosine with each residual dimension in units of its std over the indexed tokens

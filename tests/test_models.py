@@ -83,3 +83,23 @@ def test_model_loading_errors(tmp_path):
     bad.write_bytes(b"GGUF but truncated")
     with pytest.raises(ModelLoadError, match="could not read GGUF"):
         load_model(bad)
+
+
+def test_final_norm_gain_is_what_the_norm_multiplies_each_dimension_by(family):
+    """norm(x) = gain * x / rms(x) for an RMSNorm; the LayerNorm's weight for GPT-2 (which also centres)."""
+    m = tiny_model(family)
+    with torch.no_grad():
+        for p in m.hf.parameters():  # random gains: a freshly built norm's are all ones (or all zeros for gemma)
+            if p.ndim == 1:
+                p.uniform_(0.5, 2.0)
+    gain = m.final_norm_gain
+    norm = m.hf.get_submodule(m.family.final_norm)
+    assert gain.shape == (m.d_model,)
+    if isinstance(norm, torch.nn.LayerNorm):
+        assert torch.equal(gain, norm.weight)
+    else:
+        x = torch.randn(3, m.d_model, dtype=m.dtype)
+        rms = x.pow(2).mean(-1, keepdim=True).sqrt()
+        assert torch.allclose(norm(x), gain * x / rms, rtol=1e-4)
+    assert not torch.allclose(gain, torch.ones_like(gain))
+    assert torch.equal(tiny_model(family, linear_head=True).final_norm_gain, torch.ones(m.d_model, dtype=m.dtype))

@@ -208,6 +208,18 @@ class Model:
         return self.hf.get_output_embeddings().weight
 
     @property
+    def final_norm_gain(self) -> Tensor:
+        """The final norm's per-dimension gain, [d_model]: what a residual direction is multiplied by (besides
+        the per-token 1/rms) before the unembedding. gemma's reaches ~280 on some dimensions and ~0 on others,
+        so a logit lens without it ranks tokens by dimensions the model barely reads."""
+        norm = self.hf.get_submodule(self.family.final_norm)
+        if isinstance(norm, torch.nn.LayerNorm):
+            w = norm.weight
+            return w.detach().clone() if w is not None else torch.ones(self.d_model, dtype=self.dtype)
+        with torch.no_grad():  # an RMSNorm of the all-ones vector (rms 1) returns its gain, whatever its form
+            return norm(torch.ones(1, self.d_model, dtype=self.dtype, device=self.device))[0].detach()
+
+    @property
     def b_U(self) -> Tensor | None:
         return getattr(self.hf.get_output_embeddings(), "bias", None)
 
