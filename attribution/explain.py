@@ -32,8 +32,8 @@ N_TOP = 24  # contexts kept per feature
 N_BINS = 10
 N_LOGIT = 10  # promoted / suppressed tokens
 N_NEIGHBOURS = 8
-VERSION = 5  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
-# the logit lens through the final norm's gain
+VERSION = 6  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
+# the logit lens through the final norm's gain; 6: special tokens never label
 OUTLIER = 10.0  # the norm cut-off (x batch median) the training activations used
 
 
@@ -316,6 +316,7 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
         edges = width[:, None] * torch.arange(N_BINS + 1)  # [d_sae, N_BINS + 1]
         seen = torch.zeros(model.W_U.shape[0], dtype=torch.bool)
         seen[tokens.flatten().clamp(0, len(seen) - 1)] = True
+        seen[[i for i in model.tokenizer.all_special_ids if i < len(seen)]] = False  # <bos>, <pad>, ...
         up_ids, up_vals, down_ids, down_vals, up_seen = _logit_lens(model, sae, seen)
         n, s1, s2 = st["moments"]
         std = (s2 / n.clamp_min(1) - (s1 / n.clamp_min(1)).pow(2)).clamp_min(0).sqrt().float()  # [d_model]
@@ -346,19 +347,21 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
 def _logit_lens(model, sae, seen: Tensor, chunk: int = 512) -> tuple[Tensor, ...]:
     """Top promoted / suppressed tokens of each decoder direction through the final norm's gain and the
     unembedding (a direction added to the residual changes the logits by W_U (gain * d), up to the norm's
-    per-token 1/rms), and
-    the top promoted token among those `seen` [vocab] in the indexed text, for the label: most of a 262k
-    vocabulary is rare scripts and word pieces the model seldom writes."""
+    per-token 1/rms), and the top promoted token among those `seen` [vocab] in the indexed text, for the
+    label: most of a 262k vocabulary is rare scripts and word pieces the model seldom writes."""
     W_U = model.W_U.to(torch.bfloat16).T  # [d_model, vocab]
+    seen_ids = seen.nonzero().flatten()  # [n_seen]
+    W_seen = W_U[:, seen_ids]  # [d_model, n_seen]
     gain = model.final_norm_gain.float()  # [d_model]
     ups, upv, downs, downv, up_seen = [], [], [], [], []
     for i in range(0, sae.d_sae, chunk):
-        logits = ((sae.W_dec[i : i + chunk].float() * gain).to(torch.bfloat16) @ W_U).float()  # [chunk, vocab]
+        d = (sae.W_dec[i : i + chunk].float() * gain).to(torch.bfloat16)  # [chunk, d_model]
+        logits = d @ W_U  # [chunk, vocab], bf16: ranking needs no more, and a float copy is 0.5 GB a chunk
         v, j = logits.topk(N_LOGIT, dim=-1)
-        ups.append(j), upv.append(v)
-        v, j = (-logits).topk(N_LOGIT, dim=-1)
-        downs.append(j), downv.append(-v)
-        up_seen.append(logits.masked_fill(~seen, float("-inf")).argmax(-1))
+        ups.append(j), upv.append(v.float())
+        v, j = logits.topk(N_LOGIT, dim=-1, largest=False)
+        downs.append(j), downv.append(v.float())
+        up_seen.append(seen_ids[(d @ W_seen).argmax(-1)] if len(seen_ids) else ups[-1][:, 0])
     return torch.cat(ups), torch.cat(upv), torch.cat(downs), torch.cat(downv), torch.cat(up_seen)
 
 
