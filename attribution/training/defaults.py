@@ -110,7 +110,10 @@ def _train_missing(model, specs: list[DefaultSpec], root: Path, progress: bool) 
     from attribution.training.trainer import TrainConfig, fit
 
     train_ids, eval_ids = default_corpus(model, progress)
-    hooks = [s.hook for s in specs]
+    # always every default hook (plus any extra asked for): the tokens kept (no <bos>, no massive-norm
+    # outliers) are chosen at the last hook collected, so building one SAE alone must see the same data as
+    # building all of them, or the same cache folder would hold different SAEs on different machines
+    hooks = sorted({*default_specs(model), *(s.hook for s in specs)}, key=lambda h: model.hooks[h].order)
     tag = hashlib.sha1(",".join(hooks).encode()).hexdigest()[:8]
     cache = cached_activations(model, hooks, train_ids, f"defaults-{tag}", progress=progress)
     for spec in specs:
