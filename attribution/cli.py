@@ -98,9 +98,9 @@ def main(argv=None) -> int:
             saes = {}
             for path in args.sae:
                 if path == "default":
-                    from attribution.training.defaults import default_saes
+                    from attribution.training.defaults import default_saes, middle_hook
 
-                    saes |= default_saes(model, f"resid_post.{model.n_layers // 2}")
+                    saes |= default_saes(model, middle_hook(model))
                 else:
                     sae = load_sae(path, model=model)
                     saes[sae.hook] = sae

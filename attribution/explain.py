@@ -251,18 +251,17 @@ def feature_activations(model, saes: dict, ids: Tensor, *, outliers: bool = True
     return _features(model, saes, ids, outliers)[0]
 
 
-def _features(model, saes: dict, ids: Tensor, outliers: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(features as in feature_activations, {hook: [n, seq] bool tokens kept}) plus the activations."""
+def _features(model, saes: dict, ids: Tensor, outliers: bool) -> tuple[dict[str, Tensor], dict, dict | None]:
+    """(features as in feature_activations, {hook: [n, seq, d_model] activations}, and with outliers=False
+    {hook: [n, seq] bool tokens kept}, else None)."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         acts = trace(model, Batch.from_ids(ids), capture=list(saes), stop_early=True).acts
-    out, kept = {}, {}
+    kept = None if outliers else {h: _keep(acts[h], OUTLIER) for h in saes}
+    feats = {}
     for h, sae in saes.items():
         f = sae.encode(acts[h].float()).float()
-        kept[h] = _keep(acts[h], OUTLIER)  # [n, seq]
-        if not outliers:
-            f = f * kept[h][..., None]
-        out[h] = f
-    return out, {h: (kept[h], acts[h]) for h in saes}
+        feats[h] = f if kept is None else f * kept[h][..., None]
+    return feats, acts, kept
 
 
 @torch.no_grad()
@@ -282,10 +281,9 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
     n_tok = 0
     for start in tqdm(range(0, n_seq, 16), desc=f"indexing features at {','.join(saes)}", disable=not progress):
         ids = tokens[start : start + 16]
-        feats, raw = _features(model, saes, ids, outliers=False)
+        feats, acts, kept = _features(model, saes, ids, outliers=False)
         for h, f in feats.items():
-            keep, x = raw[h]
-            x = x[keep].double()  # [kept tokens, d_model]
+            x = acts[h][kept[h]].double()  # [kept tokens, d_model]
             state[h]["moments"] += torch.stack([torch.full_like(x[0], len(x)), x.sum(0), x.pow(2).sum(0)])
             f = f[:, 1:]  # [n, seq-1, d_sae]: <bos> is not a token the SAEs explain
             flat = f.reshape(-1, f.shape[-1])  # [n*(seq-1), d_sae]
@@ -303,6 +301,9 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
             st["top_seq"] = torch.cat([st["top_seq"], seq_i], 1).gather(1, pick)
             st["top_pos"] = torch.cat([st["top_pos"], pos_i], 1).gather(1, pick)
         n_tok += ids.shape[0] * (seq - 1)
+    seen = torch.zeros(model.W_U.shape[0], dtype=torch.bool)  # [vocab] tokens of the indexed text
+    seen[tokens.flatten().clamp(0, len(seen) - 1)] = True
+    seen[[i for i in model.tokenizer.all_special_ids if i < len(seen)]] = False  # <bos>, <pad>, ...
     out = {}
     for h, sae in saes.items():
         st = state[h]
@@ -314,9 +315,6 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
         hist = torch.zeros(sae.d_sae * N_BINS, dtype=torch.long)
         hist.index_add_(0, feat_ids * N_BINS + bins, torch.ones_like(bins))
         edges = width[:, None] * torch.arange(N_BINS + 1)  # [d_sae, N_BINS + 1]
-        seen = torch.zeros(model.W_U.shape[0], dtype=torch.bool)
-        seen[tokens.flatten().clamp(0, len(seen) - 1)] = True
-        seen[[i for i in model.tokenizer.all_special_ids if i < len(seen)]] = False  # <bos>, <pad>, ...
         up_ids, up_vals, down_ids, down_vals, up_seen = _logit_lens(model, sae, seen)
         n, s1, s2 = st["moments"]
         std = (s2 / n.clamp_min(1) - (s1 / n.clamp_min(1)).pow(2)).clamp_min(0).sqrt().float()  # [d_model]

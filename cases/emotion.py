@@ -21,7 +21,7 @@ def run(*, model=None, saes=None, hooks=None, out="runs/emotion", graph: bool = 
     hooks=None reads the middle layer's default SAE (or all of `saes` when you pass your own)."""
     from cases.study import run as study
 
-    if hooks is None and (saes is None or (isinstance(saes, str) and saes == "default")):
+    if hooks is None and (saes is None or saes == "default"):
         hooks = "middle"
     return study(
         PROMPT, GOOD, BAD, model=model, saes=saes, hooks=hooks, out=out, graph=graph, title="Emotion: John feels", **kw

@@ -33,7 +33,9 @@ def check_hooks(model, hooks) -> list[str] | None:
         return None
     if isinstance(hooks, str):
         hooks = [h.strip() for h in hooks.split(",") if h.strip()]
-    hooks = [f"resid_post.{model.n_layers // 2}" if h == "middle" else h for h in hooks]
+    from attribution.training.defaults import middle_hook
+
+    hooks = [middle_hook(model) if h == "middle" else h for h in hooks]
     return [model.hook(h).name for h in hooks]
 
 

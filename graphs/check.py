@@ -46,16 +46,20 @@ class Check:
     graph: float  # every node outside the graph ablated
     complement: float  # every node of the graph ablated
 
+    @property
+    def defined(self) -> bool:
+        """False when m(model) = m(empty): the denominator of both scores is too small to divide by."""
+        return abs(self.model - self.empty) > 1e-6 * max(1.0, abs(self.model))
+
     def _span(self) -> float:
-        """m(model) - m(empty), the denominator of both scores; refuses a span too small to divide by."""
-        span = self.model - self.empty
-        if abs(span) <= 1e-6 * max(1.0, abs(self.model)):
+        """m(model) - m(empty), the denominator of both scores."""
+        if not self.defined:
             raise GraphError(
                 f"faithfulness is undefined: ablating every node leaves the metric where it was (model "
                 f"{self.model:+.4g}, empty {self.empty:+.4g}); nothing in the graph moves this metric. Try "
                 "errors='ablate', the other ablation mode, or a metric the prompt actually decides"
             )
-        return span
+        return self.model - self.empty
 
     @property
     def faithfulness(self) -> float:
@@ -67,24 +71,18 @@ class Check:
         """1 - (m(complement) - m(empty)) / (m(model) - m(empty)): 1 when nothing outside the graph matters."""
         return 1.0 - (self.complement - self.empty) / self._span()
 
-    @property
-    def defined(self) -> bool:
-        """False when m(model) = m(empty), so neither score can be computed."""
-        try:
-            self._span()
-        except GraphError:
-            return False
-        return True
-
-    def __str__(self) -> str:
+    def summary(self) -> str:
+        """The scores and how they were measured, without the raw metric values."""
         scores = (
             f"faithfulness {self.faithfulness:.3f}, completeness {self.completeness:.3f}"
             if self.defined
             else "faithfulness undefined (m(model) = m(empty))"
         )
+        return f"{scores} ({self.mode} ablation, errors {self.errors})"
+
+    def __str__(self) -> str:
         return (
-            f"{scores} ({self.mode} ablation, "
-            f"errors {self.errors}): metric model {self.model:+.4f}, empty {self.empty:+.4f}, "
+            f"{self.summary()}: metric model {self.model:+.4f}, empty {self.empty:+.4f}, "
             f"graph {self.graph:+.4f}, complement {self.complement:+.4f}"
         )
 

@@ -225,7 +225,7 @@ def _title(graph, check: bool) -> str:
     kinds = [x.kind for x in graph.nodes]
     parts.append(f"{kinds.count('feature')} features, {kinds.count('error')} error nodes")
     if check:
-        parts.append(html.escape(str(graph.check()).split(": metric")[0]))
+        parts.append(html.escape(graph.check().summary()))
     return f"<h2>{html.escape(graph.prompt)}</h2><div class='sub'>{' · '.join(parts)}</div>"
 
 

@@ -46,9 +46,14 @@ SEQ_LEN = 128
 HELD_OUT = 0.05
 
 
+def middle_hook(model) -> str:
+    """The residual stream after the middle block, where the wide default SAE and single-layer studies live."""
+    return model.hook(f"resid_post.{model.n_layers // 2}").name
+
+
 def default_specs(model) -> dict[str, DefaultSpec]:
     """{hook: recipe}: resid_post of every other block, and a 2x wider SAE after the middle block."""
-    mid = model.n_layers // 2
+    mid = model.hooks[middle_hook(model)].layer
     base = 2 ** round(math.log2(6.4 * model.d_model))  # 4096 features for a width of 640
     specs = {}
     for layer in sorted(set(range(0, model.n_layers - 1, 2)) | {mid}):

@@ -233,7 +233,8 @@ def _normalizer(x: Tensor, how: str) -> tuple[Tensor, Tensor]:
     if how == "scalar":
         return torch.zeros(d_in), torch.full((d_in,), float((d_in / x.pow(2).sum(-1).mean()).sqrt()))
     if how == "dim":
-        return x.mean(0), 1.0 / x.std(0).clamp_min(1e-6 * float(x.std(0).max()))
+        std = x.std(0)
+        return x.mean(0), 1.0 / std.clamp_min(1e-6 * float(std.max()))
     raise AttributionError(f"normalize must be 'scalar' or 'dim', got {how!r}")
 
 
