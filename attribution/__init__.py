@@ -17,6 +17,7 @@ from attribution.errors import (
     TokenizationError,
 )
 from attribution.explain import FeatureCard, FeatureIndex, explain, feature_index, feature_indexes
+from attribution.find import Match, contrast
 from attribution.metrics import LogitDiff
 from attribution.models import Batch, HookSpec, Model, load_model
 from attribution.nodes import Node
@@ -37,6 +38,7 @@ __all__ = [
     "HookSpec",
     "JumpReLUSAE",
     "LogitDiff",
+    "Match",
     "Model",
     "ModelLoadError",
     "Node",
@@ -51,6 +53,7 @@ __all__ = [
     "ablate",
     "attribute",
     "compare",
+    "contrast",
     "default_saes",
     "explain",
     "feature_index",

@@ -12,8 +12,8 @@ Modules: build (candidates, assembling), edges (batched backward passes), prune 
 """
 
 from graphs.build import build_graph
-from graphs.check import Check
+from graphs.check import Check, LayerCheck
 from graphs.graph import Edge, Graph
 from graphs.nodes import GraphError, GraphNode
 
-__all__ = ["Check", "Edge", "Graph", "GraphError", "GraphNode", "build_graph"]
+__all__ = ["Check", "Edge", "Graph", "GraphError", "GraphNode", "LayerCheck", "build_graph"]

@@ -87,6 +87,44 @@ class Check:
         )
 
 
+@dataclass
+class LayerCheck:
+    """One SAE layer on its own, errors kept and every other layer untouched: how much of the metric its
+    features carry (model - empty) and how much of that the graph's features at this layer keep.
+
+    Residual-stream SAE layers are cuts: everything reaching the metric passes each of them, so the whole
+    graph can be no more faithful than its weakest layer allows, and a layer whose features carry little of
+    the metric (its error term carries the rest) leaves that layer's score undefined or unstable.
+    """
+
+    hook: str
+    mode: str
+    model: float
+    empty: float  # every clean-active feature at this hook ablated
+    graph: float  # the features outside the graph at this hook ablated
+
+    @property
+    def carried(self) -> float:
+        """m(model) - m(empty): the part of the metric this layer's features carry (the error holds the rest)."""
+        return self.model - self.empty
+
+    @property
+    def defined(self) -> bool:
+        return abs(self.carried) > 1e-6 * max(1.0, abs(self.model))
+
+    @property
+    def faithfulness(self) -> float:
+        """(m(graph) - m(empty)) / (m(model) - m(empty)) for this layer alone; nan when undefined."""
+        return (self.graph - self.empty) / self.carried if self.defined else float("nan")
+
+    def __str__(self) -> str:
+        score = f"faithfulness {self.faithfulness:+.3f}" if self.defined else "faithfulness undefined"
+        return (
+            f"{self.hook}: features carry {self.carried:+.4f} of the metric ({self.mode} ablation, errors kept; "
+            f"empty {self.empty:+.4f}); graph keeps {self.graph:+.4f}, {score}"
+        )
+
+
 def check_mode(mode: str, errors: str = "keep") -> None:
     if mode not in MODES:
         raise GraphError(f"unknown ablation mode {mode!r}; choose one of {MODES}")

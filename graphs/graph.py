@@ -189,6 +189,21 @@ class Graph:
             self._check_cache[key] = _check.Check(mode, errors, *m)
         return self._check_cache[key]
 
+    def check_layers(self, mode: str = "zero", reference=None) -> list[_check.LayerCheck]:
+        """Each SAE layer alone (errors kept, other layers untouched), in one batched forward: how much of the
+        metric its features carry and how much of that the graph keeps there. See graphs.check.LayerCheck."""
+        _check.check_mode(mode)
+        values = self._values(mode, reference)
+        kept_f, _ = self._masks(self.nodes)
+        all_f, all_e = self._masks(self.full_nodes, everything=True)
+        rows: list[dict] = [{}]  # row 0: nothing ablated
+        for h in self.hooks:
+            keep_e = torch.ones_like(all_e[h])
+            rows.append({h: _check.RowEdit(~all_f[h], keep_e)})
+            rows.append({h: _check.RowEdit(~(all_f[h] & ~kept_f[h]), keep_e.clone())})
+        m = _check.run_rows(self.model, self.saes, self.batch, self.metric, rows, values).tolist()
+        return [_check.LayerCheck(h, mode, m[0], m[1 + 2 * i], m[2 + 2 * i]) for i, h in enumerate(self.hooks)]
+
     def faithfulness(self, mode: str = "zero", errors: str = "keep", reference=None) -> float:
         """(m(graph) - m(empty)) / (m(model) - m(empty)) by real ablation; see check()."""
         return self.check(mode, errors, reference).faithfulness
@@ -243,6 +258,26 @@ class Graph:
         for name, ids in found.items():
             self.groups[name] = ids
         return found
+
+    def group_by_contrast(
+        self, name: str, positive: list[str], negative: list[str], *, min_score: float = 0.5, position: str = "last"
+    ):
+        """Group the graph's feature nodes (at every position) whose features fire on `positive` prompts and
+        not on `negative` ones (attribution.find.contrast, score >= min_score). Returns the matches that are
+        nodes here, best first; raises if none is."""
+        from attribution.find import contrast
+
+        found = contrast(self.model, self.saes, positive, negative, position=position, top=None, min_score=min_score)
+        present = {(x.hook, x.feature) for x in self.full_nodes if x.kind == "feature"}
+        matches = [m for m in found if (m.hook, m.feature) in present]
+        if not matches:
+            best = "; ".join(str(m) for m in found[:3]) or "none"
+            raise GraphError(
+                f"no feature with contrast score >= {min_score} is a node of this graph (best matches anywhere: "
+                f"{best}). Lower min_score, give more or better-matched prompts, or build with more candidates"
+            )
+        self.groups[name] = _groups.resolve(self, [(m.hook, m.feature) for m in matches])
+        return matches
 
     def _members(self, name: str) -> list[GraphNode]:
         if name not in self.groups:

@@ -243,6 +243,63 @@ def test_pruned_checks_equal_independent_interventions(setup):
     assert -10 < check.faithfulness < 10 and check.faithfulness != pytest.approx(1.0)
 
 
+def test_layer_checks_equal_independent_interventions(setup):
+    """Each layer alone: m(empty) and m(graph) equal run_with_saes zeroing that layer's features only."""
+    m, saes, metric, g = setup
+    full = g.check_layers()
+    assert [x.hook for x in full] == HOOKS
+    for x in full:  # the unpruned graph keeps every feature: graph = model at every layer
+        assert x.model == pytest.approx(g.metric_value, abs=1e-12)
+        assert x.graph == pytest.approx(x.model, abs=1e-12)
+        assert x.defined and x.faithfulness == pytest.approx(1.0, abs=1e-9)
+    g = g.copy().prune(0.5, 0.9)
+    valid = m.tokenize(g.prompt).node_mask()[0][:, None]  # [pos, 1]
+    for x in g.check_layers():
+        active = (g.clean.decs[x.hook].features[0] != 0) & valid
+        kept = torch.zeros_like(active)
+        for n in g.nodes:
+            if n.kind == "feature" and n.hook == x.hook:
+                kept[n.position, n.feature] = True
+        for keep, value in ((torch.zeros_like(kept), x.empty), (kept, x.graph)):
+            drop = active & ~keep
+            edit = {x.hook: lambda f, drop=drop: torch.where(drop, torch.zeros_like(f), f)}
+            run = run_with_saes(m, saes, g.prompt, edit_features=edit)
+            assert float(metric(run.logits)) == pytest.approx(value, abs=1e-9)
+        assert x.carried == pytest.approx(x.model - x.empty)
+        assert x.faithfulness == pytest.approx((x.graph - x.empty) / (x.model - x.empty))
+    assert "features carry" in str(x)
+    with pytest.raises(GraphError, match="unknown ablation mode"):
+        g.check_layers("patch")
+
+
+def test_layer_check_without_a_carried_metric_is_undefined():
+    from graphs.check import LayerCheck
+
+    flat = LayerCheck("resid_post.3", "zero", model=1.0, empty=1.0, graph=0.5)
+    assert not flat.defined and flat.faithfulness != flat.faithfulness and "undefined" in str(flat)
+
+
+def test_group_by_contrast_groups_the_matching_feature_nodes(setup):
+    m, saes, _, g = setup
+    g = g.copy()
+    # the contrast: prompts ending in "john" (as the graph prompt's second to last word does) or not
+    positive = ["john says i want to be alone right now john", "mary went home and john", "the cat ran john"]
+    negative = ["john says i want to be alone right now mary", "mary went home and", "the cat ran"]
+    from attribution import contrast
+
+    found = contrast(m, saes, positive, negative, top=None, min_score=0.5)
+    nodes = {(x.hook, x.feature) for x in g.full_nodes if x.kind == "feature"}
+    expected = [x for x in found if (x.hook, x.feature) in nodes]
+    assert expected, "the tiny model has separating features that are nodes"
+    matches = g.group_by_contrast("john", positive, negative, min_score=0.5)
+    assert matches == expected
+    pairs = {(y.hook, y.feature) for y in matches}
+    assert g.groups["john"] == [x.id for x in g.full_nodes if x.kind == "feature" and (x.hook, x.feature) in pairs]
+    assert isinstance(g.ablate_group("john"), float)
+    with pytest.raises(GraphError, match="no feature with contrast score"):
+        g.group_by_contrast("none", positive, negative, min_score=1.5)
+
+
 def test_group_ablation_equals_ablating_the_features_together(setup):
     m, saes, metric, g = setup
     g = g.copy()
