@@ -64,6 +64,7 @@ def test_text_sources(model, tmp_path):
     ids = text_tokens(model, folder, seq_len=8)
     assert ids.shape == (60 // 7, 8) and (ids[:, 0] == model.tokenizer.bos_token_id).all()
     assert torch.equal(ids, text_tokens(model, [folder / "a.txt", folder / "b.txt"], seq_len=8))
+    assert torch.equal(text_tokens(model, folder, seq_len=8, max_tokens=21), ids[:3])  # whole windows of 7
     with pytest.raises(AttributionError, match="does not exist"):
         text_tokens(model, tmp_path / "missing.txt")
     with pytest.raises(AttributionError, match=r"datasets|Hugging Face"):

@@ -68,7 +68,8 @@ def sample_tokens(
 
 def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tokens: int = 2_000_000) -> Tensor:
     """[n_seq, seq_len] windows of text: a file, a folder of .txt files, a Hugging Face dataset name ("hf:"
-    prefix, e.g. "hf:NeelNanda/pile-10k"; needs the `datasets` package and a reachable hub), or a list."""
+    prefix, e.g. "hf:NeelNanda/pile-10k"; needs the `datasets` package and a reachable hub), or a list.
+    At most max_tokens tokens (whole windows) are kept, from the start of the text."""
     texts = []
     for item in source if isinstance(source, list) else [source]:
         p = Path(item)
@@ -90,7 +91,7 @@ def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tok
             f"the text corpus has {len(ids)} tokens, fewer than one window of {seq_len}: the "
             "corpus is empty or too small"
         )
-    return windows(model, ids, seq_len)
+    return windows(model, ids, seq_len, max_seq=max(1, max_tokens // (seq_len - 1)))
 
 
 def windows(model, ids: list[int], seq_len: int, max_seq: int | None = None) -> Tensor:
