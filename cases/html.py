@@ -236,7 +236,7 @@ def _graph(r: Report, graph_html: str | None) -> str:
     stats = " · ".join(
         f"{k} {_f(v) if isinstance(v, float) else escape(str(v))}"
         for k, v in g.items()
-        if k not in ("html", "json", "check")
+        if k not in ("html", "json", "check", "layers", "groups")
     )
     frame = (
         ""
@@ -244,7 +244,38 @@ def _graph(r: Report, graph_html: str | None) -> str:
         else f'<iframe title="feature graph" srcdoc="{escape(graph_html, quote=True)}"></iframe>'
     )
     return f"""<h2>Feature graph</h2><p>{stats}. Open <a href="graph.html">graph.html</a> on its own, or the
-JSON in <code>graph.json</code>.</p>{frame}"""
+JSON in <code>graph.json</code>.</p>{frame}{_layers(g.get("layers", []))}{_groups(g.get("groups", {}))}"""
+
+
+def _layers(layers: list[dict]) -> str:
+    """Each SAE layer alone: what its features carry of the metric, and what the graph keeps of it there."""
+    if not layers:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(x['hook'])}</td><td>{x['carried']:+.3f}</td><td>{x['graph']:+.3f}</td>"
+        f"<td>{_f(x['faithfulness'])}</td></tr>"
+        for x in layers
+    )
+    return f"""<h3>Layer by layer</h3><p>Each SAE layer alone, the others untouched and error terms kept: the
+metric change when all its active features are zero-ablated (what its features carry; the error term carries
+the rest), the part the graph's features at that layer keep, and their ratio.</p>
+<table><tr><th>hook</th><th>features carry</th><th>graph keeps</th><th>faithfulness</th></tr>{rows}</table>"""
+
+
+def _groups(groups: dict) -> str:
+    if not groups:
+        return ""
+    items = []
+    for name, x in groups.items():
+        if "error" in x:
+            items.append(f"<li><b>{escape(name)}</b>: {escape(x['error'])}</li>")
+            continue
+        feats = "; ".join(escape(f) for f in x["features"][:5])
+        items.append(
+            f"<li><b>{escape(name)}</b>: {x['nodes']} nodes ({x['kept']} in the pruned graph); zero-ablating them "
+            f"together changes the metric by {x['ablation']:+.3f}. Features: {feats}</li>"
+        )
+    return f"<h3>Groups found by contrast</h3><ul>{''.join(items)}</ul>"
 
 
 def _footer(r: Report) -> str:

@@ -11,9 +11,34 @@ from __future__ import annotations
 PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
 GOOD, BAD = " Sacramento", " Albany"
 
+# The California group, found by contrast (attribution.contrast): the same sentences ending in a place that
+# implies California without naming it, or in a place in another state (New York's among them, as Albany is).
+TEMPLATES = (
+    "He grew up in {}",
+    "She moved to {} last year",
+    "We spent a week in {}",
+    "My cousin lives near {}",
+    "The company is based in {}",
+    "They played a home game in {}",
+)
+IN_CALIFORNIA = (
+    "Los Angeles", "San Francisco", "San Diego", "Hollywood", "Oakland",
+    "Silicon Valley", "Malibu", "Santa Monica", "Pasadena", "Fresno",
+)  # fmt: skip
+ELSEWHERE = (
+    "New York", "Chicago", "Boston", "Brooklyn", "Detroit",
+    "Houston", "Miami", "Seattle", "Denver", "Buffalo",
+)  # fmt: skip
+CALIFORNIA = tuple([t.format(p) for t in TEMPLATES for p in places] for places in (IN_CALIFORNIA, ELSEWHERE))
 
-def run(*, model=None, saes=None, out="runs/kobe", graph: bool = True, **kw):
-    """cases.run on the multi-hop prompt, with the feature graph; keyword arguments as in cases.run."""
+
+def run(*, model=None, saes=None, out="runs/kobe", graph: bool = True, groups=None, **kw):
+    """cases.run on the multi-hop prompt, with the feature graph and its California group (groups=None; pass
+    {} for none, or your own {name: (positive, negative)}); keyword arguments as in cases.run."""
     from cases.study import run as study
 
-    return study(PROMPT, GOOD, BAD, model=model, saes=saes, out=out, graph=graph, title="Multi-hop: Kobe Bryant", **kw)
+    groups = {"California": CALIFORNIA} if groups is None else groups
+    return study(
+        PROMPT, GOOD, BAD, model=model, saes=saes, out=out, graph=graph, groups=groups,
+        title="Multi-hop: Kobe Bryant", **kw,
+    )  # fmt: skip

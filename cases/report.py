@@ -150,6 +150,16 @@ class Report:
                 f"graph: {g['feature nodes']} feature nodes, {g['error nodes']} error nodes, {g['edges']} edges, "
                 f"faithfulness {_fmt(g['faithfulness'])}, completeness {_fmt(g['completeness'])}"
             )
+            for x in g.get("layers", []):
+                lines.append(
+                    f"  {x['hook']:>14}: features carry {x['carried']:+.3f}, graph keeps {x['graph']:+.3f}, "
+                    f"faithfulness {_fmt(x['faithfulness'])}"
+                )
+            for name, x in g.get("groups", {}).items():
+                lines.append(
+                    f"group {name}: "
+                    + (x["error"] if "error" in x else f"{x['nodes']} nodes, ablation {x['ablation']:+.3f}")
+                )
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"wrote {p}" for p in self.paths.values()]
         return "\n".join(lines)

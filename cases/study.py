@@ -39,6 +39,7 @@ def run(
     n_ablate: int = 100,
     corrupt: str | None = None,
     graph: bool = False,
+    groups: dict[str, tuple[list[str], list[str]]] | None = None,
     steer: bool | str | tuple[str, int] = True,
     explain: bool = True,
     index_tokens=None,
@@ -57,6 +58,8 @@ def run(
     top: rows shown in the page's tables (report.json and the CSVs hold all `n_ablate`).
     steer: False, True (the feature of largest positive attribution), or the feature to clamp, as
     (hook, feature) or "hook:feature"; clamps: multiples of its maximum activation to clamp it to.
+    groups: with the graph, supernodes found by contrast, {name: (positive prompts, negative prompts)}
+        (graphs.Graph.group_by_contrast), each ablated as one unit.
     explain: labels and feature cards from attribution.explain; index_tokens: ids [n_seq, seq] to index the
     features over (default: explain's corpus). cards: how many feature cards. steer_tokens: greedy tokens.
     """
@@ -156,7 +159,9 @@ def run(
     graph_html = None
     with clock("graph"):
         if graph:
-            report.graph, graph_html = _graph(model, saes, prompt, metric, out, explainer, notes, progress)
+            report.graph, graph_html = _graph(
+                model, saes, prompt, metric, out, explainer, notes, progress, groups or {}
+            )
             if report.graph is not None:
                 report.paths |= {"graph.html": report.graph["html"], "graph.json": report.graph["json"]}
 
@@ -303,10 +308,10 @@ def _steer(model, saes, prompt, metric, attr, rows_attr, explainer, n_tokens, ch
     return result
 
 
-def _graph(model, saes, prompt, metric, out: Path, explainer, notes: list[str], progress: bool):
+def _graph(model, saes, prompt, metric, out: Path, explainer, notes: list[str], progress: bool, groups: dict):
     """Build, prune, check and export the feature graph; (stats, its HTML) or (None, None) with a note."""
     try:
-        from graphs import build_graph
+        from graphs import GraphError, build_graph
     except ImportError as exc:
         notes.append(f"graph skipped: graphs.build_graph is not available ({exc})")
         return None, None
@@ -323,7 +328,30 @@ def _graph(model, saes, prompt, metric, out: Path, explainer, notes: list[str], 
         "faithfulness": float(check.faithfulness) if check.defined else None,
         "completeness": float(check.completeness) if check.defined else None,
         "check": str(check),
+        "layers": [
+            {
+                "hook": x.hook,
+                "carried": x.carried,
+                "graph": x.graph - x.empty,
+                "faithfulness": x.faithfulness if x.defined else None,
+            }
+            for x in g.check_layers()
+        ],
+        "groups": {},
     }
+    for name, (positive, negative) in groups.items():
+        try:
+            matches = g.group_by_contrast(name, positive, negative)
+        except GraphError as exc:
+            stats["groups"][name] = {"error": str(exc)}
+            continue
+        members = [g.node(i) for i in g.groups[name]]
+        stats["groups"][name] = {
+            "features": [str(m) for m in matches],
+            "nodes": len(members),
+            "kept": sum(g.kept(x.id) for x in members),
+            "ablation": g.ablate_group(name),  # metric change, zero ablation of every member at once
+        }
     g.to_html(out / "graph.html")
     g.to_json(out / "graph.json")
     stats |= {"html": str(out / "graph.html"), "json": str(out / "graph.json")}

@@ -3,6 +3,7 @@ page is offline, and the CLI fails cleanly on bad input. No default SAEs are tra
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 
@@ -155,12 +156,23 @@ def test_graph_is_embedded_offline(model, saes, tmp_path):
     graphs = pytest.importorskip("graphs")
     if not hasattr(graphs, "build_graph"):
         pytest.skip("graphs.build_graph is not there yet")
+    groups = {
+        "after and": (["mary went home and", "john says i want to be alone and"], ["mary went home", "the cat ran"]),
+        "never": (["the cat ran"], ["the cat ran"]),  # identical sets: nothing separates them
+    }
     r = cases.run(PROMPTS[1], " tired", " happy", model=model, saes=saes, out=tmp_path, n_ablate=10, graph=True,
-                  explain=False, steer=False, progress=False)  # fmt: skip
+                  groups=groups, explain=False, steer=False, progress=False)  # fmt: skip
     assert r.graph["feature nodes"] > 0 and r.graph["edges"] > 0 and (tmp_path / "graph.json").exists()
     assert r.paths["graph.html"] == str(tmp_path / "graph.html") and "faithfulness" in str(r)
+    assert [x["hook"] for x in r.graph["layers"]] == list(saes)
+    assert all(x["carried"] == x["carried"] for x in r.graph["layers"])  # finite numbers, one row per SAE layer
+    assert "no feature with contrast score" in r.graph["groups"]["never"]["error"]
+    found = r.graph["groups"]["after and"]
+    assert "error" in found or (found["nodes"] >= 1 and found["features"] and math.isfinite(found["ablation"]))
+    assert "group never:" in str(r) and "features carry" in str(r)
     page = read(r.paths["report.html"])
     assert "<iframe" in page and 'href="graph.html"' in page
+    assert "Layer by layer" in page and "Groups found by contrast" in page
     assert not re.search(r"""(src|href)=["']?https?://""", page)  # vis-network's licence comments name URLs
 
 
