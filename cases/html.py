@@ -258,7 +258,9 @@ def _layers(layers: list[dict]) -> str:
     )
     return f"""<h3>Layer by layer</h3><p>Each SAE layer alone, the others untouched and error terms kept: the
 metric change when all its active features are zero-ablated (what its features carry; the error term carries
-the rest), the part the graph's features at that layer keep, and their ratio.</p>
+the rest), the part the graph's features at that layer keep, and their ratio (unstable where the features
+carry little). Every path to the metric crosses each residual-stream layer, so the weakest layer bounds the
+whole graph's faithfulness.</p>
 <table><tr><th>hook</th><th>features carry</th><th>graph keeps</th><th>faithfulness</th></tr>{rows}</table>"""
 
 

@@ -120,8 +120,9 @@ class LayerCheck:
     def __str__(self) -> str:
         score = f"faithfulness {self.faithfulness:+.3f}" if self.defined else "faithfulness undefined"
         return (
-            f"{self.hook}: features carry {self.carried:+.4f} of the metric ({self.mode} ablation, errors kept; "
-            f"empty {self.empty:+.4f}); graph keeps {self.graph:+.4f}, {score}"
+            f"{self.hook}: features carry {self.carried:+.4f} of the metric, the graph keeps "
+            f"{self.graph - self.empty:+.4f}, {score} ({self.mode} ablation, errors kept; m(empty) "
+            f"{self.empty:+.4f}, m(graph) {self.graph:+.4f})"
         )
 
 
