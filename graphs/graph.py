@@ -18,6 +18,8 @@ from graphs import groups as _groups
 from graphs.nodes import GraphError, GraphNode
 from graphs.prune import cumulative, influence, prune_masks, shares
 
+RANKS = ("influence", "attribution")
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -126,18 +128,25 @@ class Graph:
         *,
         max_feature_nodes: int | None = None,
         max_nodes: int | None = None,
+        rank: str = "influence",
     ) -> Graph:
         """Keep the nodes and edges carrying node_threshold / edge_threshold of the influence on the metric.
 
         In place, always starting from the full graph; returns self. Tokens and the metric always stay;
         max_feature_nodes caps feature nodes, max_nodes features + error nodes (see graphs.prune).
+        rank: what orders the nodes, "influence" (circuit-tracer: shares of |edge weights| along every path)
+            or "attribution" (|activation x gradient of the metric|, the total-effect estimate that
+            sparse feature circuits threshold); node_threshold is then a share of that score.
         """
+        if rank not in RANKS:
+            raise GraphError(f"unknown rank {rank!r}; choose one of {RANKS}")
+        key = (lambda x: x.influence) if rank == "influence" else (lambda x: abs(x.attribution))
         self.node_mask, self.edge_mask = prune_masks(
             [x.kind for x in self.full_nodes],
             self.src,
             self.dst,
             self.weight,
-            torch.tensor([x.influence for x in self.full_nodes], dtype=torch.float64),
+            torch.tensor([key(x) for x in self.full_nodes], dtype=torch.float64),
             self.metric_index,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
@@ -149,6 +158,7 @@ class Graph:
             "edge_threshold": edge_threshold,
             "max_feature_nodes": max_feature_nodes,
             "max_nodes": max_nodes,
+            "rank": rank,
         }
         self._check_cache = {}
         return self

@@ -199,6 +199,22 @@ def test_prune_keeps_tokens_and_metric_and_respects_thresholds_and_caps(setup):
         g.prune(max_feature_nodes=-1)
 
 
+def test_prune_by_attribution_keeps_the_largest_total_effects(setup):
+    _, _, _, g = setup
+    g = g.copy()
+    feats = sorted((x for x in g.full_nodes if x.kind == "feature"), key=lambda x: -abs(x.attribution))
+    k = 6
+    g.prune(1.0, 1.0, max_feature_nodes=k, rank="attribution")
+    kept = {x.id for x in g.nodes if x.kind == "feature"}
+    assert kept <= {x.id for x in feats[:k]} and feats[0].id in kept
+    assert g.pruning["rank"] == "attribution" and g.to_json()["metadata"]["info"]["pruning"]["rank"] == "attribution"
+    by_influence = {x.id for x in g.prune(1.0, 1.0, max_feature_nodes=k).nodes if x.kind == "feature"}
+    top_influence = sorted((x for x in g.full_nodes if x.kind == "feature"), key=lambda x: -x.influence)[:k]
+    assert by_influence <= {x.id for x in top_influence}
+    with pytest.raises(GraphError, match="unknown rank"):
+        g.prune(rank="activation")
+
+
 @pytest.mark.parametrize(("mode", "errors"), [("zero", "keep"), ("mean", "keep"), ("mean", "ablate")])
 def test_unpruned_graph_is_exactly_faithful(setup, mode, errors):
     _, _, _, g = setup
