@@ -23,29 +23,27 @@ CAPS = (30, 60, 120, 400)
 
 def site_saes(model, site: str, progress: bool = True) -> dict:
     """{hook: SAE}: the default SAEs for resid_post, else the default recipe trained at `site` (cached)."""
+    from dataclasses import replace
+
     from attribution import default_saes, load_sae
     from attribution.models.loading import cache_dir
-    from attribution.saes import build, save_sae
+    from attribution.saes import save_sae
     from attribution.training.activations import cached_activations
-    from attribution.training.defaults import default_corpus, default_specs
-    from attribution.training.trainer import TrainConfig, fit
+    from attribution.training.defaults import default_corpus, default_specs, fit_spec
 
     if site == "resid_post":
         return default_saes(model, progress=progress)
-    specs = [s for s in default_specs(model).values() if s.d_sae == min(x.d_sae for x in default_specs(model).values())]
-    hooks = [model.hook(s.hook.replace("resid_post", site)).name for s in specs]
+    every = list(default_specs(model).values())
+    narrow = min(s.d_sae for s in every)  # the every-other-block recipe (the middle block's wide one left out)
+    specs = [replace(s, hook=model.hook(s.hook.replace("resid_post", site)).name) for s in every if s.d_sae == narrow]
+    hooks = [s.hook for s in specs]
     root = cache_dir() / "experiments" / f"{site}-v1"
     if not all((root / h / "cfg.json").exists() for h in hooks):
         train_ids, _ = default_corpus(model, progress)
         cache = cached_activations(model, hooks, train_ids, f"sites-{site}", progress=progress)
-        for spec, h in zip(specs, hooks, strict=True):
-            if (root / h / "cfg.json").exists():
-                continue
-            sae = build("topk", model.d_model, spec.d_sae, h, k=spec.k, apply_b_dec_to_input=True)
-            cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, normalize=spec.normalize,
-                              dead_after_tokens=200_000, progress=progress)  # fmt: skip
-            fit(sae, cache.tensor(h), cfg)
-            save_sae(sae, root / h)
+        for spec in specs:
+            if not (root / spec.hook / "cfg.json").exists():
+                save_sae(fit_spec(model, spec, cache.tensor(spec.hook), progress), root / spec.hook)
     return {h: load_sae(root / h, model=model) for h in hooks}
 
 

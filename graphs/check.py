@@ -49,7 +49,7 @@ class Check:
     @property
     def defined(self) -> bool:
         """False when m(model) = m(empty): the denominator of both scores is too small to divide by."""
-        return abs(self.model - self.empty) > 1e-6 * max(1.0, abs(self.model))
+        return _moved(self.model, self.empty)
 
     def _span(self) -> float:
         """m(model) - m(empty), the denominator of both scores."""
@@ -110,7 +110,7 @@ class LayerCheck:
 
     @property
     def defined(self) -> bool:
-        return abs(self.carried) > 1e-6 * max(1.0, abs(self.model))
+        return _moved(self.model, self.empty)
 
     @property
     def faithfulness(self) -> float:
@@ -124,6 +124,11 @@ class LayerCheck:
             f"{self.graph - self.empty:+.4f}, {score} ({self.mode} ablation, errors kept; m(empty) "
             f"{self.empty:+.4f}, m(graph) {self.graph:+.4f})"
         )
+
+
+def _moved(model: float, empty: float) -> bool:
+    """Whether ablating moved the metric enough to divide by m(model) - m(empty)."""
+    return abs(model - empty) > 1e-6 * max(1.0, abs(model))
 
 
 def check_mode(mode: str, errors: str = "keep") -> None:

@@ -107,12 +107,28 @@ def default_corpus(model, progress: bool = True):
     return ids[:-n_eval], ids[-n_eval:]
 
 
+def fit_spec(model, spec: DefaultSpec, activations, progress: bool = True):
+    """A TopK SAE at spec.hook trained by the recipe `spec` on `activations` (a tensor or batches, [n, d_model])."""
+    from attribution.training.trainer import TrainConfig, fit
+
+    sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True)
+    cfg = TrainConfig(
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        normalize=spec.normalize,
+        dead_after_tokens=200_000,
+        progress=progress,
+    )
+    fit(sae, activations, cfg)
+    return sae
+
+
 def _train_missing(model, specs: list[DefaultSpec], root: Path, progress: bool) -> None:
     import hashlib
 
     from attribution.training.activations import cached_activations
     from attribution.training.evaluate import evaluate_sae
-    from attribution.training.trainer import TrainConfig, fit
 
     train_ids, eval_ids = default_corpus(model, progress)
     # always every default hook (plus any extra asked for): the tokens kept (no <bos>, no massive-norm
@@ -122,16 +138,7 @@ def _train_missing(model, specs: list[DefaultSpec], root: Path, progress: bool) 
     tag = hashlib.sha1(",".join(hooks).encode()).hexdigest()[:8]
     cache = cached_activations(model, hooks, train_ids, f"defaults-{tag}", progress=progress)
     for spec in specs:
-        sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True)
-        cfg = TrainConfig(
-            steps=spec.steps,
-            batch_size=spec.batch_size,
-            lr=spec.lr,
-            normalize=spec.normalize,
-            dead_after_tokens=200_000,
-            progress=progress,
-        )
-        fit(sae, cache.tensor(spec.hook), cfg)
+        sae = fit_spec(model, spec, cache.tensor(spec.hook), progress)
         sae.meta["eval"] = evaluate_sae(model, sae, eval_ids[:16], progress=progress)
         sae.meta["corpus"] = {
             "source": "sampled from the model (seed 0, top-k 40)",
