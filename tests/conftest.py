@@ -1,6 +1,17 @@
-"""Tiny random models of each supported family, and random SAEs, for exactness tests."""
+"""Tiny random models of each supported family, and random SAEs, for exactness tests.
+
+The whole run uses a temporary cache ($ATTRIBUTION_CACHE is pointed at a fresh folder before any test runs),
+so tests never read or write the user's cache; the one exception is the converted default model, which is
+linked read-only into the temporary cache when the user's cache already holds it (otherwise it is converted
+into the temporary cache, ~40 s). The run fails if anything new appears under the user's cache.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +19,51 @@ import torch
 from attribution import Model, load_model
 from attribution.models.hooks import family_of
 from attribution.saes import build
+
+REAL_CACHE = Path(os.environ.get("ATTRIBUTION_CACHE") or Path.home() / ".cache" / "attribution")
+_DEFAULT_CONVERTED = Path("models") / "gemma-3-270m"
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of everything under root (empty when root does not exist)."""
+    if not root.exists():
+        return {}
+    out = {}
+    for p in root.rglob("*"):
+        try:
+            st = p.lstat()
+        except FileNotFoundError:  # removed while we walked
+            continue
+        out[str(p.relative_to(root))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns if p.is_file() else 0)
+    return out
+
+
+def pytest_configure(config):
+    tmp = Path(tempfile.mkdtemp(prefix="attribution-test-cache-"))
+    converted = REAL_CACHE / _DEFAULT_CONVERTED
+    if (converted / ".complete").exists():
+        (tmp / "models").mkdir()
+        (tmp / _DEFAULT_CONVERTED).symlink_to(converted, target_is_directory=True)
+    config._attribution_cache = (tmp, _snapshot(REAL_CACHE))
+    os.environ["ATTRIBUTION_CACHE"] = str(tmp)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    state = getattr(session.config, "_attribution_cache", None)
+    if state is None:
+        return
+    tmp, before = state
+    shutil.rmtree(tmp, ignore_errors=True)
+    after = _snapshot(REAL_CACHE)
+    changed = sorted(p for p, v in after.items() if before.get(p) != v)
+    if changed:
+        rep = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = f"the test run wrote into the user's cache {REAL_CACHE}: " + ", ".join(changed[:10])
+        if rep is not None:
+            rep.ensure_newline()
+            rep.write_sep("=", f"FAILED: {msg}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 WORDS = (
     "john says i want to be alone right now feels sad happy the capital of state where kobe bryant played "

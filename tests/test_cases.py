@@ -66,7 +66,8 @@ def test_numbers_are_those_of_attribute_and_ablate(model, saes, report):
     got = [(r["hook"], r["position"], r["feature"], r["attribution"], r["effect"]) for r in data["top_attribution"]]
     want = [(n.hook, n.position, n.feature, n.attribution, e) for n, e in zip(nodes, abl.effect.tolist())]
     assert [g[:3] for g in got] == [w[:3] for w in want]
-    assert [g[3:] for g in got] == pytest.approx([w[3:] for w in want], rel=1e-9, abs=1e-9)
+    flat = [v for g in got for v in g[3:]]  # pytest.approx compares flat sequences, not nested ones (pytest 9.2)
+    assert flat == pytest.approx([v for w in want for v in w[3:]], rel=1e-9, abs=1e-9)
     agreement = compare(attr, abl)
     assert data["agreement"]["pearson"] == pytest.approx(agreement.pearson)
     assert data["agreement"]["top_k"]["10"] == pytest.approx(agreement.top_k[10])

