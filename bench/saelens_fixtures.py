@@ -11,6 +11,8 @@ own). Each folder holds what SAELens saved (`cfg.json`, `sae_weights.safetensors
 checkpoints `activation_scaler.json` / `activation_whitening.safetensors`) plus `io.safetensors`:
 inputs `x`, SAELens's `feature_acts = encode(x)` and `recon = decode(feature_acts)`, and a random sparse
 `f_rand` with `decode_rand = decode(f_rand)`. Its metadata records the SAELens and torch versions that made it.
+A rerun with the same SAELens rewrites identical tensors; only the order of JSON keys may differ (SAELens
+and safetensors write from unordered maps), so `git checkout` the folders whose tensors did not change.
 
 Weights are random (d_in 16, d_sae 32) and chosen to hit the cases that differ between implementations:
 negative JumpReLU thresholds, decoder rows far from unit norm (TopK's rescale_acts_by_decoder_norm), a cfg
@@ -297,12 +299,12 @@ def build_all(out: Path) -> list[str]:
         )
 
     for mode in ("constant_norm_rescale", "layer_norm", "expected_average_only_in"):
+        stateful = mode != "expected_average_only_in"  # its decode needs what its encode saw
         fixture(  # per-input normalisations, and a scale that is not in the folder: ours refuses these
             f"standard_{mode}",
             f"StandardSAE, normalize_activations={mode} (SAELens's own encode/decode)",
-            lambda f, g, mode=mode: (
-                _inference(f, StandardSAEConfig, StandardSAE, g, normalize_activations=mode).encode,
-                None,
+            lambda f, g, mode=mode, stateful=stateful: (lambda sae: (sae.encode, None if stateful else sae.decode))(
+                _inference(f, StandardSAEConfig, StandardSAE, g, normalize_activations=mode)
             ),
         )
     return made
