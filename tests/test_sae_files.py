@@ -233,3 +233,10 @@ def test_sae_for_another_model_warns(model, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error", SAEWarning)
             load_sae(_sae_for(model, tmp_path, same), model=model)
+
+
+def test_model_names_recorded_with_an_sae(model):
+    from attribution.saes.io import model_names
+
+    assert model_names(model) == ["google/gemma-3-270m"]
+    assert model_names(tiny_model("llama")) == []  # an in-memory model known only by its class

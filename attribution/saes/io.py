@@ -360,13 +360,18 @@ def _name_keys(name: str) -> set[str]:
     return keys
 
 
+def model_names(model) -> list[str]:
+    """The names that identify `model` (its name, its Hugging Face path), for recording with an SAE trained
+    on it; empty for an in-memory model known only by its class, whose name says nothing about which it is."""
+    hf = getattr(model, "hf", None)
+    names = [getattr(model, "name", "") or "", getattr(getattr(hf, "config", None), "_name_or_path", "") or ""]
+    return list(dict.fromkeys(n for n in names if n and n != type(hf).__name__))
+
+
 def _check_model_name(sae_model: str, model, path: Path) -> None:
     """Warn when the SAE names the model it was trained for, and it is not this one. A warning, not an
     error: names differ across hubs and local copies, and hook and width already matched."""
-    hf = getattr(model, "hf", None)
-    names = {getattr(model, "name", "") or "", getattr(getattr(hf, "config", None), "_name_or_path", "") or ""}
-    names.discard(type(hf).__name__)  # an in-memory model's default name says nothing about which model it is
-    ours = set().union(*(_name_keys(n) for n in names if n))
+    ours = set().union(*(_name_keys(n) for n in model_names(model)))
     theirs = _name_keys(sae_model)
     if not ours or not theirs:
         return
