@@ -119,6 +119,8 @@ def test_expected_average_needs_its_scaling_factor(tmp_path):
     _assert_matches_saelens(load_sae(folder, norm_scaling_factor=2.7), _io("topk_checkpoint_expected_average"))
     with pytest.raises(SAEError, match="positive number"):
         load_sae(folder, norm_scaling_factor=-1.0)
+    with pytest.raises(SAEError, match="norm_scaling_factor is for SAEs trained with"):
+        load_sae(FIXTURES / "standard", norm_scaling_factor=2.0)
     (folder / "activation_scaler.json").write_text("{not json")
     with pytest.raises(SAEError, match=r"activation_scaler\.json is not valid JSON"):
         load_sae(folder)

@@ -269,18 +269,25 @@ def _shapes(weights: dict[str, torch.Tensor], arch: str, cfg: dict, path: Path) 
 def _fold(weights, arch: str, apply_b_dec: bool, cfg: dict, path: Path, norm_scaling_factor) -> dict:
     """Fold SAELens's fixed transforms around the SAE into its weights (in float64), innermost first, so
     that encode(x) and decode(f) are SAELens's on model-space activations."""
-    dtype = weights["W_enc"].dtype
-    w = {k: v.double() for k, v in weights.items()}
-    if "finetuning_scaling_factor" in w:  # decode((f * s) @ W_dec): the scale belongs to the decoder rows
-        w["W_dec"] = w["W_dec"] * w.pop("finetuning_scaling_factor")[:, None]
-    if arch == "topk" and _get(cfg, "rescale_acts_by_decoder_norm", path):
-        # TopK over pre * |W_dec[i]|, decoded through W_dec[i] / |W_dec[i]|: unit rows, scaled encoder
-        norms = w["W_dec"].norm(dim=-1).clamp(min=1e-8)
-        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
     mode = _get(cfg, "normalize_activations", path)
     if isinstance(mode, bool):  # pre-6.0 SAELens wrote a bool
         mode = "expected_average_only_in" if mode else "none"
     mode = mode or "none"
+    if norm_scaling_factor is not None and mode != "expected_average_only_in":
+        raise SAEError(
+            f"{path}: norm_scaling_factor is for SAEs trained with normalize_activations="
+            f"'expected_average_only_in', but this one has {mode!r}; leave it out."
+        )
+    rescale = arch == "topk" and _get(cfg, "rescale_acts_by_decoder_norm", path)
+    if mode == "none" and not rescale and "finetuning_scaling_factor" not in weights:
+        return weights  # nothing to fold (the common case): no float64 copy of a large SAE
+    dtype = weights["W_enc"].dtype
+    w = {k: v.double() for k, v in weights.items()}
+    if "finetuning_scaling_factor" in w:  # decode((f * s) @ W_dec): the scale belongs to the decoder rows
+        w["W_dec"] = w["W_dec"] * w.pop("finetuning_scaling_factor")[:, None]
+    if rescale:  # TopK over pre * |W_dec[i]|, decoded through W_dec[i] / |W_dec[i]|: unit rows, scaled encoder
+        norms = w["W_dec"].norm(dim=-1).clamp(min=1e-8)
+        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
     if mode == "expected_average_only_in":  # the SAE saw s * x and reconstructed s * x
         s = norm_scaling_factor if norm_scaling_factor is not None else _scaler(path).get("scaling_factor")
         if s is None:
