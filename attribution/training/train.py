@@ -8,6 +8,7 @@ from torch import Tensor
 
 from attribution.errors import AttributionError
 from attribution.saes import build, save_sae
+from attribution.saes.io import model_names
 from attribution.training.activations import cached_activations
 from attribution.training.corpus import sample_tokens, text_tokens
 from attribution.training.evaluate import evaluate_sae
@@ -60,6 +61,8 @@ def train_sae(
         "train_tokens": cache.n_tokens,
         "source": "sampled from the model" if corpus is None else str(corpus)[:200],
     }
+    if names := model_names(model):
+        sae.meta["model_name"] = names[0]  # saved as SAELens's metadata.model_name; load_sae warns on a mismatch
     if out is not None:
         save_sae(sae, out)
     return sae
