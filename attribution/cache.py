@@ -254,13 +254,15 @@ def _load(target: Path, load: Callable[[Path], T | None]) -> T | None:
 
 
 def _replace(tmp: Path, target: Path) -> None:
-    if target.is_dir() and not target.is_symlink():
+    if target.is_symlink():
+        target.unlink()  # a link (e.g. to another cache's entry) is replaced, never what it points to
+    elif target.is_dir():
         old = target.with_name(f"{target.name}{TMP}old-{uuid.uuid4().hex[:8]}")  # a leftover name if we die here
         target.rename(old)
         tmp.rename(target)
         remove(old)
-    else:
-        os.replace(tmp, target)  # atomic for a file, or a link to a folder
+        return
+    os.replace(tmp, target)  # atomic: a file replaces a file; a folder takes a free name
 
 
 def _escape(name: str) -> str:

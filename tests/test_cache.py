@@ -1,6 +1,7 @@
 """Caches that cannot lie: keys are fingerprints of what a model or SAE computes, writes are atomic and locked,
 corrupt or half-written entries are never read back."""
 
+import copy
 import json
 import os
 import signal
@@ -52,7 +53,7 @@ def test_fingerprints_follow_the_weights(models):
     assert model_fingerprint(a).startswith("gemma3_text-3x32-")
     sae = random_sae(a, "resid_post.1", d_sae=48, arch="topk", k=6)
     other_k = random_sae(a, "resid_post.1", d_sae=48, arch="topk", k=5)
-    assert len({sae_fingerprint(sae), sae_fingerprint(other_k), sae_fingerprint(sae.double())}) == 3
+    assert len({sae_fingerprint(sae), sae_fingerprint(other_k), sae_fingerprint(copy.deepcopy(sae).double())}) == 3
     before = sae_fingerprint(sae)
     with torch.no_grad():
         sae.b_enc[0] += 1.0  # an in-place edit: the memoised hash is recomputed
@@ -114,6 +115,20 @@ def test_leftover_temporaries_are_never_read_and_are_removed(cache):
         (tmp / "whole").write_text("ok")
     assert sorted(p.name for p in target.parent.iterdir()) == ["entry", "entry.lock"]
     assert [p.name for p in target.iterdir()] == ["whole"]
+
+
+def test_a_linked_entry_is_replaced_not_written_through(cache, tmp_path):
+    """As tests/conftest.py links the user's converted model: rebuilding the entry never touches the original."""
+    original = tmp_path / "elsewhere"
+    original.mkdir()
+    (original / "weights").write_text("the user's")
+    target = cache / "models" / "m"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(original, target_is_directory=True)
+    with atomic_write(target) as tmp:
+        (tmp / "weights").write_text("rebuilt")
+    assert not target.is_symlink() and (target / "weights").read_text() == "rebuilt"
+    assert (original / "weights").read_text() == "the user's"
 
 
 def _child(script: str, cache: Path, *args: str) -> subprocess.Popen:
