@@ -93,6 +93,14 @@ def test_truncated_entries_are_rebuilt_with_a_warning(cache, models):
         assert torch.equal(sample_tokens(a, **CORPUS), tokens)
     assert torch.equal(sample_tokens(a, **CORPUS), tokens)  # whole again: no warning
 
+    acts = cached_activations(a, ["resid_post.1"], _tokens(a), "t", progress=False)
+    x = acts.tensor("resid_post.1").clone()
+    shard = acts.path / acts.shards[0]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.warns(UserWarning, match=f"{acts.path.name}.*shard.*truncated.*Collecting it again"):
+        again = cached_activations(a, ["resid_post.1"], _tokens(a), "t", progress=False)
+    assert torch.equal(again.tensor("resid_post.1"), x)
+
     sae = random_sae(a, "resid_post.1", d_sae=48, arch="topk", k=6)
     idx = feature_index(a, sae, tokens=_tokens(a), progress=False)
     nb_cos = idx.t["nb_cos"].clone()

@@ -102,7 +102,7 @@ def _default_converted() -> Path:
 
     def build(tmp: Path) -> None:
         # assembled inside the temporary folder (not the package's default under ~/.cache), so it goes with it
-        gguf = Path(assemble(tmp / "source.gguf", overwrite=True))
+        gguf = Path(assemble(tmp / f"{target.name}.gguf", overwrite=True))
         _write_conversion(gguf, tmp, EXPECTED_SHA256)
         gguf.unlink()
 
