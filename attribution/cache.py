@@ -193,6 +193,7 @@ def atomic_write(
             fd, name = tempfile.mkstemp(dir=target.parent, prefix=target.name + TMP)
             os.close(fd)
             tmp = Path(name)
+        tmp.chmod((0o777 if directory else 0o666) & ~_UMASK)  # as mkdir/open would make it, not private
         try:
             yield tmp
             if check is not None and check(tmp) is None:
@@ -247,6 +248,8 @@ def read_json(path: str | Path, entry: str | Path | None = None):
 _LOCKS: dict[str, FileLock] = {}
 _LOCKS_GUARD = threading.Lock()
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_UMASK = os.umask(0o022)  # read it (the only way is to set it), then put it back
+os.umask(_UMASK)
 
 
 def _load(target: Path, load: Callable[[Path], T | None]) -> T | None:
