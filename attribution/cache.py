@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -185,7 +186,7 @@ def atomic_write(
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with locked(target) if lock else contextlib.nullcontext():
-        for old in target.parent.glob(_escape(target.name) + TMP + "*"):
+        for old in target.parent.glob(glob.escape(target.name) + TMP + "*"):
             remove(old)  # under the lock, any other temporary of this entry belongs to a dead writer
         if directory:
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + TMP))
@@ -266,10 +267,6 @@ def _replace(tmp: Path, target: Path) -> None:
         remove(old)
         return
     os.replace(tmp, target)  # atomic: a file replaces a file; a folder takes a free name
-
-
-def _escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _tensors(module: torch.nn.Module) -> list[tuple[str, Tensor]]:
