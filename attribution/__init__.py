@@ -10,6 +10,7 @@ from attribution.attribute import Attribution, attribute
 from attribution.compare import Agreement, compare
 from attribution.errors import (
     AttributionError,
+    CacheError,
     HookError,
     ModelLoadError,
     NumericalError,
@@ -32,6 +33,7 @@ __all__ = [
     "Attribution",
     "AttributionError",
     "Batch",
+    "CacheError",
     "FeatureCard",
     "FeatureIndex",
     "HookError",

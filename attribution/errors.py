@@ -25,6 +25,10 @@ class ModelLoadError(AttributionError):
     """Model weights that are missing or corrupt, or a model family we cannot map."""
 
 
+class CacheError(AttributionError):
+    """A cached entry that is truncated or corrupt: the message names it and how to remove it."""
+
+
 class NumericalError(AttributionError, ArithmeticError):
     """NaN or inf appeared in activations, gradients or the metric."""
 

@@ -9,21 +9,30 @@ in its contexts are recomputed, from the stored token ids.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.errors import AttributionError, SAEError
-from attribution.models.loading import cache_dir
+from attribution.cache import (
+    atomic_write,
+    cache_dir,
+    corrupt,
+    load_entry,
+    locked,
+    model_fingerprint,
+    read_json,
+    read_safetensors,
+    sae_fingerprint,
+    tensor_digest,
+)
+from attribution.errors import AttributionError, CacheError, SAEError
 from attribution.models.model import Batch
 from attribution.splice import trace
 from attribution.training.activations import _keep
@@ -179,18 +188,20 @@ def feature_indexes(
 
         train, _ = default_corpus(model, progress=progress)
         tokens = train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
-    key = hashlib.sha1(tokens.numpy().tobytes()).hexdigest()[:10]
-    folders = {h: cache_dir() / "index" / f"{_sae_digest(s)}-{key}-v{VERSION}" for h, s in saes.items()}
-    out, todo = {}, {}
-    for h, folder in folders.items():
-        idx = None if rebuild else _load(folder)
-        if idx is None:
-            todo[h] = saes[h]
-        else:
-            out[h] = idx
+    # keyed by the model, the SAE (weights and hyper-parameters such as k) and the text: never another's index
+    root = cache_dir() / "index" / model_fingerprint(model)
+    key = tensor_digest(tokens)[:16]
+    folders = {h: root / f"{sae_fingerprint(s)}-{key}-v{VERSION}" for h, s in saes.items()}
+    out = {} if rebuild else {h: i for h, f in folders.items() if (i := _quiet_load(f)) is not None}
+    todo = {h: s for h, s in saes.items() if h not in out}
     if todo:
-        for h, (tensors, info) in _build(model, todo, tokens, progress).items():
-            out[h] = _save(folders[h], tensors, info)
+        with locked(*(folders[h] for h in todo)):  # another process building one of them: wait, then load it
+            if not rebuild:
+                out |= {h: i for h in list(todo) if (i := load_entry(folders[h], _load)) is not None}
+                todo = {h: s for h, s in todo.items() if h not in out}
+            if todo:
+                for h, (tensors, info) in _build(model, todo, tokens, progress).items():
+                    out[h] = _save(folders[h], tensors, info)
     return out
 
 
@@ -407,29 +418,33 @@ def _labels(tok, t: dict) -> list[str]:
     return labels
 
 
-def _sae_digest(sae) -> str:
-    h = hashlib.sha1(f"{sae.hook}|{sae.architecture}|{sae.d_in}|{sae.d_sae}".encode())
-    for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
-        h.update(p.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+TENSORS = ("tokens", "top_acts", "top_seq", "top_pos", "count", "max", "hist", "hist_edges", "up_ids", "up_vals")
+TENSORS += ("up_seen", "down_ids", "down_vals", "nb_ids", "nb_cos")  # what _build writes and explain reads
 
 
 def _load(folder: Path) -> FeatureIndex | None:
-    if not (folder / "index.json").exists():
+    """The index in `folder`; None if absent; CacheError (then rebuilt) if a file or a tensor is missing."""
+    if not folder.exists():
         return None
+    info = read_json(folder / "index.json", entry=folder)
+    tensors = read_safetensors(folder / "index.safetensors", entry=folder)
+    missing = [n for n in TENSORS if n not in tensors]
+    if missing or not isinstance(info, dict) or info.get("version") != VERSION:
+        raise corrupt(folder, f"missing tensors {missing}" if missing else "index.json is not this version's")
+    if len(info.get("labels", [])) != len(tensors["count"]) or "hook" not in info or "n_tokens" not in info:
+        raise corrupt(folder, "index.json does not match its tensors")
+    return FeatureIndex(folder, tensors, info)
+
+
+def _quiet_load(folder: Path) -> FeatureIndex | None:
     try:
-        info = json.loads((folder / "index.json").read_text())
-        return FeatureIndex(folder, load_file(str(folder / "index.safetensors")), info)
-    except Exception:  # a corrupt or partial index is rebuilt, not trusted
-        return None
+        return _load(folder)
+    except CacheError:
+        return None  # corrupt: reported and rebuilt under the lock
 
 
 def _save(folder: Path, tensors: dict, info: dict) -> FeatureIndex:
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "index.safetensors"))
-    (tmp / "index.json").write_text(json.dumps(info))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_write(folder, check=_load, lock=False) as tmp:  # feature_indexes holds the lock
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "index.safetensors"))
+        (tmp / "index.json").write_text(json.dumps(info))
     return FeatureIndex(folder, tensors, info)

@@ -24,8 +24,8 @@ D_IN, D_SAE, K, BATCH = 640, 8192, 32, 4096  # the middle-layer SAE's shape and 
 def find_cache(hook: str = HOOK, d_in: int = D_IN):
     """A complete activation cache holding `hook` at width `d_in` (the default model's, not a test model's),
     preferring caches of fewer hooks (less to read), then more tokens; or None."""
-    root = cache_dir() / "activations"
-    caches = [open_cache(p) for p in sorted(root.glob("*")) if p.is_dir()] if root.is_dir() else []
+    root = cache_dir() / "activations"  # <model fingerprint>/<name>-<hooks hash>-<ids hash>
+    caches = [open_cache(p) for p in sorted(root.glob("*/*")) if p.is_dir()] if root.is_dir() else []
     caches = [c for c in caches if c is not None and hook in c.hooks and _width(c, hook) == d_in]
     return min(caches, key=lambda c: (len(c.hooks), -c.n_tokens), default=None)
 

@@ -26,7 +26,7 @@ def site_saes(model, site: str, progress: bool = True) -> dict:
     from dataclasses import replace
 
     from attribution import default_saes, load_sae
-    from attribution.models.loading import cache_dir
+    from attribution.cache import build_once, cache_dir, model_fingerprint
     from attribution.saes import save_sae
     from attribution.training.activations import cached_activations
     from attribution.training.defaults import default_corpus, default_specs, fit_spec
@@ -37,14 +37,19 @@ def site_saes(model, site: str, progress: bool = True) -> dict:
     narrow = min(s.d_sae for s in every)  # the every-other-block recipe (the middle block's wide one left out)
     specs = [replace(s, hook=model.hook(s.hook.replace("resid_post", site)).name) for s in every if s.d_sae == narrow]
     hooks = [s.hook for s in specs]
-    root = cache_dir() / "experiments" / f"{site}-v1"
-    if not all((root / h / "cfg.json").exists() for h in hooks):
-        train_ids, _ = default_corpus(model, progress)
-        cache = cached_activations(model, hooks, train_ids, f"sites-{site}", progress=progress)
-        for spec in specs:
-            if not (root / spec.hook / "cfg.json").exists():
-                save_sae(fit_spec(model, spec, cache.tensor(spec.hook), progress), root / spec.hook)
-    return {h: load_sae(root / h, model=model) for h in hooks}
+    root = cache_dir() / "experiments" / model_fingerprint(model) / f"{site}-v1"
+    shared = {}  # the activations, collected on the first SAE that needs training
+
+    def train(spec, out) -> None:
+        if not shared:
+            train_ids, _ = default_corpus(model, progress)
+            shared["cache"] = cached_activations(model, hooks, train_ids, f"sites-{site}", progress=progress)
+        save_sae(fit_spec(model, spec, shared["cache"].tensor(spec.hook), progress), out)
+
+    def load(path):
+        return load_sae(path, model=model)
+
+    return {s.hook: build_once(root / s.hook, load, lambda out, s=s: train(s, out)) for s in specs}
 
 
 @torch.no_grad()

