@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attribution.errors import TokenizationError, check_finite
+from attribution.errors import AttributionError, TokenizationError, check_finite
 
 
 @dataclass
@@ -46,6 +46,8 @@ class LogitDiff:
                 f"{len(goods)} good answers but {len(bads)} bad ones: give one of each "
                 "per prompt, or a single pair for all prompts"
             )
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise AttributionError(f"position must be a token index (an int; -1 = the last token), got {position!r}")
         self.good, self.bad, self.position = goods, bads, position
         self.good_ids = torch.tensor([model.token_id(w) for w in goods])
         self.bad_ids = torch.tensor([model.token_id(w) for w in bads])
@@ -63,6 +65,12 @@ class LogitDiff:
         return self.good_ids[rows.prompt], self.bad_ids[rows.prompt]
 
     def _column(self, width: int, rows: Rows) -> Tensor:
+        length = width - int(rows.offset.max())  # the shortest prompt's length
+        if not -length <= self.position < length:
+            raise AttributionError(
+                f"LogitDiff position {self.position} is outside the prompt ({length} tokens, <bos> included): "
+                f"give a position in {-length}..{length - 1}, or the default -1 (the last token)"
+            )
         if self.position < 0:
             return torch.full_like(rows.offset, width + self.position)
         return rows.offset + self.position
@@ -97,12 +105,19 @@ def evaluate(metric, model, hidden: Tensor, rows: Rows) -> Tensor:
     elif callable(metric):
         value = metric(model.unembed(hidden))
     else:
-        raise TypeError(f"metric must be LogitDiff, have from_hidden(), or be callable on logits; got {metric!r}")
+        raise AttributionError(
+            f"metric must be a LogitDiff, have from_hidden(), or be a callable on logits; got {metric!r}"
+        )
+    if hidden.requires_grad and not (isinstance(value, Tensor) and value.requires_grad):
+        raise AttributionError(
+            f"the metric returned {type(value).__name__} with no gradient: attribution differentiates it, so "
+            "return a torch tensor computed from the logits (no float(), .item(), .tolist() or .detach())"
+        )
     value = torch.as_tensor(value)
     if value.dim() == 0:
         value = value.expand(hidden.shape[0]) if hidden.shape[0] == 1 else value
     if value.shape != (hidden.shape[0],):
-        raise ValueError(
+        raise AttributionError(
             f"metric returned shape {tuple(value.shape)}; it must return one value per batch row ({hidden.shape[0]},)"
         )
     check_finite(value.detach(), "the metric")
