@@ -15,5 +15,6 @@ from graphs.build import build_graph
 from graphs.check import Check, LayerCheck
 from graphs.graph import Edge, Graph
 from graphs.nodes import GraphError, GraphNode
+from graphs.schema import load_graph_json
 
-__all__ = ["Check", "Edge", "Graph", "GraphError", "GraphNode", "LayerCheck", "build_graph"]
+__all__ = ["Check", "Edge", "Graph", "GraphError", "GraphNode", "LayerCheck", "build_graph", "load_graph_json"]
