@@ -125,4 +125,8 @@ def evaluate(metric, model, hidden: Tensor, rows: Rows) -> Tensor:
 
 
 def _as_list(x) -> list[str]:
-    return [x] if isinstance(x, str) else list(x)
+    if isinstance(x, str):
+        return [x]
+    if not isinstance(x, (list, tuple)):
+        raise TokenizationError(f"answer must be a non-empty string (or a list of them), got {x!r}")
+    return list(x)

@@ -179,6 +179,8 @@ def load_graph_json(source: str | Path | dict) -> GraphFile:
     fix rather than deep inside a viewer. Links must join nodes of the file.
     """
     where = "the graph data"
+    if isinstance(source, (list, tuple)):
+        raise GraphError(f"{where}: a graph JSON is an object with metadata, qParams, nodes and links, not a list")
     if not isinstance(source, dict):
         path = Path(source)
         where = str(path)
