@@ -51,6 +51,8 @@ class LogitDiff:
         self.good, self.bad, self.position = goods, bads, position
         self.good_ids = torch.tensor([model.token_id(w) for w in goods])
         self.bad_ids = torch.tensor([model.token_id(w) for w in bads])
+        self._model = model.name
+        self._tokens = _id_tokens(model, self.good_ids, self.bad_ids)  # ids mean nothing in another vocabulary
 
     def __repr__(self):
         g = self.good[0] if len(self.good) == 1 else self.good
@@ -77,6 +79,11 @@ class LogitDiff:
 
     def from_hidden(self, model, hidden: Tensor, rows: Rows) -> Tensor:
         """[rows, pos, d_model] final-norm states -> [rows], unembedding two columns only."""
+        if _id_tokens(model, self.good_ids, self.bad_ids) != self._tokens:
+            raise TokenizationError(
+                f"this LogitDiff was built for model {self._model!r}, whose vocabulary differs from {model.name!r}'s: "
+                "its token ids would name other words. Build it with LogitDiff(model, ...) for the model you attribute"
+            )
         r = torch.arange(hidden.shape[0])
         h = hidden[r, self._column(hidden.shape[1], rows)]  # [rows, d_model]
         good, bad = self._ids(rows)
@@ -122,6 +129,14 @@ def evaluate(metric, model, hidden: Tensor, rows: Rows) -> Tensor:
         )
     check_finite(value.detach(), "the metric")
     return value
+
+
+def _id_tokens(model, *ids: Tensor) -> list | None:
+    """What the answer ids are in `model`'s vocabulary (None where they are outside it)."""
+    flat = torch.cat(ids).tolist()
+    if max(flat) >= model.W_U.shape[0]:
+        return None
+    return model.tokenizer.convert_ids_to_tokens(flat)
 
 
 def _as_list(x) -> list[str]:

@@ -40,7 +40,7 @@ from attribution import (
 from attribution.saes import build
 from attribution.training import fit
 from graphs import GraphError, build_graph, load_graph_json
-from tests.conftest import PROMPTS, random_sae, tiny_model
+from tests.conftest import PROMPTS, WORDS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,6 +107,19 @@ def _json(s, edit, name="bad.json"):
     return load_graph_json(path)
 
 
+def _other_vocabulary():
+    """A tiny model whose tokenizer numbers the same words the other way round."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    other = tiny_model("gpt2")
+    words = ["<pad>", "<eos>", "<bos>", "<unk>", *reversed(WORDS)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    other.tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    return other
+
+
 def _case(s, prompt=P, **kw):
     kw = {"model": s.m, "saes": s.saes, "out": s.tmp / "case", "explain": False, "progress": False} | kw
     return cases.run(prompt, "sad", "happy", **kw)
@@ -142,6 +155,12 @@ CASES = [
     # --- answers (LogitDiff) --------------------------------------------------------------------------
     ("answer-2-tokens", Tok, ["2 tokens", "single-token"], lambda s: LogitDiff(s.m, "sad happy", "happy")),
     ("answer-unknown", Tok, ["not in the model's vocabulary", "pick a word"], lambda s: LogitDiff(s.m, "sad", "zebra")),
+    (
+        "metric-of-another-model",
+        Tok,
+        ["vocabulary differs", r"LogitDiff\(model, \.\.\.\) for the model you attribute"],
+        lambda s: _metric(s, LogitDiff(_other_vocabulary(), "sad", "happy")),
+    ),
     ("answer-empty", Tok, ["non-empty string"], lambda s: LogitDiff(s.m, "", "happy")),
     ("answer-tensor", Tok, ["non-empty string"], lambda s: LogitDiff(s.m, torch.tensor(5), "happy")),
     ("answer-pairs", Tok, ["2 good answers but 1", "one of each"], lambda s: LogitDiff(s.m, ["sad", "tired"], "happy")),
