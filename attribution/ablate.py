@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
-from attribution.nodes import NodeTable, as_key
+from attribution.nodes import Node, NodeTable, as_key
 from attribution.splice import decompose, grow_edits, prepare_saes, trace
 
 MODES = ("zero", "mean", "patch")
@@ -68,6 +68,10 @@ def ablate(
         raise AttributionError("mode='patch' needs corrupt='...' to patch values from")
     if batch_size < 1:
         raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(nodes, (str, Node)) or (isinstance(nodes, tuple) and nodes and not isinstance(nodes[0], tuple)):
+        raise AttributionError(
+            f"nodes must be a list of nodes (or an Attribution), got {nodes!r}; wrap a single node in a list"
+        )
     saes = prepare_saes(model, saes)
     batch = model.tokenize(prompt)
     keys = [

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from attribution.errors import AttributionError, check_finite
 from attribution.metrics import Rows, evaluate
-from attribution.nodes import NodeTable
+from attribution.nodes import NodeTable, _is_int
 from attribution.splice import Decomposition, decompose, grow_edits, prepare_saes, trace
 
 METHODS = ("grad_x_act", "atp", "ig")
@@ -46,25 +46,38 @@ class Attribution(NodeTable):
 
     def dense(self, hook: str, prompt: int = 0) -> Tensor:
         """Feature attributions of one hook as a tensor [pos, d_sae] (zeros where a feature is inactive)."""
-        h = self.hooks.index(hook)
-        out = self.value.new_zeros(len(self.tokens[prompt]), self.d_sae[hook])
+        h = self._hook_index(hook, prompt)
+        out = self.value.new_zeros(len(self.tokens[prompt]), self.d_sae[self.hooks[h]])
         sel = (self.hook_idx == h) & (self.prompt == prompt) & (self.feature >= 0)
         out[self.position[sel], self.feature[sel]] = self.value[sel]
         return out
 
     def error(self, hook: str, prompt: int = 0) -> Tensor:
         """Error-node attributions of one hook, [pos]."""
-        h = self.hooks.index(hook)
+        h = self._hook_index(hook, prompt)
         out = self.value.new_zeros(len(self.tokens[prompt]))
         sel = (self.hook_idx == h) & (self.prompt == prompt) & (self.feature < 0)
         out[self.position[sel]] = self.value[sel]
         return out
 
     def total(self, prompt: int = 0, hook: str | None = None) -> float:
+        h = self._hook_index(hook, prompt)
         sel = self.prompt == prompt
-        if hook is not None:
-            sel &= self.hook_idx == self.hooks.index(hook)
+        if h is not None:
+            sel &= self.hook_idx == h
         return float(self.value[sel].sum())
+
+    def _hook_index(self, hook: str | None, prompt: int) -> int | None:
+        """Index of `hook` among this result's hooks (canonical or TransformerLens spelling), checked."""
+        self._check_order(None, prompt, "abs")
+        if hook is None:
+            return None
+        from attribution.models.hooks import _from_transformerlens
+
+        name = (_from_transformerlens(hook) or hook) if isinstance(hook, str) else hook
+        if name not in self.hooks:
+            raise AttributionError(f"no SAE at {hook!r} in this attribution; its hooks are {self.hooks}")
+        return self.hooks.index(name)
 
     def __str__(self) -> str:
         lines = [
@@ -92,8 +105,8 @@ def attribute(
         raise AttributionError(f"unknown method {method!r}; choose one of {METHODS}")
     if method == "atp" and corrupt is None:
         raise AttributionError("method='atp' patches from a corrupted prompt: pass corrupt='...'")
-    if steps < 1:
-        raise AttributionError(f"steps must be >= 1, got {steps}")
+    if not _is_int(steps) or steps < 1:
+        raise AttributionError(f"steps must be a whole number >= 1 (integrated-gradient steps), got {steps!r}")
     saes = prepare_saes(model, saes)
     if not saes:
         raise AttributionError("no SAEs given: pass {hook: SAE} for at least one hook")

@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     )
 
     try:
+        _check_counts(args)  # before the model loads: a typo should not cost the load
         t0 = time.perf_counter()
         model = load_model(args.model)
         metric = LogitDiff(model, args.good, args.bad)
@@ -152,6 +153,18 @@ def main(argv=None) -> int:
                 indent=1,
             )
     return 0
+
+
+def _check_counts(args) -> None:
+    from attribution import AttributionError, TokenizationError
+
+    if not args.prompt.strip():
+        raise TokenizationError(f"empty prompt {args.prompt!r}: give --prompt some text to attribute")
+    for flag, value, least in (("--steps", args.steps, 1), ("--ablate", args.ablate, 0), ("--top", args.top, 1)):
+        if value < least:
+            raise AttributionError(f"{flag} must be >= {least}, got {value}" + (" (0: all)" if least == 0 else ""))
+    if args.ablate == 1:
+        raise AttributionError("--ablate 1 cannot be compared: give >= 2 nodes (a correlation), or 0 for all")
 
 
 def _saes(args) -> int:

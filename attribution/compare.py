@@ -29,6 +29,8 @@ class Agreement:
 
 def compare(attr, abl, ks: tuple[int, ...] = (10, 20, 50)) -> Agreement:
     """Compare estimates in `attr` with real effects in `abl` over the nodes that were ablated."""
+    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise AttributionError(f"ks must be whole numbers >= 1 (top-k overlaps to report), got {ks!r}")
     index = {k: i for i, k in enumerate(attr.node_keys())}
     missing = [k for k in abl.node_keys() if k not in index]
     if missing:

@@ -34,6 +34,7 @@ from attribution.cache import (
 )
 from attribution.errors import AttributionError, CacheError, SAEError
 from attribution.models.model import Batch
+from attribution.nodes import _is_int
 from attribution.splice import trace
 from attribution.training.activations import _keep
 
@@ -183,6 +184,8 @@ def feature_indexes(
     from attribution.splice import prepare_saes
 
     saes = {h: s for h, s in prepare_saes(model, saes).items() if s.d_sae > 0}
+    if tokens is not None:
+        _check_tokens(model, tokens)
     if tokens is None:
         from attribution.training.defaults import default_corpus
 
@@ -209,6 +212,15 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
     """The card of one feature (top contexts, histogram, logit-lens tokens, neighbours, label)."""
     if sae.d_sae == 0:
         raise SAEError(f"{sae!r} has no features to explain (WholeActivation): explain an SAE's features")
+    if not _is_int(feature):
+        raise AttributionError(f"feature must be an integer index into the SAE's {sae.d_sae} features, got {feature!r}")
+    if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 0:
+        raise AttributionError(f"n_contexts must be a whole number >= 0, got {n_contexts!r}")
+    if index is not None and (index.hook != model.hook(sae.hook).name or index.d_sae != sae.d_sae):
+        raise AttributionError(
+            f"the index given is for {index.d_sae} features at {index.hook}, not for {sae!r}: "
+            "pass feature_index(model, sae), or no index"
+        )
     index = index or feature_index(model, sae)
     feature = index._check(int(feature))
     tok = model.tokenizer
@@ -216,12 +228,12 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
     acts, seqs, poss = t["top_acts"][feature], t["top_seq"][feature], t["top_pos"][feature]
     chosen, seen = [], set()
     for a, s, p in zip(acts.tolist(), seqs.tolist(), poss.tolist()):
+        if len(chosen) >= n_contexts:
+            break
         if a <= 0 or s in seen:
             continue  # one context per sequence: neighbouring positions of one text say the same thing
         seen.add(s)
         chosen.append((a, s, p))
-        if len(chosen) == n_contexts:
-            break
     contexts = []
     if chosen:
         ids = t["tokens"][[s for _, s, _ in chosen]]  # [n, seq]
@@ -448,3 +460,20 @@ def _save(folder: Path, tensors: dict, info: dict) -> FeatureIndex:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "index.safetensors"))
         (tmp / "index.json").write_text(json.dumps(info))
     return FeatureIndex(folder, tensors, info)
+
+
+def _check_tokens(model, tokens) -> None:
+    """Token ids to index over: a non-empty integer [n_seq, seq >= 2] tensor of ids the model knows."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point() or tokens.dtype == torch.bool:
+        what = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise AttributionError(
+            f"tokens must be an integer tensor [n_seq, seq] of token ids starting with <bos>, got {what}"
+        )
+    if tokens.numel() == 0 or tokens.shape[1] < 2:
+        raise AttributionError(f"tokens {tuple(tokens.shape)} hold no text to index: give >= 1 sequence of >= 2 ids")
+    vocab = model.W_U.shape[0]
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        raise AttributionError(
+            f"tokens hold ids outside the model's vocabulary 0..{vocab - 1} (found {int(tokens.min())}.."
+            f"{int(tokens.max())}): tokenize the text with this model's tokenizer"
+        )

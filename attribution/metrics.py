@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attribution.errors import TokenizationError, check_finite
+from attribution.errors import AttributionError, TokenizationError, check_finite
 
 
 @dataclass
@@ -46,9 +46,13 @@ class LogitDiff:
                 f"{len(goods)} good answers but {len(bads)} bad ones: give one of each "
                 "per prompt, or a single pair for all prompts"
             )
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise AttributionError(f"position must be a token index (an int; -1 = the last token), got {position!r}")
         self.good, self.bad, self.position = goods, bads, position
         self.good_ids = torch.tensor([model.token_id(w) for w in goods])
         self.bad_ids = torch.tensor([model.token_id(w) for w in bads])
+        self._model = model.name
+        self._tokens = _id_tokens(model, self.good_ids, self.bad_ids)  # ids mean nothing in another vocabulary
 
     def __repr__(self):
         g = self.good[0] if len(self.good) == 1 else self.good
@@ -63,12 +67,23 @@ class LogitDiff:
         return self.good_ids[rows.prompt], self.bad_ids[rows.prompt]
 
     def _column(self, width: int, rows: Rows) -> Tensor:
+        length = width - int(rows.offset.max())  # the shortest prompt's length
+        if not -length <= self.position < length:
+            raise AttributionError(
+                f"LogitDiff position {self.position} is outside the prompt ({length} tokens, <bos> included): "
+                f"give a position in {-length}..{length - 1}, or the default -1 (the last token)"
+            )
         if self.position < 0:
             return torch.full_like(rows.offset, width + self.position)
         return rows.offset + self.position
 
     def from_hidden(self, model, hidden: Tensor, rows: Rows) -> Tensor:
         """[rows, pos, d_model] final-norm states -> [rows], unembedding two columns only."""
+        if _id_tokens(model, self.good_ids, self.bad_ids) != self._tokens:
+            raise TokenizationError(
+                f"this LogitDiff was built for model {self._model!r}, whose vocabulary differs from {model.name!r}'s: "
+                "its token ids would name other words. Build it with LogitDiff(model, ...) for the model you attribute"
+            )
         r = torch.arange(hidden.shape[0])
         h = hidden[r, self._column(hidden.shape[1], rows)]  # [rows, d_model]
         good, bad = self._ids(rows)
@@ -97,17 +112,36 @@ def evaluate(metric, model, hidden: Tensor, rows: Rows) -> Tensor:
     elif callable(metric):
         value = metric(model.unembed(hidden))
     else:
-        raise TypeError(f"metric must be LogitDiff, have from_hidden(), or be callable on logits; got {metric!r}")
+        raise AttributionError(
+            f"metric must be a LogitDiff, have from_hidden(), or be a callable on logits; got {metric!r}"
+        )
+    if hidden.requires_grad and not (isinstance(value, Tensor) and value.requires_grad):
+        raise AttributionError(
+            f"the metric returned {type(value).__name__} with no gradient: attribution differentiates it, so "
+            "return a torch tensor computed from the logits (no float(), .item(), .tolist() or .detach())"
+        )
     value = torch.as_tensor(value)
     if value.dim() == 0:
         value = value.expand(hidden.shape[0]) if hidden.shape[0] == 1 else value
     if value.shape != (hidden.shape[0],):
-        raise ValueError(
+        raise AttributionError(
             f"metric returned shape {tuple(value.shape)}; it must return one value per batch row ({hidden.shape[0]},)"
         )
     check_finite(value.detach(), "the metric")
     return value
 
 
+def _id_tokens(model, *ids: Tensor) -> list | None:
+    """What the answer ids are in `model`'s vocabulary (None where they are outside it)."""
+    flat = torch.cat(ids).tolist()
+    if max(flat) >= model.W_U.shape[0]:
+        return None
+    return model.tokenizer.convert_ids_to_tokens(flat)
+
+
 def _as_list(x) -> list[str]:
-    return [x] if isinstance(x, str) else list(x)
+    if isinstance(x, str):
+        return [x]
+    if not isinstance(x, (list, tuple)):
+        raise TokenizationError(f"answer must be a non-empty string (or a list of them), got {x!r}")
+    return list(x)

@@ -12,6 +12,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from attribution.errors import AttributionError
+
+ORDERS = ("abs", "pos", "neg")
+
 
 class Node(NamedTuple):
     hook: str
@@ -44,11 +48,40 @@ def node_key(prompt: int, hook: str, position: int, feature: int | None) -> tupl
 
 
 def as_key(node) -> tuple[int, str, int, int]:
-    """Key of a Node, or of a plain tuple (hook, position, feature[, prompt])."""
+    """Key of a Node, or of a plain tuple (hook, position, feature[, prompt]), checked for types."""
     if isinstance(node, Node):
         return node.key
+    if not isinstance(node, (tuple, list)) or not 3 <= len(node) <= 4:
+        raise AttributionError(
+            f"cannot read node {node!r}: give a Node (e.g. from attribute(...).top()) or a tuple "
+            "(hook, position, feature or None for the error term[, prompt])"
+        )
     hook, position, feature, *rest = node
-    return node_key(rest[0] if rest else 0, hook, position, feature)
+    prompt = rest[0] if rest else 0
+    checks = [("position", position), ("prompt", prompt)] + ([("feature", feature)] if feature is not None else [])
+    for name, v in checks:
+        if not _is_int(v):
+            raise AttributionError(f"node {tuple(node)!r}: {name} must be an integer, got {v!r}")
+    if feature is not None and int(feature) < 0:
+        # -1 is how the tables store error nodes; a user's negative index would silently become one
+        raise AttributionError(
+            f"node {tuple(node)!r}: feature {int(feature)} is negative; give a feature index >= 0, "
+            "or None for the error term"
+        )
+    return node_key(prompt, hook, position, feature)
+
+
+def _is_int(v) -> bool:
+    """True for Python/numpy ints and integer 0-d tensors (not bools or floats: 1.5 would be truncated)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, Tensor):
+        return v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool
+    try:
+        v.__index__()
+    except (AttributeError, TypeError):
+        return False
+    return True
 
 
 @dataclass
@@ -94,6 +127,7 @@ class NodeTable:
 
     def order(self, k: int | None = None, *, prompt: int | None = 0, errors: bool = True, by: str = "abs") -> Tensor:
         """Row indices sorted by |value| (by="abs"), value (by="pos") or -value (by="neg")."""
+        self._check_order(k, prompt, by)
         keep = torch.ones(len(self), dtype=torch.bool)
         if prompt is not None:
             keep &= self.prompt == prompt
@@ -103,6 +137,17 @@ class NodeTable:
         score = {"abs": self.value.abs(), "pos": self.value, "neg": -self.value}[by][idx]
         order = idx[score.argsort(descending=True, stable=True)]
         return order if k is None else order[:k]
+
+    def _check_order(self, k, prompt, by) -> None:
+        if k is not None and (not _is_int(k) or k < 1):
+            raise AttributionError(f"k must be a whole number >= 1 (how many nodes), or None for all; got {k!r}")
+        if by not in ORDERS:
+            raise AttributionError(f"by={by!r}: choose 'abs' (|value|), 'pos' (largest first) or 'neg' (smallest)")
+        if prompt is not None and (not _is_int(prompt) or not 0 <= prompt < len(self.tokens)):
+            raise AttributionError(
+                f"prompt={prompt!r} is not a prompt of this result: it has {len(self.tokens)} prompt(s), "
+                f"numbered 0..{len(self.tokens) - 1}; pass prompt=None for all"
+            )
 
     def top_values(self, k: int | None = 10, **kw) -> Tensor:
         """The values of `top(k, **kw)`, as a tensor in the same order."""

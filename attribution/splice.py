@@ -151,10 +151,19 @@ def _set(env, spec, x):
 
 def prepare_saes(model, saes) -> dict:
     """{hook: SAE} keyed by canonical hook names, each checked against the model."""
+    from attribution.saes import SAE
+
+    if isinstance(saes, SAE):
+        raise SAEError(f"saes must be {{hook: SAE}} or a list of SAEs, got one {saes!r}: pass {{sae.hook: sae}}")
     if not isinstance(saes, dict):
-        saes = {s.hook: s for s in saes}
+        items = list(saes) if isinstance(saes, Iterable) and not isinstance(saes, str) else None
+        if items is None or not all(isinstance(s, SAE) for s in items):
+            raise SAEError(f"saes must be {{hook: SAE}} or a list of SAEs, got {type(saes).__name__} {saes!r:.80}")
+        saes = {s.hook: s for s in items}
     prepared = {}
     for hook, sae in saes.items():
+        if not isinstance(sae, SAE):
+            raise SAEError(f"the value at {hook!r} is {type(sae).__name__}, not an SAE: load one with load_sae(path)")
         name = model.hook(hook).name
         if model.hook(sae.hook).name != name:
             raise SAEError(f"SAE trained at {sae.hook!r} was given for hook {hook!r}; key it by its own hook")

@@ -6,8 +6,9 @@ loneliness, wanting to be alone, or emotions in general.
 
 Like the paper's, this study reads one dictionary: the wider SAE after the middle block (hooks="middle").
 With the default SAEs on every other layer as well, each feature's ablation also re-encodes every SAE
-downstream of it, and the linear estimate drifts further from the real effect (Pearson r 0.79 over the top
-100 nodes with all ten default SAEs, against 0.89 with the middle one alone); pass hooks= to choose others.
+downstream of it, and the linear estimate drifts further from the real effect (the README's "Case studies"
+quotes both Pearson correlations; `python -m cases emotion --hooks resid_post.0,resid_post.2,...` measures
+the wider one); pass hooks= to choose others.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ def check_prompt(prompt) -> str:
     """Reject an empty prompt before a model is even loaded."""
     from attribution import TokenizationError
 
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        raise TokenizationError(f"the prompt must be a string, got {type(prompt).__name__} {prompt!r:.60}; pass text")
+    if not prompt.strip():
         raise TokenizationError(f"empty prompt {prompt!r}: give some text to attribute, e.g. --prompt 'John feels'")
     return prompt
 

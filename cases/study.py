@@ -12,6 +12,7 @@ One call does what the paper's case studies do for a prompt and a pair of answer
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -206,9 +207,9 @@ def _multiples(clamps) -> tuple[float, ...]:
 
     try:
         values = tuple(float(x) for x in (clamps.split(",") if isinstance(clamps, str) else clamps))
-    except ValueError:
+    except (TypeError, ValueError):
         values = ()
-    if not values:
+    if not values or not all(math.isfinite(v) for v in values):
         raise AttributionError(f"clamps={clamps!r}: give multiples of the maximum activation, e.g. 0,5,10")
     return values
 

@@ -7,6 +7,7 @@ called again with other thresholds. `copy()` gives an independent graph when bot
 from __future__ import annotations
 
 import copy as _copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from graphs import check as _check
 from graphs import groups as _groups
-from graphs.nodes import GraphError, GraphNode
+from graphs.nodes import KINDS, GraphError, GraphNode
 from graphs.prune import cumulative, influence, prune_masks, shares
 
 RANKS = ("influence", "attribution")
@@ -97,6 +98,10 @@ class Graph:
 
     def top(self, k: int | None = 10, kind: str | None = "feature") -> list[GraphNode]:
         """Kept nodes by influence (of one kind, or all but tokens and the metric with kind=None)."""
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise GraphError(f"k must be a whole number >= 1 (how many nodes), or None for all; got {k!r}")
+        if kind is not None and kind not in KINDS:
+            raise GraphError(f"unknown node kind {kind!r}; choose one of {KINDS}, or None for features and errors")
         pool = [x for x in self.nodes if (x.kind == kind if kind else x.kind in ("feature", "error"))]
         return sorted(pool, key=lambda x: -x.influence)[:k]
 
@@ -140,6 +145,9 @@ class Graph:
         """
         if rank not in RANKS:
             raise GraphError(f"unknown rank {rank!r}; choose one of {RANKS}")
+        for name, v in (("max_feature_nodes", max_feature_nodes), ("max_nodes", max_nodes)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise GraphError(f"{name} must be a whole number of nodes or None, got {v!r}")
         key = (lambda x: x.influence) if rank == "influence" else (lambda x: abs(x.attribution))
         self.node_mask, self.edge_mask = prune_masks(
             [x.kind for x in self.full_nodes],
@@ -306,6 +314,8 @@ class Graph:
 
     def steer_group(self, name: str, factor: float) -> float:
         """metric(members clamped to factor x their clean activation) - metric(clean); factor 0 = zero ablation."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+            raise GraphError(f"factor must be a finite number (0 = zero ablation, 1 = unchanged), got {factor!r}")
         return self._intervene(self._members(name), self._values("zero", None), factor=float(factor))
 
     def _intervene(self, members: list[GraphNode], values, factor: float | None) -> float:
@@ -328,7 +338,7 @@ class Graph:
         """Neuronpedia / circuit-tracer graph JSON of the kept graph (written to `path` if given)."""
         from graphs.schema import to_json
 
-        return to_json(self, path, slug=slug)
+        return to_json(self, _writable(path), slug=slug)
 
     def to_html(
         self, path: str | Path, *, collapse_groups: bool = True, check: bool = True, max_edges: int | None = 5000
@@ -337,10 +347,22 @@ class Graph:
         unless collapse_groups=False; more than max_edges edges is refused (prune first). See graphs.html."""
         from graphs.html import to_html
 
-        return to_html(self, path, collapse_groups=collapse_groups, check=check, max_edges=max_edges)
+        return to_html(self, _writable(path), collapse_groups=collapse_groups, check=check, max_edges=max_edges)
 
     def to_networkx(self, full: bool = False):
         """networkx.DiGraph of the kept (or full) graph with every node and edge attribute."""
         from graphs.schema import to_networkx
 
         return to_networkx(self, full=full)
+
+
+def _writable(path: str | Path | None) -> Path | None:
+    """`path`, checked to name a file in an existing folder (else the export would die in open())."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise GraphError(f"{path} is a folder; give a file name inside it, e.g. {path / 'graph.html'}")
+    if not path.parent.is_dir():
+        raise GraphError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
+    return path

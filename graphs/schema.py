@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from graphs.nodes import GraphError
 
 
 class Metadata(BaseModel):
@@ -168,3 +170,44 @@ def to_networkx(graph, full: bool = False):
         if full or kept:
             g.add_edge(ids[s], ids[t], weight=w, share=a, kept=kept)
     return g
+
+
+def load_graph_json(source: str | Path | dict) -> GraphFile:
+    """Read and validate a graph JSON file (ours, circuit-tracer's or Neuronpedia's) or its parsed dict.
+
+    Raises GraphError naming the first invalid field, so a hand-edited or foreign file fails with what to
+    fix rather than deep inside a viewer. Links must join nodes of the file.
+    """
+    where = "the graph data"
+    if isinstance(source, (list, tuple)):
+        raise GraphError(f"{where}: a graph JSON is an object with metadata, qParams, nodes and links, not a list")
+    if not isinstance(source, dict):
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise GraphError(f"graph JSON {path} does not exist; pass the path of a file written by graph.to_json")
+        try:
+            source = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GraphError(f"{path} is not JSON ({exc}); pass a file written by graph.to_json") from None
+    if not isinstance(source, dict):
+        raise GraphError(f"{where}: a graph JSON is an object with metadata, qParams, nodes and links")
+    try:
+        graph = GraphFile.model_validate(source)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+        raise GraphError(
+            f"{where}: field {field!r} is invalid ({first['msg']}; {exc.error_count()} problem(s) in all). "
+            "Fix that field, or rewrite the file with graph.to_json"
+        ) from None
+    ids = {n.node_id for n in graph.nodes}
+    if len(ids) != len(graph.nodes):
+        raise GraphError(f"{where}: node_id values repeat; every node needs its own node_id")
+    for i, link in enumerate(graph.links):
+        for end in ("source", "target"):
+            if getattr(link, end) not in ids:
+                raise GraphError(
+                    f"{where}: field 'links[{i}].{end}' names node {getattr(link, end)!r}, which is not in 'nodes'"
+                )
+    return graph

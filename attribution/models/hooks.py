@@ -90,6 +90,8 @@ def hook_points(model_type: str, n_layers: int) -> dict[str, HookSpec]:
 
 def parse_hook(name: str, specs: dict[str, HookSpec]) -> HookSpec:
     """Look a hook name up, accepting TransformerLens spellings such as `blocks.9.hook_resid_post`."""
+    if not isinstance(name, str):
+        raise HookError(f"a hook name must be a string such as 'resid_post.3', got {type(name).__name__} {name!r}")
     canonical = _from_transformerlens(name) or name
     if canonical in specs:
         return specs[canonical]

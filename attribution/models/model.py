@@ -157,6 +157,13 @@ class Model:
         if not isinstance(word, str) or word == "":
             raise TokenizationError(f"answer must be a non-empty string, got {word!r}")
         ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        unk = self.tokenizer.unk_token_id
+        if len(ids) == 1 and unk is not None and ids[0] == unk and word != self.tokenizer.unk_token:
+            # the vocabulary lacks the word: its logit would be the unknown token's, a silently wrong metric
+            raise TokenizationError(
+                f"answer {word!r} is not in the model's vocabulary (it tokenizes to the unknown token "
+                f"{self.tokenizer.unk_token!r}); pick a word the tokenizer knows."
+            )
         if len(ids) != 1:
             pieces = self.to_str_tokens(ids)
             hint = "" if word.startswith(" ") else f" Did you mean {' ' + word!r} with a leading space?"
@@ -170,11 +177,20 @@ class Model:
         """Tokenize one prompt or a list, left-padded, checking length against the context window."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)):
+            raise TokenizationError(
+                f"prompts must be a string or a list of strings, got {type(prompts).__name__}; "
+                "pass text, not token ids (decode them with model.tokenizer.decode first)"
+            )
         if not prompts:
             raise TokenizationError("no prompts given: pass a string or a non-empty list of strings")
         seqs = []
         for p in prompts:
-            if not isinstance(p, str) or not p.strip():
+            if not isinstance(p, str):
+                raise TokenizationError(
+                    f"each prompt must be a string, got {type(p).__name__} {p!r}; pass text, not token ids"
+                )
+            if not p.strip():
                 raise TokenizationError(f"empty prompt {p!r}: give some text to attribute")
             ids = self.encode(p)
             if self.max_context is not None and len(ids) > self.max_context:

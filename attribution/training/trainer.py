@@ -19,6 +19,7 @@ Follows "Scaling Monosemanticity" and its follow-ups:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -26,8 +27,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.errors import AttributionError
+from attribution.errors import AttributionError, NumericalError
 from attribution.saes.base import SAE
+
+NORMALIZE = ("scalar", "dim")
 
 
 @dataclass
@@ -48,6 +51,30 @@ class TrainConfig:
     normalize: str = "scalar"  # "scalar": one scale, E||x||^2 = d_in (the paper); "dim": per-dimension z-score
     progress: bool = True
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise AttributionError for a value that would train nothing or silently train garbage."""
+        for name in ("steps", "batch_size", "log_every", "dead_after_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise AttributionError(f"TrainConfig.{name} must be a whole number >= 1, got {v!r}")
+        if isinstance(self.aux_k, bool) or not isinstance(self.aux_k, int) or self.aux_k < 0:
+            raise AttributionError(f"TrainConfig.aux_k must be a whole number >= 0, got {self.aux_k!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise AttributionError(f"TrainConfig.lr must be a finite number > 0 (e.g. 4e-4), got {self.lr!r}")
+        for name in ("l1_coefficient", "aux_coefficient"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise AttributionError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+        for name in ("l1_warmup", "lr_warmup", "lr_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise AttributionError(f"TrainConfig.{name} is a share of the steps, between 0 and 1; got {v!r}")
+        if self.normalize not in NORMALIZE:
+            raise AttributionError(f"TrainConfig.normalize must be one of {NORMALIZE}, got {self.normalize!r}")
+
 
 @dataclass
 class TrainLog:
@@ -65,6 +92,7 @@ class TrainLog:
 def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> TrainLog:
     """Train `sae` in place on batches of activations [batch, d_in]; returns the training log."""
     cfg = cfg or TrainConfig()
+    cfg.check()  # again: fields may have been changed after construction
     if sae.architecture not in ("relu", "topk"):
         raise AttributionError(f"training {sae.architecture!r} SAEs is not supported; train 'relu' or 'topk'")
     stream = _batches(batches, cfg.batch_size)
@@ -87,6 +115,11 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
             x = next(stream, None)
             if x is None:
                 break
+        if not torch.isfinite(x).all():
+            raise NumericalError(
+                f"training batch {step} holds NaN/inf activations; check the model's weights and the corpus, "
+                "or collect activations in float32"
+            )
         x = (x.float() - shift) * scale
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
@@ -115,6 +148,11 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
         else:
             lam = cfg.l1_coefficient * min(1.0, (step + 1) / max(1, cfg.l1_warmup * cfg.steps))
             loss = mse + lam * (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+        if not torch.isfinite(loss):
+            raise NumericalError(
+                f"training diverged at step {step}: the loss is {float(loss)}; lower TrainConfig.lr "
+                f"(now {cfg.lr}) or train with bf16=False"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if topk:

@@ -1,0 +1,255 @@
+"""Figures that README.md and docstrings quote equal the committed result files they come from.
+
+FIGURES is the table: the document, the exact quoted text with one `{}` where the figure goes (or, with
+`regex=True`, a regular expression whose one group is the figure), the source file, the key path into its
+JSON and the format the document uses. A rerun that changes a result then fails here until the prose is
+updated, instead of leaving the README quoting the previous run. bench/results/ratios.md is generated, so it
+is checked by regenerating it from summary.json (bench/report.py).
+
+To wire in a case study once its report is committed, add rows such as
+    Figure("README.md", "` sad` − ` happy` = {} |", "cases/results/emotion/report.json", ("metric",), signed(".3f"))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from bench import report
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = "bench/results/summary.json"
+SAELENS = "bench/results/saelens.json"
+SAELENS_SCALAR = "bench/results/saelens_scalar.json"  # the earlier side-by-side run (--normalize scalar)
+
+
+@dataclass(frozen=True)
+class Figure:
+    doc: str  # path from the repository root
+    text: str  # quoted text with one {} (or a regex with one group, regex=True)
+    source: str  # JSON file, path from the repository root
+    key: tuple  # path into the JSON: keys and list indexes
+    fmt: str | Callable = "{}"  # format string, or a function of the value returning the quoted text
+    regex: bool = False
+
+    def shown(self, value) -> str:
+        return str(self.fmt(value)) if callable(self.fmt) else self.fmt.format(value)
+
+
+def hundreds(v: float) -> str:
+    """6,011 -> '6,000': tokens/s quoted to the hundred."""
+    return f"{round(v, -2):,.0f}"
+
+
+def minus(spec: str) -> Callable:
+    """A signed figure typeset with a true minus sign, as the README's tables print it."""
+    return lambda v: format(v, spec).replace("-", "−")
+
+
+def signed(spec: str) -> Callable:
+    return lambda v: format(v, "+" + spec).replace("-", "−")
+
+
+def ms(v: float) -> str:
+    return f"{v * 1000:.0f}"
+
+
+def version(trainer: str) -> str:
+    """'SAELens 6.54.12 SAETrainer' -> '6.54.12'."""
+    return re.search(r"SAELens (\S+)", trainer).group(1)
+
+
+def target(t: str) -> str:
+    """summary.json's '<= 4' -> '4' (the README writes ≤)."""
+    return t.removeprefix("<= ")
+
+
+R = "README.md"
+B = ("benchmarks",)
+ROWS = ("summary", "rows")
+FIGURES = [
+    # --- README, Benchmarks: the ratio table, from summary.json --------------------------------------
+    Figure(R, "(one run, {} threads", SUMMARY, ("machine", "torch_threads")),
+    Figure(
+        R,
+        "| grad_x_act attribution / one plain forward | **{}** |",
+        SUMMARY,
+        ("ratios", "grad_x_act", "local_ratio"),
+        "{:.3g}",
+    ),
+    Figure(R, "**1.33** | {} | ≤ 4 |", SUMMARY, ("ratios", "grad_x_act", "ratio"), "{:.3g}"),
+    Figure(R, "**1.33** | 1.13 | ≤ {} |", SUMMARY, ("ratios", "grad_x_act", "target"), target),
+    Figure(
+        R,
+        "| grad_x_act attribution / forward without unembedding | {} |",
+        SUMMARY,
+        ("ratios", "grad_x_act_vs_body", "local_ratio"),
+        "{:.3g}",
+    ),
+    Figure(R, "| 2.85 | {} | |", SUMMARY, ("ratios", "grad_x_act_vs_body", "ratio"), "{:.3g}"),
+    Figure(R, "| attribution patching / one plain forward | {} |", SUMMARY, ("ratios", "atp", "local_ratio"), "{:.3g}"),
+    Figure(R, "| 2.15 | {} | |", SUMMARY, ("ratios", "atp", "ratio"), "{:.3g}"),
+    Figure(
+        R,
+        "| integrated gradients (10 steps) / one plain forward | {} |",
+        SUMMARY,
+        ("ratios", "ig", "local_ratio"),
+        "{:.3g}",
+    ),
+    Figure(R, "| 35.5 | {} | |", SUMMARY, ("ratios", "ig", "ratio"), "{:.3g}"),
+    Figure(
+        R,
+        "| 256 batched ablations / 256 plain forwards | **{}** |",
+        SUMMARY,
+        ("ratios", "ablations", "local_ratio"),
+        "{:#.2g}",
+    ),
+    Figure(R, "**0.066** | {} | ≤ 0.25 |", SUMMARY, ("ratios", "ablations", "ratio"), "{:#.2g}"),
+    Figure(R, "**0.066** | 0.064 | ≤ {} |", SUMMARY, ("ratios", "ablations", "target"), target),
+    Figure(
+        R,
+        "| naive loop (one forward per node) / batched ablation, 32 nodes | **{}x** |",
+        SUMMARY,
+        ("ratios", "ablation_speedup", "local_ratio"),
+        "{:#.2g}",
+    ),
+    Figure(R, "**4.2x** | {}x |", SUMMARY, ("ratios", "ablation_speedup", "ratio"), "{:#.2g}"),
+    Figure(
+        R,
+        "| forward with 18 SAEs spliced / one plain forward | {} |",
+        SUMMARY,
+        ("ratios", "splice", "local_ratio"),
+        "{:.3g}",
+    ),
+    Figure(R, "| 1.78 | {} | |", SUMMARY, ("ratios", "splice", "ratio"), "{:.3g}"),
+    # --- README, Benchmarks: the medians and the notes under the table ----------------------------------
+    Figure(R, "Medians: plain forward {} ms", SUMMARY, (*B, "plain_forward", "median_s"), ms),
+    Figure(R, "attribution {} ms, atp", SUMMARY, (*B, "grad_x_act_18_layers", "median_s"), ms),
+    Figure(R, "atp {} ms, IG", SUMMARY, (*B, "atp_18_layers", "median_s"), ms),
+    Figure(R, "IG {} s, 256 ablations", SUMMARY, (*B, "ig_18_layers_10_steps", "median_s"), "{:.1f}"),
+    Figure(R, "256 ablations {} s.", SUMMARY, (*B, "ablate_256_nodes", "median_s"), "{:.1f}"),
+    Figure(R, "Graph construction ({} SAE layers", SUMMARY, (*B, "build_graph_10_layers", "extra_info", "sae_layers")),
+    Figure(R, "SAE layers, {} candidate nodes)", SUMMARY, (*B, "build_graph_10_layers", "extra_info", "nodes"), "{:,}"),
+    Figure(R, "candidate nodes): {} s (target", SUMMARY, (*B, "build_graph_10_layers", "median_s"), "{:.1f}"),
+    Figure(R, "s (target\n≤ {} s), peak memory", SUMMARY, (*B, "build_graph_10_layers", "target_s"), "{:g}"),
+    Figure(
+        R,
+        "peak memory {} GB",
+        SUMMARY,
+        (*B, "build_graph_10_layers", "extra_info", "peak_rss_mb"),
+        lambda v: f"{v / 1000:.1f}",
+    ),
+    Figure(
+        R,
+        "4,096 tokens: {} tokens/s in\nfloat32",
+        SUMMARY,
+        (*B, "sae_encode_decode[fp32]", "extra_info", "tokens_per_s"),
+        hundreds,
+    ),
+    Figure(
+        R, "float32, {} in bfloat16", SUMMARY, (*B, "sae_encode_decode[bf16]", "extra_info", "tokens_per_s"), hundreds
+    ),
+    Figure(
+        R,
+        "(batch 4,096, k 32): {} tokens/s",
+        SUMMARY,
+        (*B, "sae_train_topk[steady]", "extra_info", "tokens_per_s"),
+        hundreds,
+    ),
+    Figure(
+        R,
+        "tokens/s; {} once the AuxK",
+        SUMMARY,
+        (*B, "sae_train_topk[auxk_every_step]", "extra_info", "tokens_per_s"),
+        hundreds,
+    ),
+    # --- README, against SAELens: bench/results/saelens.json (and the earlier scalar run) ----------------------
+    Figure(R, "**Against SAELens {}**", SAELENS, (*ROWS, 1, "trainer"), version),
+    Figure(R, "code on {} held-out activations", SAELENS, ("inputs", "held_out_tokens"), "{:,}"),
+    Figure(R, "| trainer ({} steps x", SAELENS, ("summary", "steps")),
+    Figure(R, "steps x {} tokens) |", SAELENS, ("summary", "batch_size"), "{:,}"),
+    Figure(
+        R, "per-dimension normalisation (as the default SAEs) | {} |", SAELENS, (*ROWS, 0, "tokens_per_s"), "{:,.0f}"
+    ),
+    Figure(R, "| 8,382 | {} |", SAELENS, (*ROWS, 0, "explained_variance"), "{:.3f}"),
+    Figure(R, "| 0.626 | {} |", SAELENS, (*ROWS, 0, "dead_fraction"), "{:.1%}"),
+    Figure(R, "| 0.0% | **{}** |", SAELENS, (*ROWS, 0, "ce_loss_recovered"), "{:.3f}"),
+    Figure(R, "| SAELens defaults | {} |", SAELENS, (*ROWS, 1, "tokens_per_s"), "{:,.0f}"),
+    Figure(R, "| 3,471 | {} |", SAELENS, (*ROWS, 1, "explained_variance"), minus(".3g")),
+    Figure(R, "| −5.97 | {} |", SAELENS, (*ROWS, 1, "dead_fraction"), "{:.1%}"),
+    Figure(R, "| 96.1% | {} |", SAELENS, (*ROWS, 1, "ce_loss_recovered"), "{:.3f}"),
+    Figure(R, "| SAELens, b_dec set to the data mean | {} |", SAELENS, (*ROWS, 2, "tokens_per_s"), "{:,.0f}"),
+    Figure(R, "| 3,578 | {} |", SAELENS, (*ROWS, 2, "explained_variance"), "{:.3f}"),
+    Figure(R, "| 0.441 | {} |", SAELENS, (*ROWS, 2, "dead_fraction"), "{:.1%}"),
+    Figure(R, "| 50.6% | {} |", SAELENS, (*ROWS, 2, "ce_loss_recovered"), "{:.3f}"),
+    Figure(R, "Ours trains {}x faster", SAELENS, ("summary", "paired_speed_ratio"), "{:.1f}"),
+    Figure(R, "(median of {} paired 12-step rounds", SAELENS, ("paired_speed",), len),
+    Figure(R, "rounds; {}x on the wall times above)", SAELENS, ("summary", "speed_ratio_ours_over_saelens"), "{:.1f}"),
+    Figure(R, "ours had EV {} but CE loss", SAELENS_SCALAR, (*ROWS, 0, "explained_variance"), "{:.3f}"),
+    Figure(R, "recovered {} against SAELens's", SAELENS_SCALAR, (*ROWS, 0, "ce_loss_recovered"), "{:.3f}"),
+    Figure(R, "against SAELens's {}: EV there", SAELENS_SCALAR, (*ROWS, 2, "ce_loss_recovered"), "{:.3f}"),
+    # --- docstrings ---------------------------------------------------------------------------------------------
+    Figure(
+        "bench/saelens_side_by_side.py",
+        r"Measured with sae-lens (\S+) \(",
+        SAELENS,
+        (*ROWS, 1, "trainer"),
+        version,
+        regex=True,
+    ),
+]
+
+
+@cache
+def _read(path: str) -> str:
+    return (ROOT / path).read_text(encoding="utf-8")
+
+
+def _lookup(data, key: tuple):
+    for k in key:
+        data = data[k]
+    return data
+
+
+@pytest.mark.parametrize("fig", FIGURES, ids=lambda f: f"{f.doc}:{f.text[:40]}")
+def test_quoted_figure_equals_its_source(fig):
+    value = _lookup(json.loads(_read(fig.source)), fig.key)
+    shown = fig.shown(value)
+    doc = _read(fig.doc)
+    where = f"{fig.source} {'/'.join(map(str, fig.key))} = {value!r}"
+    if fig.regex:
+        found = re.search(fig.text, doc)
+        assert found, f"{fig.doc} no longer quotes {fig.text!r}: remove or fix its row in FIGURES"
+        assert found.group(1) == shown, f"{fig.doc} quotes {found.group(1)!r}, but {where} reads {shown!r}"
+    else:
+        quoted = fig.text.replace("{}", shown)
+        assert quoted in doc, f"{fig.doc} should quote {quoted!r} ({where}); fix the text or the table row"
+
+
+def test_every_figure_is_quoted_once_where_the_table_says():
+    """A quoted text that appears twice would let a stale copy pass; one {} per row keeps rows simple."""
+    for fig in FIGURES:
+        assert fig.text.count("{}") == (0 if fig.regex else 1), fig
+        if not fig.regex:
+            quoted = fig.text.replace("{}", fig.shown(_lookup(json.loads(_read(fig.source)), fig.key)))
+            assert _read(fig.doc).count(quoted) == 1, quoted
+
+
+def test_ratios_md_is_what_the_report_makes_of_summary_json():
+    """ratios.md is generated (bench/report.py): regenerating it from the committed summary.json gives it back
+    byte for byte, so every figure in it is the summary's; `python -m bench.report --from-summary` redoes it."""
+    summary = json.loads(_read(SUMMARY))
+    assert report.markdown(summary) == _read("bench/results/ratios.md")
+
+
+def test_summary_json_embeds_the_committed_saelens_run():
+    """summary.json carries a copy of saelens.json's summary (the side-by-side is its own run): it must be the
+    committed run's, or ratios.md quotes a run the README no longer does."""
+    summary = json.loads(_read(SUMMARY))
+    assert summary["saelens_side_by_side"] == report.side_by_side(ROOT / SAELENS)
