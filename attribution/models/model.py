@@ -44,7 +44,8 @@ class Batch:
         """[batch, pos] True at real tokens, <bos> excluded unless include_bos (see README: attention sinks)."""
         mask = self.attention_mask.bool().clone()
         if self.bos and not include_bos:
-            mask[torch.arange(self.size), torch.tensor([self.offset(b) for b in range(self.size)])] = False
+            cols = torch.tensor([self.offset(b) for b in range(self.size)], device=mask.device)
+            mask[torch.arange(self.size, device=mask.device), cols] = False
         return mask
 
     def same_shape(self, other: Batch) -> Batch:
@@ -64,10 +65,13 @@ class Batch:
         }
 
     @classmethod
-    def from_ids(cls, ids: Tensor) -> Batch:
-        """Unpadded rows of token ids [batch, seq], each starting with <bos> (corpus windows)."""
+    def from_ids(cls, ids: Tensor, device=None) -> Batch:
+        """Unpadded rows of token ids [batch, seq], each starting with <bos> (corpus windows), on `device`
+        (default: where ids are; pass the model's)."""
+        ids = ids if device is None else ids.to(device)
         n, seq = ids.shape
-        return cls(ids, torch.ones_like(ids), torch.arange(seq).expand(n, seq), [seq] * n, [[] for _ in range(n)], True)
+        pos = torch.arange(seq, device=ids.device).expand(n, seq)
+        return cls(ids, torch.ones_like(ids), pos, [seq] * n, [[] for _ in range(n)], True)
 
     def select(self, b: int) -> Batch:
         """Prompt b alone, without padding."""

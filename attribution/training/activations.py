@@ -1,8 +1,10 @@
 """Activation caches: residual activations streamed to disk in shards, so memory stays bounded.
 
-Collection runs in bfloat16 under autocast (this CPU multiplies bf16 ~3.5x faster than fp32) and stops the
-forward at the last hook needed. Each shard holds every hook's activations for the same tokens; the
-manifest records how many input batches are done, so an interrupted collection resumes where it stopped.
+Collection runs under autocast in attribution.compute's dtype (bfloat16 where the device multiplies it
+natively, ~3.5x faster with AMX; float32 on CPUs without it) and stops the forward at the last hook needed.
+Activations are stored in `dtype` (bfloat16 by default, whatever the compute dtype) on the CPU. Each shard
+holds every hook's activations for the same tokens; the manifest records how many input batches are done,
+so an interrupted collection resumes where it stopped.
 
 Which tokens are kept: never <bos> (an attention sink whose norm is ~10x the median: a dictionary would
 spend features on it, and attribution leaves it out of the node set anyway), and no token whose norm
@@ -23,6 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.compute import model_autocast
 from attribution.errors import AttributionError
 from attribution.models.model import Batch
 from attribution.splice import trace
@@ -67,11 +70,15 @@ def collect(
     *,
     shard_tokens: int = 1 << 17,
     dtype: torch.dtype = torch.bfloat16,
+    compute_dtype: torch.dtype | str | None = None,
     outlier: float = 10.0,
     total: int | None = None,
     progress: bool = True,
 ) -> ActivationCache:
-    """Run `token_batches` ([batch, seq] ids, each row starting with <bos>) and cache `hooks` under `path`."""
+    """Run `token_batches` ([batch, seq] ids, each row starting with <bos>) and cache `hooks` under `path`.
+
+    dtype: how activations are stored; compute_dtype: the forward's autocast dtype (None: chosen by the
+    model's device, see attribution.compute)."""
     hooks = sorted({model.hook(h).name for h in hooks}, key=lambda h: model.hooks[h].order)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -85,12 +92,12 @@ def collect(
         if i < done_batches:
             continue  # resuming: this batch is already in a shard
         seen = i + 1
-        batch = Batch.from_ids(ids)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        batch = Batch.from_ids(ids, model.device)
+        with torch.no_grad(), model_autocast(model, compute_dtype):
             acts = trace(model, batch, capture=hooks, stop_early=True).acts
         keep = _keep(acts[hooks[-1]], outlier)  # [batch, seq] bool: not <bos>, not a massive-norm token
         for h in hooks:
-            buffers[h].append(acts[h][keep].to(dtype))
+            buffers[h].append(acts[h][keep].to("cpu", dtype))
         buffered += int(keep.sum())
         if buffered >= shard_tokens:
             _write_shard(path, manifest, buffers, seen)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.compute import compute_dtype
 from attribution.errors import AttributionError
 from attribution.models.loading import cache_dir
 
@@ -40,16 +41,20 @@ def sample_tokens(
     path = cache_dir() / "corpus" / key
     if cache and path.exists():
         return load_file(str(path))["tokens"]
-    gen = torch.Generator().manual_seed(seed)
-    # a bfloat16 copy: autocast would re-cast the frozen weights (262k x 640 unembedding included) every step
-    hf = copy.deepcopy(model.hf).to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: draws are made there, the same on every device
+    dev, dtype = model.device, compute_dtype(model.device)
+    hf = model.hf
+    if model.dtype == torch.float32 and dtype != torch.float32:
+        # a low-precision copy (bf16 only where native, see attribution.compute): autocast would re-cast the
+        # frozen weights (262k x 640 unembedding included) every step
+        hf = copy.deepcopy(model.hf).to(dtype)
     # transformers 5.x renamed the KV-cache argument and output field `past_key_values` -> `cache`
     cache_arg = "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
     rows = []
     bar = tqdm(total=n_seq * (seq_len - 1), desc="sampling corpus", unit="tok", disable=not progress)
     for start in range(0, n_seq, batch_size):
         n = min(batch_size, n_seq - start)
-        ids = torch.full((n, 1), model.tokenizer.bos_token_id, dtype=torch.long)
+        ids = torch.full((n, 1), model.tokenizer.bos_token_id, dtype=torch.long, device=dev)
         past = None
         for _ in range(seq_len - 1):
             step_ids = ids[:, -1:] if past is not None else ids
@@ -57,10 +62,10 @@ def sample_tokens(
             past = getattr(out, cache_arg)
             logits = out.logits[:, -1].float() / temperature
             vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-            choice = torch.multinomial(vals.softmax(-1), 1, generator=gen)
+            choice = torch.multinomial(vals.softmax(-1).cpu(), 1, generator=gen).to(dev)
             ids = torch.cat([ids, idx.gather(-1, choice)], dim=1)
             bar.update(n)
-        rows.append(ids)
+        rows.append(ids.cpu())  # token corpora live on the CPU; batches move to the model's device
     bar.close()
     tokens = torch.cat(rows)
     if cache:

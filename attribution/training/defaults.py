@@ -111,7 +111,7 @@ def fit_spec(model, spec: DefaultSpec, activations, progress: bool = True):
     """A TopK SAE at spec.hook trained by the recipe `spec` on `activations` (a tensor or batches, [n, d_model])."""
     from attribution.training.trainer import TrainConfig, fit
 
-    sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True)
+    sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True).to(model.device)
     cfg = TrainConfig(
         steps=spec.steps,
         batch_size=spec.batch_size,
