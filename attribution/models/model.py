@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -86,6 +87,16 @@ class Batch:
         )
 
 
+def _for_nnsight(tokenizer):
+    """The tokenizer, or where nnsight would set its pad token and padding side (it does so in place), a copy
+    of it one level deep (its dicts and lists too, the Rust backend shared): the caller's stays as it was."""
+    if tokenizer.padding_side == "left" and (tokenizer.pad_token is not None or tokenizer.eos_token is None):
+        return tokenizer
+    own = copy.copy(tokenizer)
+    own.__dict__.update({k: copy.copy(v) for k, v in vars(tokenizer).items() if isinstance(v, (dict, list, set))})
+    return own
+
+
 class Model:
     """A causal LM wrapped in nnsight, with uniform hook names (`resid_post.9`, `attn_out.3`, ...).
 
@@ -94,16 +105,20 @@ class Model:
     """
 
     def __init__(self, hf_model, tokenizer, name: str = "model"):
+        """Wraps `hf_model` as it is, setting it to eval mode and freezing its weights: `load_model` hands us
+        a copy that shares the caller's weights, so the caller's module keeps its own flags. The tokenizer
+        is not changed: padding uses `pad_id` (its pad token, else EOS, else BOS)."""
         from nnsight import LanguageModel
 
         self.name = name
         self.hf = hf_model.eval().requires_grad_(False)  # we differentiate activations, never weights
         self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
+        self.pad_id: int = next(
+            (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None), 0
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.lm = LanguageModel(self.hf, tokenizer=tokenizer)
+            self.lm = LanguageModel(self.hf, tokenizer=_for_nnsight(tokenizer))
         cfg = self.hf.config
         self.model_type: str = cfg.model_type
         self.family = family_of(self.model_type)
@@ -188,7 +203,7 @@ class Model:
                 )
             seqs.append(ids)
         width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
+        pad = self.pad_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for b, s in enumerate(seqs):
