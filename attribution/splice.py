@@ -150,7 +150,10 @@ def _set(env, spec, x):
 
 
 def prepare_saes(model, saes) -> dict:
-    """{hook: SAE} keyed by canonical hook names, each checked against the model."""
+    """{hook: SAE} keyed by canonical hook names, each checked against the model and on its device.
+
+    An SAE on another device is moved to the model's (in place, like nn.Module.to: later calls find it
+    there); it keeps its own dtype, and activations are cast at the boundary (see SAE)."""
     if not isinstance(saes, dict):
         saes = {s.hook: s for s in saes}
     prepared = {}
@@ -158,6 +161,8 @@ def prepare_saes(model, saes) -> dict:
         name = model.hook(hook).name
         if model.hook(sae.hook).name != name:
             raise SAEError(f"SAE trained at {sae.hook!r} was given for hook {hook!r}; key it by its own hook")
+        if sae.W_dec.device != model.device:
+            sae.to(model.device)
         sae.check(model)
         prepared[name] = sae
     return dict(sorted(prepared.items(), key=lambda kv: model.hooks[kv[0]].order))

@@ -77,9 +77,12 @@ def collect(
 ) -> ActivationCache:
     """Run `token_batches` ([batch, seq] ids, each row starting with <bos>) and cache `hooks` under `path`.
 
-    dtype: how activations are stored; compute_dtype: the forward's autocast dtype (None: chosen by the
-    model's device, see attribution.compute)."""
+    dtype: how activations are stored; compute_dtype: the forward's autocast dtype. None: float32 when
+    storing float32 or wider (exact activations were asked for), else chosen by the model's device (see
+    attribution.compute)."""
     hooks = sorted({model.hook(h).name for h in hooks}, key=lambda h: model.hooks[h].order)
+    if compute_dtype is None and dtype.itemsize >= 4:
+        compute_dtype = torch.float32
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(path, hooks)
