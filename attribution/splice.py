@@ -170,7 +170,11 @@ def prepare_saes(model, saes) -> dict:
 
 @dataclass
 class Decomposition:
-    """An activation split into SAE features and the error term: x = decode(f) + e."""
+    """An activation split into SAE features and the error term: x = decode(f) + e.
+
+    Both are in the wider of the model's and the SAE's dtype: for a bf16 model and a float32 SAE the error
+    is x (exactly representable in float32) minus the float32 reconstruction, not a bf16 difference of two
+    large numbers (gemma's residual reaches ~6,000, where a bf16 step is 32)."""
 
     features: Tensor  # [rows, pos, d_sae]
     error: Tensor  # [rows, pos, d_model]
@@ -178,8 +182,14 @@ class Decomposition:
 
 @torch.no_grad()
 def decompose(sae, x: Tensor) -> Decomposition:
+    x = x.to(wide(x.dtype, sae))
     f = sae.encode(x)
     return Decomposition(f, x - decode(sae, f).to(x.dtype))
+
+
+def wide(dtype: torch.dtype, sae) -> torch.dtype:
+    """The wider of an activation's dtype and the SAE's: where features and error terms are computed."""
+    return torch.promote_types(dtype, sae.W_dec.dtype)
 
 
 @torch.no_grad()
@@ -226,7 +236,7 @@ def run_with_saes(model, saes, prompt, *, edit_features: dict[str, FeatureEdit] 
             d = decompose(sae, x)
             f = edit_features[hook](d.features) if hook in edit_features else d.features
             features[hook], errors[hook] = f, d.error
-            return decode(sae, f).to(x.dtype) + d.error
+            return (decode(sae, f).to(d.error.dtype) + d.error).to(x.dtype)
 
         return edit
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from attribution.metrics import Rows, evaluate
-from attribution.splice import decompose, trace
+from attribution.splice import decompose, trace, wide
 from graphs.nodes import GraphError
 
 MODES = ("zero", "mean")
@@ -193,8 +193,9 @@ def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], v
             new = torch.where(keep_f, f, val_f.to(f.dtype))
             dx = (new - f) @ sae.W_dec  # [rows, pos, d_model]; b_dec cancels
             if not bool(keep_e.all()):
-                e = x - sae.decode(f).to(x.dtype)
-                dx = dx + torch.where(keep_e, e, ev.to(x.dtype)) - e
+                xw = x.to(wide(x.dtype, sae))  # the error term in the wider dtype, as decompose makes it
+                e = xw - sae.decode(f).to(xw.dtype)
+                dx = dx.to(xw.dtype) + torch.where(keep_e, e, ev.to(xw.dtype)) - e
             return x + dx.to(x.dtype)
 
         return edit

@@ -234,7 +234,9 @@ class Model:
         norm = self.hf.get_submodule(self.family.final_norm)
         if isinstance(norm, torch.nn.LayerNorm):
             w = norm.weight
-            return w.detach().clone() if w is not None else torch.ones(self.d_model, dtype=self.dtype)
+            if w is None:
+                return torch.ones(self.d_model, dtype=self.dtype, device=self.device)
+            return w.detach().clone()
         with torch.no_grad():  # an RMSNorm of the all-ones vector (rms 1) returns its gain, whatever its form
             return norm(torch.ones(1, self.d_model, dtype=self.dtype, device=self.device))[0].detach()
 
