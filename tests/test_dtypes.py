@@ -126,3 +126,19 @@ def test_training_on_activations_of_each_dtype(dtype, tmp_path):
     sae = build("topk", m.d_model, 64, "resid_post.1", k=4, apply_b_dec_to_input=True)
     log = fit(sae, cache.batches("resid_post.1"), TrainConfig(steps=30, batch_size=256, lr=3e-3, progress=False))
     assert torch.isfinite(sae.W_dec).all() and log.explained_variance[-1] > log.explained_variance[0]
+
+
+@pytest.mark.parametrize("sae_dtype", [torch.float64, torch.bfloat16, torch.float16], ids=["fp64", "bf16", "fp16"])
+def test_sae_in_another_dtype_than_the_model(sae_dtype):
+    """An SAE keeps its own dtype; features come out in it, the error term in the wider of the two, and what
+    goes back into the model in the model's dtype, so splicing stays exact whatever the SAE's precision."""
+    from attribution import run_with_saes
+
+    m = tiny_model("gemma3", dtype=torch.float32)
+    sae = _saes("gemma3", sae_dtype)["resid_post.0"]
+    run = run_with_saes(m, {sae.hook: sae}, PROMPTS)
+    assert sae.W_dec.dtype == sae_dtype and run.features[sae.hook].dtype == sae_dtype
+    assert run.errors[sae.hook].dtype == torch.promote_types(sae_dtype, torch.float32)
+    assert (run.logits - m.logits(PROMPTS)).abs().max() <= 1e-4
+    attr = attribute(m, {sae.hook: sae}, PROMPTS[0], LogitDiff(m, "sad", "happy"))
+    assert len(attr) > 0 and torch.isfinite(attr.value).all()
