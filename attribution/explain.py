@@ -180,7 +180,7 @@ def feature_indexes(
 
         train, _ = default_corpus(model, progress=progress)
         tokens = train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
-    key = hashlib.sha1(tokens.numpy().tobytes()).hexdigest()[:10]
+    key = hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest()[:10]
     folders = {h: cache_dir() / "index" / f"{_sae_digest(s)}-{key}-v{VERSION}" for h, s in saes.items()}
     out, todo = {}, {}
     for h, folder in folders.items():

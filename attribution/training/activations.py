@@ -121,7 +121,7 @@ def cached_activations(model, hooks: list[str], ids: Tensor, name: str, *, progr
     from attribution.models.loading import cache_dir
     from attribution.training.corpus import _model_key
 
-    digest = hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:12]
+    digest = hashlib.sha1(ids.cpu().numpy().tobytes()).hexdigest()[:12]
     folder = cache_dir() / "activations" / f"{_model_key(model)}-{name}-{digest}"
     return open_cache(folder) or collect(
         model, hooks, ids.split(32), folder, total=-(-len(ids) // 32), progress=progress
