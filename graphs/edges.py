@@ -69,7 +69,7 @@ def readouts(sae, dec: Decomposition, grad: Tensor, pos: Tensor, features: Tenso
     """r_d for nodes at `pos` (`features` -1 = error node): [n] -> [n, d_model]."""
     out = torch.empty(len(pos), grad.shape[-1], dtype=torch.float64, device=grad.device)
     is_f = features >= 0
-    out[is_f] = sae.W_enc[:, features[is_f]].T.double()
+    out[is_f.to(out.device)] = sae.W_enc[:, features[is_f]].T.double()
     for n in (~is_f).nonzero().squeeze(-1).tolist():
         t = int(pos[n])
         g = grad[t].double()  # [d_model]
