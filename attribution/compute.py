@@ -4,8 +4,9 @@ bfloat16 matmuls are ~3.5x faster than float32 on CPUs with AMX or AVX512-BF16, 
 without them (an AVX2-only EPYC: 115 GFLOP/s in float32, 0.5 in bfloat16), so a hard-coded bf16 path is a
 trap on half the machines. Every low-precision path asks `compute_dtype(device)` instead:
 
-- CPU: bfloat16 where /proc/cpuinfo lists amx_bf16 or avx512_bf16; where the flags cannot be read (not
-  Linux), a small bf16 vs fp32 matmul is timed once per process. Otherwise float32.
+- CPU: bfloat16 where /proc/cpuinfo lists amx_bf16 or avx512_bf16; where there are no x86 flags to read
+  (not Linux, or ARM), a small bf16 vs fp32 matmul is timed once per process (bf16 chosen if it takes at
+  most twice the fp32 time; emulated bf16 takes ~100x). Otherwise float32.
 - CUDA: bfloat16 where the GPU does it natively (Ampere and later), else float32. float16 is not chosen:
   gemma's residual stream holds values that overflow its range (max 65504) and it would need loss scaling
   in training.
@@ -56,11 +57,12 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo, or None where they cannot be read (not Linux)."""
+    """An x86 CPU's feature flags from /proc/cpuinfo, or None where there are none to read (not Linux, or
+    not x86: an ARM CPU's "bf16" feature says nothing of how fast torch's kernels use it, so it is timed)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
+                if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         return None
