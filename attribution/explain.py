@@ -26,7 +26,7 @@ from attribution.compute import compute_dtype, model_autocast
 from attribution.errors import AttributionError, SAEError
 from attribution.models.loading import cache_dir
 from attribution.models.model import Batch
-from attribution.splice import trace
+from attribution.splice import place, trace
 from attribution.training.activations import _keep
 
 N_TOP = 24  # contexts kept per feature
@@ -261,6 +261,7 @@ def _features(model, saes: dict, ids: Tensor, outliers: bool) -> tuple[dict[str,
     kept = None if outliers else {h: _keep(acts[h], OUTLIER) for h in saes}
     feats = {}
     for h, sae in saes.items():
+        place(model, sae)
         f = sae.encode(acts[h].float()).float()
         feats[h] = f if kept is None else f * kept[h][..., None]
     return feats, acts, kept

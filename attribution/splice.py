@@ -161,11 +161,18 @@ def prepare_saes(model, saes) -> dict:
         name = model.hook(hook).name
         if model.hook(sae.hook).name != name:
             raise SAEError(f"SAE trained at {sae.hook!r} was given for hook {hook!r}; key it by its own hook")
-        if sae.W_dec.device != model.device:
-            sae.to(model.device)
+        place(model, sae)
         sae.check(model)
         prepared[name] = sae
     return dict(sorted(prepared.items(), key=lambda kv: model.hooks[kv[0]].order))
+
+
+def place(model, sae):
+    """The SAE on the model's device: moved there in place (like nn.Module.to) if it is elsewhere, in its own
+    dtype. Every entry point that runs an SAE beside the model calls this (or prepare_saes)."""
+    if sae.W_dec.device != model.device:
+        sae.to(model.device)
+    return sae
 
 
 @dataclass

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from attribution.compute import model_autocast
 from attribution.models.model import Batch
-from attribution.splice import trace
+from attribution.splice import place, trace
 
 
 @torch.no_grad()
@@ -28,6 +28,7 @@ def evaluate_sae(
     to. Statistics are accumulated on the model's device.
     """
     hook = model.hook(sae.hook).name
+    place(model, sae)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n_pred = 0
     dev = model.device
