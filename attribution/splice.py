@@ -66,7 +66,10 @@ def trace(
     if stop_early:
         return Trace(acts, None)
     hidden = out[0]
-    check_finite(hidden.detach(), "the model's final hidden state")
+    what = "the model's final hidden state"
+    if model.dtype == torch.float16:  # the usual cause there: gemma-3-270m overflows float16 (NaN at the end)
+        what += " (float16 holds at most 65504 and some models' activations exceed it: load it in bfloat16)"
+    check_finite(hidden.detach(), what)
     return Trace(acts, hidden)
 
 

@@ -142,3 +142,14 @@ def test_sae_in_another_dtype_than_the_model(sae_dtype):
     assert (run.logits - m.logits(PROMPTS)).abs().max() <= 1e-4
     attr = attribute(m, {sae.hook: sae}, PROMPTS[0], LogitDiff(m, "sad", "happy"))
     assert len(attr) > 0 and torch.isfinite(attr.value).all()
+
+
+def test_float16_overflow_is_named():
+    """Activations beyond float16's range (gemma-3-270m's do) give a NumericalError that says so."""
+    from attribution import NumericalError
+
+    m = tiny_model("gpt2", dtype=torch.float16)
+    with torch.no_grad():
+        m.hf.transformer.h[2].mlp.c_proj.weight.mul_(3e4)  # the last block writes ~1e5 into the residual
+    with pytest.raises(NumericalError, match="float16 holds at most 65504"):
+        attribute(m, {"resid_post.0": _saes("gpt2")["resid_post.0"]}, PROMPTS[0], LogitDiff(m, "sad", "happy"))
