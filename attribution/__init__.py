@@ -8,6 +8,7 @@ SAEs are trained by `train_sae` / `default_saes` and explained by `explain`.
 from attribution.ablate import Ablation, ablate
 from attribution.attribute import Attribution, attribute
 from attribution.compare import Agreement, compare
+from attribution.compute import compute_dtype, native_bf16
 from attribution.errors import (
     AttributionError,
     CacheError,
@@ -55,6 +56,7 @@ __all__ = [
     "ablate",
     "attribute",
     "compare",
+    "compute_dtype",
     "contrast",
     "default_saes",
     "explain",
@@ -62,6 +64,7 @@ __all__ = [
     "feature_indexes",
     "load_model",
     "load_sae",
+    "native_bf16",
     "run_with_saes",
     "save_sae",
     "trace",

@@ -118,7 +118,7 @@ def ablate(
                 deltas[h][1].append(delta)
                 activation[n] = act
             tr = trace(model, one, edits=grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()}))
-            m = evaluate(metric, model, tr.hidden, Rows.copies(b, tr.hidden.shape[0])).detach().double()
+            m = evaluate(metric, model, tr.hidden, Rows.copies(b, tr.hidden.shape[0])).detach().double().cpu()
             # rows after 0 follow hook order, and `chunk` is sorted the same way
             ablated[chunk] = m[1:]
             effect[chunk] = m[0] - m[1:]

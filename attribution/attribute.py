@@ -123,6 +123,8 @@ def attribute(
     else:
         parts, table.metric, table.baseline = _gradient_times(model, saes, batch, cbatch, metric)
     _fill(table, parts, batch, valid)
+    table.metric = table.metric.cpu()
+    table.baseline = None if table.baseline is None else table.baseline.cpu()
     return table
 
 
@@ -208,7 +210,7 @@ def _ig_rows(sae, hook, alphas, mask, base_acts, leaves: dict, decs: dict):
             if base_acts is not None
             else Decomposition(torch.zeros_like(clean.features), torch.zeros_like(clean.error))
         )
-        a = alphas.to(x.dtype)[:, None, None]
+        a = alphas.to(x.device, x.dtype)[:, None, None]
         fa = base.features + a * (clean.features - base.features)  # [steps, pos, d_sae]
         ea = base.error + a * (clean.error - base.error)  # [steps, pos, d_model]
         xa = torch.where(mask, sae.decode(fa).to(x.dtype) + ea, x)
@@ -234,7 +236,7 @@ def _pad_cat(decs: list[Decomposition], batch) -> Decomposition:
 def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
     """Turn per-hook dense tensors into the sparse node table (active features + error nodes)."""
     cols = {k: [] for k in ("prompt", "hook_idx", "position", "feature", "activation", "gradient", "value")}
-    offsets = torch.tensor([batch.offset(b) for b in range(batch.size)])
+    offsets = torch.tensor([batch.offset(b) for b in range(batch.size)], device=valid.device)
     for j, sae, clean, base, g in parts:  # g: [batch, pos, d_model], the gradient at the hook
         f, e = clean.features, clean.error
         df = f if base is None else f - base.features
@@ -262,4 +264,4 @@ def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
         cols["gradient"].append((e[b, t].double() * g[b, t].double()).sum(-1) / norm.clamp_min(1e-12))
         cols["value"].append(err_attr)
     for k, v in cols.items():
-        setattr(table, k, torch.cat(v))
+        setattr(table, k, torch.cat(v).cpu())  # node tables are small results: they live on the CPU

@@ -39,7 +39,7 @@ def compare(attr, abl, ks: tuple[int, ...] = (10, 20, 50)) -> Agreement:
             "ablate nodes taken from the same attribution run and prompt(s)"
         )
     est = np.array([float(attr.value[index[k]]) for k in abl.node_keys()])
-    true = abl.value.numpy().astype(float)
+    true = abl.value.detach().cpu().numpy().astype(float)
     if len(true) < 2:
         raise AttributionError("need at least two ablated nodes to compute a correlation")
     top = {k: _overlap(est, true, k) for k in ks if k <= len(true)}

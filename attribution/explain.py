@@ -32,10 +32,11 @@ from attribution.cache import (
     sae_fingerprint,
     tensor_digest,
 )
+from attribution.compute import compute_dtype, model_autocast
 from attribution.errors import AttributionError, CacheError, SAEError
 from attribution.models.model import Batch
 from attribution.nodes import _is_int
-from attribution.splice import trace
+from attribution.splice import place, trace
 from attribution.training.activations import _keep
 
 N_TOP = 24  # contexts kept per feature
@@ -267,7 +268,8 @@ def _tokens(tok, ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
 
 @torch.no_grad()
 def feature_activations(model, saes: dict, ids: Tensor, *, outliers: bool = True) -> dict[str, Tensor]:
-    """{hook: [n, seq, d_sae]} feature activations on ids (bf16 forward, stopping at the last hook).
+    """{hook: [n, seq, d_sae]} feature activations on ids (forward in attribution.compute's dtype, stopping at
+    the last hook; on the model's device).
 
     outliers=False zeroes the tokens the SAEs were not trained on (<bos>, and massive-norm tokens over 10x
     the median): their huge activations would otherwise fill every feature's top contexts."""
@@ -277,11 +279,12 @@ def feature_activations(model, saes: dict, ids: Tensor, *, outliers: bool = True
 def _features(model, saes: dict, ids: Tensor, outliers: bool) -> tuple[dict[str, Tensor], dict, dict | None]:
     """(features as in feature_activations, {hook: [n, seq, d_model] activations}, and with outliers=False
     {hook: [n, seq] bool tokens kept}, else None)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        acts = trace(model, Batch.from_ids(ids), capture=list(saes), stop_early=True).acts
+    with model_autocast(model):
+        acts = trace(model, Batch.from_ids(ids, model.device), capture=list(saes), stop_early=True).acts
     kept = None if outliers else {h: _keep(acts[h], OUTLIER) for h in saes}
     feats = {}
     for h, sae in saes.items():
+        place(model, sae)
         f = sae.encode(acts[h].float()).float()
         feats[h] = f if kept is None else f * kept[h][..., None]
     return feats, acts, kept
@@ -290,14 +293,15 @@ def _features(model, saes: dict, ids: Tensor, outliers: bool) -> tuple[dict[str,
 @torch.no_grad()
 def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple[dict, dict]]:
     n_seq, seq = tokens.shape
+    dev = model.device  # the index is built on the model's device and saved from the CPU
     state = {
         h: {
-            "top_acts": torch.zeros(s.d_sae, N_TOP),
-            "top_seq": torch.zeros(s.d_sae, N_TOP, dtype=torch.long),
-            "top_pos": torch.zeros(s.d_sae, N_TOP, dtype=torch.long),
-            "count": torch.zeros(s.d_sae, dtype=torch.long),
+            "top_acts": torch.zeros(s.d_sae, N_TOP, device=dev),
+            "top_seq": torch.zeros(s.d_sae, N_TOP, dtype=torch.long, device=dev),
+            "top_pos": torch.zeros(s.d_sae, N_TOP, dtype=torch.long, device=dev),
+            "count": torch.zeros(s.d_sae, dtype=torch.long, device=dev),
             "fired": [],  # (feature ids, values) of every non-zero activation, for the histograms
-            "moments": torch.zeros(3, model.d_model, dtype=torch.float64),  # count, sum, sum of squares
+            "moments": torch.zeros(3, model.d_model, dtype=torch.float64, device=dev),  # count, sum, sum of squares
         }
         for h, s in saes.items()
     }
@@ -324,20 +328,20 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
             st["top_seq"] = torch.cat([st["top_seq"], seq_i], 1).gather(1, pick)
             st["top_pos"] = torch.cat([st["top_pos"], pos_i], 1).gather(1, pick)
         n_tok += ids.shape[0] * (seq - 1)
-    seen = torch.zeros(model.W_U.shape[0], dtype=torch.bool)  # [vocab] tokens of the indexed text
-    seen[tokens.flatten().clamp(0, len(seen) - 1)] = True
+    seen = torch.zeros(model.W_U.shape[0], dtype=torch.bool, device=dev)  # [vocab] tokens of the indexed text
+    seen[tokens.flatten().clamp(0, len(seen) - 1).to(dev)] = True
     seen[[i for i in model.tokenizer.all_special_ids if i < len(seen)]] = False  # <bos>, <pad>, ...
     out = {}
     for h, sae in saes.items():
         st = state[h]
         feat_ids = torch.cat([a for a, _ in st["fired"]]).long()
         values = torch.cat([v for _, v in st["fired"]])
-        peak = torch.zeros(sae.d_sae).scatter_reduce(0, feat_ids, values, "amax")
+        peak = torch.zeros(sae.d_sae, device=dev).scatter_reduce(0, feat_ids, values, "amax")
         width = (peak / N_BINS).clamp_min(1e-12)
         bins = (values / width[feat_ids]).long().clamp(0, N_BINS - 1)
-        hist = torch.zeros(sae.d_sae * N_BINS, dtype=torch.long)
+        hist = torch.zeros(sae.d_sae * N_BINS, dtype=torch.long, device=dev)
         hist.index_add_(0, feat_ids * N_BINS + bins, torch.ones_like(bins))
-        edges = width[:, None] * torch.arange(N_BINS + 1)  # [d_sae, N_BINS + 1]
+        edges = width[:, None] * torch.arange(N_BINS + 1, device=dev)  # [d_sae, N_BINS + 1]
         up_ids, up_vals, down_ids, down_vals, up_seen = _logit_lens(model, sae, seen)
         n, s1, s2 = st["moments"]
         std = (s2 / n.clamp_min(1) - (s1 / n.clamp_min(1)).pow(2)).clamp_min(0).sqrt().float()  # [d_model]
@@ -359,6 +363,7 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
             "nb_ids": nb_ids,
             "nb_cos": nb_cos,
         }
+        tensors = {k: v.cpu() for k, v in tensors.items()}
         labels = _labels(model.tokenizer, tensors)
         out[h] = (tensors, {"hook": h, "n_tokens": n_tok, "labels": labels, "version": VERSION})
     return out
@@ -370,14 +375,18 @@ def _logit_lens(model, sae, seen: Tensor, chunk: int = 512) -> tuple[Tensor, ...
     unembedding (a direction added to the residual changes the logits by W_U (gain * d), up to the norm's
     per-token 1/rms), and the top promoted token among those `seen` [vocab] in the indexed text, for the
     label: most of a 262k vocabulary is rare scripts and word pieces the model seldom writes."""
-    W_U = model.W_U.to(torch.bfloat16).T  # [d_model, vocab]
+    # bf16 where the device multiplies it natively (ranking needs no more, and a float chunk of logits is
+    # 0.5 GB); float32 elsewhere: in emulated bf16 one chunk would take minutes
+    lens = torch.bfloat16 if compute_dtype(model.device) == torch.bfloat16 else torch.float32
+    chunk = chunk if lens == torch.bfloat16 else chunk // 2
+    W_U = model.W_U.to(lens).T  # [d_model, vocab]
     seen_ids = seen.nonzero().flatten()  # [n_seen]
     W_seen = W_U[:, seen_ids]  # [d_model, n_seen]
     gain = model.final_norm_gain.float()  # [d_model]
     ups, upv, downs, downv, up_seen = [], [], [], [], []
     for i in range(0, sae.d_sae, chunk):
-        d = (sae.W_dec[i : i + chunk].float() * gain).to(torch.bfloat16)  # [chunk, d_model]
-        logits = d @ W_U  # [chunk, vocab], bf16: ranking needs no more, and a float copy is 0.5 GB a chunk
+        d = (sae.W_dec[i : i + chunk].float() * gain).to(lens)  # [chunk, d_model]
+        logits = d @ W_U  # [chunk, vocab]
         v, j = logits.topk(N_LOGIT, dim=-1)
         ups.append(j), upv.append(v.float())
         v, j = logits.topk(N_LOGIT, dim=-1, largest=False)

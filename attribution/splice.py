@@ -66,7 +66,10 @@ def trace(
     if stop_early:
         return Trace(acts, None)
     hidden = out[0]
-    check_finite(hidden.detach(), "the model's final hidden state")
+    what = "the model's final hidden state"
+    if model.dtype == torch.float16:  # the usual cause there: gemma-3-270m overflows float16 (NaN at the end)
+        what += " (float16 holds at most 65504 and some models' activations exceed it: load it in bfloat16)"
+    check_finite(hidden.detach(), what)
     return Trace(acts, hidden)
 
 
@@ -150,7 +153,10 @@ def _set(env, spec, x):
 
 
 def prepare_saes(model, saes) -> dict:
-    """{hook: SAE} keyed by canonical hook names, each checked against the model."""
+    """{hook: SAE} keyed by canonical hook names, each checked against the model and on its device.
+
+    An SAE on another device is moved to the model's (in place, like nn.Module.to: later calls find it
+    there); it keeps its own dtype, and activations are cast at the boundary (see SAE)."""
     from attribution.saes import SAE
 
     if isinstance(saes, SAE):
@@ -167,14 +173,27 @@ def prepare_saes(model, saes) -> dict:
         name = model.hook(hook).name
         if model.hook(sae.hook).name != name:
             raise SAEError(f"SAE trained at {sae.hook!r} was given for hook {hook!r}; key it by its own hook")
+        place(model, sae)
         sae.check(model)
         prepared[name] = sae
     return dict(sorted(prepared.items(), key=lambda kv: model.hooks[kv[0]].order))
 
 
+def place(model, sae):
+    """The SAE on the model's device: moved there in place (like nn.Module.to) if it is elsewhere, in its own
+    dtype. Every entry point that runs an SAE beside the model calls this (or prepare_saes)."""
+    if sae.W_dec.device != model.device:
+        sae.to(model.device)
+    return sae
+
+
 @dataclass
 class Decomposition:
-    """An activation split into SAE features and the error term: x = decode(f) + e."""
+    """An activation split into SAE features and the error term: x = decode(f) + e.
+
+    Both are in the wider of the model's and the SAE's dtype: for a bf16 model and a float32 SAE the error
+    is x (exactly representable in float32) minus the float32 reconstruction, not a bf16 difference of two
+    large numbers (gemma's residual reaches ~6,000, where a bf16 step is 32)."""
 
     features: Tensor  # [rows, pos, d_sae]
     error: Tensor  # [rows, pos, d_model]
@@ -182,8 +201,14 @@ class Decomposition:
 
 @torch.no_grad()
 def decompose(sae, x: Tensor) -> Decomposition:
+    x = x.to(wide(x.dtype, sae))
     f = sae.encode(x)
     return Decomposition(f, x - decode(sae, f).to(x.dtype))
+
+
+def wide(dtype: torch.dtype, sae) -> torch.dtype:
+    """The wider of an activation's dtype and the SAE's: where features and error terms are computed."""
+    return torch.promote_types(dtype, sae.W_dec.dtype)
 
 
 @torch.no_grad()
@@ -230,7 +255,7 @@ def run_with_saes(model, saes, prompt, *, edit_features: dict[str, FeatureEdit] 
             d = decompose(sae, x)
             f = edit_features[hook](d.features) if hook in edit_features else d.features
             features[hook], errors[hook] = f, d.error
-            return decode(sae, f).to(x.dtype) + d.error
+            return (decode(sae, f).to(d.error.dtype) + d.error).to(x.dtype)
 
         return edit
 

@@ -28,6 +28,8 @@ import operator
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+# machine_info keys bench/conftest.py adds: what every figure was computed in
+PRECISION = ("cpu_capability", "bf16_native", "bf16_evidence", "compute_dtype", "compute_dtype_override", "model_dtype")
 FORWARD = "plain_forward"
 GRAPH_TARGET_S = 60.0
 
@@ -123,7 +125,7 @@ def summarize(entries: list[dict], *, machine: dict | None = None, commit: dict 
             }
     out = {"benchmarks": benches, "ratios": ratios}
     if machine:
-        keys = ("node", "machine", "python_version", "cpu", "torch", "torch_threads")
+        keys = ("node", "machine", "python_version", "cpu", "torch", "torch_threads", *PRECISION)
         out["machine"] = {k: machine.get(k) for k in (*keys, "load_average_start", "load_average_end")}
         if isinstance(out["machine"].get("cpu"), dict):
             cpu = out["machine"]["cpu"]
@@ -180,6 +182,8 @@ def markdown(summary: dict) -> str:
             f"thread(s); load average (1/5/15 min) {_load(m.get('load_average_start'))} at the start, "
             f"{_load(m.get('load_average_end'))} at the end.",
             "",
+            f"Precision: {precision(m)}.",
+            "",
         ]
     lines += [
         "| ratio (one run) | local (vs forwards timed around each) | ratio of medians | target | |",
@@ -190,8 +194,8 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {r['what']} | {local} | {r['ratio']:.3g} | {r['target'] or ''} | {_met(r['met'])} |")
     lines += [
         "",
-        "| benchmark | mean | median | rounds | median / plain forward (local; of medians) | target | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| benchmark | dtype | mean | median | rounds | median / plain forward (local; of medians) | target | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, b in summary["benchmarks"].items():
         ratio = "" if b["ratio_to_forward"] is None else f"{b['ratio_to_forward']:.3g}"
@@ -207,7 +211,8 @@ def markdown(summary: dict) -> str:
         if "note" in info:
             notes.append(str(info["note"]))
         lines.append(
-            f"| {name} | {_fmt_s(b['mean_s'])} | {_fmt_s(b['median_s'])} | {b['rounds']} | {ratio} | {target} "
+            f"| {name} | {info.get('dtype', '?')} | {_fmt_s(b['mean_s'])} | {_fmt_s(b['median_s'])} | {b['rounds']} "
+            f"| {ratio} | {target} "
             f"| {'; '.join(notes)} |"
         )
     side = summary.get("saelens_side_by_side")
@@ -220,6 +225,18 @@ def markdown(summary: dict) -> str:
             speeds.append(f"{side['paired_speed_ratio']:.2f} (median of paired 12-step rounds)")
         lines += ["", "Training speed, ours / SAELens: " + ", ".join(speeds) + "."]
     return "\n".join(lines) + "\n"
+
+
+def precision(m: dict) -> str:
+    """The machine's precision facts in one phrase (benchmarks from before they were recorded: unknown)."""
+    if m.get("cpu_capability") is None:
+        return "not recorded (a run from before the dtype choice)"
+    native = "native" if m.get("bf16_native") else "not native"
+    override = f", forced by ${m['compute_dtype_override']}" if m.get("compute_dtype_override") else ""
+    return (
+        f"CPU capability {m['cpu_capability']}, bf16 {native} ({m.get('bf16_evidence')}), compute dtype "
+        f"{m.get('compute_dtype')}{override}, model {m.get('model_dtype')}"
+    )
 
 
 def side_table(side: dict) -> str:
@@ -244,7 +261,8 @@ def side_table(side: dict) -> str:
 
 def terminal(summary: dict) -> str:
     """A compact plain-text version for the end of a pytest run."""
-    lines = ["", "ratios from this run: local (each against plain forwards timed around it) | of medians"]
+    lines = ["", f"precision: {precision(summary.get('machine') or {})}"]
+    lines += ["ratios from this run: local (each against plain forwards timed around it) | of medians"]
     for r in summary["ratios"].values():
         tgt = "" if r["target"] is None else f"  target {r['target']}: {_met(r['met']).strip('*')}"
         local = "" if r["local_ratio"] is None else f"{r['local_ratio']:8.3f}"
@@ -252,7 +270,7 @@ def terminal(summary: dict) -> str:
     for name, b in summary["benchmarks"].items():
         extra = b["extra_info"]
         if extra.get("tokens_per_s") is not None:
-            lines.append(f"  {name:<66} {extra['tokens_per_s']:8,.0f} tokens/s")
+            lines.append(f"  {name:<66} {extra['tokens_per_s']:8,.0f} tokens/s ({extra.get('dtype', '?')})")
         if b["target_s"] is not None:
             lines.append(f"  {name:<66} {b['median_s']:8.2f} s  target <= {b['target_s']:g} s: {_met(b['met'])}")
     return "\n".join(lines)

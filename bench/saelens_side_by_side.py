@@ -211,7 +211,7 @@ def train_ours(work: Path, steps: int, precision: str, progress: bool = True, no
         lr_warmup=0.01,
         lr_decay=0.2,
         dead_after_tokens=DEAD_AFTER_TOKENS,
-        bf16=precision == "bf16",
+        dtype="bfloat16" if precision == "bf16" else "float32",
         normalize=normalize,
         progress=progress,
         seed=0,

@@ -61,7 +61,8 @@ def test_sae_decompose(benchmark, acts, dtype):
 
 @pytest.mark.parametrize("aux", [False, True], ids=["steady", "auxk_every_step"])
 def test_sae_train_topk(benchmark, acts, aux):
-    """`fit` on the middle-layer shape, bf16 matmuls (the default), batch 4,096, 12 steps a round.
+    """`fit` on the middle-layer shape, matmuls in the chosen compute dtype (bf16 where native, else fp32),
+    batch 4,096, 12 steps a round.
 
     Without dead features the AuxK loss costs nothing (the first 10^6 tokens of any run); with_auxk counts
     every feature as dead from the start (auxk_every_step), so each step pays for the auxiliary loss.

@@ -57,7 +57,9 @@ def build_graph(
     names = labeler(model, saes, labels, progress)
     clean = clean_pass(model, saes, batch, metric)
     tokens = batch.tokens[0]
-    positions = batch.node_mask()[0].nonzero().squeeze(-1)  # [n_pos], <bos> left out
+    # rule: node bookkeeping (indices, positions, attributions, edges) lives on the CPU; activations,
+    # gradients and the vectors the backward passes use stay on the model's device
+    positions = batch.node_mask()[0].nonzero().squeeze(-1).cpu()  # [n_pos], <bos> left out
     nodes: list[GraphNode] = []
 
     def add(node: GraphNode) -> int:
@@ -76,8 +78,8 @@ def build_graph(
         f, e = dec.features[0].double(), dec.error[0].double()  # [pos, d_sae], [pos, d_model]
         W_dec = sae.W_dec.double()
         t, i = (f[positions] != 0).nonzero(as_tuple=True)  # active features at node positions
-        t = positions[t]
-        attr = f[t, i] * torch.einsum("nd,nd->n", W_dec[i], g[t])  # [n]
+        t, i = positions[t.cpu()], i.cpu()
+        attr = (f[t, i] * torch.einsum("nd,nd->n", W_dec[i], g[t])).cpu()  # [n]
         if candidates is not None and len(attr) > candidates:
             top = attr.abs().argsort(descending=True, stable=True)[:candidates].sort().values
             t, i, attr = t[top], i[top], attr[top]
@@ -85,7 +87,7 @@ def build_graph(
             add(GraphNode(feature_id(h, p, k), "feature", row, h, p, k, tokens[p], float(f[p, k]), float(a)))
             for p, k, a in zip(t.tolist(), i.tolist(), attr.tolist())
         ]
-        err_attr = (e[positions] * g[positions]).sum(-1)  # [n_pos]
+        err_attr = (e[positions] * g[positions]).sum(-1).cpu()  # [n_pos]
         ids += [
             add(GraphNode(error_id(h, p), "error", row, h, p, None, tokens[p], float(e[p].norm()), float(a)))
             for p, a in zip(positions.tolist(), err_attr.tolist())

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from attribution.metrics import Rows, evaluate
-from attribution.splice import decompose, trace
+from attribution.splice import decompose, trace, wide
 from graphs.nodes import GraphError
 
 MODES = ("zero", "mean")
@@ -145,7 +145,10 @@ def ablation_values(model, saes: dict, batch, mode: str) -> dict[str, tuple[Tens
     """hook -> (feature values [d_sae], error values [d_model]) that ablated nodes are set to."""
     if mode == "zero":
         return {
-            h: (torch.zeros(s.d_sae, dtype=s.W_dec.dtype), torch.zeros(model.d_model, dtype=model.dtype))
+            h: (
+                torch.zeros(s.d_sae, dtype=s.W_dec.dtype, device=model.device),
+                torch.zeros(model.d_model, dtype=model.dtype, device=model.device),
+            )
             for h, s in saes.items()
         }
     tr = trace(model, batch, capture=list(saes), stop_early=True)
@@ -169,8 +172,8 @@ def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], v
     def stacked(h: str):
         d_sae = saes[h].d_sae
         fv, ev = values[h]
-        keep_f = torch.ones(n, width, d_sae, dtype=torch.bool)
-        keep_e = torch.ones(n, width, 1, dtype=torch.bool)
+        keep_f = torch.ones(n, width, d_sae, dtype=torch.bool, device=fv.device)
+        keep_e = torch.ones(n, width, 1, dtype=torch.bool, device=fv.device)
         val_f = fv.expand(n, width, d_sae).clone()  # [rows, pos, d_sae]
         for r, row in enumerate(rows):
             if h in row:
@@ -190,8 +193,9 @@ def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], v
             new = torch.where(keep_f, f, val_f.to(f.dtype))
             dx = (new - f) @ sae.W_dec  # [rows, pos, d_model]; b_dec cancels
             if not bool(keep_e.all()):
-                e = x - sae.decode(f).to(x.dtype)
-                dx = dx + torch.where(keep_e, e, ev.to(x.dtype)) - e
+                xw = x.to(wide(x.dtype, sae))  # the error term in the wider dtype, as decompose makes it
+                e = xw - sae.decode(f).to(xw.dtype)
+                dx = dx.to(xw.dtype) + torch.where(keep_e, e, ev.to(xw.dtype)) - e
             return x + dx.to(x.dtype)
 
         return edit

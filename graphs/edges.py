@@ -67,9 +67,9 @@ class Side:
 
 def readouts(sae, dec: Decomposition, grad: Tensor, pos: Tensor, features: Tensor) -> Tensor:
     """r_d for nodes at `pos` (`features` -1 = error node): [n] -> [n, d_model]."""
-    out = torch.empty(len(pos), grad.shape[-1], dtype=torch.float64)
+    out = torch.empty(len(pos), grad.shape[-1], dtype=torch.float64, device=grad.device)
     is_f = features >= 0
-    out[is_f] = sae.W_enc[:, features[is_f]].T.double()
+    out[is_f.to(out.device)] = sae.W_enc[:, features[is_f]].T.double()
     for n in (~is_f).nonzero().squeeze(-1).tolist():
         t = int(pos[n])
         g = grad[t].double()  # [d_model]
@@ -90,7 +90,7 @@ def direct_edges(
         G = _row_gradients(model, batch, up_hook, down_hook, S, R)  # [B, pos, d_model]
         for t in up_pos:
             mine = (up.pos == t).nonzero().squeeze(-1)
-            W = G[:, t].double() @ up.vec[mine].double().T  # [B, U_t]
+            W = (G[:, t].double() @ up.vec[mine].double().T).cpu()  # [B, U_t]
             keep = (t <= S)[:, None] & (W != 0)  # causal: nothing flows backwards in position
             b, u = keep.nonzero(as_tuple=True)
             srcs.append(up.index[mine][u])

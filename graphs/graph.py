@@ -244,8 +244,8 @@ class Graph:
                 feats[h] = (self.clean.decs[h].features[0] != 0) & valid[:, None]
                 errs[h] = valid.clone()
             else:
-                feats[h] = torch.zeros(width, sae.d_sae, dtype=torch.bool)
-                errs[h] = torch.zeros(width, dtype=torch.bool)
+                feats[h] = torch.zeros(width, sae.d_sae, dtype=torch.bool, device=valid.device)
+                errs[h] = torch.zeros(width, dtype=torch.bool, device=valid.device)
         if not everything:
             for x in nodes:
                 if x.kind == "feature":

@@ -103,3 +103,51 @@ def test_final_norm_gain_is_what_the_norm_multiplies_each_dimension_by(family):
         assert torch.allclose(norm(x), gain * x / rms, rtol=1e-4)
     assert not torch.allclose(gain, torch.ones_like(gain))
     assert torch.equal(tiny_model(family, linear_head=True).final_norm_gain, torch.ones(m.d_model, dtype=m.dtype))
+
+
+def test_load_model_leaves_the_callers_model_and_tokenizer_alone():
+    """Our Model wraps a copy that shares the weights: eval(), frozen weights and any dtype/device conversion
+    happen there, and the pad id lives in our Model, not in the caller's tokenizer."""
+    hf = tiny_hf("llama")
+    hf.train()
+    hf.tokenizer.pad_token, hf.tokenizer.padding_side = None, "right"  # nnsight would set both in place
+    params = {n: (p.dtype, p.requires_grad, p.data_ptr()) for n, p in hf.named_parameters()}
+    for dtype in (None, torch.float64, "bfloat16"):
+        m = load_model(hf, dtype=dtype)
+        assert m.dtype == (torch.float32 if dtype is None else {"bfloat16": torch.bfloat16}.get(dtype, dtype))
+        assert {n: (p.dtype, p.requires_grad, p.data_ptr()) for n, p in hf.named_parameters()} == params
+        assert hf.training and all(mod.training for mod in hf.modules())
+        assert hf.tokenizer.pad_token is None and hf.tokenizer.padding_side == "right"
+        assert not m.hf.training and not any(p.requires_grad for p in m.hf.parameters())
+        assert m.pad_id == hf.tokenizer.eos_token_id
+        m.tokenize(["the cat ran", "mary went home and felt"])  # padding works without a pad token
+    shared = load_model(hf)  # same dtype: no weight is copied
+    assert shared.hf.model.embed_tokens.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+    bf16 = tiny_hf("gemma3").to(torch.bfloat16)
+    assert load_model(bf16).dtype == torch.bfloat16  # dtype=None keeps the handed model's dtype
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_quiet_load_restores_the_global_progress_settings(tmp_path, enabled):
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf = tiny_hf("gpt2")
+    hf.save_pretrained(tmp_path)
+    hf.tokenizer.save_pretrained(tmp_path)
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    enable_progress_bars()
+    disable_progress_bars("huggingface_hub.some_group")  # a caller's per-group choice
+    try:
+
+        def state():
+            group = are_progress_bars_disabled("huggingface_hub.some_group")
+            return hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled(), group
+
+        before = state()
+        load_model(tmp_path, progress=False)
+        assert state() == before
+        assert before[0] is enabled and before[2] is True
+    finally:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()

@@ -6,6 +6,7 @@ that loads in about a second. The cache lives in $ATTRIBUTION_CACHE (default ~/.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -27,26 +28,29 @@ def load_model(
 
     model: None for the embedded default (gemma-3-270m), a local Hugging Face folder, a `.gguf` file, a
     hub id (where a hub is reachable), or an already-built transformers model.
-    progress: False silences transformers' own loading bars too (a `--quiet` run prints nothing).
+    dtype: None keeps an in-memory model's own dtype and loads files in float32; a dtype converts.
+    device: where the model runs (None: where it is; files load on the CPU).
+    progress: False silences transformers' own loading bars too (a `--quiet` run prints nothing); the
+    global progress-bar settings are as they were afterwards.
+
+    An in-memory model is never changed: we wrap a copy of its module tree that shares its weights (no extra
+    memory), so its dtype, device, requires_grad, training mode and tokenizer stay the caller's. Asking for
+    another dtype or device converts that copy (the converted weights are then new memory).
     """
     if not progress:
-        from transformers.utils import logging as hf_logging
-
-        if hf_logging.is_progress_bar_enabled():
-            hf_logging.disable_progress_bar()
-            try:
-                return load_model(model, dtype=dtype, device=device, progress=True)
-            finally:
-                hf_logging.enable_progress_bar()
+        with _quiet_transformers():
+            return load_model(model, dtype=dtype, device=device, progress=True)
     dtype = _dtype(dtype)
     if model is None:
-        hf, tok, name = _load_folder(_default_converted(), dtype), None, DEFAULT_MODEL
+        hf, tok, name = _load_folder(_default_converted(), dtype or torch.float32), None, DEFAULT_MODEL
         tok = _tokenizer(_default_converted())
     elif isinstance(model, torch.nn.Module):
         tok = getattr(model, "tokenizer", None)
         if tok is None:
             raise ModelLoadError("an in-memory model needs a tokenizer: set model.tokenizer = tokenizer first")
-        hf, name = model.to(dtype), type(model).__name__
+        hf, name = _borrow(model), type(model).__name__
+        if dtype is not None:
+            hf = hf.to(dtype)
     else:
         path = Path(str(model)).expanduser()
         if str(model).endswith(".gguf"):
@@ -62,18 +66,63 @@ def load_model(
         else:
             folder = None  # a hub id
         if folder is None:
-            hf, tok = _load_hub(str(model), dtype)
+            hf, tok = _load_hub(str(model), dtype or torch.float32)
         else:
-            hf, tok = _load_folder(folder, dtype), _tokenizer(folder)
+            hf, tok = _load_folder(folder, dtype or torch.float32), _tokenizer(folder)
         name = str(model)
     if device is not None:
         hf = hf.to(device)
     return Model(hf, tok, name=name)
 
 
-def _dtype(dtype) -> torch.dtype:
+def _borrow(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module`'s tree whose parameters and buffers share the caller's storage: eval(),
+    requires_grad_(False) and .to() on it leave the caller's module as it was."""
+    memo = {}
+    for p in module.parameters():  # tied weights are one Parameter: they stay tied in the copy
+        memo[id(p)] = torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = b
+    tok = getattr(module, "tokenizer", None)
+    if tok is not None:
+        memo[id(tok)] = tok
+    return copy.deepcopy(module, memo)
+
+
+class _quiet_transformers:
+    """Silence transformers' (and the hub's) progress bars, then restore exactly the settings found: the
+    caller's own choices (bars off globally, or off for one hub group) survive a quiet load."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        try:
+            from huggingface_hub.utils.tqdm import progress_bar_states
+        except ImportError:  # a hub without per-group states: transformers' flag alone is restored
+            progress_bar_states = None
+        self.hub = progress_bar_states
+        self.hub_before = None if progress_bar_states is None else dict(progress_bar_states)
+        self.tf_before = hf_logging.is_progress_bar_enabled()
+        with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=0 makes the hub warn, not fail
+            warnings.simplefilter("ignore")
+            hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.tf_before:
+                hf_logging.enable_progress_bar()
+        if self.hub is not None:
+            self.hub.clear()
+            self.hub.update(self.hub_before)
+
+
+def _dtype(dtype) -> torch.dtype | None:
     if dtype is None:
-        return torch.float32
+        return None
     if isinstance(dtype, str):
         try:
             return {

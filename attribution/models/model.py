@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,7 +45,8 @@ class Batch:
         """[batch, pos] True at real tokens, <bos> excluded unless include_bos (see README: attention sinks)."""
         mask = self.attention_mask.bool().clone()
         if self.bos and not include_bos:
-            mask[torch.arange(self.size), torch.tensor([self.offset(b) for b in range(self.size)])] = False
+            cols = torch.tensor([self.offset(b) for b in range(self.size)], device=mask.device)
+            mask[torch.arange(self.size, device=mask.device), cols] = False
         return mask
 
     def same_shape(self, other: Batch) -> Batch:
@@ -64,10 +66,13 @@ class Batch:
         }
 
     @classmethod
-    def from_ids(cls, ids: Tensor) -> Batch:
-        """Unpadded rows of token ids [batch, seq], each starting with <bos> (corpus windows)."""
+    def from_ids(cls, ids: Tensor, device=None) -> Batch:
+        """Unpadded rows of token ids [batch, seq], each starting with <bos> (corpus windows), on `device`
+        (default: where ids are; pass the model's)."""
+        ids = ids if device is None else ids.to(device)
         n, seq = ids.shape
-        return cls(ids, torch.ones_like(ids), torch.arange(seq).expand(n, seq), [seq] * n, [[] for _ in range(n)], True)
+        pos = torch.arange(seq, device=ids.device).expand(n, seq)
+        return cls(ids, torch.ones_like(ids), pos, [seq] * n, [[] for _ in range(n)], True)
 
     def select(self, b: int) -> Batch:
         """Prompt b alone, without padding."""
@@ -82,6 +87,16 @@ class Batch:
         )
 
 
+def _for_nnsight(tokenizer):
+    """The tokenizer, or where nnsight would set its pad token and padding side (it does so in place), a copy
+    of it one level deep (its dicts and lists too, the Rust backend shared): the caller's stays as it was."""
+    if tokenizer.padding_side == "left" and (tokenizer.pad_token is not None or tokenizer.eos_token is None):
+        return tokenizer
+    own = copy.copy(tokenizer)
+    own.__dict__.update({k: copy.copy(v) for k, v in vars(tokenizer).items() if isinstance(v, (dict, list, set))})
+    return own
+
+
 class Model:
     """A causal LM wrapped in nnsight, with uniform hook names (`resid_post.9`, `attn_out.3`, ...).
 
@@ -90,16 +105,20 @@ class Model:
     """
 
     def __init__(self, hf_model, tokenizer, name: str = "model"):
+        """Wraps `hf_model` as it is, setting it to eval mode and freezing its weights: `load_model` hands us
+        a copy that shares the caller's weights, so the caller's module keeps its own flags. The tokenizer
+        is not changed: padding uses `pad_id` (its pad token, else EOS, else BOS)."""
         from nnsight import LanguageModel
 
         self.name = name
         self.hf = hf_model.eval().requires_grad_(False)  # we differentiate activations, never weights
         self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
+        self.pad_id: int = next(
+            (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None), 0
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.lm = LanguageModel(self.hf, tokenizer=tokenizer)
+            self.lm = LanguageModel(self.hf, tokenizer=_for_nnsight(tokenizer))
         cfg = self.hf.config
         self.model_type: str = cfg.model_type
         self.family = family_of(self.model_type)
@@ -200,7 +219,7 @@ class Model:
                 )
             seqs.append(ids)
         width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
+        pad = self.pad_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for b, s in enumerate(seqs):
@@ -231,7 +250,9 @@ class Model:
         norm = self.hf.get_submodule(self.family.final_norm)
         if isinstance(norm, torch.nn.LayerNorm):
             w = norm.weight
-            return w.detach().clone() if w is not None else torch.ones(self.d_model, dtype=self.dtype)
+            if w is None:
+                return torch.ones(self.d_model, dtype=self.dtype, device=self.device)
+            return w.detach().clone()
         with torch.no_grad():  # an RMSNorm of the all-ones vector (rms 1) returns its gain, whatever its form
             return norm(torch.ones(1, self.d_model, dtype=self.dtype, device=self.device))[0].detach()
 

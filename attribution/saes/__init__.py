@@ -2,7 +2,7 @@
 
 from attribution.saes import jumprelu, relu, topk  # noqa: F401  (register the architectures)
 from attribution.saes.base import REGISTRY, SAE, build
-from attribution.saes.io import SAEWarning, load_sae, save_sae
+from attribution.saes.io import SAEWarning, load_sae, model_names, save_sae
 from attribution.saes.jumprelu import JumpReLUSAE
 from attribution.saes.relu import ReLUSAE
 from attribution.saes.topk import TopKSAE
@@ -18,5 +18,6 @@ __all__ = [
     "WholeActivation",
     "build",
     "load_sae",
+    "model_names",
     "save_sae",
 ]

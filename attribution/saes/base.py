@@ -29,6 +29,11 @@ class SAE(nn.Module):
 
     Subclasses only define `activation(pre)`. Shapes: W_enc [d_in, d_sae], b_enc [d_sae],
     W_dec [d_sae, d_in], b_dec [d_in] (the SAELens layout).
+
+    Device and dtype: attribute, ablate, build_graph and friends move an SAE to the model's device (in
+    place) and keep it in its own dtype. Inputs are cast to the SAE's dtype on the way in (`pre_acts`),
+    and what goes back into the model is cast to the model's dtype, so a float32 SAE on a bf16 model
+    encodes in float32 and the model runs in bf16.
     """
 
     architecture = "base"

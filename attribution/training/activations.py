@@ -1,8 +1,10 @@
 """Activation caches: residual activations streamed to disk in shards, so memory stays bounded.
 
-Collection runs in bfloat16 under autocast (this CPU multiplies bf16 ~3.5x faster than fp32) and stops the
-forward at the last hook needed. Each shard holds every hook's activations for the same tokens; the
-manifest records how many input batches are done, so an interrupted collection resumes where it stopped.
+Collection runs under autocast in attribution.compute's dtype (bfloat16 where the device multiplies it
+natively, ~3.5x faster with AMX; float32 on CPUs without it) and stops the forward at the last hook needed.
+Activations are stored in `dtype` (bfloat16 by default, whatever the compute dtype) on the CPU. Each shard
+holds every hook's activations for the same tokens; the manifest records how many input batches are done,
+so an interrupted collection resumes where it stopped.
 
 Which tokens are kept: never <bos> (an attention sink whose norm is ~10x the median: a dictionary would
 spend features on it, and attribution leaves it out of the node set anyway), and no token whose norm
@@ -35,6 +37,7 @@ from attribution.cache import (
     tensor_digest,
     write_json,
 )
+from attribution.compute import dtype_name, model_autocast, run_dtype
 from attribution.errors import AttributionError, CacheError
 from attribution.models.model import Batch
 from attribution.splice import trace
@@ -88,11 +91,19 @@ def _collect(
     *,
     shard_tokens: int = 1 << 17,
     dtype: torch.dtype = torch.bfloat16,
+    compute_dtype: torch.dtype | str | None = None,
     outlier: float = 10.0,
     total: int | None = None,
     progress: bool = True,
 ) -> ActivationCache:
+    """Run `token_batches` ([batch, seq] ids, each row starting with <bos>) and cache `hooks` under `path`.
+
+    dtype: how activations are stored; compute_dtype: the forward's autocast dtype. None: float32 when
+    storing float32 or wider (exact activations were asked for), else chosen by the model's device (see
+    attribution.compute)."""
     hooks = sorted({model.hook(h).name for h in hooks}, key=lambda h: model.hooks[h].order)
+    if compute_dtype is None and dtype.itemsize >= 4:
+        compute_dtype = torch.float32
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(path, hooks)
@@ -105,12 +116,12 @@ def _collect(
         if i < done_batches:
             continue  # resuming: this batch is already in a shard
         seen = i + 1
-        batch = Batch.from_ids(ids)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        batch = Batch.from_ids(ids, model.device)
+        with torch.no_grad(), model_autocast(model, compute_dtype):
             acts = trace(model, batch, capture=hooks, stop_early=True).acts
         keep = _keep(acts[hooks[-1]], outlier)  # [batch, seq] bool: not <bos>, not a massive-norm token
         for h in hooks:
-            buffers[h].append(acts[h][keep].to(dtype))
+            buffers[h].append(acts[h][keep].to("cpu", dtype))
         buffered += int(keep.sum())
         if buffered >= shard_tokens:
             _write_shard(path, manifest, buffers, seen)
@@ -129,7 +140,8 @@ def cached_activations(model, hooks: list[str], ids: Tensor, name: str, *, progr
     """The activations of `hooks` on token ids [n_seq, seq], collected once and then reused: the cache folder
     is keyed by the model's fingerprint, `name`, the hooks and a hash of the ids (last, for bench/)."""
     hooks = sorted({model.hook(h).name for h in hooks})
-    key = f"{slug(name)}-{digest(hooks)[:8]}-{tensor_digest(ids)[:16]}"
+    run = dtype_name(run_dtype(model))  # the forward's compute dtype (collect's default below)
+    key = f"{slug(name)}-{run}-{digest(hooks)[:8]}-{tensor_digest(ids)[:16]}"
     folder = cache_dir() / "activations" / model_fingerprint(model) / key
     try:
         if cache := open_cache(folder):

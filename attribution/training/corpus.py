@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.cache import build_once, cache_dir, corrupt, model_fingerprint, read_safetensors
+from attribution.compute import compute_dtype, dtype_name, run_dtype
 from attribution.errors import AttributionError
 
 
@@ -37,7 +38,8 @@ def sample_tokens(
         raise AttributionError(f"need n_tokens >= 1 and seq_len >= 2, got {n_tokens}, {seq_len}")
     n_seq = -(-n_tokens // (seq_len - 1))
     if cache:
-        key = f"sampled-s{seed}-k{top_k}-t{temperature}-{n_seq}x{seq_len}.safetensors"
+        run = dtype_name(run_dtype(model))  # what sampling below computes in: bf16 and float32 draw differently
+        key = f"sampled-{run}-s{seed}-k{top_k}-t{temperature}-{n_seq}x{seq_len}.safetensors"
         path = cache_dir() / "corpus" / model_fingerprint(model) / key
         kw = {"seq_len": seq_len, "batch_size": batch_size, "top_k": top_k, "temperature": temperature, "seed": seed}
 
@@ -45,16 +47,20 @@ def sample_tokens(
             save_file({"tokens": sample_tokens(model, n_tokens, **kw, cache=False, progress=progress)}, str(tmp))
 
         return build_once(path, lambda p: _corpus_file(p, (n_seq, seq_len)), build, directory=False)
-    gen = torch.Generator().manual_seed(seed)
-    # a bfloat16 copy: autocast would re-cast the frozen weights (262k x 640 unembedding included) every step
-    hf = copy.deepcopy(model.hf).to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: draws are made there, the same on every device
+    dev, dtype = model.device, compute_dtype(model.device)
+    hf = model.hf
+    if model.dtype == torch.float32 and dtype != torch.float32:
+        # a low-precision copy (bf16 only where native, see attribution.compute): autocast would re-cast the
+        # frozen weights (262k x 640 unembedding included) every step
+        hf = copy.deepcopy(model.hf).to(dtype)
     # transformers 5.x renamed the KV-cache argument and output field `past_key_values` -> `cache`
     cache_arg = "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
     rows = []
     bar = tqdm(total=n_seq * (seq_len - 1), desc="sampling corpus", unit="tok", disable=not progress)
     for start in range(0, n_seq, batch_size):
         n = min(batch_size, n_seq - start)
-        ids = torch.full((n, 1), model.tokenizer.bos_token_id, dtype=torch.long)
+        ids = torch.full((n, 1), model.tokenizer.bos_token_id, dtype=torch.long, device=dev)
         past = None
         for _ in range(seq_len - 1):
             step_ids = ids[:, -1:] if past is not None else ids
@@ -62,10 +68,10 @@ def sample_tokens(
             past = getattr(out, cache_arg)
             logits = out.logits[:, -1].float() / temperature
             vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-            choice = torch.multinomial(vals.softmax(-1), 1, generator=gen)
+            choice = torch.multinomial(vals.softmax(-1).cpu(), 1, generator=gen).to(dev)
             ids = torch.cat([ids, idx.gather(-1, choice)], dim=1)
             bar.update(n)
-        rows.append(ids)
+        rows.append(ids.cpu())  # token corpora live on the CPU; batches move to the model's device
     bar.close()
     return torch.cat(rows)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from attribution.cache import build_once, cache_dir, corrupt, digest, model_fingerprint
 from attribution.errors import AttributionError, SAEError
-from attribution.saes import build, load_sae, save_sae
+from attribution.saes import build, load_sae, model_names, save_sae
 
 VERSION = 2  # bump when the recipe changes, so stale caches are not reused (2: per-dimension normalisation)
 
@@ -122,7 +122,7 @@ def fit_spec(model, spec: DefaultSpec, activations, progress: bool = True):
     """A TopK SAE at spec.hook trained by the recipe `spec` on `activations` (a tensor or batches, [n, d_model])."""
     from attribution.training.trainer import TrainConfig, fit
 
-    sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True)
+    sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True).to(model.device)
     cfg = TrainConfig(
         steps=spec.steps,
         batch_size=spec.batch_size,
@@ -169,6 +169,8 @@ def _train(model, spec: DefaultSpec, shared: _SharedData, out: Path) -> None:
         "train_tokens": cache.n_tokens,
     }
     sae.meta["default_spec"] = {"folder": spec.folder, "version": VERSION}
+    if names := model_names(model):
+        sae.meta["model_name"] = names[0]  # saved as SAELens's metadata.model_name; load_sae warns on a mismatch
     save_sae(sae, out)
 
 

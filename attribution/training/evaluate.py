@@ -11,29 +11,36 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.compute import model_autocast
 from attribution.models.model import Batch
-from attribution.splice import trace
+from attribution.splice import place, trace
 
 
 @torch.no_grad()
-def evaluate_sae(model, sae, tokens: Tensor, *, batch_size: int = 16, bf16: bool = True, progress: bool = True) -> dict:
+def evaluate_sae(
+    model, sae, tokens: Tensor, *, batch_size: int = 16, dtype: torch.dtype | str | None = None, progress: bool = True
+) -> dict:
     """Quality of `sae` on `tokens` ([n_seq, seq], rows starting with <bos>).
 
-    bf16: run the model and the 262k-wide unembedding with bfloat16 matmuls (~4x faster on this CPU); the
-    CE values then carry ~1e-2 of rounding, far below the clean / zero-ablated gap they are compared to.
+    dtype: the matmul dtype of the model and the 262k-wide unembedding under autocast; None chooses
+    (attribution.compute: bfloat16 where the device does it natively, ~4x faster with AMX, else float32).
+    In bf16 the CE values carry ~1e-2 of rounding, far below the clean / zero-ablated gap they are compared
+    to. Statistics are accumulated on the model's device.
     """
     hook = model.hook(sae.hook).name
+    place(model, sae)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n_pred = 0
-    sq_err = torch.zeros(model.d_model, dtype=torch.float64)
-    sum_x = torch.zeros(model.d_model, dtype=torch.float64)
-    sum_x2 = torch.zeros(model.d_model, dtype=torch.float64)
+    dev = model.device
+    sq_err = torch.zeros(model.d_model, dtype=torch.float64, device=dev)
+    sum_x = torch.zeros(model.d_model, dtype=torch.float64, device=dev)
+    sum_x2 = torch.zeros(model.d_model, dtype=torch.float64, device=dev)
     l0, n_tok = 0.0, 0
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=dev)
     for start in tqdm(range(0, len(tokens), batch_size), desc=f"evaluating {hook}", disable=not progress):
-        ids = tokens[start : start + batch_size]
+        ids = tokens[start : start + batch_size].to(dev)
         n, seq = ids.shape
-        batch = Batch.from_ids(ids)
+        batch = Batch.from_ids(ids, model.device)
         box = {}
 
         def spliced(x, box=box):
@@ -45,7 +52,7 @@ def evaluate_sae(model, sae, tokens: Tensor, *, batch_size: int = 16, bf16: bool
             return torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], dim=1)
 
         for name, edits in (("clean", {}), ("sae", {hook: spliced}), ("zero", {hook: zeroed})):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with model_autocast(model, dtype):
                 ce[name] += _ce_sum(model, trace(model, batch, edits=edits).hidden, ids)
         x = box["x"].reshape(-1, model.d_model).double()  # the clean activation (upstream of the edit)
         f = box["f"].reshape(-1, sae.d_sae)

@@ -49,16 +49,17 @@ def reference_text(model, *, seq_len: int = 128, max_tokens: int | None = None) 
 
 @torch.no_grad()
 def firing_counts(model, saes: dict, tokens: Tensor, *, batch_size: int = 32, progress: bool = True):
-    """({hook: [d_sae] number of tokens each feature fired on}, tokens seen), one bf16 pass for all hooks."""
+    """({hook: [d_sae] number of tokens each feature fired on}, tokens seen), one pass for all hooks (in
+    attribution.compute's dtype), counted on the model's device."""
     hooks = list(saes)
-    counts = {h: torch.zeros(saes[h].d_sae, dtype=torch.long) for h in hooks}
+    counts = {h: torch.zeros(saes[h].d_sae, dtype=torch.long, device=model.device) for h in hooks}
     n = 0
     for ids in tqdm(tokens.split(batch_size), desc="counting feature firings", disable=not progress):
         feats = feature_activations(model, saes, ids)
         for h in hooks:
             counts[h] += (feats[h][:, 1:] > 0).flatten(0, 1).sum(0)  # <bos> left out
         n += ids.shape[0] * (ids.shape[1] - 1)
-    return counts, n
+    return {h: c.cpu() for h, c in counts.items()}, n
 
 
 def evaluate_defaults(

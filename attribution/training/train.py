@@ -7,8 +7,7 @@ from pathlib import Path
 from torch import Tensor
 
 from attribution.errors import AttributionError
-from attribution.saes import build, save_sae
-from attribution.saes.io import model_names
+from attribution.saes import build, model_names, save_sae
 from attribution.training.activations import cached_activations
 from attribution.training.corpus import sample_tokens, text_tokens
 from attribution.training.evaluate import evaluate_sae
@@ -43,7 +42,7 @@ def train_sae(
     kw = {"k": k} if architecture == "topk" else {}
     # b_dec is subtracted before encoding: the residual stream has a large mean, and an uncentred encoder
     # lets the few features aligned with it fire on every token while the rest die (measured: 43-92% dead)
-    sae = build(architecture, model.d_model, d_sae, spec.name, apply_b_dec_to_input=True, **kw)
+    sae = build(architecture, model.d_model, d_sae, spec.name, apply_b_dec_to_input=True, **kw).to(model.device)
     ids = _token_ids(model, corpus, tokens, seq_len, progress)
     n_eval = max(1, round(held_out * len(ids)))
     if len(ids) - n_eval < 1:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.compute import autocast, dtype_name, resolve
 from attribution.errors import AttributionError, NumericalError
 from attribution.saes.base import SAE
 
@@ -46,8 +47,10 @@ class TrainConfig:
     aux_coefficient: float = 1 / 32
     dead_after_tokens: int = 1_000_000  # a feature silent for this many tokens counts as dead
     log_every: int = 100
-    seed: int = 0
-    bf16: bool = True  # bfloat16 matmuls: ~3.5x faster on CPUs with AMX
+    seed: int = 0  # initialisation and shuffling, from a local generator (the global RNG is left alone)
+    # matmul dtype under autocast ("float32", "bfloat16", ...); None: attribution.compute.compute_dtype of the
+    # SAE's device (bf16 only where it is native: ~3.5x faster with AMX, ~200x slower on AVX2-only CPUs)
+    dtype: str | None = None
     normalize: str = "scalar"  # "scalar": one scale, E||x||^2 = d_in (the paper); "dim": per-dimension z-score
     progress: bool = True
 
@@ -90,23 +93,30 @@ class TrainLog:
 
 
 def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> TrainLog:
-    """Train `sae` in place on batches of activations [batch, d_in]; returns the training log."""
+    """Train `sae` in place on batches of activations [batch, d_in]; returns the training log.
+
+    Training runs on the SAE's device (move the SAE first to train on a GPU); batches are moved there. Random
+    numbers come from a CPU generator seeded with cfg.seed and are moved, so a seed gives the same SAE on
+    any device up to matmul rounding, and the global RNG is not touched.
+    """
     cfg = cfg or TrainConfig()
     cfg.check()  # again: fields may have been changed after construction
     if sae.architecture not in ("relu", "topk"):
         raise AttributionError(f"training {sae.architecture!r} SAEs is not supported; train 'relu' or 'topk'")
-    stream = _batches(batches, cfg.batch_size)
+    device = sae.W_dec.device
+    dtype = resolve(cfg.dtype, device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stream = (b.to(device) for b in _batches(batches, cfg.batch_size, cfg.seed))
     first = next(stream, None)
     if first is None or first.shape[0] == 0:
         raise AttributionError("no activations to train on: the corpus is empty")
     if first.shape[-1] != sae.d_in:
         raise AttributionError(f"activations are {first.shape[-1]} wide but the SAE expects d_in={sae.d_in}")
-    torch.manual_seed(cfg.seed)
     shift, scale = _normalizer(first.float(), cfg.normalize)  # [d_in] each: x -> (x - shift) * scale
-    _init(sae, (first.float() - shift) * scale)
+    _init(sae, (first.float() - shift) * scale, gen)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     log = TrainLog(scale=float(scale.mean()))
-    since_fired = torch.zeros(sae.d_sae)
+    since_fired = torch.zeros(sae.d_sae, device=device)
     topk = sae.architecture == "topk"
     bar = tqdm(range(cfg.steps), desc=f"training SAE {sae.hook}", disable=not cfg.progress)
     x = first
@@ -123,8 +133,8 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
         x = (x.float() - shift) * scale
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            pre = sae.pre_acts(x)  # [batch, d_sae]; matmuls in bfloat16, parameters and the loss in float32
+        with autocast(device, dtype):
+            pre = sae.pre_acts(x)  # [batch, d_sae]; matmuls in `dtype`, parameters and the loss in float32
         if topk:
             # sparse decoding: only the k active rows of W_dec are read and receive gradient (a dense
             # [batch, d_sae] feature matrix and its matmul cost more than the encoder itself)
@@ -135,7 +145,7 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
             l0 = (vals > 0).float().sum(-1).mean()
         else:
             f = sae.activation(pre.float())  # [batch, d_sae]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with autocast(device, dtype):
                 x_hat = sae.decode(f).float()
             counts = (f > 0).sum(0)
             l0 = (f > 0).float().sum(-1).mean()
@@ -172,15 +182,16 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
             bar.set_postfix(ev=f"{float(ev):.3f}", l0=f"{log.l0[-1]:.1f}", dead=f"{log.dead_fraction[-1]:.1%}")
     _fold_normalizer(sae, shift, scale)
     sae.requires_grad_(False)
-    sae.meta.update({"training": asdict(cfg), "scale": log.scale, **{f"final_{k}": v for k, v in log.last().items()}})
+    training = {**asdict(cfg), "dtype": dtype_name(dtype)}
+    sae.meta.update({"training": training, "scale": log.scale, **{f"final_{k}": v for k, v in log.last().items()}})
     return log
 
 
-def _batches(batches: Iterable[Tensor], size: int) -> Iterator[Tensor]:
+def _batches(batches: Iterable[Tensor], size: int, seed: int = 0) -> Iterator[Tensor]:
     """Re-chunk [n, d] tensors (or one big tensor) into batches of `size` rows, in epochs when `batches`
     can be iterated again (a list, a tensor, a cache on disk); a one-shot iterator is read once."""
     if isinstance(batches, Tensor):
-        yield from _shuffled(batches.reshape(-1, batches.shape[-1]), size)
+        yield from _shuffled(batches.reshape(-1, batches.shape[-1]), size, seed)
         return
 
     def epochs():
@@ -205,21 +216,22 @@ def _batches(batches: Iterable[Tensor], size: int) -> Iterator[Tensor]:
         yield torch.cat(buf)
 
 
-def _shuffled(x: Tensor, size: int) -> Iterator[Tensor]:
-    """Batches of an in-memory [n, d] tensor, reshuffled every epoch (seeded), endlessly."""
+def _shuffled(x: Tensor, size: int, seed: int = 0) -> Iterator[Tensor]:
+    """Batches of an in-memory [n, d] tensor, reshuffled every epoch (seeded), endlessly. The permutation is
+    drawn on the CPU (the same on every device) and moved to x's device."""
     if len(x) == 0:
         return
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     while True:
-        perm = torch.randperm(len(x), generator=gen)
+        perm = torch.randperm(len(x), generator=gen).to(x.device)
         for i in range(0, len(x) - size + 1 if len(x) >= size else 1, size):
             yield x[perm[i : i + size]]
 
 
-def _init(sae: SAE, x: Tensor) -> None:
+def _init(sae: SAE, x: Tensor, gen: torch.Generator) -> None:
     """Decoder rows: random directions (norm 0.1 for ReLU, 1 for TopK); encoder = decoder^T; b_dec = mean."""
     with torch.no_grad():
-        w = torch.randn(sae.d_sae, sae.d_in, dtype=sae.W_dec.dtype)
+        w = torch.randn(sae.d_sae, sae.d_in, generator=gen, dtype=sae.W_dec.dtype).to(sae.W_dec.device)
         w /= w.norm(dim=-1, keepdim=True)
         sae.W_dec.copy_(w if sae.architecture == "topk" else 0.1 * w)
         sae.W_enc.copy_(sae.W_dec.T)
@@ -269,7 +281,8 @@ def _normalizer(x: Tensor, how: str) -> tuple[Tensor, Tensor]:
     """(shift, scale), each [d_in], from a first batch x [batch, d_in]; training sees (x - shift) * scale."""
     d_in = x.shape[-1]
     if how == "scalar":
-        return torch.zeros(d_in), torch.full((d_in,), float((d_in / x.pow(2).sum(-1).mean()).sqrt()))
+        scale = float((d_in / x.pow(2).sum(-1).mean()).sqrt())
+        return torch.zeros(d_in, device=x.device), torch.full((d_in,), scale, device=x.device)
     if how == "dim":
         std = x.std(0)
         return x.mean(0), 1.0 / std.clamp_min(1e-6 * float(std.max()))
