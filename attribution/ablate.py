@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution import memory
 from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import NodeTable, as_key
@@ -54,19 +55,21 @@ def ablate(
     mode: str = "zero",
     corrupt: str | list[str] | None = None,
     reference: str | list[str] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> Ablation:
     """Exact effect of ablating each node (Node, or (hook, position, feature|None[, prompt]) tuples).
 
     mode="mean" uses each feature's (and error term's) mean over the non-<bos> positions of `reference`
     prompts (default: the prompts themselves); mode="patch" uses the values on `corrupt`.
+    batch_size: ablations per forward pass (None: as many as memory allows, at most 64). A request that
+    cannot fit raises memory.OutOfMemoryError before any work.
     """
     if mode not in MODES:
         raise AttributionError(f"unknown ablation mode {mode!r}; choose one of {MODES}")
     if mode == "patch" and corrupt is None:
         raise AttributionError("mode='patch' needs corrupt='...' to patch values from")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
     saes = prepare_saes(model, saes)
     batch = model.tokenize(prompt)
@@ -75,6 +78,7 @@ def ablate(
     ]
     if not keys:
         raise AttributionError("no nodes to ablate")
+    batch_size = _rows_per_pass(model, saes, keys, batch, batch_size, patch=mode == "patch")
     cbatch = batch.same_shape(model.tokenize(corrupt)) if mode == "patch" else None
     means = (
         _means(model, saes, model.tokenize(reference) if reference is not None else batch) if mode == "mean" else None
@@ -129,6 +133,18 @@ def ablate(
     result.gradient = torch.full((len(keys),), float("nan"))
     result.value, result.ablated, result.metric = effect, ablated, metrics
     return result
+
+
+def _rows_per_pass(model, saes, keys, batch, requested: int | None, patch: bool) -> int:
+    """Ablations per forward pass that fit in memory (the longest prompt decides), checked before any work."""
+    pos = max(batch.lengths[k[0]] for k in keys)
+    used = {k[1] for k in keys}
+    dense = sum(pos * (saes[h].d_sae * 4 * 3 + model.d_model * 4 * 2) for h in used)  # decompositions
+    fixed = dense * (2 if patch else 1) + memory.forward_bytes(model, 1, pos, 1, grad=False)  # + the clean row
+    per_row = memory.forward_bytes(model, 1, pos, 1, grad=False) + pos * model.d_model * 4 * 3
+    return memory.chunk_rows(
+        requested, per_row, fixed, what=f"ablation on {pos} tokens", arg="batch_size=", most=min(64, len(keys))
+    )
 
 
 def _rows(positions: list[int], deltas: list[Tensor]):
