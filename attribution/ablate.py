@@ -22,7 +22,7 @@ from attribution import memory
 from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import NodeTable, as_key
-from attribution.splice import decompose, grow_edits, prepare_saes, trace
+from attribution.splice import Decomposition, decompose, grow_edits, prepare_saes, trace
 
 MODES = ("zero", "mean", "patch")
 
@@ -100,11 +100,12 @@ def ablate(
         one = batch.select(b)
         used = sorted({keys[n][1] for n in mine}, key=lambda h: model.hooks[h].order)
         clean = trace(model, one, capture=used)
-        dec = {h: decompose(saes[h], clean.acts[h]) for h in used}
+        at = {h: sorted({keys[n][2] for n in mine if keys[n][1] == h}) for h in used}  # positions with nodes
+        dec = {h: _at_positions(saes[h], clean.acts[h], at[h]) for h in used}
         cdec = None
         if cbatch is not None:
             ctr = trace(model, cbatch.select(b), capture=used)
-            cdec = {h: decompose(saes[h], ctr.acts[h]) for h in used}
+            cdec = {h: _at_positions(saes[h], ctr.acts[h], at[h]) for h in used}
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             deltas: dict[str, tuple[list[int], list[Tensor]]] = {}
@@ -137,14 +138,20 @@ def ablate(
 
 def _rows_per_pass(model, saes, keys, batch, requested: int | None, patch: bool) -> int:
     """Ablations per forward pass that fit in memory (the longest prompt decides), checked before any work."""
+    per_row, fixed = pass_bytes(model, saes, keys, batch, patch)
     pos = max(batch.lengths[k[0]] for k in keys)
-    used = {k[1] for k in keys}
-    dense = sum(pos * (saes[h].d_sae * 4 * 3 + model.d_model * 4 * 2) for h in used)  # decompositions
-    fixed = dense * (2 if patch else 1) + memory.forward_bytes(model, 1, pos, 1, grad=False)  # + the clean row
-    per_row = memory.forward_bytes(model, 1, pos, 1, grad=False) + pos * model.d_model * 4 * 3
     return memory.chunk_rows(
         requested, per_row, fixed, what=f"ablation on {pos} tokens", arg="batch_size=", most=min(64, len(keys))
     )
+
+
+def pass_bytes(model, saes, keys, batch, patch: bool) -> tuple[int, int]:
+    """(bytes per ablation row, bytes fixed per pass): rows' working set; decompositions and the clean row."""
+    pos = max(batch.lengths[k[0]] for k in keys)
+    at = {(k[1], k[2]) for k in keys}  # decompositions are made at node positions only
+    dense = sum(saes[h].d_sae * 4 * 3 + model.d_model * 4 * 2 for h, _ in at)
+    row = memory.forward_bytes(model, 1, pos, 1, grad=False)
+    return row + pos * model.d_model * 4 * 3, dense * (2 if patch else 1) + row
 
 
 def _rows(positions: list[int], deltas: list[Tensor]):
@@ -160,8 +167,17 @@ def _rows(positions: list[int], deltas: list[Tensor]):
     return len(positions), make
 
 
+def _at_positions(sae, x: Tensor, positions: list[int]) -> tuple[dict[int, int], Decomposition]:
+    """The decomposition at the positions that hold nodes only (an SAE acts token by token), not a dense
+    [pos, d_sae] one for the whole prompt."""
+    return {p: i for i, p in enumerate(positions)}, decompose(sae, x[:, positions])
+
+
 def _delta(sae, dec, cdec, mean, pos: int, feat: int, mode: str) -> tuple[Tensor, float]:
     """The change in the hook's activation at `pos` that ablating the node makes, and its clean activation."""
+    index, dec = dec
+    pos = index[pos]
+    cdec = cdec[1] if cdec else None
     if feat >= 0:
         f = dec.features[0, pos, feat]
         target = {

@@ -85,8 +85,13 @@ def forward_bytes(model, rows: int, pos: int, blocks: int, grad: bool) -> int:
     return per * max(1, blocks) if grad else per
 
 
-def gib(n: float) -> str:
-    return f"{n / GiB:.2f}" if n < 10 * GiB else f"{n / GiB:.0f}"
+def size(n: float) -> str:
+    """Bytes for a reader: GiB, or MiB / KiB when small."""
+    if n >= 2**30:
+        return f"{n / GiB:.1f} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**10:.0f} KiB"
 
 
 def require(need: int, what: str, fix: str) -> None:
@@ -94,7 +99,7 @@ def require(need: int, what: str, fix: str) -> None:
     have = budget()
     if need > have:
         raise OutOfMemoryError(
-            f"{what} needs ~{gib(need)} GiB, {gib(have)} GiB available "
+            f"{what} needs ~{size(need)}, {size(have)} available "
             f"({HEADROOM:.0%} of the free memory, or the `attribution.memory.limit` / ${ENV} override); {fix}"
         )
 

@@ -143,10 +143,15 @@ def build_graph(
     )
 
 
+def kept_bytes(model, saes: dict, width: int) -> int:
+    """What the clean pass leaves alive while edges are computed: decompositions, activations, node vectors."""
+    return sum(width * (s.d_sae * 4 + model.d_model * 8 * 6) for s in saes.values())
+
+
 def _check_memory(model, saes: dict, width: int, max_rows: int | None) -> int:
     """Fail before any work when the clean pass or the edges' backward cannot fit; returns the memory the
     clean pass's results hold while edges are computed."""
-    kept = sum(width * (s.d_sae * 4 + model.d_model * 8 * 6) for s in saes.values())  # decompositions, nodes
+    kept = kept_bytes(model, saes, width)
     clean = memory.forward_bytes(model, 1, width, model.n_layers, grad=True) + kept
     memory.require(clean, f"the clean pass of a graph on {width} tokens", "use a shorter prompt or fewer SAEs.")
     hooks = list(dict.fromkeys([EMBED, *saes]))
