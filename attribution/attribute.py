@@ -120,10 +120,11 @@ def attribute(
             max_rows,
             per_row,
             0,
-            what=f"integrated gradients on {batch.width} tokens",
+            what=f"integrated gradients on {batch.width} tokens with steps={steps}",
             arg="max_rows=",
             most=160,
             least=min(steps + 1, 160),
+            smaller="lower `steps=` (each pass holds steps + 1 rows), or ",
         )
         parts, table.metric, table.baseline = _integrated_gradients(
             model, saes, batch, cbatch, metric, steps, valid, rows

@@ -109,11 +109,21 @@ def rows_that_fit(per_row: int, fixed: int = 0) -> int:
     return max(0, (budget() - fixed) // max(1, per_row))
 
 
-def chunk_rows(requested: int | None, per_row: int, fixed: int, *, what: str, arg: str, most: int, least: int = 1):
+def chunk_rows(
+    requested: int | None,
+    per_row: int,
+    fixed: int,
+    *,
+    what: str,
+    arg: str,
+    most: int,
+    least: int = 1,
+    smaller: str = "",
+):
     """Rows per chunk: `requested` when given (an error naming `arg` if it cannot fit), else as many as fit,
-    at most `most`; an error when not even `least` rows fit."""
+    at most `most`; an error when not even `least` rows fit (`smaller`: what else lowers `least`)."""
     fit = rows_that_fit(per_row, fixed)
-    shorter = "use a shorter prompt (the cost grows with its length) or fewer SAEs."
+    shorter = f"{smaller}use a shorter prompt (the cost grows with its length) or fewer SAEs."
     if requested is not None:
         fix = f"lower `{arg}` (~{fit} fit)." if fit >= least else shorter
         require(fixed + requested * per_row, f"{what} with {arg}{requested}", fix)

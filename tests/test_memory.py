@@ -79,6 +79,8 @@ def test_attribute_too_large_fails_before_work(setup, no_forward):
     assert "needs ~" in msg and "available" in msg and "shorter prompt" in msg
     with memory.limit(1e-6), pytest.raises(memory.OutOfMemoryError, match="max_rows"):
         attribute(m, saes, PROMPTS[0], metric, method="ig", max_rows=40)
+    with memory.limit(1e-6), pytest.raises(memory.OutOfMemoryError, match=r"lower `steps=`"):
+        attribute(m, saes, PROMPTS[0], metric, method="ig")
 
 
 def test_ablate_too_large_fails_before_work(setup, no_forward):
