@@ -22,7 +22,7 @@ from attribution import memory
 from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import NodeTable, as_key
-from attribution.splice import Decomposition, decompose, grow_edits, prepare_saes, trace
+from attribution.splice import Decomposition, Past, decompose, grow_edits, prepare_saes, trace
 
 MODES = ("zero", "mean", "patch")
 
@@ -106,8 +106,12 @@ def ablate(
         if cbatch is not None:
             ctr = trace(model, cbatch.select(b), capture=used)
             cdec = {h: _at_positions(saes[h], ctr.acts[h], at[h]) for h in used}
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start : start + batch_size]
+        # chunks by position (latest first), so each chunk runs only the tokens from its earliest node on
+        by_pos = sorted(mine, key=lambda n: -keys[n][2])
+        rank = {n: i for i, n in enumerate(mine)}
+        for start in range(0, len(by_pos), batch_size):
+            chunk = sorted(by_pos[start : start + batch_size], key=rank.__getitem__)
+            first = _first_position(metric, min(keys[n][2] for n in chunk), one.width)
             deltas: dict[str, tuple[list[int], list[Tensor]]] = {}
             for n in chunk:
                 _, h, pos, feat = keys[n]
@@ -115,11 +119,14 @@ def ablate(
                     saes[h], dec[h], cdec[h] if cdec else None, means[h] if means else None, pos, feat, mode
                 )
                 deltas.setdefault(h, ([], []))
-                deltas[h][0].append(pos)
+                deltas[h][0].append(pos - first)
                 deltas[h][1].append(delta)
                 activation[n] = act
-            tr = trace(model, one, edits=grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()}))
-            m = evaluate(metric, model, tr.hidden, Rows.copies(b, tr.hidden.shape[0])).detach().double()
+            past = Past(model, one, first) if first > 0 else None
+            edits = grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()})
+            tr = trace(model, one, edits=edits, past=past)
+            rows = Rows(torch.full((tr.hidden.shape[0],), b), torch.full((tr.hidden.shape[0],), -first))
+            m = evaluate(metric, model, tr.hidden, rows).detach().double()
             # rows after 0 follow hook order, and `chunk` is sorted the same way
             ablated[chunk] = m[1:]
             effect[chunk] = m[0] - m[1:]
@@ -134,6 +141,14 @@ def ablate(
     result.gradient = torch.full((len(keys),), float("nan"))
     result.value, result.ablated, result.metric = effect, ablated, metrics
     return result
+
+
+def _first_position(metric, earliest: int, width: int) -> int:
+    """The first token a chunk must run: its earliest node, unless the metric reads an earlier position
+    (or reads full logits, which need every position: then 0)."""
+    if not hasattr(metric, "from_hidden") or not isinstance(getattr(metric, "position", None), int):
+        return 0
+    return max(0, min(earliest, metric.position % width))
 
 
 def _rows_per_pass(model, saes, keys, batch, requested: int | None, patch: bool) -> int:

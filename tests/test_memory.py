@@ -171,3 +171,28 @@ def test_error_nodes_keep_the_largest_and_their_edges(setup):
 
     a, b = by_id(few), by_id(full)
     assert a and all(k in b and a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12) for k in a)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt2"])
+def test_ablation_over_the_cached_prefix_equals_the_whole_prompt(family, monkeypatch):
+    """Chunks run from their earliest node on, over the clean prefix's keys and values (gemma3: sliding
+    window 4, shorter than the prompt); a metric on full logits needs every position and runs them all."""
+    m = tiny_model(family)
+    saes = {h: random_sae(m, h, seed=i) for i, h in enumerate(HOOKS)}
+    metric = LogitDiff(m, "sad", "happy")
+    nodes = attribute(m, saes, PROMPTS[0], metric).top(30)
+    assert len({n.position for n in nodes}) > 3
+    starts = []
+    real = ablate_mod.Past
+
+    def past(model, batch, start):
+        starts.append(start)
+        return real(model, batch, start)
+
+    monkeypatch.setattr(ablate_mod, "Past", past)
+    cached = ablate(m, saes, PROMPTS[0], metric, nodes, batch_size=8, progress=False)
+    assert len(starts) == 4 and max(starts) > 5  # latest positions first
+    whole = ablate(m, saes, PROMPTS[0], lambda logits: metric(logits), nodes, batch_size=8, progress=False)
+    assert len(starts) == 4  # full logits: no prefix reused
+    torch.testing.assert_close(cached.effect, whole.effect, rtol=0, atol=1e-10)
+    torch.testing.assert_close(cached.metric, whole.metric, rtol=0, atol=1e-10)
