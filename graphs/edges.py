@@ -13,7 +13,9 @@ are not frozen: edges are the real model's local Jacobian, like the library's at
 One trace per chunk of downstream nodes: the upstream activation is replicated as a [rows, pos, d_model]
 leaf, row b's objective is downstream node b's readout, and one backward gives every row's gradient.
 Rows are taken in position order and each chunk's prompt is cut after its last row's position (causal
-models: nothing there depends on later tokens), so a long prompt's early nodes cost only their prefix.
+models: nothing there depends on later tokens), and tokens before the first upstream node are not rerun
+(their keys and values come from one clean forward of that prefix, splice.Past): on a long prompt a row
+costs the span between its layer's nodes, not the whole prompt.
 Chunks hold as many rows as fit in memory (attribution.memory).
 """
 
@@ -28,7 +30,7 @@ from attribution import memory
 from attribution.errors import check_finite
 from attribution.metrics import Rows, evaluate
 from attribution.models import Batch
-from attribution.splice import Decomposition, decompose, trace
+from attribution.splice import Decomposition, Past, decompose, trace
 
 EMBED = "resid_pre.0"  # the token nodes' vectors: the input of block 0, i.e. the (scaled) embedding
 
@@ -113,16 +115,23 @@ def direct_edges(
         max_rows = memory.chunk_rows(
             None, row_bytes(model, width, blocks), fixed, what=f"graph edges into {down_hook}", arg="", most=256
         )
+    # positions before the first upstream node hold no leaf anyone differentiates: their keys and values
+    # are the clean prefix's, computed once
+    first = min(up_pos) if up_pos else 0
+    same = model.hook(up_hook).name == model.hook(down_hook).name
+    past = Past(model, batch, first) if first > 0 and not same else None
+    off = past.start if past is not None else 0
     by_pos = down.pos.argsort(stable=True)
     for start in range(0, len(down), max_rows):
         rows = by_pos[start : start + max_rows]
         S, R = down.pos[rows], down.vec[rows]  # [B], [B, d_model]
-        G = _row_gradients(model, _prefix(batch, int(S.max()) + 1), up_hook, down_hook, S, R)  # [B, pos', d_model]
+        end = int(S.max()) + 1
+        G = _row_gradients(model, _prefix(batch, end), up_hook, down_hook, S, R, past)  # [B, end - off, d_model]
         for t in up_pos:
-            if t >= G.shape[1]:
+            if t >= end:
                 break
             mine = (up.pos == t).nonzero().squeeze(-1)
-            W = G[:, t].double() @ up.vec[mine].double().T  # [B, U_t]
+            W = G[:, t - off].double() @ up.vec[mine].double().T  # [B, U_t]
             keep = (t <= S)[:, None] & (W != 0)  # causal: nothing flows backwards in position
             b, u = keep.nonzero(as_tuple=True)
             srcs.append(up.index[mine][u])
@@ -149,8 +158,9 @@ def _prefix(batch, n: int):
     )
 
 
-def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Tensor) -> Tensor:
-    """G[b] = d(R[b] . x_down[b, S[b]]) / d x_up[b]: one forward of B rows and one backward."""
+def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Tensor, past=None) -> Tensor:
+    """G[b] = d(R[b] . x_down[b, S[b]]) / d x_up[b]: one forward of B rows and one backward (from
+    `past.start` on when given: G then covers those positions only)."""
     B = len(S)
     if model.hook(up_hook).name == model.hook(down_hook).name:  # the first SAE sits on the embedding itself
         G = R.new_zeros(B, batch.width, R.shape[-1])
@@ -162,9 +172,9 @@ def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Ten
         box["leaf"] = x.detach().expand(B, -1, -1).clone().requires_grad_(True)
         return box["leaf"]
 
-    tr = trace(model, batch, edits={up_hook: replicate}, capture=[down_hook], grad=True, stop_early=True)
+    tr = trace(model, batch, edits={up_hook: replicate}, capture=[down_hook], grad=True, stop_early=True, past=past)
     x = tr.acts[model.hook(down_hook).name]  # [B, pos, d_model]
-    objective = (x[torch.arange(B), S] * R.to(x.dtype)).sum()
+    objective = (x[torch.arange(B), S - (past.start if past else 0)] * R.to(x.dtype)).sum()
     (G,) = torch.autograd.grad(objective, box["leaf"])
     check_finite(G, f"the gradient from {down_hook} to {up_hook}")
     return G

@@ -173,6 +173,31 @@ def test_error_nodes_keep_the_largest_and_their_edges(setup):
     assert a and all(k in b and a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12) for k in a)
 
 
+def test_edges_over_a_cached_prefix_equal_the_whole_prompt(setup, monkeypatch):
+    """With few nodes per layer the first upstream node sits late: edges then run from it on over the clean
+    prefix's keys and values, and equal the same edges of the full graph."""
+    m, saes, metric = setup
+    starts = []
+    real = edges_mod.Past
+
+    def past(model, batch, start):
+        starts.append(start)
+        return real(model, batch, start)
+
+    monkeypatch.setattr(edges_mod, "Past", past)
+    few = build_graph(m, saes, PROMPTS[0], metric, candidates=2, error_nodes=1, labels=False)
+    assert max(starts) > 3
+    full = build_graph(m, saes, PROMPTS[0], metric, candidates=None, labels=False)
+
+    def by_id(graph):
+        ids = [x.id for x in graph.full_nodes]
+        return {(ids[s], ids[d]): w for s, d, w in zip(graph.src.tolist(), graph.dst.tolist(), graph.weight.tolist())}
+
+    a, b = by_id(few), by_id(full)
+    inner = [k for k in a if not k[0].startswith("tok:") and k[1] != "metric"]
+    assert inner and all(k in b and a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12) for k in a)
+
+
 @pytest.mark.parametrize("family", ["gemma3", "gpt2"])
 def test_ablation_over_the_cached_prefix_equals_the_whole_prompt(family, monkeypatch):
     """Chunks run from their earliest node on, over the clean prefix's keys and values (gemma3: sliding
