@@ -96,7 +96,7 @@ class Past:
             attention_mask=batch.attention_mask[:, :start],
             position_ids=batch.position_ids[:, :start],
             use_cache=True,
-        ).past_key_values
+        ).cache
 
     def fresh(self):
         """A copy for one forward (the model appends to its cache), whose layers grow with the batch."""
@@ -107,11 +107,18 @@ class Past:
 
 
 def _broadcasting(layer, update):
+    """The layer's cache update for one forward over the prefix: the cached row broadcast to the rows that
+    reach this layer, and nothing of this pass kept (the cache is used once; keeping 64 rows' keys and
+    values of a 2,048-token prompt would hold gigabytes)."""
+
     def fn(keys, values, *args, **kwargs):
-        if layer.is_initialized and layer.keys.shape[0] != keys.shape[0]:  # rows joined before this layer
-            layer.keys = layer.keys.expand(keys.shape[0], -1, -1, -1)
-            layer.values = layer.values.expand(keys.shape[0], -1, -1, -1)
-        return update(keys, values, *args, **kwargs)
+        kept = layer.keys, layer.values
+        if layer.is_initialized and kept[0].shape[0] != keys.shape[0]:  # rows joined before this layer
+            layer.keys = kept[0].expand(keys.shape[0], -1, -1, -1)
+            layer.values = kept[1].expand(keys.shape[0], -1, -1, -1)
+        out = update(keys, values, *args, **kwargs)
+        layer.keys, layer.values = kept
+        return out
 
     return fn
 
