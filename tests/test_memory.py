@@ -221,3 +221,22 @@ def test_ablation_over_the_cached_prefix_equals_the_whole_prompt(family, monkeyp
     assert len(starts) == 4  # full logits: no prefix reused
     torch.testing.assert_close(cached.effect, whole.effect, rtol=0, atol=1e-10)
     torch.testing.assert_close(cached.metric, whole.metric, rtol=0, atol=1e-10)
+
+
+def test_direct_edges_skip_nodes_before_the_first_upstream_node(setup):
+    """Downstream nodes earlier than every upstream node get no edge (and no row), and starting from the
+    first upstream node gives the edges of a run over the whole prompt."""
+    m = setup[0]
+    batch = m.tokenize(PROMPTS[0])
+    g = torch.Generator().manual_seed(0)
+    vec = torch.randn(5, m.d_model, generator=g, dtype=torch.float64)
+    up = edges_mod.Side(torch.tensor([0, 1]), torch.tensor([8, 9]), vec[:2])
+    down = edges_mod.Side(torch.tensor([2, 3, 4]), torch.tensor([3, 9, 11]), vec[2:])
+    late = edges_mod.direct_edges(m, batch, "resid_post.0", up, "resid_post.2", down, None)
+    # a zero-valued upstream node at position 1 makes every row run from position 1: same nonzero edges
+    up1 = edges_mod.Side(torch.tensor([0, 1, 5]), torch.tensor([8, 9, 1]), torch.cat([vec[:2], vec[:1] * 0]))
+    early = edges_mod.direct_edges(m, batch, "resid_post.0", up1, "resid_post.2", down, None)
+    a = {(s, d): w for s, d, w in zip(*(x.tolist() for x in late))}
+    b = {(s, d): w for s, d, w in zip(*(x.tolist() for x in early))}
+    assert a.keys() == b.keys() == {(0, 3), (1, 3), (0, 4), (1, 4)}
+    assert all(a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12) for k in a)
