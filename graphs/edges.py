@@ -123,7 +123,7 @@ def direct_edges(
     off = past.start if past is not None else 0
     by_pos = down.pos.argsort(stable=True)
     by_pos = by_pos[down.pos[by_pos] >= first]  # a node before every upstream node receives no edge
-    for start in range(0, len(down), max_rows):
+    for start in range(0, len(by_pos), max_rows):
         rows = by_pos[start : start + max_rows]
         S, R = down.pos[rows], down.vec[rows]  # [B], [B, d_model]
         end = int(S.max()) + 1

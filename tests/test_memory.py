@@ -232,7 +232,7 @@ def test_direct_edges_skip_nodes_before_the_first_upstream_node(setup):
     vec = torch.randn(5, m.d_model, generator=g, dtype=torch.float64)
     up = edges_mod.Side(torch.tensor([0, 1]), torch.tensor([8, 9]), vec[:2])
     down = edges_mod.Side(torch.tensor([2, 3, 4]), torch.tensor([3, 9, 11]), vec[2:])
-    late = edges_mod.direct_edges(m, batch, "resid_post.0", up, "resid_post.2", down, None)
+    late = edges_mod.direct_edges(m, batch, "resid_post.0", up, "resid_post.2", down, 1)  # one row per pass
     # a zero-valued upstream node at position 1 makes every row run from position 1: same nonzero edges
     up1 = edges_mod.Side(torch.tensor([0, 1, 5]), torch.tensor([8, 9, 1]), torch.cat([vec[:2], vec[:1] * 0]))
     early = edges_mod.direct_edges(m, batch, "resid_post.0", up1, "resid_post.2", down, None)
