@@ -109,6 +109,7 @@ def ablate(
         # chunks by position (latest first), so each chunk runs only the tokens from its earliest node on
         by_pos = sorted(mine, key=lambda n: -keys[n][2])
         rank = {n: i for i, n in enumerate(mine)}
+        pasts: dict[int, Past] = {}  # chunks starting at the same token share one prefix forward
         for start in range(0, len(by_pos), batch_size):
             chunk = sorted(by_pos[start : start + batch_size], key=rank.__getitem__)
             first = _first_position(metric, min(keys[n][2] for n in chunk), one.width)
@@ -122,7 +123,9 @@ def ablate(
                 deltas[h][0].append(pos - first)
                 deltas[h][1].append(delta)
                 activation[n] = act
-            past = Past(model, one, first) if first > 0 else None
+            if first > 0 and first not in pasts:
+                pasts[first] = Past(model, one, first)
+            past = pasts.get(first)
             edits = grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()})
             tr = trace(model, one, edits=edits, past=past)
             rows = Rows(torch.full((tr.hidden.shape[0],), b), torch.full((tr.hidden.shape[0],), -first))
