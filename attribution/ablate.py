@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution import memory
 from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import Node, NodeTable, as_key
-from attribution.splice import decompose, grow_edits, prepare_saes, trace
+from attribution.splice import Decomposition, Past, decompose, grow_edits, prepare_saes, trace
 
 MODES = ("zero", "mean", "patch")
 
@@ -54,19 +55,21 @@ def ablate(
     mode: str = "zero",
     corrupt: str | list[str] | None = None,
     reference: str | list[str] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> Ablation:
     """Exact effect of ablating each node (Node, or (hook, position, feature|None[, prompt]) tuples).
 
     mode="mean" uses each feature's (and error term's) mean over the non-<bos> positions of `reference`
     prompts (default: the prompts themselves); mode="patch" uses the values on `corrupt`.
+    batch_size: ablations per forward pass (None: as many as memory allows, at most 64). A request that
+    cannot fit raises memory.OutOfMemoryError before any work.
     """
     if mode not in MODES:
         raise AttributionError(f"unknown ablation mode {mode!r}; choose one of {MODES}")
     if mode == "patch" and corrupt is None:
         raise AttributionError("mode='patch' needs corrupt='...' to patch values from")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(nodes, (str, Node)) or (isinstance(nodes, tuple) and nodes and not isinstance(nodes[0], tuple)):
         raise AttributionError(
@@ -79,6 +82,7 @@ def ablate(
     ]
     if not keys:
         raise AttributionError("no nodes to ablate")
+    batch_size = _rows_per_pass(model, saes, keys, batch, batch_size, patch=mode == "patch")
     cbatch = batch.same_shape(model.tokenize(corrupt)) if mode == "patch" else None
     means = (
         _means(model, saes, model.tokenize(reference) if reference is not None else batch) if mode == "mean" else None
@@ -100,13 +104,19 @@ def ablate(
         one = batch.select(b)
         used = sorted({keys[n][1] for n in mine}, key=lambda h: model.hooks[h].order)
         clean = trace(model, one, capture=used)
-        dec = {h: decompose(saes[h], clean.acts[h]) for h in used}
+        at = {h: sorted({keys[n][2] for n in mine if keys[n][1] == h}) for h in used}  # positions with nodes
+        dec = {h: _at_positions(saes[h], clean.acts[h], at[h]) for h in used}
         cdec = None
         if cbatch is not None:
             ctr = trace(model, cbatch.select(b), capture=used)
-            cdec = {h: decompose(saes[h], ctr.acts[h]) for h in used}
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start : start + batch_size]
+            cdec = {h: _at_positions(saes[h], ctr.acts[h], at[h]) for h in used}
+        # chunks by position (latest first), so each chunk runs only the tokens from its earliest node on
+        by_pos = sorted(mine, key=lambda n: -keys[n][2])
+        rank = {n: i for i, n in enumerate(mine)}
+        pasts: dict[int, Past] = {}  # chunks starting at the same token share one prefix forward
+        for start in range(0, len(by_pos), batch_size):
+            chunk = sorted(by_pos[start : start + batch_size], key=rank.__getitem__)
+            first = _first_position(metric, min(keys[n][2] for n in chunk), one.width)
             deltas: dict[str, tuple[list[int], list[Tensor]]] = {}
             for n in chunk:
                 _, h, pos, feat = keys[n]
@@ -114,11 +124,16 @@ def ablate(
                     saes[h], dec[h], cdec[h] if cdec else None, means[h] if means else None, pos, feat, mode
                 )
                 deltas.setdefault(h, ([], []))
-                deltas[h][0].append(pos)
+                deltas[h][0].append(pos - first)
                 deltas[h][1].append(delta)
                 activation[n] = act
-            tr = trace(model, one, edits=grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()}))
-            m = evaluate(metric, model, tr.hidden, Rows.copies(b, tr.hidden.shape[0])).detach().double().cpu()
+            if first > 0 and first not in pasts:
+                pasts[first] = Past(model, one, first)
+            past = pasts.get(first)
+            edits = grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()})
+            tr = trace(model, one, edits=edits, past=past)
+            rows = Rows(torch.full((tr.hidden.shape[0],), b), torch.full((tr.hidden.shape[0],), -first))
+            m = evaluate(metric, model, tr.hidden, rows).detach().double().cpu()
             # rows after 0 follow hook order, and `chunk` is sorted the same way
             ablated[chunk] = m[1:]
             effect[chunk] = m[0] - m[1:]
@@ -135,6 +150,32 @@ def ablate(
     return result
 
 
+def _first_position(metric, earliest: int, width: int) -> int:
+    """The first token a chunk must run: its earliest node, unless the metric reads an earlier position
+    (or reads full logits, which need every position: then 0)."""
+    if not hasattr(metric, "from_hidden") or not isinstance(getattr(metric, "position", None), int):
+        return 0
+    return max(0, min(earliest, metric.position % width))
+
+
+def _rows_per_pass(model, saes, keys, batch, requested: int | None, patch: bool) -> int:
+    """Ablations per forward pass that fit in memory (the longest prompt decides), checked before any work."""
+    per_row, fixed = pass_bytes(model, saes, keys, batch, patch)
+    pos = max(batch.lengths[k[0]] for k in keys)
+    return memory.chunk_rows(
+        requested, per_row, fixed, what=f"ablation on {pos} tokens", arg="batch_size=", most=min(64, len(keys))
+    )
+
+
+def pass_bytes(model, saes, keys, batch, patch: bool) -> tuple[int, int]:
+    """(bytes per ablation row, bytes fixed per pass): rows' working set; decompositions and the clean row."""
+    pos = max(batch.lengths[k[0]] for k in keys)
+    at = {(k[1], k[2]) for k in keys}  # decompositions are made at node positions only
+    dense = sum(saes[h].d_sae * 4 * 3 + model.d_model * 4 * 2 for h, _ in at)
+    row = memory.forward_bytes(model, 1, pos, 1, grad=False)
+    return row + pos * model.d_model * 4 * 3, dense * (2 if patch else 1) + row
+
+
 def _rows(positions: list[int], deltas: list[Tensor]):
     """A row maker: one copy of the clean row per ablation, with its delta added at its position."""
     pos = torch.tensor(positions)
@@ -148,8 +189,17 @@ def _rows(positions: list[int], deltas: list[Tensor]):
     return len(positions), make
 
 
+def _at_positions(sae, x: Tensor, positions: list[int]) -> tuple[dict[int, int], Decomposition]:
+    """The decomposition at the positions that hold nodes only (an SAE acts token by token), not a dense
+    [pos, d_sae] one for the whole prompt."""
+    return {p: i for i, p in enumerate(positions)}, decompose(sae, x[:, positions])
+
+
 def _delta(sae, dec, cdec, mean, pos: int, feat: int, mode: str) -> tuple[Tensor, float]:
     """The change in the hook's activation at `pos` that ablating the node makes, and its clean activation."""
+    index, dec = dec
+    pos = index[pos]
+    cdec = cdec[1] if cdec else None
     if feat >= 0:
         f = dec.features[0, pos, feat]
         target = {

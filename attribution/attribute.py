@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from attribution import memory
 from attribution.errors import AttributionError, check_finite
 from attribution.metrics import Rows, evaluate
+from attribution.models import Batch
 from attribution.nodes import NodeTable, _is_int
 from attribution.splice import Decomposition, decompose, grow_edits, prepare_saes, trace
 
@@ -98,15 +100,22 @@ def attribute(
     corrupt: str | list[str] | None = None,
     steps: int = 10,
     include_bos: bool = False,
-    max_rows: int = 160,
+    max_rows: int | None = None,
 ) -> Attribution:
-    """Attribute `metric` to every SAE feature and error node of `saes` ({hook: SAE}) on `prompt`."""
+    """Attribute `metric` to every SAE feature and error node of `saes` ({hook: SAE}) on `prompt`.
+
+    max_rows: rows per integrated-gradients pass (None: as many as memory allows, at most 160).
+    Prompts are processed in groups that fit in memory; a prompt that cannot fit raises
+    memory.OutOfMemoryError before any work.
+    """
     if method not in METHODS:
         raise AttributionError(f"unknown method {method!r}; choose one of {METHODS}")
     if method == "atp" and corrupt is None:
         raise AttributionError("method='atp' patches from a corrupted prompt: pass corrupt='...'")
     if not _is_int(steps) or steps < 1:
         raise AttributionError(f"steps must be a whole number >= 1 (integrated-gradient steps), got {steps!r}")
+    if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
+        raise AttributionError(f"max_rows must be a whole number >= 1 (rows per pass), got {max_rows!r}")
     saes = prepare_saes(model, saes)
     if not saes:
         raise AttributionError("no SAEs given: pass {hook: SAE} for at least one hook")
@@ -117,37 +126,91 @@ def attribute(
         hooks=list(saes), tokens=batch.tokens, method=method, d_sae={h: s.d_sae for h, s in saes.items()}
     )
     if method == "ig":
-        parts, table.metric, table.baseline = _integrated_gradients(
-            model, saes, batch, cbatch, metric, steps, valid, max_rows
+        per_row = memory.forward_bytes(model, 1, batch.width, model.n_layers, grad=True) + batch.width * max(
+            4 * s.d_sae * 3 for s in saes.values()
         )
-    else:
-        parts, table.metric, table.baseline = _gradient_times(model, saes, batch, cbatch, metric)
-    _fill(table, parts, batch, valid)
-    table.metric = table.metric.cpu()
-    table.baseline = None if table.baseline is None else table.baseline.cpu()
+        rows = memory.chunk_rows(
+            max_rows,
+            per_row,
+            0,
+            what=f"integrated gradients on {batch.width} tokens with steps={steps}",
+            arg="max_rows=",
+            most=160,
+            least=min(steps + 1, 160),
+            smaller="lower `steps=` (each pass holds steps + 1 rows), or ",
+        )
+        parts, table.metric, table.baseline = _integrated_gradients(
+            model, saes, batch, cbatch, metric, steps, valid, rows
+        )
+        _fill(table, _columns(parts, batch, valid, torch.arange(batch.size)))
+        table.metric = table.metric.cpu()
+        table.baseline = None if table.baseline is None else table.baseline.cpu()
+        return table
+    per_prompt = _prompt_bytes(model, saes, batch.width, corrupt=cbatch is not None)
+    group = memory.chunk_rows(
+        None, per_prompt, 0, what=f"attribution on {batch.width} tokens with {len(saes)} SAEs", arg="", most=batch.size
+    )
+    cols, metrics, baselines = [], [], []
+    for start in range(0, batch.size, group):
+        idx = list(range(start, min(start + group, batch.size)))
+        sub, csub = _subset(batch, idx), None if cbatch is None else _subset(cbatch, idx)
+        parts, m, mc = _gradient_times(model, saes, sub, csub, metric, torch.tensor(idx))
+        cols.append(_columns(parts, sub, valid[idx], torch.tensor(idx)))
+        metrics.append(m.cpu())
+        baselines.append(None if mc is None else mc.cpu())
+    table.metric = torch.cat(metrics)
+    table.baseline = None if cbatch is None else torch.cat(baselines)
+    _fill(table, *cols)
     return table
 
 
-def _gradient_times(model, saes, batch, cbatch, metric):
+def _prompt_bytes(model, saes, width: int, corrupt: bool) -> int:
+    """Memory of one prompt's forward + backward and its SAE decompositions (dense until made sparse)."""
+    grad = memory.forward_bytes(model, 1, width, model.n_layers, grad=True)
+    per_hook = max(width * (s.d_sae * 4 * 3 + model.d_model * 4 * 4) for s in saes.values())
+    kept = sum(width * model.d_model * 4 * (3 if corrupt else 2) for _ in saes)  # activations and gradients
+    return grad + per_hook * (2 if corrupt else 1) + kept
+
+
+def _subset(batch: Batch, idx: list[int]) -> Batch:
+    """Prompts `idx` of a batch, with the batch's padding kept (so their rows compute what they did in it)."""
+    return Batch(
+        batch.input_ids[idx],
+        batch.attention_mask[idx],
+        batch.position_ids[idx],
+        [batch.lengths[i] for i in idx],
+        [batch.tokens[i] for i in idx],
+        batch.bos,
+    )
+
+
+def _gradient_times(model, saes, batch, cbatch, metric, prompts: Tensor):
+    """One forward + backward of `batch` (the caller's prompts `prompts`); per-hook parts come lazily."""
     hooks = list(saes)
     tr = trace(model, batch, capture=hooks, grad=True)
-    m = evaluate(metric, model, tr.hidden, Rows.of(batch))
+    m = evaluate(metric, model, tr.hidden, Rows(prompts, Rows.of(batch).offset))
     grads = torch.autograd.grad(m.sum(), [tr.acts[h] for h in hooks], allow_unused=True)
+    acts = {h: tr.acts[h].detach() for h in hooks}
+    del tr  # the backward freed the graph; keep only what the nodes need
+    for h, g in zip(hooks, grads):
+        if g is not None:
+            check_finite(g, f"the gradient at {h}")
     corrupt = None
     mc = None
     if cbatch is not None:
         ctr = trace(model, cbatch, capture=hooks)
-        mc = evaluate(metric, model, ctr.hidden, Rows.of(cbatch)).detach()
+        mc = evaluate(metric, model, ctr.hidden, Rows(prompts, Rows.of(cbatch).offset)).detach()
         corrupt = ctr.acts
-    parts = []
-    for j, (h, sae) in enumerate(saes.items()):
-        x = tr.acts[h].detach()
-        g = torch.zeros_like(x) if grads[j] is None else grads[j].detach()  # [batch, pos, d_model]
-        check_finite(g, f"the gradient at {h}")
-        clean = decompose(sae, x)
-        base = decompose(sae, corrupt[h]) if corrupt is not None else None
-        parts.append((j, sae, clean, base, g))
-    return parts, m.detach(), mc
+
+    def parts():  # one hook at a time, so only one dense [rows, pos, d_sae] decomposition lives at once
+        for j, (h, sae) in enumerate(saes.items()):
+            x = acts.pop(h)
+            g = torch.zeros_like(x) if grads[j] is None else grads[j].detach()  # [batch, pos, d_model]
+            clean = decompose(sae, x)
+            base = decompose(sae, corrupt.pop(h)) if corrupt is not None else None
+            yield j, sae, clean, base, g
+
+    return parts(), m.detach(), mc
 
 
 def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_rows):
@@ -233,10 +296,15 @@ def _pad_cat(decs: list[Decomposition], batch) -> Decomposition:
     return Decomposition(_pad_stack([d.features for d in decs], batch), _pad_stack([d.error for d in decs], batch))
 
 
-def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
-    """Turn per-hook dense tensors into the sparse node table (active features + error nodes)."""
-    cols = {k: [] for k in ("prompt", "hook_idx", "position", "feature", "activation", "gradient", "value")}
+def _columns(parts, batch, valid: Tensor, prompts: Tensor) -> dict[int, tuple[dict, dict]]:
+    """Per hook, the sparse node columns (active features, error nodes) of per-hook dense tensors.
+
+    `prompts` maps the batch's rows to the caller's prompt indices, so groups of prompts can be filled
+    separately and concatenated.
+    """
+    out = {}
     offsets = torch.tensor([batch.offset(b) for b in range(batch.size)], device=valid.device)
+    prompts = prompts.to(valid.device)
     for j, sae, clean, base, g in parts:  # g: [batch, pos, d_model], the gradient at the hook
         f, e = clean.features, clean.error
         df = f if base is None else f - base.features
@@ -244,24 +312,41 @@ def _fill(table: Attribution, parts, batch, valid: Tensor) -> None:
         active = (f != 0) if base is None else (f != 0) | (base.features != 0)
         active &= valid[..., None]
         b, t, i = active.nonzero(as_tuple=True)
-        cols["prompt"].append(b)
-        cols["hook_idx"].append(torch.full_like(b, j))
-        cols["position"].append(t - offsets[b])
-        cols["feature"].append(i)
-        cols["activation"].append(f[b, t, i].double())
-        # d(metric)/d f_i = W_dec[i] . g, needed only where a node exists (not a dense [.., d_sae] product)
+        del active
         gf = torch.einsum("nd,nd->n", sae.W_dec[i], g[b, t].to(sae.W_dec.dtype)).double()
-        cols["gradient"].append(gf)
-        cols["value"].append(df[b, t, i].double() * gf)
+        feats = {
+            "prompt": prompts[b],
+            "hook_idx": torch.full_like(b, j),
+            "position": t - offsets[b],
+            "feature": i,
+            "activation": f[b, t, i].double(),
+            # d(metric)/d f_i = W_dec[i] . g, needed only where a node exists (not a dense [.., d_sae] product)
+            "gradient": gf,
+            "value": df[b, t, i].double() * gf,
+        }
         b, t = valid.nonzero(as_tuple=True)  # one error node per (prompt, position)
         norm = e[b, t].double().norm(dim=-1)
-        err_attr = (de[b, t].double() * g[b, t].double()).sum(-1)
-        cols["prompt"].append(b)
-        cols["hook_idx"].append(torch.full_like(b, j))
-        cols["position"].append(t - offsets[b])
-        cols["feature"].append(torch.full_like(b, -1))
-        cols["activation"].append(norm)
-        cols["gradient"].append((e[b, t].double() * g[b, t].double()).sum(-1) / norm.clamp_min(1e-12))
-        cols["value"].append(err_attr)
+        errs = {
+            "prompt": prompts[b],
+            "hook_idx": torch.full_like(b, j),
+            "position": t - offsets[b],
+            "feature": torch.full_like(b, -1),
+            "activation": norm,
+            "gradient": (e[b, t].double() * g[b, t].double()).sum(-1) / norm.clamp_min(1e-12),
+            "value": (de[b, t].double() * g[b, t].double()).sum(-1),
+        }
+        out[j] = (feats, errs)
+    return out
+
+
+def _fill(table: Attribution, *groups: dict[int, tuple[dict, dict]]) -> None:
+    """The node table from groups of prompts' columns: per hook, its feature nodes, then its error nodes."""
+    keys = ("prompt", "hook_idx", "position", "feature", "activation", "gradient", "value")
+    cols = {k: [] for k in keys}
+    for j in sorted(groups[0]):
+        for kind in (0, 1):
+            for grp in groups:
+                for k in keys:
+                    cols[k].append(grp[j][kind][k])
     for k, v in cols.items():
         setattr(table, k, torch.cat(v).cpu())  # node tables are small results: they live on the CPU

@@ -8,6 +8,7 @@ upstream of their hook ("growing batch"), which is exact for a single unpadded p
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -33,19 +34,27 @@ def trace(
     capture: Iterable[str] = (),
     grad: bool = False,
     stop_early: bool = False,
+    past: Past | None = None,
 ) -> Trace:
     """Run the model on `batch` with `edits` applied and `capture`d activations kept (with graph if grad).
 
     stop_early: stop right after the last hook (no final hidden state), e.g. to collect activations.
+    past: run only the tokens from `past.start` on, over the clean prefix's keys and values (see Past);
+        activations and hidden states then cover those tokens only.
     """
     edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
     capture = {model.hook(h).name for h in capture}
     specs = sorted((model.hooks[h] for h in set(edits) | capture), key=lambda s: s.order)
     acts: dict[str, Tensor] = {}
     out: list[Tensor] = []
+    inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+    ids = batch.input_ids
+    if past is not None:
+        ids, inputs["position_ids"] = ids[:, past.start :], inputs["position_ids"][:, past.start :]
+        inputs.update(cache=past.fresh(), use_cache=True)
     with (
         torch.set_grad_enabled(grad),
-        model.lm.trace(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids) as tracer,
+        model.lm.trace(ids, **inputs) as tracer,
     ):
         for spec in specs:
             env = model.envoy(spec.module)
@@ -71,6 +80,50 @@ def trace(
         what += " (float16 holds at most 65504 and some models' activations exceed it: load it in bfloat16)"
     check_finite(hidden.detach(), what)
     return Trace(acts, hidden)
+
+
+class Past:
+    """The keys and values of a prompt's first `start` tokens, from one clean forward of that prefix.
+
+    An edit at position p leaves every earlier position unchanged (causal attention), so ablations at
+    positions >= start need only the tokens from `start` on: on a long prompt whose nodes sit near the end
+    that is a few tokens per row, not the whole prompt. Rows of a growing batch join over the same prefix:
+    each layer's cached row is broadcast to the rows that reach it.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model, batch, start: int):
+        self.start = start
+        self._cache = model.hf.base_model(
+            input_ids=batch.input_ids[:, :start],
+            attention_mask=batch.attention_mask[:, :start],
+            position_ids=batch.position_ids[:, :start],
+            use_cache=True,
+        ).cache
+
+    def fresh(self):
+        """A copy for one forward (the model appends to its cache), whose layers grow with the batch."""
+        cache = copy.deepcopy(self._cache)
+        for layer in cache.layers:
+            layer.update = _broadcasting(layer, layer.update)
+        return cache
+
+
+def _broadcasting(layer, update):
+    """The layer's cache update for one forward over the prefix: the cached row broadcast to the rows that
+    reach this layer, and nothing of this pass kept (the cache is used once; keeping 64 rows' keys and
+    values of a 2,048-token prompt would hold gigabytes)."""
+
+    def fn(keys, values, *args, **kwargs):
+        kept = layer.keys, layer.values
+        if layer.is_initialized and kept[0].shape[0] != keys.shape[0]:  # rows joined before this layer
+            layer.keys = kept[0].expand(keys.shape[0], -1, -1, -1)
+            layer.values = kept[1].expand(keys.shape[0], -1, -1, -1)
+        out = update(keys, values, *args, **kwargs)
+        layer.keys, layer.values = kept
+        return out
+
+    return fn
 
 
 Maker = Callable[[Tensor], Tensor]  # the clean row at a hook [1, pos, d_model] -> new rows [n, pos, d_model]

@@ -14,8 +14,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from attribution import memory
 from attribution.splice import prepare_saes
-from graphs.edges import EMBED, Side, clean_pass, direct_edges, readouts
+from graphs.edges import EMBED, Side, blocks_between, clean_pass, direct_edges, readouts, row_bytes
 from graphs.graph import Graph
 from graphs.labels import labeler
 from graphs.nodes import METRIC_ID, GraphError, GraphNode, check_residual, error_id, feature_id, token_id
@@ -28,16 +29,20 @@ def build_graph(
     metric,
     *,
     candidates: int | None = 128,
+    error_nodes: int | None = None,
     labels=True,
-    max_rows: int = 256,
+    max_rows: int | None = None,
     progress: bool = True,
 ) -> Graph:
     """The feature graph of `prompt` for `metric` (e.g. LogitDiff), with SAEs `saes` ({hook: SAE}).
 
     candidates: feature nodes per SAE layer, by |attribution| (None: every active feature).
+    error_nodes: error nodes per SAE layer, by |attribution| (None: one per position). Each node is one
+        backward row, so on long prompts this and `candidates` set the cost.
     labels: True (attribution.explain), {hook: FeatureIndex}, False, fn(hook, feature) -> str, or a labeller
         (see graphs.labels).
-    max_rows: downstream nodes per backward pass (memory: rows x prompt length x d_model).
+    max_rows: downstream nodes per backward pass (None: as many as memory allows, at most 256). A graph that
+        cannot fit raises memory.OutOfMemoryError before any work.
     progress: progress bars (feature indexes, edges).
     The result is unpruned; call .prune() on it.
     """
@@ -46,7 +51,9 @@ def build_graph(
         raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
     if candidates is not None and candidates < 1:
         raise GraphError(f"candidates must be >= 1 (features per layer) or None for all, got {candidates}")
-    if max_rows < 1:
+    if error_nodes is not None and error_nodes < 0:
+        raise GraphError(f"error_nodes must be >= 0 (error nodes per layer) or None for all, got {error_nodes}")
+    if max_rows is not None and max_rows < 1:
         raise GraphError(f"max_rows must be >= 1, got {max_rows}")
     saes = prepare_saes(model, saes)
     if not saes:
@@ -54,6 +61,7 @@ def build_graph(
     hooks = list(saes)
     check_residual(model, hooks)
     batch = model.tokenize(prompt)
+    fixed = _check_memory(model, saes, batch.width, max_rows)
     names = labeler(model, saes, labels, progress)
     clean = clean_pass(model, saes, batch, metric)
     tokens = batch.tokens[0]
@@ -87,14 +95,18 @@ def build_graph(
             add(GraphNode(feature_id(h, p, k), "feature", row, h, p, k, tokens[p], float(f[p, k]), float(a)))
             for p, k, a in zip(t.tolist(), i.tolist(), attr.tolist())
         ]
-        err_attr = (e[positions] * g[positions]).sum(-1).cpu()  # [n_pos]
+        at = positions
+        err_attr = (e[at] * g[at]).sum(-1).cpu()  # [n_pos]
+        if error_nodes is not None and len(at) > error_nodes:
+            top = err_attr.abs().argsort(descending=True, stable=True)[:error_nodes].sort().values
+            at, err_attr = at[top.to(at.device)], err_attr[top]
         ids += [
             add(GraphNode(error_id(h, p), "error", row, h, p, None, tokens[p], float(e[p].norm()), float(a)))
-            for p, a in zip(positions.tolist(), err_attr.tolist())
+            for p, a in zip(at.tolist(), err_attr.tolist())
         ]
-        pos = torch.cat([t, positions])
-        feats = torch.cat([i, torch.full_like(positions, -1)])
-        up = torch.cat([f[t, i, None] * W_dec[i], e[positions]])  # [n, d_model], what each node adds
+        pos = torch.cat([t, at])
+        feats = torch.cat([i, torch.full_like(at, -1)])
+        up = torch.cat([f[t, i, None] * W_dec[i], e[at]])  # [n, d_model], what each node adds
         down = readouts(sae, dec, clean.grads[h], pos, feats)  # [n, d_model]
         for n, k in zip(ids, (feats >= 0).tolist()):
             if k:
@@ -109,7 +121,7 @@ def build_graph(
     srcs, dsts, ws = [], [], []
     pairs = list(itertools.pairwise(sides))
     for (up_hook, up, _), (down_hook, _, down) in tqdm(pairs, desc="edges", disable=not progress, leave=False):
-        s, d, w = direct_edges(model, batch, up_hook, up, down_hook, down, max_rows)
+        s, d, w = direct_edges(model, batch, up_hook, up, down_hook, down, max_rows, fixed)
         srcs.append(s)
         dsts.append(d)
         ws.append(w)
@@ -131,6 +143,24 @@ def build_graph(
         labeler=names,
         info=info,
     )
+
+
+def kept_bytes(model, saes: dict, width: int) -> int:
+    """What the clean pass leaves alive while edges are computed: decompositions, activations, node vectors."""
+    return sum(width * (s.d_sae * 4 + model.d_model * 8 * 6) for s in saes.values())
+
+
+def _check_memory(model, saes: dict, width: int, max_rows: int | None) -> int:
+    """Fail before any work when the clean pass or the edges' backward cannot fit; returns the memory the
+    clean pass's results hold while edges are computed."""
+    kept = kept_bytes(model, saes, width)
+    clean = memory.forward_bytes(model, 1, width, model.n_layers, grad=True) + kept
+    memory.require(clean, f"the clean pass of a graph on {width} tokens", "use a shorter prompt or fewer SAEs.")
+    hooks = list(dict.fromkeys([EMBED, *saes]))
+    blocks = max(blocks_between(model, a, b) for a, b in itertools.pairwise(hooks)) if len(hooks) > 1 else 1
+    per_row = row_bytes(model, width, blocks)
+    memory.chunk_rows(max_rows, per_row, kept, what=f"graph edges on {width} tokens", arg="max_rows=", most=256)
+    return kept
 
 
 def _metric_position(metric, width: int) -> int:

