@@ -223,3 +223,20 @@ def test_windows_of_real_text(fake_registry):
     assert 0 < len(sotu) < len(ids)
     with pytest.raises(AttributionError, match="fewer than one window"):
         text.real_tokens(model, "heldout", ["moby-dick"], seq_len=200, progress=False)
+
+
+def test_train_sae_on_real_text(fake_registry):
+    from attribution.training import TrainConfig, train_sae
+
+    model = tiny_model(dtype=torch.float32)
+    cfg = TrainConfig(steps=3, batch_size=32, progress=False)
+    sae = train_sae(
+        model, "resid_post.1", tokens=200, d_sae=16, k=4, seq_len=8, corpus="real", config=cfg, progress=False
+    )
+    assert sae.meta["corpus"]["source"] == "real" and sae.meta["corpus"]["sequences"] >= 2
+
+
+def test_pinned_sources_are_well_formed():
+    for src in text.SOURCES.values():
+        assert src.integrity.startswith("sha512-") and len(src.integrity) == 7 + 88
+        assert src.version.count(".") == 2 and src.licence
