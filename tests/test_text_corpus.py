@@ -233,7 +233,8 @@ def test_train_sae_on_real_text(fake_registry):
     sae = train_sae(
         model, "resid_post.1", tokens=200, d_sae=16, k=4, seq_len=8, corpus="real", config=cfg, progress=False
     )
-    assert sae.meta["corpus"]["source"] == "real" and sae.meta["corpus"]["sequences"] >= 2
+    assert sae.meta["corpus"]["source"] == "real" and sae.meta["corpus"]["held_out"].startswith("documents")
+    assert text.split_of("sotu", "1801_thomas_jefferson_d") == "heldout"  # the fixture's held-out document
 
 
 def test_pinned_sources_are_well_formed():
