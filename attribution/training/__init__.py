@@ -4,6 +4,7 @@ from attribution.training.activations import ActivationCache, collect, open_cach
 from attribution.training.corpus import sample_tokens, text_tokens
 from attribution.training.defaults import default_saes, default_specs
 from attribution.training.evaluate import evaluate_sae
+from attribution.training.text import real_text, real_tokens
 from attribution.training.train import train_sae
 from attribution.training.trainer import TrainConfig, TrainLog, fit
 
@@ -17,6 +18,8 @@ __all__ = [
     "evaluate_sae",
     "fit",
     "open_cache",
+    "real_text",
+    "real_tokens",
     "sample_tokens",
     "text_tokens",
     "train_sae",

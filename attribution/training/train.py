@@ -11,6 +11,7 @@ from attribution.saes import build, model_names, save_sae
 from attribution.training.activations import cached_activations
 from attribution.training.corpus import sample_tokens, text_tokens
 from attribution.training.evaluate import evaluate_sae
+from attribution.training.text import parse_spec, real_tokens
 from attribution.training.trainer import TrainConfig, fit
 
 
@@ -34,9 +35,11 @@ def train_sae(
     """Train an SAE on `hook` of `model`.
 
     corpus: None samples `tokens` tokens from the model itself (deterministic, cached); a text file, a folder
-    of .txt files or a list of them; or token ids [n_seq, seq_len] starting with <bos>. The last `held_out`
-    share of sequences is kept for evaluation (CE loss recovered, explained variance, L0, dead features),
-    whose results are stored in `sae.meta["eval"]` and saved with the SAE when `out` is given.
+    of .txt files or a list of them; "real" (English prose from pinned npm packages, its training documents;
+    attribution.training.text); or token ids [n_seq, seq_len] starting with <bos>. The last `held_out`
+    share of sequences is kept for evaluation (for "real", as many windows of its held-out documents instead:
+    CE loss recovered, explained variance, L0, dead features), whose results are stored in `sae.meta["eval"]`
+    and saved with the SAE when `out` is given.
     """
     spec = model.hook(hook)  # raises HookError for a hook the model lacks
     kw = {"k": k} if architecture == "topk" else {}
@@ -45,9 +48,16 @@ def train_sae(
     sae = build(architecture, model.d_model, d_sae, spec.name, apply_b_dec_to_input=True, **kw).to(model.device)
     ids = _token_ids(model, corpus, tokens, seq_len, progress)
     n_eval = max(1, round(held_out * len(ids)))
-    if len(ids) - n_eval < 1:
+    real = parse_spec(corpus) if isinstance(corpus, str) else None
+    if real is not None:  # real text is held out by document (text.split_of), never by window
+        train_ids = ids
+        eval_ids = real_tokens(
+            model, "heldout", real, seq_len=seq_len, max_tokens=n_eval * (seq_len - 1), progress=False
+        )
+    elif len(ids) - n_eval < 1:
         raise AttributionError(f"the corpus has {len(ids)} sequence(s): too few to hold {n_eval} out for evaluation")
-    train_ids, eval_ids = ids[:-n_eval], ids[-n_eval:]
+    else:
+        train_ids, eval_ids = ids[:-n_eval], ids[-n_eval:]
     cache = cached_activations(model, [spec.name], train_ids, spec.name, progress=progress)
     cfg = config or TrainConfig(l1_coefficient=l1_coefficient, progress=progress)
     if config is None:
@@ -59,6 +69,7 @@ def train_sae(
         "seq_len": ids.shape[1],
         "train_tokens": cache.n_tokens,
         "source": "sampled from the model" if corpus is None else str(corpus)[:200],
+        "held_out": "documents (attribution.training.text.split_of)" if real is not None else "last sequences",
     }
     if names := model_names(model):
         sae.meta["model_name"] = names[0]  # saved as SAELens's metadata.model_name; load_sae warns on a mismatch
