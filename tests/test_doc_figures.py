@@ -27,6 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = "bench/results/summary.json"
 SAELENS = "bench/results/saelens.json"
 SAELENS_SCALAR = "bench/results/saelens_scalar.json"  # the earlier side-by-side run (--normalize scalar)
+LONG = "bench/results/long_prompt.json"
+LONG_ROWS = (
+    ("attribute", "grad_x_act, 18 SAEs, 1215918 nodes"),
+    ("ablate", "256 nodes (zero), 17 hooks"),
+    ("build_graph", "10 SAE layers, 160 feature + 160 error nodes, 21728 edges"),
+)
+EMOTION = "cases/results/emotion/report.json"
+MULTIHOP = "cases/results/multihop/report.json"
+CAPTURED_ATTR = ("rankings", "attribution", "captured", "10")
+CAPTURED_ACT = ("rankings", "activation", "captured", "10")
+QUALITY = "bench/results/default_saes_quality.json"
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,10 @@ def minus(spec: str) -> Callable:
 
 def signed(spec: str) -> Callable:
     return lambda v: format(v, "+" + spec).replace("-", "−")
+
+
+def percent(v: float) -> str:
+    return f"{v:.0%}".removesuffix("%")
 
 
 def ms(v: float) -> str:
@@ -194,6 +209,68 @@ FIGURES = [
     Figure(R, "ours had EV {} but CE loss", SAELENS_SCALAR, (*ROWS, 0, "explained_variance"), "{:.3f}"),
     Figure(R, "recovered {} against SAELens's", SAELENS_SCALAR, (*ROWS, 0, "ce_loss_recovered"), "{:.3f}"),
     Figure(R, "against SAELens's {}: EV there", SAELENS_SCALAR, (*ROWS, 2, "ce_loss_recovered"), "{:.3f}"),
+    # --- README, Reliability: the long-prompt table, from long_prompt.json ------------------------------------
+    *(
+        Figure(R, f"| `{name}`: {what} | {{}} s |", LONG, ("runs", i, "seconds"), "{:.0f}")
+        for i, (name, what) in enumerate(LONG_ROWS)
+    ),
+    *(
+        Figure(R, f" s | {{}} GiB |\n{nxt}", LONG, ("runs", i, "peak_gib"), "{:.1f}")
+        for i, nxt in enumerate(("| `ablate`", "| `build_graph`", "\nMeasured on a"))
+    ),
+    # --- README, Case studies: from the committed reports ----------------------------------------------------
+    Figure(R, "` sad` − ` happy` = {} |", EMOTION, ("metric",), signed(".3f")),
+    Figure(R, "` Sacramento` − ` Albany` = {} |", MULTIHOP, ("metric",), signed(".3f")),
+    Figure(R, "Pearson / Spearman | {} / ", EMOTION, ("agreement", "pearson"), "{:.3f}"),
+    Figure(R, r"Pearson / Spearman \| [\d.]+ / ([\d.]+) \|", EMOTION, ("agreement", "spearman"), "{:.3f}", regex=True),
+    Figure(
+        R,
+        r"Pearson / Spearman \| [\d.]+ / [\d.]+ \| ([\d.]+) /",
+        MULTIHOP,
+        ("agreement", "pearson"),
+        "{:.3f}",
+        regex=True,
+    ),
+    Figure(
+        R,
+        r"Pearson / Spearman \| [\d.]+ / [\d.]+ \| [\d.]+ / ([\d.]+) \|",
+        MULTIHOP,
+        ("agreement", "spearman"),
+        "{:.3f}",
+        regex=True,
+    ),
+    Figure(R, r"\| same sign \| (\d+)% \|", EMOTION, ("agreement", "sign_agreement"), percent, regex=True),
+    Figure(R, r"\| same sign \| \d+% \| (\d+)% \|", MULTIHOP, ("agreement", "sign_agreement"), percent, regex=True),
+    Figure(R, r"by attribution / by activation \| (\d+)% /", EMOTION, CAPTURED_ATTR, percent, regex=True),
+    Figure(R, r"by attribution / by activation \| \d+% / (\d+)% \|", EMOTION, CAPTURED_ACT, percent, regex=True),
+    Figure(
+        R, r"by attribution / by activation \| \d+% / \d+% \| (\d+)% /", MULTIHOP, CAPTURED_ATTR, percent, regex=True
+    ),
+    Figure(
+        R,
+        r"by attribution / by activation \| \d+% / \d+% \| \d+% / (\d+)% \|",
+        MULTIHOP,
+        CAPTURED_ACT,
+        percent,
+        regex=True,
+    ),
+    Figure(R, r"model load included\) \| ([\d.]+) s \|", EMOTION, ("timings", "total"), "{:.1f}", regex=True),
+    Figure(
+        R, r"model load included\) \| [\d.]+ s \| ([\d.]+) s \(", MULTIHOP, ("timings", "total"), "{:.1f}", regex=True
+    ),
+    Figure(R, "`resid_post.9` carries {} of the attribution", EMOTION, ("error_attribution",), signed(".2f")),
+    Figure(R, "and the\nfeatures {}. The top", EMOTION, ("feature_attribution",), signed(".2f")),
+    Figure(R, "The top feature, f{} at ` feels`", EMOTION, ("top_attribution", 0, "feature")),
+    Figure(R, "is estimated\nat {} and really", EMOTION, ("top_attribution", 0, "attribution"), signed(".3f")),
+    Figure(R, "really moves the metric by {}. Clamped", EMOTION, ("top_attribution", 0, "effect"), signed(".3f")),
+    Figure(R, "Clamped to 0 the metric falls to\n{};", EMOTION, ("steering", "clamps", 1, "metric"), signed(".2f")),
+    Figure(R, "5× its maximum it rises to {}. Labels", EMOTION, ("steering", "clamps", 2, "metric"), signed(".2f")),
+    Figure(R, "The top node is `resid_post.12` f{} at ` is`", MULTIHOP, ("top_attribution", 0, "feature")),
+    Figure(R, "`, {} estimated /", MULTIHOP, ("top_attribution", 0, "attribution"), signed(".3f")),
+    Figure(R, "estimated /\n{} real); place", MULTIHOP, ("top_attribution", 0, "effect"), signed(".3f")),
+    Figure(R, "(≤ 60 feature nodes, {} error nodes)", MULTIHOP, ("graph", "error nodes")),
+    Figure(R, "scores faithfulness {} and completeness", MULTIHOP, ("graph", "faithfulness"), "{:.3f}"),
+    Figure(R, "and completeness\n{} (zero ablation", MULTIHOP, ("graph", "completeness"), "{:.3f}"),
     # --- docstrings ---------------------------------------------------------------------------------------------
     Figure(
         "bench/saelens_side_by_side.py",
@@ -253,3 +330,10 @@ def test_summary_json_embeds_the_committed_saelens_run():
     committed run's, or ratios.md quotes a run the README no longer does."""
     summary = json.loads(_read(SUMMARY))
     assert summary["saelens_side_by_side"] == report.side_by_side(ROOT / SAELENS)
+
+
+def test_readme_quality_table_is_the_committed_quality_report():
+    """The default SAEs' table is quality_table() of the committed report, character for character."""
+    from attribution.training.quality import quality_table
+
+    assert quality_table(json.loads(_read(QUALITY))) in _read(R)
