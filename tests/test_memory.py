@@ -62,6 +62,18 @@ def _budget_for(bytes_: int) -> float:
     return bytes_ / memory.HEADROOM / memory.GiB
 
 
+def _record_past_starts(monkeypatch, module) -> list[int]:
+    """The start positions of every cached clean prefix `module` builds (filled as it runs)."""
+    starts, real = [], module.Past
+
+    def past(model, batch, start):
+        starts.append(start)
+        return real(model, batch, start)
+
+    monkeypatch.setattr(module, "Past", past)
+    return starts
+
+
 def _edges_by_id(graph) -> dict[tuple[str, str], float]:
     """{(source id, target id): weight} of a graph's edges, comparable across graphs of other node sets."""
     ids = [x.id for x in graph.full_nodes]
@@ -179,14 +191,7 @@ def test_edges_over_a_cached_prefix_equal_the_whole_prompt(setup, monkeypatch):
     """With few nodes per layer the first upstream node sits late: edges then run from it on over the clean
     prefix's keys and values, and equal the same edges of the full graph."""
     m, saes, metric = setup
-    starts = []
-    real = edges_mod.Past
-
-    def past(model, batch, start):
-        starts.append(start)
-        return real(model, batch, start)
-
-    monkeypatch.setattr(edges_mod, "Past", past)
+    starts = _record_past_starts(monkeypatch, edges_mod)
     few = build_graph(m, saes, PROMPTS[0], metric, candidates=2, error_nodes=1, labels=False)
     assert max(starts) > 3
     full = build_graph(m, saes, PROMPTS[0], metric, candidates=None, labels=False)
@@ -205,14 +210,7 @@ def test_ablation_over_the_cached_prefix_equals_the_whole_prompt(family, monkeyp
     metric = LogitDiff(m, "sad", "happy")
     nodes = attribute(m, saes, PROMPTS[0], metric).top(30)
     assert len({n.position for n in nodes}) > 3
-    starts = []
-    real = ablate_mod.Past
-
-    def past(model, batch, start):
-        starts.append(start)
-        return real(model, batch, start)
-
-    monkeypatch.setattr(ablate_mod, "Past", past)
+    starts = _record_past_starts(monkeypatch, ablate_mod)
     cached = ablate(m, saes, PROMPTS[0], metric, nodes, batch_size=8, progress=False)
     assert len(starts) == 4 and max(starts) > 5  # latest positions first
     whole = ablate(m, saes, PROMPTS[0], lambda logits: metric(logits), nodes, batch_size=8, progress=False)
