@@ -144,9 +144,12 @@ def main(argv=None) -> int:
                 {
                     "prompt": args.prompt,
                     "metric": float(attr.metric[0]),
+                    "baseline": None if attr.baseline is None else float(attr.baseline[0]),
                     "method": method,
                     "mode": mode,
                     "agreement": agreement.__dict__,
+                    "seconds": {"load": t1 - t0, "attribution": t2 - t1, "ablation": t3 - t2},
+                    "n_nodes": len(attr),
                     "nodes": [n._asdict() | {"effect": effect[n.key]} for n in nodes],
                 },
                 fh,

@@ -38,6 +38,8 @@ MULTIHOP = "cases/results/multihop/report.json"
 CAPTURED_ATTR = ("rankings", "attribution", "captured", "10")
 CAPTURED_ACT = ("rankings", "activation", "captured", "10")
 QUALITY = "bench/results/default_saes_quality.json"
+RUN = "bench/results/run.json"  # python -m attribution run --json ...
+AGREE = r"attribution vs ablation over 100 nodes: "
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,25 @@ FIGURES = [
     Figure(R, "ours had EV {} but CE loss", SAELENS_SCALAR, (*ROWS, 0, "explained_variance"), "{:.3f}"),
     Figure(R, "recovered {} against SAELens's", SAELENS_SCALAR, (*ROWS, 0, "ce_loss_recovered"), "{:.3f}"),
     Figure(R, "against SAELens's {}: EV there", SAELENS_SCALAR, (*ROWS, 2, "ce_loss_recovered"), "{:.3f}"),
+    # --- README, Measured on the default model: python -m attribution run, from run.json --------------------
+    Figure(R, "metric = {} (corrupt:", RUN, ("metric",), "{:+.3f}"),
+    Figure(R, "(corrupt: {})\n", RUN, ("baseline",), "{:+.3f}"),
+    Figure(R, AGREE + r"Pearson r = ([\d.]+),", RUN, ("agreement", "pearson"), "{:.3f}", regex=True),
+    Figure(
+        R, AGREE + r"Pearson r = [\d.]+, Spearman rho = ([\d.]+),", RUN, ("agreement", "spearman"), "{:.3f}", regex=True
+    ),
+    *(
+        Figure(R, rf"\ntop-10 {pre}(\d+)%", RUN, ("agreement", "top_k", k), percent, regex=True)
+        for k, pre in (("10", ""), ("20", r"\d+%, top-20 "), ("50", r"\d+%, top-20 \d+%, top-50 "))
+    ),
+    Figure(
+        R, r"top-50 \d+%, same sign (\d+)%, relative error", RUN, ("agreement", "sign_agreement"), percent, regex=True
+    ),
+    Figure(R, r"same sign \d+%, relative error ([\d.]+)\n", RUN, ("agreement", "relative_error"), "{:.2f}", regex=True),
+    Figure(R, "time: load {}s, attribution", RUN, ("seconds", "load"), "{:.1f}"),
+    Figure(R, "s, attribution {}s (", RUN, ("seconds", "attribution"), "{:.2f}"),
+    Figure(R, "s ({} nodes), 100 ablations", RUN, ("n_nodes",)),
+    Figure(R, "nodes), 100 ablations {}s\n", RUN, ("seconds", "ablation"), "{:.2f}"),
     # --- README, Reliability: the long-prompt table, from long_prompt.json ------------------------------------
     *(
         Figure(R, f"| `{name}`: {what} | {{}} s |", LONG, ("runs", i, "seconds"), "{:.0f}")
@@ -337,3 +358,13 @@ def test_readme_quality_table_is_the_committed_quality_report():
     from attribution.training.quality import quality_table
 
     assert quality_table(json.loads(_read(QUALITY))) in _read(R)
+
+
+def test_readme_run_rows_are_those_of_run_json():
+    """The node rows the README shows from `python -m attribution run` are run.json's, as the CLI prints them."""
+    nodes = {(n["hook"], n["position"]): n for n in json.loads(_read(RUN))["nodes"]}
+    shown = re.findall(r"^ *(resid_post\.\d+) +(\d+) +'.*?' +whole +([+-][\d.]+) +([+-][\d.]+)$", _read(R), re.M)
+    assert len(shown) >= 5
+    for hook, pos, estimate, effect in shown:
+        n = nodes[(hook, int(pos))]
+        assert (estimate, effect) == (f"{n['attribution']:+.3f}", f"{n['effect']:+.3f}"), (hook, pos)
