@@ -54,19 +54,18 @@ def precision_info() -> dict:
 @pytest.fixture(autouse=True)
 def _dtype_used(request):
     """extra_info["dtype"]: the dtype a benchmark's figure was measured in (its `dtype` parameter; training's
-    matmuls in the chosen compute dtype; otherwise the float32 model)."""
+    matmuls in the chosen compute dtype; otherwise the float32 model). Set before the test runs: after it,
+    the benchmark fixture is already torn down."""
+    if "benchmark" in request.fixturenames:
+        param = getattr(getattr(request.node, "callspec", None), "params", {}).get("dtype")
+        if param is not None:
+            used = compute.dtype_name(param)
+        elif "train" in request.node.name:
+            used = f"{compute.dtype_name(compute.compute_dtype('cpu'))} matmuls"
+        else:
+            used = "float32"
+        request.getfixturevalue("benchmark").extra_info.setdefault("dtype", used)
     yield
-    if "benchmark" not in request.fixturenames:
-        return
-    bench = request.getfixturevalue("benchmark")
-    param = getattr(getattr(request.node, "callspec", None), "params", {}).get("dtype")
-    if param is not None:
-        used = compute.dtype_name(param)
-    elif "train" in request.node.name:
-        used = f"{compute.dtype_name(compute.compute_dtype('cpu'))} matmuls"
-    else:
-        used = "float32"
-    bench.extra_info.setdefault("dtype", used)
 
 
 @pytest.fixture(scope="session")
