@@ -99,43 +99,27 @@ def target(t: str) -> str:
 R = "README.md"
 B = ("benchmarks",)
 ROWS = ("summary", "rows")
+
+
+def _ratio_figures(label: str, key: str, fmt: str, suf: str) -> list[Figure]:
+    """One row of the README's ratio table, found by its label: the local ratio, the ratio of medians and,
+    for the rows with a target, the target."""
+    row = rf"\| {re.escape(label)} \| "
+    figs = [
+        Figure(R, row + rf"\**([\d.]+){suf}\** \|", SUMMARY, ("ratios", key, "local_ratio"), fmt, regex=True),
+        Figure(R, row + rf"\**[\d.]+{suf}\** \| ([\d.]+){suf} \|", SUMMARY, ("ratios", key, "ratio"), fmt, regex=True),
+    ]
+    if key in ("grad_x_act", "ablations"):
+        figs.append(
+            Figure(R, row + r"[^|]+ \| [^|]+ \| ≤ ([\d.]+) \|", SUMMARY, ("ratios", key, "target"), target, regex=True)
+        )
+    return figs
+
+
 FIGURES = [
     # --- README, Benchmarks: the ratio table, from summary.json (each row found by its label) -------------
     Figure(R, "(one run, {} threads", SUMMARY, ("machine", "torch_threads")),
-    *(
-        Figure(
-            R,
-            rf"\| {re.escape(label)} \| \**([\d.]+){suf}\** \|",
-            SUMMARY,
-            ("ratios", key, "local_ratio"),
-            fmt,
-            regex=True,
-        )
-        for label, key, fmt, suf in RATIO_ROWS
-    ),
-    *(
-        Figure(
-            R,
-            rf"\| {re.escape(label)} \| \**[\d.]+{suf}\** \| ([\d.]+){suf} \|",
-            SUMMARY,
-            ("ratios", key, "ratio"),
-            fmt,
-            regex=True,
-        )
-        for label, key, fmt, suf in RATIO_ROWS
-    ),
-    *(
-        Figure(
-            R,
-            rf"\| {re.escape(label)} \| [^|]+ \| [^|]+ \| ≤ ([\d.]+) \|",
-            SUMMARY,
-            ("ratios", key, "target"),
-            target,
-            regex=True,
-        )
-        for label, key, _, _ in RATIO_ROWS
-        if key in ("grad_x_act", "ablations")
-    ),
+    *(fig for row in RATIO_ROWS for fig in _ratio_figures(*row)),
     Figure(R, "CPU capability {}, bf16 native", SUMMARY, ("machine", "cpu_capability")),
     Figure(R, "bf16 native\n({}), so SAE", SUMMARY, ("machine", "bf16_evidence"), lambda v: v.replace(",", ", ")),
     # --- README, Benchmarks: the medians and the notes under the table ----------------------------------
