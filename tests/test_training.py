@@ -152,3 +152,103 @@ def test_fit_in_each_dtype(dtype):
     f = sae.encode(x[:4000])
     ev = 1 - (x[:4000] - sae.decode(f)).var(0).sum() / x[:4000].var(0).sum()
     assert ev >= DTYPE_EV[dtype], (dtype, float(ev))
+
+
+def _reference_topk_grads(sae, x, dead_after: bool, k_aux: int, aux_coefficient: float):
+    """The TopK step's gradients by plain dense autograd (what Fitter._topk_step computes sparsely)."""
+    from attribution.training.trainer import _project_out_radial_grad
+
+    sae.zero_grad(set_to_none=True)
+    pre = sae.pre_acts(x)  # [batch, d_sae]
+    top, idx = pre.topk(sae.k, dim=-1)
+    f = torch.zeros_like(pre).scatter(1, idx, torch.relu(top))
+    x_hat = f @ sae.W_dec + sae.b_dec
+    err = x - x_hat
+    loss = err.pow(2).sum(-1).mean()
+    dead = (f > 0).sum(0) == 0 if dead_after else torch.zeros(sae.d_sae, dtype=torch.bool)
+    if dead.any():
+        dead_idx = dead.nonzero().squeeze(1)
+        v, j = pre[:, dead_idx].topk(min(k_aux, len(dead_idx)), dim=-1)
+        fa = torch.zeros_like(pre).scatter(1, dead_idx[j], torch.relu(v))
+        e = err.detach()
+        aux = (e - fa @ sae.W_dec).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean()
+        loss = loss + aux_coefficient * aux
+    loss.backward()
+    _project_out_radial_grad(sae)
+    return {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("centred", [True, False])
+@pytest.mark.parametrize("dead", [False, True], ids=["no_dead", "auxk"])
+def test_topk_sparse_gradients_equal_dense_autograd(centred, dead):
+    """The sparse TopK step (dense product only in the encoder's forward) gives autograd's gradients."""
+    from attribution.training.trainer import Fitter
+
+    g = torch.Generator().manual_seed(1)
+    sae = build("topk", 16, 64, "resid_post.0", k=4, apply_b_dec_to_input=centred)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
+    sae.requires_grad_(True)
+    x = torch.randn(50, 16, generator=g)
+    cfg = TrainConfig(steps=10, batch_size=50, dtype="float32", aux_k=8, dead_after_tokens=1 if dead else 10**6)
+    fitter = Fitter(sae, cfg)
+    _, _, _, dead_mask = fitter._topk_step(x, x)
+    assert bool(dead_mask.any()) == dead
+    got = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    want = _reference_topk_grads(sae, x, dead, cfg.aux_k, cfg.aux_coefficient)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_checkpoint_resumes_exactly():
+    """Stopping after 7 steps, saving the state and resuming in a new Fitter ends where an unbroken run ends."""
+    from attribution.training.trainer import Fitter
+
+    x, _ = synthetic(16 * 256)
+    batches = x.split(256)
+    cfg = TrainConfig(steps=16, batch_size=256, lr=3e-3, dead_after_tokens=500, progress=False, dtype="float32")
+    whole = build("topk", 32, 96, "resid_post.0", k=4, apply_b_dec_to_input=True)
+    f = Fitter(whole, cfg)
+    for b in batches:
+        f.step(b)
+    f.finish()
+    first = build("topk", 32, 96, "resid_post.0", k=4, apply_b_dec_to_input=True)
+    f1 = Fitter(first, cfg)
+    for b in batches[:7]:
+        f1.step(b)
+    state = f1.state_dict()
+    resumed = build("topk", 32, 96, "resid_post.0", k=4, apply_b_dec_to_input=True)
+    f2 = Fitter(resumed, cfg)
+    f2.load_state_dict(state)
+    for b in batches[7:]:
+        f2.step(b)
+    log = f2.finish()
+    assert log.steps == f.log.steps
+    for name, p in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], p, rtol=0, atol=0, msg=name)
+
+
+def test_transcoder_step_learns_an_input_output_map():
+    """With a target, the dictionary encodes x and reconstructs y (here y = a sparse code of x through a
+    second set of directions), and the folded weights map raw x to raw y."""
+    from attribution.training.trainer import Fitter
+
+    x, true = synthetic(40_000)
+    g = torch.Generator().manual_seed(3)
+    out_dirs = torch.nn.functional.normalize(torch.randn(true.shape[0], 32, generator=g), dim=-1)
+    code = torch.relu(x @ torch.linalg.pinv(true))  # [n, n_true]: the active true features' magnitudes
+    y = 300 * code @ out_dirs + 40  # another scale and a mean
+    sae = build("topk", 32, 96, "resid_post.0", k=4)
+    cfg = TrainConfig(steps=600, batch_size=512, lr=3e-3, dead_after_tokens=20_000, progress=False)
+    f = Fitter(sae, cfg)
+    for i in range(cfg.steps):
+        s = slice((i * 512) % 39_000, (i * 512) % 39_000 + 512)
+        f.step(x[s], y[s])
+    f.finish()
+    y_hat = sae.decode(sae.encode(x[:4000]))
+    ev = 1 - (y[:4000] - y_hat).var(0).sum() / y[:4000].var(0).sum()
+    assert ev >= 0.85, ev
+    with pytest.raises(AttributionError, match="apply_b_dec_to_input=False"):
+        Fitter(build("topk", 32, 96, "resid_post.0", k=4, apply_b_dec_to_input=True), cfg).step(x[:8], y[:8])

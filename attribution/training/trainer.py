@@ -100,91 +100,252 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
     any device up to matmul rounding, and the global RNG is not touched.
     """
     cfg = cfg or TrainConfig()
-    cfg.check()  # again: fields may have been changed after construction
-    if sae.architecture not in ("relu", "topk"):
-        raise AttributionError(f"training {sae.architecture!r} SAEs is not supported; train 'relu' or 'topk'")
-    device = sae.W_dec.device
-    dtype = resolve(cfg.dtype, device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    stream = (b.to(device) for b in _batches(batches, cfg.batch_size, cfg.seed))
-    first = next(stream, None)
-    if first is None or first.shape[0] == 0:
-        raise AttributionError("no activations to train on: the corpus is empty")
-    if first.shape[-1] != sae.d_in:
-        raise AttributionError(f"activations are {first.shape[-1]} wide but the SAE expects d_in={sae.d_in}")
-    shift, scale = _normalizer(first.float(), cfg.normalize)  # [d_in] each: x -> (x - shift) * scale
-    _init(sae, (first.float() - shift) * scale, gen)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    log = TrainLog(scale=float(scale.mean()))
-    since_fired = torch.zeros(sae.d_sae, device=device)
-    topk = sae.architecture == "topk"
-    bar = tqdm(range(cfg.steps), desc=f"training SAE {sae.hook}", disable=not cfg.progress)
-    x = first
-    for step in bar:
-        if step:
-            x = next(stream, None)
-            if x is None:
-                break
-        if not torch.isfinite(x).all():
-            raise NumericalError(
-                f"training batch {step} holds NaN/inf activations; check the model's weights and the corpus, "
-                "or collect activations in float32"
+    fitter = Fitter(sae, cfg)
+    bar = tqdm(total=cfg.steps, desc=f"training SAE {sae.hook}", disable=not cfg.progress)
+    for x in _batches(batches, cfg.batch_size, cfg.seed):
+        if fitter.step_ == 0 and x.shape[0] == 0:
+            break
+        fitter.step(x)
+        bar.update(1)
+        if fitter.logged:
+            bar.set_postfix(fitter.postfix())
+        if fitter.step_ >= cfg.steps:
+            break
+    bar.close()
+    return fitter.finish()
+
+
+class Fitter:
+    """One dictionary's training state, advanced one batch at a time by `step` (so many dictionaries can
+    train from one forward pass, see attribution.training.stream), saved and restored by `state_dict` /
+    `load_state_dict` (checkpoints), and made a model-space SAE by `finish`.
+
+    The first batch fixes the input normalisation and initialises the SAE. `step(x, target)` trains on
+    activations x [batch, d_in]; a target [batch, d_in] makes it a transcoder step (encode x, reconstruct
+    the target, e.g. an MLP's output from its input); without one the SAE reconstructs x.
+    """
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        cfg.check()  # again: fields may have been changed after construction
+        if sae.architecture not in ("relu", "topk"):
+            raise AttributionError(f"training {sae.architecture!r} SAEs is not supported; train 'relu' or 'topk'")
+        self.sae, self.cfg = sae, cfg
+        self.device = sae.W_dec.device
+        self.dtype = resolve(cfg.dtype, self.device)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step_, self.logged = 0, False
+        self.log = TrainLog()
+        self.norm: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # in shift, in scale, out shift, out scale
+        self.since_fired = torch.zeros(sae.d_sae, device=self.device)
+        self.opt: torch.optim.Optimizer | None = None
+
+    def step(self, x: Tensor, target: Tensor | None = None) -> None:
+        """One optimiser step on x [batch, d_in] (and a transcoder's target [batch, d_in])."""
+        sae, cfg = self.sae, self.cfg
+        if x.shape[-1] != sae.d_in:
+            raise AttributionError(f"activations are {x.shape[-1]} wide but the SAE expects d_in={sae.d_in}")
+        if target is not None and (target.shape != x.shape or sae.apply_b_dec_to_input):
+            raise AttributionError(
+                "a transcoder target must have the input's shape, and its SAE apply_b_dec_to_input=False "
+                "(b_dec lives in the output's space)"
             )
-        x = (x.float() - shift) * scale
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        with autocast(device, dtype):
-            pre = sae.pre_acts(x)  # [batch, d_sae]; matmuls in `dtype`, parameters and the loss in float32
-        if topk:
-            # sparse decoding: only the k active rows of W_dec are read and receive gradient (a dense
-            # [batch, d_sae] feature matrix and its matmul cost more than the encoder itself)
-            vals, idx = pre.topk(sae.k, dim=-1)  # [batch, k]
-            vals = torch.relu(vals.float())
-            x_hat = _sparse_decode(sae, idx, vals)
-            counts = torch.bincount(idx[vals > 0], minlength=sae.d_sae)  # [d_sae] firings in this batch
-            l0 = (vals > 0).float().sum(-1).mean()
-        else:
-            f = sae.activation(pre.float())  # [batch, d_sae]
-            with autocast(device, dtype):
-                x_hat = sae.decode(f).float()
-            counts = (f > 0).sum(0)
-            l0 = (f > 0).float().sum(-1).mean()
-        err = x - x_hat
-        mse = err.pow(2).sum(-1).mean()
-        since_fired = torch.where(counts > 0, torch.zeros_like(since_fired), since_fired + x.shape[0])
-        dead = since_fired >= cfg.dead_after_tokens
-        if topk:
-            loss = mse + cfg.aux_coefficient * _aux_k_loss(sae, pre, err, dead, cfg.aux_k)
-        else:
-            lam = cfg.l1_coefficient * min(1.0, (step + 1) / max(1, cfg.l1_warmup * cfg.steps))
-            loss = mse + lam * (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
-        if not torch.isfinite(loss):
-            raise NumericalError(
-                f"training diverged at step {step}: the loss is {float(loss)}; lower TrainConfig.lr "
-                f"(now {cfg.lr}) or train with bf16=False"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if topk:
-            _project_out_radial_grad(sae)
-        opt.step()
-        if topk:
+        x = x.to(self.device)
+        target = None if target is None else target.to(self.device)
+        for name, t in (("activations", x), ("targets", target)):
+            if t is not None and not torch.isfinite(t).all():
+                raise NumericalError(
+                    f"training batch {self.step_} holds NaN/inf {name}; check the model's weights and the "
+                    "corpus, or collect activations in float32"
+                )
+        if self.norm is None:
+            self._start(x.float(), None if target is None else target.float())
+        in_shift, in_scale, out_shift, out_scale = self.norm
+        x = (x.float() - in_shift) * in_scale
+        t = x if target is None else (target.float() - out_shift) * out_scale
+        lr = cfg.lr * _lr_factor(self.step_, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        step = self._topk_step if sae.architecture == "topk" else self._relu_step
+        err, l0, _, dead = step(x, t)
+        self.opt.step()
+        if sae.architecture == "topk":
             with torch.no_grad():
                 sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        self.logged = self.step_ % cfg.log_every == 0 or self.step_ == cfg.steps - 1
+        if self.logged:
             with torch.no_grad():
-                ev = 1 - err.var(0).sum() / x.var(0).sum()
-            log.steps.append(step)
-            log.mse.append(float(mse.detach()))
+                ev = 1 - err.var(0).sum() / t.var(0).sum()
+            log = self.log
+            log.steps.append(self.step_)
+            log.mse.append(float(err.pow(2).sum(-1).mean()))
             log.explained_variance.append(float(ev))
             log.l0.append(float(l0))
             log.dead_fraction.append(float(dead.float().mean()))
-            bar.set_postfix(ev=f"{float(ev):.3f}", l0=f"{log.l0[-1]:.1f}", dead=f"{log.dead_fraction[-1]:.1%}")
-    _fold_normalizer(sae, shift, scale)
-    sae.requires_grad_(False)
-    training = {**asdict(cfg), "dtype": dtype_name(dtype)}
-    sae.meta.update({"training": training, "scale": log.scale, **{f"final_{k}": v for k, v in log.last().items()}})
-    return log
+        self.step_ += 1
+
+    def _topk_step(self, x: Tensor, t: Tensor):
+        """Forward and backward of a TopK step, sparse wherever the maths is: the one dense product is the
+        encoder's [batch, d_in] x [d_in, d_sae] (in self.dtype); the decoder reads only the k active rows,
+        and the encoder's gradient only touches the (token, feature) pairs TopK and AuxK selected (k + k_aux
+        of d_sae per token), so autograd never builds a dense [batch, d_sae] gradient."""
+        sae, cfg = self.sae, self.cfg
+        centred = sae.apply_b_dec_to_input
+        with torch.no_grad():
+            x_c = x - sae.b_dec if centred else x  # [batch, d_in], float32
+            pre = torch.addmm(sae.b_enc.to(self.dtype), x_c.to(self.dtype), sae.W_enc.to(self.dtype))
+            top, idx = pre.topk(sae.k, dim=-1)  # [batch, k]
+        vals = top.float().requires_grad_()
+        act = torch.relu(vals)
+        x_hat = _sparse_decode(sae, idx, act)
+        err = t - x_hat
+        mse = err.pow(2).sum(-1).mean()
+        counts = torch.bincount(idx[act > 0], minlength=sae.d_sae)  # [d_sae] firings in this batch
+        self.since_fired = torch.where(counts > 0, torch.zeros_like(self.since_fired), self.since_fired + len(x))
+        dead = self.since_fired >= cfg.dead_after_tokens
+        loss, aux = mse, None
+        n_dead = int(dead.sum())
+        if n_dead and cfg.aux_k and cfg.aux_coefficient:
+            dead_idx = dead.nonzero().squeeze(1)  # [n_dead]
+            with torch.no_grad():
+                aux_top, j = pre[:, dead_idx].topk(min(cfg.aux_k, n_dead), dim=-1)  # among the dead only
+            aux = (aux_top.float().requires_grad_(), dead_idx[j])
+            recon = _sparse_decode(sae, aux[1], torch.relu(aux[0]), bias=False)
+            e = err.detach()
+            aux_loss = (e - recon).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8)
+            loss = mse + cfg.aux_coefficient * aux_loss
+        if not torch.isfinite(loss):
+            raise NumericalError(
+                f"training diverged at step {self.step_}: the loss is {float(loss)}; lower TrainConfig.lr "
+                f"(now {cfg.lr}) or train in float32 (TrainConfig.dtype='float32')"
+            )
+        leaves = [vals] if aux is None else [vals, aux[0]]
+        grads = torch.autograd.grad(loss, [sae.W_dec, sae.b_dec, *leaves])
+        sae.W_dec.grad, sae.b_dec.grad = grads[0], grads[1]
+        sel = idx if aux is None else torch.cat([idx, aux[1]], dim=1)  # [batch, k (+ k_aux)]
+        g = grads[2] if aux is None else torch.cat([grads[2], grads[3]], dim=1)  # d loss / d pre at sel
+        g_x, g_enc = _sparse_encoder_grad(sae, sel, g, x_c)
+        sae.W_enc.grad = g_enc.T  # the parameter's own layout (see _encoder_layout): fused Adam needs it
+        sae.b_enc.grad = torch.zeros_like(sae.b_enc).index_add_(0, sel.flatten(), g.flatten().to(sae.b_enc.dtype))
+        if centred:
+            sae.b_dec.grad = sae.b_dec.grad - g_x.sum(0)
+        _project_out_radial_grad(sae)
+        l0 = (act > 0).float().sum(-1).mean()
+        return err.detach(), l0, counts, dead
+
+    def _relu_step(self, x: Tensor, t: Tensor):
+        sae, cfg = self.sae, self.cfg
+        with autocast(self.device, self.dtype):
+            pre = sae.pre_acts(x)  # [batch, d_sae]; matmuls in `dtype`, parameters and the loss in float32
+        f = sae.activation(pre.float())  # [batch, d_sae]
+        with autocast(self.device, self.dtype):
+            x_hat = sae.decode(f).float()
+        err = t - x_hat
+        mse = err.pow(2).sum(-1).mean()
+        counts = (f > 0).sum(0)
+        self.since_fired = torch.where(counts > 0, torch.zeros_like(self.since_fired), self.since_fired + len(x))
+        lam = cfg.l1_coefficient * min(1.0, (self.step_ + 1) / max(1, cfg.l1_warmup * cfg.steps))
+        loss = mse + lam * (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+        if not torch.isfinite(loss):
+            raise NumericalError(
+                f"training diverged at step {self.step_}: the loss is {float(loss)}; lower TrainConfig.lr "
+                f"(now {cfg.lr}) or train in float32 (TrainConfig.dtype='float32')"
+            )
+        loss.backward()
+        l0 = (f > 0).float().sum(-1).mean()
+        return err.detach(), l0, counts, self.since_fired >= cfg.dead_after_tokens
+
+    def _start(self, x: Tensor, target: Tensor | None) -> None:
+        if x.shape[0] == 0:
+            raise AttributionError("no activations to train on: the corpus is empty")
+        in_shift, in_scale = _normalizer(x, self.cfg.normalize)  # [d_in] each: x -> (x - shift) * scale
+        out_shift, out_scale = (in_shift, in_scale) if target is None else _normalizer(target, self.cfg.normalize)
+        self.norm = in_shift, in_scale, out_shift, out_scale
+        t = (x - in_shift) * in_scale if target is None else (target - out_shift) * out_scale
+        _init(self.sae, t, self.gen)
+        _encoder_layout(self.sae, rows=True)
+        self.opt = _adam(self.sae, self.cfg.lr)
+        self.log.scale = float(in_scale.mean())
+
+    def postfix(self) -> dict:
+        log = self.log
+        ev, l0, dead = log.explained_variance[-1], log.l0[-1], log.dead_fraction[-1]
+        return {"ev": f"{ev:.3f}", "l0": f"{l0:.1f}", "dead": f"{dead:.1%}"}
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly where this one stopped."""
+        if self.norm is None:
+            return {"step": 0}
+        return {
+            "step": self.step_,
+            "sae": {k: v.detach().clone() for k, v in self.sae.state_dict().items()},
+            "opt": self.opt.state_dict(),
+            "norm": list(self.norm),
+            "since_fired": self.since_fired.clone(),
+            "log": asdict(self.log),
+            "gen": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["step"] == 0:
+            return
+        _encoder_layout(self.sae, rows=True)
+        self.sae.load_state_dict(state["sae"])  # copies into the parameters, keeping their layout
+        self.sae.requires_grad_(True)
+        self.norm = tuple(t.to(self.device) for t in state["norm"])
+        self.opt = _adam(self.sae, self.cfg.lr)
+        self.opt.load_state_dict(state["opt"])
+        self.since_fired = state["since_fired"].to(self.device)
+        self.log = TrainLog(**state["log"])
+        self.gen.set_state(state["gen"])
+        self.step_ = state["step"]
+
+    def finish(self) -> TrainLog:
+        """Fold the normalisation into the weights (the SAE now works in model space) and record the recipe."""
+        if self.norm is None:
+            raise AttributionError("no activations to train on: the corpus is empty")
+        _encoder_layout(self.sae, rows=False)
+        _fold_normalizer(self.sae, *self.norm)
+        self.sae.requires_grad_(False)
+        training = {**asdict(self.cfg), "dtype": dtype_name(self.dtype), "steps_done": self.step_}
+        self.sae.meta.update(
+            {"training": training, "scale": self.log.scale, **{f"final_{k}": v for k, v in self.log.last().items()}}
+        )
+        return self.log
+
+
+def _adam(sae: SAE, lr: float) -> torch.optim.Optimizer:
+    """Adam (0.9, 0.999); the fused kernel where the device has one (one pass over each parameter)."""
+    params = list(sae.parameters())
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+
+
+def _encoder_layout(sae: SAE, rows: bool) -> None:
+    """rows=True: store W_enc [d_in, d_sae] as the transpose of a contiguous [d_sae, d_in] (one row per
+    feature), so the sparse gradient (per-feature rows) and the dense product (a transposed operand) need no
+    transposing copy each step; rows=False: back to the usual contiguous layout (for saving)."""
+    w = sae.W_enc.detach()
+    if rows == (w.stride() == (1, w.shape[0])):
+        return
+    new = w.T.contiguous().T if rows else w.contiguous()
+    sae.W_enc = torch.nn.Parameter(new, requires_grad=sae.W_enc.requires_grad)
+
+
+def _sparse_encoder_grad(sae: SAE, sel: Tensor, g: Tensor, x_c: Tensor) -> tuple[Tensor, Tensor]:
+    """For pre = x_c @ W_enc + b_enc and d loss / d pre nonzero only at pre[b, sel[b, j]] = g[b, j]:
+    (d loss / d x_c [batch, d_in], d loss / d W_enc^T [d_sae, d_in]), without a dense [batch, d_sae].
+
+    Both are an embedding bag over W_enc^T's rows: its output, sum_j g[b, j] W_enc^T[sel[b, j]], is the
+    input gradient, and its weight gradient for the output gradient x_c is the encoder's, accumulated by
+    torch's sorted-index kernel."""
+    with torch.enable_grad():
+        w_t = sae.W_enc.detach().T.contiguous().requires_grad_()  # [d_sae, d_in]; a view in the rows layout
+        g_x = torch.nn.functional.embedding_bag(sel, w_t, per_sample_weights=g.to(w_t.dtype), mode="sum")
+        (g_w,) = torch.autograd.grad(g_x, w_t, grad_outputs=x_c.to(w_t.dtype))
+    return g_x.detach(), g_w
 
 
 def _batches(batches: Iterable[Tensor], size: int, seed: int = 0) -> Iterator[Tensor]:
@@ -250,18 +411,6 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
-def _aux_k_loss(sae: SAE, pre: Tensor, err: Tensor, dead: Tensor, k_aux: int) -> Tensor:
-    """Dead features, through their top-k_aux pre-activations, learn to reconstruct the residual error."""
-    n_dead = int(dead.sum())
-    if n_dead == 0:
-        return pre.new_zeros(())
-    k = min(k_aux, n_dead)
-    dead_idx = dead.nonzero().squeeze(1)  # [n_dead]
-    vals, j = pre[:, dead_idx].topk(k, dim=-1)  # [batch, k] among the dead features only
-    recon = _sparse_decode(sae, dead_idx[j], torch.relu(vals.float()), bias=False)
-    return (err.detach() - recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
-
-
 def _sparse_decode(sae: SAE, idx: Tensor, vals: Tensor, bias: bool = True) -> Tensor:
     """sum_j vals[:, j] W_dec[idx[:, j]] (+ b_dec): [batch, k] indices and values -> [batch, d_in]."""
     out = torch.nn.functional.embedding_bag(idx, sae.W_dec, per_sample_weights=vals, mode="sum")
@@ -289,16 +438,21 @@ def _normalizer(x: Tensor, how: str) -> tuple[Tensor, Tensor]:
     raise AttributionError(f"normalize must be 'scalar' or 'dim', got {how!r}")
 
 
-def _fold_normalizer(sae: SAE, shift: Tensor, scale: Tensor) -> None:
-    """Make the SAE take and return raw activations x, having trained on z = (x - shift) * scale.
+def _fold_normalizer(
+    sae: SAE, shift: Tensor, scale: Tensor, out_shift: Tensor | None = None, out_scale: Tensor | None = None
+) -> None:
+    """Make the SAE take and return raw activations x, having trained on z = (x - shift) * scale (and, for a
+    transcoder, to reconstruct targets normalised by out_shift and out_scale; default: the input's).
 
     Encoder: z - b_dec = scale * (x - (shift + b_dec / scale)), so W_enc's rows take the scale and b_dec
     becomes shift + b_dec / scale; without b_dec applied to the input, b_enc absorbs -(shift * scale) W_enc.
-    Decoder: x_hat = z_hat / scale + shift, so W_dec's columns are divided by the scale.
+    Decoder: x_hat = z_hat / out_scale + out_shift, so W_dec's columns are divided by the output's scale.
     """
+    out_shift = shift if out_shift is None else out_shift
+    out_scale = scale if out_scale is None else out_scale
     with torch.no_grad():
         if not sae.apply_b_dec_to_input:
             sae.b_enc.sub_((shift * scale).to(sae.W_enc.dtype) @ sae.W_enc)
         sae.W_enc.mul_(scale[:, None])
-        sae.W_dec.div_(scale[None, :])
-        sae.b_dec.copy_(sae.b_dec / scale + shift)
+        sae.W_dec.div_(out_scale[None, :])
+        sae.b_dec.copy_(sae.b_dec / out_scale + out_shift)
