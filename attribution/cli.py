@@ -172,13 +172,16 @@ def _check_counts(args) -> None:
 
 def _saes(args) -> int:
     from attribution import AttributionError, default_saes, feature_indexes, load_model
+    from attribution.compute import machine
     from attribution.training.defaults import saes_dir
     from attribution.training.quality import evaluate_defaults, quality_table, save_report
 
     try:
         model = load_model(args.model)
+        t0 = time.perf_counter()
         saes = default_saes(model, args.hooks.split(",") if args.hooks else None)
-        print(f"default SAEs in {saes_dir(model)}:")
+        seconds = time.perf_counter() - t0
+        print(f"default SAEs in {saes_dir(model)} ({seconds / 60:.1f} min to build or load):")
         for h, sae in saes.items():
             ev = sae.meta.get("eval", {})
             print(
@@ -189,6 +192,7 @@ def _saes(args) -> int:
             feature_indexes(model, saes)
         if args.evaluate:
             report = evaluate_defaults(model, saes, dead_tokens=args.dead_tokens)
+            report["build"] = {"seconds": seconds, **machine()}
             path = save_report(report, saes_dir(model) / "quality.json")
             print(quality_table(report))
             print(f"written to {path}")

@@ -159,3 +159,28 @@ def model_autocast(model, dtype=None):
     if model.dtype != torch.float32:
         return contextlib.nullcontext()
     return autocast(model.device, resolve(dtype, model.device))
+
+
+def machine(device=None) -> dict:
+    """What a timing was measured on, for result files: the CPU kind (AMX, AVX-512 bf16, or neither: bf16
+    ~200x slower than float32 there), torch's view of it, threads, and the dtype low precision runs in."""
+    flags = cpu_flags() or set()
+    kind = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no native bf16"
+    if flags and kind == "no native bf16":
+        kind += " (AVX2)" if "avx2" in flags else ""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    dev = _device(device)
+    return {
+        "cpu_kind": kind,
+        "cpu_model": model,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "compute_dtype": dtype_name(compute_dtype(dev)),
+        "torch": torch.__version__,
+    }

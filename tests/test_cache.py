@@ -198,16 +198,16 @@ import dataclasses
 import attribution.training.defaults as defaults
 from attribution.cache import tensor_digest
 from tests.conftest import tiny_model
-defaults.CORPUS_TOKENS, defaults.SEQ_LEN = 600, 16
-real_specs, real_fit = defaults.default_specs, defaults.fit_spec
+defaults.CORPUS, defaults.SEQ_LEN, defaults.BATCH_WINDOWS = "sampled", 16, 8
+real_specs, real_train = defaults.default_specs, defaults._train
 defaults.default_specs = lambda m: {
-    h: dataclasses.replace(s, steps=20, batch_size=128, lr=3e-3) for h, s in real_specs(m).items()
+    h: dataclasses.replace(s, tokens=2400, lr=3e-3) for h, s in real_specs(m).items()
 }
-def logged_fit(model, spec, *a, **k):
+def logged_train(model, specs, *a, **k):
     with open(sys.argv[1], "a") as f:
-        f.write(spec.hook + "\\n")
-    return real_fit(model, spec, *a, **k)
-defaults.fit_spec = logged_fit
+        f.write("".join(h + "\\n" for h in specs))
+    return real_train(model, specs, *a, **k)
+defaults._train = logged_train
 model = tiny_model("gemma3", dtype=torch.float32)
 Path(sys.argv[2]).touch()  # a barrier: start together, so one waits on the other's lock
 while not all(Path(p).exists() for p in sys.argv[3:]):
@@ -228,10 +228,11 @@ def test_two_processes_build_one_default_sae_once(cache, tmp_path, monkeypatch):
     assert sorted(log.read_text().split()) == ["resid_post.0", "resid_post.1"]  # each trained once, in all
 
     # the same recipe in this process finds them; a truncated one is reported by name, then rebuilt
-    monkeypatch.setattr(defaults, "CORPUS_TOKENS", 600)
+    monkeypatch.setattr(defaults, "CORPUS", "sampled")
     monkeypatch.setattr(defaults, "SEQ_LEN", 16)
+    monkeypatch.setattr(defaults, "BATCH_WINDOWS", 8)
     real = defaults.default_specs
-    quick = {"steps": 20, "batch_size": 128, "lr": 3e-3}
+    quick = {"tokens": 2400, "lr": 3e-3}
     monkeypatch.setattr(defaults, "default_specs", lambda m: {h: replace(s, **quick) for h, s in real(m).items()})
     model = tiny_model("gemma3", dtype=torch.float32)
     saes = default_saes(model, train=False)

@@ -13,12 +13,13 @@ from tests.conftest import tiny_model
 @pytest.fixture
 def model(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(defaults, "CORPUS_TOKENS", 2400)
+    monkeypatch.setattr(defaults, "CORPUS", "sampled")  # no network: the tiny model's own samples
     monkeypatch.setattr(defaults, "SEQ_LEN", 16)
+    monkeypatch.setattr(defaults, "BATCH_WINDOWS", 8)
     real = defaults.default_specs
 
-    def quick(model):  # the real plan, with steps a tiny model can afford
-        return {h: dataclasses.replace(s, steps=100, batch_size=256, lr=3e-3) for h, s in real(model).items()}
+    def quick(model):  # the real plan, with a corpus a tiny model can afford
+        return {h: dataclasses.replace(s, tokens=24_000, lr=3e-3) for h, s in real(model).items()}
 
     monkeypatch.setattr(defaults, "default_specs", quick)
     return tiny_model("gemma3", dtype=torch.float32)
@@ -28,7 +29,7 @@ def test_layer_plan():
     m = tiny_model("gemma3", dtype=torch.float32)
     specs = defaults.default_specs(m)  # 3 layers: every other one (0) and the middle one (1), which is wider
     assert list(specs) == ["resid_post.0", "resid_post.1"]
-    assert specs["resid_post.1"].d_sae == 2 * specs["resid_post.0"].d_sae
+    assert specs["resid_post.1"].d_sae == 4 * specs["resid_post.0"].d_sae
 
 
 def test_default_saes_train_once_then_load(model, monkeypatch):
@@ -44,7 +45,7 @@ def test_default_saes_train_once_then_load(model, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("cached default SAEs should not be retrained")
 
-    monkeypatch.setattr("attribution.training.trainer.fit", no_training)
+    monkeypatch.setattr(defaults, "_train", no_training)
     again = default_saes(model, ["resid_post.1"], train=False)
     assert torch.equal(again["resid_post.1"].W_dec, saes["resid_post.1"].W_dec)
 

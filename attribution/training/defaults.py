@@ -1,13 +1,18 @@
 """`default_saes`: the dictionaries the case studies use, trained on first use and then loaded from a cache.
 
 TopK SAEs on the residual stream after every other block (0, 2, ..., enough for multi-layer graphs) plus a
-wider one after the middle block, where the paper's single-layer analyses live. All of them train on one
-shared corpus sampled from the model itself (so a fresh machine with no network can build them), whose
-activations are collected for every hook in one pass; each SAE then trains on shuffled in-memory
-activations, each dimension centred and scaled to unit variance (TrainConfig.normalize="dim": gemma keeps
-most of the residual variance in one dimension, see attribution.training.trainer). A folder per SAE under the
-model's fingerprint, named by its whole recipe and written atomically under a file lock, is the cache: a
-finished SAE is never retrained, and two processes wanting it train it once.
+wider one after the middle block, where the paper's single-layer analyses live. They train on real English
+prose (attribution.training.text: the Brown Corpus, State of the Union addresses, Moby-Dick, from pinned npm
+packages; CORPUS = "sampled" trains on the model's own samples instead, with no network at all), streamed:
+every missing SAE trains from one forward pass per batch (attribution.training.stream), each dimension
+centred and scaled to unit variance (TrainConfig.normalize="dim": gemma keeps most of the residual variance
+in one dimension, see attribution.training.trainer). The held-out documents are never trained on; they
+evaluate each SAE. A folder per SAE under the model's fingerprint, named by its whole recipe and written
+atomically under a file lock, is the cache: a finished SAE is never retrained, and two processes wanting it
+train it once. An interrupted build resumes from its checkpoint.
+
+`quick_sae` is a small middle-layer dictionary trained on a tenth of the text in a few minutes on any CPU,
+for a first run before the full set is built.
 """
 
 from __future__ import annotations
@@ -17,37 +22,39 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from attribution.cache import build_once, cache_dir, corrupt, digest, model_fingerprint
+from attribution.cache import cache_dir, corrupt, digest, locked, model_fingerprint
 from attribution.errors import AttributionError, SAEError
 from attribution.saes import build, load_sae, model_names, save_sae
 
-VERSION = 2  # bump when the recipe changes, so stale caches are not reused (2: per-dimension normalisation)
+VERSION = 3  # bump when the recipe changes (2: per-dimension normalisation; 3: real text, streamed, 16k middle)
+
+CORPUS = "real"  # "real": English prose (held out by document); "sampled": text the model writes itself
+SEQ_LEN = 128
+BATCH_WINDOWS = 32  # windows a forward pass: ~4,064 training tokens a step for every SAE
+EVAL_WINDOWS = 32  # held-out windows each SAE is evaluated on when it is built
 
 
 @dataclass(frozen=True)
 class DefaultSpec:
-    """The recipe of one default SAE."""
+    """The recipe of one default SAE: where, how wide, how sparse, on how many tokens."""
 
     hook: str
     d_sae: int
     k: int = 32
-    steps: int = 200
-    batch_size: int = 4096
+    tokens: int = 2_000_000
     lr: float = 4e-4
     normalize: str = "dim"
 
     @property
     def folder(self) -> str:
-        """Readable fields, then a hash of the whole recipe and the shared corpus's size (a change to any of
+        """Readable fields, then a hash of the whole recipe and of the corpus it trains on (a change to any of
         them, e.g. the learning rate, is another SAE)."""
-        recipe = digest({"spec": asdict(self), "corpus": [CORPUS_TOKENS, SEQ_LEN, HELD_OUT], "version": VERSION})
-        return f"{self.hook}-topk{self.d_sae}-k{self.k}-s{self.steps}-{recipe[:10]}-v{VERSION}"
+        recipe = digest({"spec": asdict(self), "corpus": [CORPUS, SEQ_LEN, BATCH_WINDOWS], "version": VERSION})
+        return f"{self.hook}-topk{self.d_sae}-k{self.k}-t{_short(self.tokens)}-{recipe[:10]}-v{VERSION}"
 
 
-# the corpus every default SAE trains on: ~120k tokens sampled from the model (5 min on 2 cores, cached)
-CORPUS_TOKENS = 120_000
-SEQ_LEN = 128
-HELD_OUT = 0.05
+def _short(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def middle_hook(model) -> str:
@@ -56,14 +63,21 @@ def middle_hook(model) -> str:
 
 
 def default_specs(model) -> dict[str, DefaultSpec]:
-    """{hook: recipe}: resid_post of every other block, and a 2x wider SAE after the middle block."""
+    """{hook: recipe}: resid_post of every other block, and a 4x wider SAE after the middle block (16,384
+    features at gemma-3-270m's width: the smallest Gemma Scope 2 ships)."""
     mid = model.hooks[middle_hook(model)].layer
     base = 2 ** round(math.log2(6.4 * model.d_model))  # 4096 features for a width of 640
     specs = {}
     for layer in sorted(set(range(0, model.n_layers - 1, 2)) | {mid}):
         hook = model.hook(f"resid_post.{layer}").name
-        specs[hook] = DefaultSpec(hook, d_sae=2 * base, steps=300) if layer == mid else DefaultSpec(hook, d_sae=base)
+        specs[hook] = DefaultSpec(hook, d_sae=4 * base if layer == mid else base)
     return specs
+
+
+def quick_spec(model) -> DefaultSpec:
+    """The quick dictionary: the middle layer, 4,096 features, 250k tokens (a few minutes on any CPU)."""
+    base = 2 ** round(math.log2(6.4 * model.d_model))
+    return DefaultSpec(middle_hook(model), d_sae=base, tokens=250_000, lr=1e-3)
 
 
 def default_saes(model=None, hooks=None, *, train: bool = True, progress: bool = True) -> dict:
@@ -101,77 +115,98 @@ def default_saes(model=None, hooks=None, *, train: bool = True, progress: bool =
                 "(or call default_saes(model)) to train them"
             )
         return {h: load(folders[h]) for h in wanted}  # a corrupt one raises CacheError naming its folder
-    shared = _SharedData(model, [specs[h] for h in wanted], progress)
-    return {h: build_once(folders[h], load, lambda tmp, h=h: _train(model, specs[h], shared, tmp)) for h in wanted}
+    return _build_missing(model, {h: specs[h] for h in wanted}, folders, load, progress)
+
+
+def quick_sae(model, *, train: bool = True, progress: bool = True):
+    """The quick middle-layer dictionary (quick_spec), trained on first use like the default ones."""
+    spec = quick_spec(model)
+    folder = saes_dir(model) / spec.folder
+    if not train and not os.path.lexists(folder):
+        raise AttributionError("the quick SAE is not built yet; call quick_sae(model) to train it")
+    return _build_missing(model, {spec.hook: spec}, {spec.hook: folder}, lambda p: load_sae(p, model=model), progress)[
+        spec.hook
+    ]
 
 
 def saes_dir(model) -> Path:
     return cache_dir() / "saes" / model_fingerprint(model)
 
 
-def default_corpus(model, progress: bool = True):
-    """([n_train, seq], [n_eval, seq]) token ids: the shared sampled corpus and its held-out tail."""
-    from attribution.training.corpus import sample_tokens
+def default_corpus(model, tokens: int = 2_000_000, progress: bool = True):
+    """([n_train, SEQ_LEN], [EVAL_WINDOWS, SEQ_LEN]) token ids: windows of the training text (CORPUS), at
+    most `tokens` tokens, and windows of held-out text no default SAE trains on."""
+    per = SEQ_LEN - 1
+    if CORPUS == "real":
+        from attribution.training.text import real_tokens
 
-    ids = sample_tokens(model, CORPUS_TOKENS, seq_len=SEQ_LEN, progress=progress)
-    n_eval = max(1, round(HELD_OUT * len(ids)))
-    return ids[:-n_eval], ids[-n_eval:]
+        train = real_tokens(model, "train", seq_len=SEQ_LEN, max_tokens=tokens, progress=progress)
+        held = real_tokens(model, "heldout", seq_len=SEQ_LEN, max_tokens=EVAL_WINDOWS * per, progress=False)
+        return train, held
+    if CORPUS == "sampled":
+        from attribution.training.corpus import sample_tokens
+
+        ids = sample_tokens(model, tokens + EVAL_WINDOWS * per, seq_len=SEQ_LEN, progress=progress)
+        return ids[:-EVAL_WINDOWS], ids[-EVAL_WINDOWS:]
+    raise AttributionError(f"defaults.CORPUS must be 'real' or 'sampled', got {CORPUS!r}")
 
 
-def fit_spec(model, spec: DefaultSpec, activations, progress: bool = True):
-    """A TopK SAE at spec.hook trained by the recipe `spec` on `activations` (a tensor or batches, [n, d_model])."""
-    from attribution.training.trainer import TrainConfig, fit
+def _build_missing(model, specs: dict[str, DefaultSpec], folders: dict[str, Path], load, progress: bool) -> dict:
+    """{hook: SAE}: the cached ones loaded, the missing ones trained together (one stream per token budget)
+    under their folders' locks, so two processes wanting them train them once."""
+    from attribution.cache import load_entry
 
-    sae = build("topk", model.d_model, spec.d_sae, spec.hook, k=spec.k, apply_b_dec_to_input=True).to(model.device)
-    cfg = TrainConfig(
-        steps=spec.steps,
-        batch_size=spec.batch_size,
-        lr=spec.lr,
-        normalize=spec.normalize,
-        dead_after_tokens=200_000,
+    out = {h: s for h in specs if (s := load_entry(folders[h], load)) is not None}
+    missing = [h for h in specs if h not in out]
+    if missing:
+        with locked(*(folders[h] for h in missing)):
+            out |= {h: s for h in missing if (s := load_entry(folders[h], load)) is not None}
+            todo = [h for h in missing if h not in out]
+            for tokens in sorted({specs[h].tokens for h in todo}):
+                group = {h: specs[h] for h in todo if specs[h].tokens == tokens}
+                _train(model, group, folders, tokens, load, progress)
+                out |= {h: load(folders[h]) for h in group}
+    return {h: out[h] for h in specs}
+
+
+def _train(model, specs: dict[str, DefaultSpec], folders: dict[str, Path], tokens: int, load, progress) -> None:
+    """Train `specs` from one stream of `tokens` training tokens, evaluate each on held-out text, save each."""
+    from attribution.cache import atomic_write
+    from attribution.training.evaluate import evaluate_sae
+    from attribution.training.stream import Dictionary, train_dictionaries
+    from attribution.training.trainer import TrainConfig
+
+    train_ids, eval_ids = default_corpus(model, tokens, progress)
+    dicts = {}
+    for h, s in specs.items():
+        sae = build("topk", model.d_model, s.d_sae, h, k=s.k, apply_b_dec_to_input=True).to(model.device)
+        cfg = TrainConfig(lr=s.lr, normalize=s.normalize, dead_after_tokens=200_000, log_every=10)
+        dicts[h] = Dictionary(sae, cfg, h)
+    key = digest(sorted(folders[h].name for h in specs))[:12]
+    checkpoint = saes_dir(model) / f"checkpoint-{key}.pt"
+    train_dictionaries(
+        model,
+        dicts,
+        train_ids,
+        batch_windows=BATCH_WINDOWS,
+        mask_hook=middle_hook(model),  # the same tokens kept whichever SAEs train together
+        checkpoint=checkpoint,
         progress=progress,
     )
-    fit(sae, activations, cfg)
-    return sae
-
-
-class _SharedData:
-    """The corpus and the activations every default SAE trains on, made on the first call (only when some SAE
-    is missing). Always every default hook (plus any extra asked for): the tokens kept (no <bos>, no
-    massive-norm outliers) are chosen at the last hook collected, so building one SAE alone must see the same
-    data as building all of them, or the same cache folder would hold different SAEs on different machines."""
-
-    def __init__(self, model, specs: list[DefaultSpec], progress: bool):
-        self.model, self.specs, self.progress, self.data = model, specs, progress, None
-
-    def __call__(self):
-        if self.data is None:
-            from attribution.training.activations import cached_activations
-
-            train_ids, eval_ids = default_corpus(self.model, self.progress)
-            hooks = [*default_specs(self.model), *(s.hook for s in self.specs)]  # the cache's key covers the set
-            cache = cached_activations(self.model, hooks, train_ids, "defaults", progress=self.progress)
-            self.data = train_ids, eval_ids, cache
-        return self.data
-
-
-def _train(model, spec: DefaultSpec, shared: _SharedData, out: Path) -> None:
-    from attribution.training.evaluate import evaluate_sae
-
-    progress = shared.progress
-    train_ids, eval_ids, cache = shared()
-    sae = fit_spec(model, spec, cache.tensor(spec.hook), progress)
-    sae.meta["eval"] = evaluate_sae(model, sae, eval_ids[:16], progress=progress)
-    sae.meta["corpus"] = {
-        "source": "sampled from the model (seed 0, top-k 40)",
-        "sequences": len(train_ids) + len(eval_ids),
-        "seq_len": SEQ_LEN,
-        "train_tokens": cache.n_tokens,
-    }
-    sae.meta["default_spec"] = {"folder": spec.folder, "version": VERSION}
-    if names := model_names(model):
-        sae.meta["model_name"] = names[0]  # saved as SAELens's metadata.model_name; load_sae warns on a mismatch
-    save_sae(sae, out)
+    for h, s in specs.items():
+        sae = dicts[h].sae
+        sae.meta["eval"] = evaluate_sae(model, sae, eval_ids, progress=progress)
+        sae.meta["corpus"] = {
+            "source": "English prose (attribution.training.text)" if CORPUS == "real" else "sampled from the model",
+            "train_tokens": int(train_ids.shape[0] * (SEQ_LEN - 1)),
+            "held_out": "documents (attribution.training.text.split_of)" if CORPUS == "real" else "last windows",
+            "seq_len": SEQ_LEN,
+        }
+        sae.meta["default_spec"] = {"folder": s.folder, "version": VERSION, **asdict(s)}
+        if names := model_names(model):
+            sae.meta["model_name"] = names[0]  # saved as SAELens's metadata.model_name; load_sae warns on a mismatch
+        with atomic_write(folders[h], check=load, lock=False) as tmp:  # we hold the folder's lock
+            save_sae(sae, tmp)
 
 
 def _as_list(hooks) -> list[str]:

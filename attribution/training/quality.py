@@ -75,7 +75,7 @@ def evaluate_defaults(
         report[h] = {
             "d_sae": sae.d_sae,
             "k": getattr(sae, "k", None),
-            "sampled_held_out": sae.meta.get("eval"),
+            "held_out": sae.meta.get("eval"),  # the SAE's own held-out text (its corpus's held-out documents)
             "reference_text": evaluate_sae(model, sae, text[:ce_sequences], progress=progress),
             "dead_fraction": float((counts[h] == 0).float().mean()),
             "dead_tokens": n,
@@ -90,7 +90,9 @@ def quality_table(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for h, r in report.items():
-        s, t = r["sampled_held_out"] or {}, r["reference_text"]
+        if not isinstance(r, dict) or "d_sae" not in r:
+            continue  # e.g. "build": how long the SAEs took
+        s, t = r.get("held_out", r.get("sampled_held_out")) or {}, r["reference_text"]
         rows.append(
             f"| {h} | {r['d_sae']} | {s.get('explained_variance', float('nan')):.3f} | "
             f"{s.get('ce_loss_recovered', float('nan')):.3f} | {t['explained_variance']:.3f} | "

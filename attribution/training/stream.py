@@ -1,0 +1,163 @@
+"""Many dictionaries trained from one forward pass over a stream of text, with checkpoints.
+
+Activations are never stored: each batch of token windows runs through the model once (stopping after the
+last hook needed), and every dictionary takes one optimiser step on its hook's activations of that batch,
+so the number of training tokens is bounded by time, not by memory or disk. A dictionary reads one hook and
+reconstructs it (an SAE), or reads one hook and reconstructs another (a transcoder: `target`).
+
+Windows are visited in a seeded random order, `batch_windows` at a time; the tokens kept are the same for
+every dictionary (not <bos>, not the rare massive-norm tokens, judged at `mask_hook`), so a dictionary
+trained alone sees exactly the data it would see beside others. A checkpoint (every dictionary's weights,
+optimiser state and the number of batches done) is written atomically every `checkpoint_s` seconds; a run
+that finds one for the same recipe resumes from it without re-running the batches it covered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.cache import atomic_write, digest, model_fingerprint, remove, sae_fingerprint, tensor_digest
+from attribution.compute import model_autocast
+from attribution.errors import AttributionError
+from attribution.models.model import Batch
+from attribution.saes.base import SAE
+from attribution.splice import trace
+from attribution.training.activations import _keep
+from attribution.training.trainer import Fitter, TrainConfig, TrainLog
+
+OUTLIER = 10.0  # tokens whose norm exceeds this many times their batch's median are left out
+
+
+@dataclass
+class Dictionary:
+    """One dictionary to train: the SAE (initialised by the first batch), its recipe, the hook it reads and,
+    for a transcoder, the hook it reconstructs."""
+
+    sae: SAE
+    config: TrainConfig
+    hook: str
+    target: str | None = None
+
+
+def train_dictionaries(
+    model,
+    dictionaries: dict[str, Dictionary],
+    windows: Tensor,
+    *,
+    batch_windows: int = 32,
+    seed: int = 0,
+    mask_hook: str | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_s: float = 300.0,
+    progress: bool = True,
+) -> dict[str, TrainLog]:
+    """Train every dictionary in place on `windows` ([n_seq, seq] token ids, rows starting with <bos>), one
+    forward pass per batch of `batch_windows` windows for all of them; returns {name: training log}.
+
+    Each dictionary's config.steps becomes the number of batches (its learning-rate schedule spans the
+    run). checkpoint: a file to save progress to and resume from (deleted when the run finishes).
+    """
+    if not dictionaries:
+        raise AttributionError("no dictionaries to train")
+    if windows.dim() != 2 or len(windows) < batch_windows or batch_windows < 1:
+        raise AttributionError(
+            f"need [n_seq, seq] token ids with at least batch_windows={batch_windows} rows, got {tuple(windows.shape)}"
+        )
+    hooks = {name: _hooks(model, d) for name, d in dictionaries.items()}
+    mask_hook = model.hook(mask_hook).name if mask_hook else None
+    capture = {h for hs in hooks.values() for h in hs if h} | ({mask_hook} if mask_hook else set())
+    capture = sorted(capture, key=lambda h: model.hooks[h].order)
+    mask_hook = mask_hook or capture[-1]
+    n_batches = len(windows) // batch_windows
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))[: n_batches * batch_windows]
+    fitters = {}
+    for name, d in dictionaries.items():
+        fitters[name] = Fitter(d.sae.to(model.device), dataclasses.replace(d.config, steps=n_batches, progress=False))
+    recipe = _recipe(model, dictionaries, windows, batch_windows, seed, mask_hook)
+    done = _resume(checkpoint, recipe, fitters)
+    n_tokens = n_batches * batch_windows * (windows.shape[1] - 1)
+    bar = tqdm(
+        total=n_tokens,
+        initial=done * batch_windows * (windows.shape[1] - 1),
+        desc=f"training {len(fitters)} dictionar{'y' if len(fitters) == 1 else 'ies'}",
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+    )
+    saved = time.monotonic()
+    for i in range(done, n_batches):
+        ids = windows[order[i * batch_windows : (i + 1) * batch_windows]]
+        with torch.no_grad(), model_autocast(model):
+            acts = trace(model, Batch.from_ids(ids, model.device), capture=capture, stop_early=True).acts
+        keep = _keep(acts[mask_hook], OUTLIER)  # [batch, seq]: not <bos>, not a massive-norm token
+        for name, f in fitters.items():
+            x, target = (acts[h][keep] if h else None for h in hooks[name])
+            f.step(x, target)
+        bar.update(batch_windows * (windows.shape[1] - 1))
+        if progress and fitters and next(iter(fitters.values())).logged:
+            evs = [f.log.explained_variance[-1] for f in fitters.values()]
+            bar.set_postfix(ev=f"{min(evs):.3f}-{max(evs):.3f}")
+        if checkpoint is not None and time.monotonic() - saved >= checkpoint_s and i + 1 < n_batches:
+            _save(checkpoint, recipe, i + 1, fitters)
+            saved = time.monotonic()
+    bar.close()
+    logs = {name: f.finish() for name, f in fitters.items()}
+    per_step = batch_windows * (windows.shape[1] - 1)
+    for name, d in dictionaries.items():
+        d.sae.meta["training"] |= {"tokens_seen": n_tokens, "batch_windows": batch_windows, "stream_seed": seed}
+        log = logs[name]  # each batch is new text: its statistics before the step are held-out ones
+        d.sae.meta["curve"] = {
+            "tokens": [s * per_step for s in log.steps],
+            "explained_variance": log.explained_variance,
+            "l0": log.l0,
+            "dead_fraction": log.dead_fraction,
+        }
+    if checkpoint is not None:
+        remove(checkpoint)
+    return logs
+
+
+def _hooks(model, d: Dictionary) -> tuple[str, str | None]:
+    return model.hook(d.hook).name, model.hook(d.target).name if d.target else None  # HookError if missing
+
+
+def _recipe(model, dictionaries: dict, windows: Tensor, batch_windows: int, seed: int, mask_hook: str) -> str:
+    """What a checkpoint must match to be resumed: the model, the text and its order, every dictionary's
+    hooks, initial weights and recipe."""
+    parts = {
+        name: [d.hook, d.target, sae_fingerprint(d.sae), dataclasses.asdict(d.config)]
+        for name, d in dictionaries.items()
+    }
+    return digest([model_fingerprint(model), tensor_digest(windows), batch_windows, seed, mask_hook, parts])
+
+
+def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
+    """Batches already done: those of a checkpoint of this recipe, whose state is loaded; else 0."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return 0
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # truncated or not ours
+        warnings.warn(f"checkpoint {checkpoint} is unreadable ({exc}); training from the start", stacklevel=3)
+        return 0
+    if not isinstance(state, dict) or state.get("recipe") != recipe:
+        return 0
+    for name, f in fitters.items():
+        f.load_state_dict(state["fitters"][name])
+    return int(state["batches"])
+
+
+def _save(checkpoint, recipe: str, batches: int, fitters: dict[str, Fitter]) -> None:
+    state = {"recipe": recipe, "batches": batches, "fitters": {n: f.state_dict() for n, f in fitters.items()}}
+    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(checkpoint, directory=False) as tmp:
+        torch.save(state, tmp)
