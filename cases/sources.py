@@ -7,6 +7,7 @@ a list of paths and/or SAE objects, or a {hook: SAE} dict.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -41,9 +42,11 @@ def check_hooks(model, hooks) -> list[str] | None:
     return [model.hook(h).name for h in hooks]
 
 
-def resolve_saes(model, saes, hooks: list[str] | None = None, *, progress: bool = True) -> dict:
+def resolve_saes(model, saes, hooks: list[str] | None = None, *, quick: bool = True, progress: bool = True) -> dict:
     """{hook: SAE} in forward order, checked against `model`; `hooks` restricts (or, for "default" and
-    "whole", chooses) the hooks."""
+    "whole", chooses) the hooks. quick: for "default" at the middle hook alone while the full default SAEs
+    are not built, the quick dictionary (minutes to train, where the full set takes ~25 min), said so on
+    stderr and in the SAE's description."""
     from attribution import SAE, SAEError, WholeActivation, load_sae
     from attribution.splice import prepare_saes
 
@@ -62,6 +65,18 @@ def resolve_saes(model, saes, hooks: list[str] | None = None, *, progress: bool 
                 f"the default SAEs are not available in this installation ({exc}); "
                 "pass SAE folders (--saes PATH) or --saes whole"
             ) from None
+        from attribution.training.defaults import is_built, middle_hook, quick_sae
+
+        if quick and hooks == [middle_hook(model)] and not is_built(model, hooks):
+            sae = quick_sae(model, progress=progress)
+            print(
+                f"using the quick dictionary at {sae.hook} ({sae.d_sae} features, "
+                f"{sae.meta['corpus']['train_tokens']:,} training tokens): the full default SAEs are not built "
+                "yet; `python -m attribution saes` builds them (~25 min on a 2-core AMX CPU), and later runs "
+                "use them",
+                file=sys.stderr,
+            )
+            return prepare_saes(model, {sae.hook: sae})
         return prepare_saes(model, default_saes(model, hooks, progress=progress))
     if isinstance(saes, str | Path | SAE):
         saes = [saes]
@@ -91,8 +106,9 @@ def describe(sae) -> str:
     """One line about an SAE for the report: architecture, width, and its held-out quality if recorded."""
     if sae.d_sae == 0:
         return "whole activation (no features)"
-    text = f"{sae.architecture} SAE, {sae.d_sae} features"
     meta = getattr(sae, "meta", {}) or {}
+    quick = " (the quick dictionary)" if meta.get("default_spec", {}).get("quick") else ""
+    text = f"{sae.architecture} SAE{quick}, {sae.d_sae} features"
     evals = meta.get("eval", meta)
     bits = [
         f"{name} {evals[key]:.3g}"

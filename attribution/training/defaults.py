@@ -118,6 +118,13 @@ def default_saes(model=None, hooks=None, *, train: bool = True, progress: bool =
     return _build_missing(model, {h: specs[h] for h in wanted}, folders, load, progress)
 
 
+def is_built(model, hooks=None) -> bool:
+    """Whether the default SAEs at `hooks` (default: all) are in the cache (built, not necessarily valid)."""
+    specs = default_specs(model)
+    hooks = list(specs) if hooks is None else [model.hook(h).name for h in _as_list(hooks)]
+    return all(h in specs and os.path.lexists(saes_dir(model) / specs[h].folder) for h in hooks)
+
+
 def quick_sae(model, *, train: bool = True, progress: bool = True):
     """The quick middle-layer dictionary (quick_spec), trained on first use like the default ones."""
     spec = quick_spec(model)
@@ -202,7 +209,8 @@ def _train(model, specs: dict[str, DefaultSpec], folders: dict[str, Path], token
             "held_out": "documents (attribution.training.text.split_of)" if CORPUS == "real" else "last windows",
             "seq_len": SEQ_LEN,
         }
-        sae.meta["default_spec"] = {"folder": s.folder, "version": VERSION, **asdict(s)}
+        quick = s == quick_spec(model)
+        sae.meta["default_spec"] = {"folder": s.folder, "version": VERSION, "quick": quick, **asdict(s)}
         if names := model_names(model):
             sae.meta["model_name"] = names[0]  # saved as SAELens's metadata.model_name; load_sae warns on a mismatch
         with atomic_write(folders[h], check=load, lock=False) as tmp:  # we hold the folder's lock
