@@ -8,6 +8,7 @@ depend on shapes, not values; bench/data.py says which was used, and so does eac
 import pytest
 import torch
 
+from attribution.compute import compute_dtype
 from attribution.saes import build
 from attribution.splice import decompose
 from attribution.training import TrainConfig, fit
@@ -76,6 +77,7 @@ def test_sae_train_topk(benchmark, acts, aux):
     log = benchmark.pedantic(fit, setup=setup, rounds=2, warmup_rounds=0)
     assert log.l0[-1] <= K
     benchmark.extra_info.update(
+        dense_flop=6 * D_IN * D_SAE * TRAIN_STEPS * BATCH,  # encoder forward + 2 backward products, dense
         tokens_per_s=per_second(benchmark, TRAIN_STEPS * BATCH),
         steps=TRAIN_STEPS,
         batch_size=BATCH,
@@ -83,3 +85,15 @@ def test_sae_train_topk(benchmark, acts, aux):
         final_explained_variance=log.explained_variance[-1],
         dead_fraction=log.dead_fraction[-1],
     )
+
+
+def test_matmul_peak(benchmark):
+    """The machine's matmul peak in the dtype `fit` multiplies in (bfloat16 where native, else float32): one
+    4,096 x 4,096 x 4,096 product. report.py's fit_vs_peak divides `fit`'s FLOP/s by it."""
+    dtype = compute_dtype("cpu")
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(4096, 4096, generator=g).to(dtype) for _ in range(2))
+    benchmark.pedantic(lambda: a @ b, rounds=5, warmup_rounds=2)
+    flop = 2 * 4096**3
+    gflops = None if benchmark.stats is None else flop / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info.update(flop=flop, gflop_per_s=gflops, dtype=str(dtype).removeprefix("torch."))

@@ -55,3 +55,22 @@ def test_default_saes_bad_hooks(model):
         default_saes(model, ["mlp_out.1"], progress=False)
     with pytest.raises(AttributionError, match=r"resid_post\.7"):
         default_saes(model, ["resid_post.7"], progress=False)
+
+
+def test_quick_dictionary_serves_the_middle_hook_until_the_full_set_is_built(model, monkeypatch, capsys):
+    from cases import sources
+
+    real_quick = defaults.quick_spec
+    monkeypatch.setattr(defaults, "quick_spec", lambda m: dataclasses.replace(real_quick(m), tokens=6000))
+    assert not defaults.is_built(model)
+    saes = sources.resolve_saes(model, "default", ["middle"], progress=False)
+    (sae,) = saes.values()
+    assert sae.hook == "resid_post.1" and sae.meta["default_spec"]["quick"] and sae.meta["corpus"]["train_tokens"]
+    assert "using the quick dictionary" in capsys.readouterr().err
+    assert "(the quick dictionary)" in sources.describe(sae)
+    assert not defaults.is_built(model, ["resid_post.1"])  # the quick one is not the full default
+    default_saes(model, progress=False)
+    assert defaults.is_built(model)
+    (full,) = sources.resolve_saes(model, "default", ["middle"], progress=False).values()
+    assert full.d_sae == defaults.default_specs(model)["resid_post.1"].d_sae and not full.meta["default_spec"]["quick"]
+    assert "quick" not in capsys.readouterr().err
