@@ -18,7 +18,9 @@ stand-in: a module whose one block ("layers.0") returns the cached activations t
 and a dataset whose item i is batch i's 4,096 indices (a batch of one sequence). The hook then sees exactly
 our batches, in our order. Nothing of its training is replicated; what we add:
 - with --precision bf16 (default, as ours), `Trainer.fit` runs under CPU bfloat16 autocast: its forward
-  autocasts only on CUDA ("improves performance by almost 2x"); with fp32 it runs as it would on a CPU;
+  autocasts only on CUDA ("improves performance by almost 2x"), once per forward; here without autocast's
+  weight-cast cache, which over one context around `fit` would freeze the encoder's bf16 copy at step 0 (a
+  first run did: EV 0.88 inside fit, -267 for the checkpoint); with fp32 it runs as it would on a CPU;
 - the adam variant warms up over 1% of the steps: its default (1,000 steps of 64k tokens) outlasts the run.
 Variants: `signum` (its default: SignSGD in a schedule-free wrapper, momentum 0.95, lr 5e-3 / sqrt(d_sae / 2^14),
 constant) and `adam` (its torch Adam: lr 2e-4 / sqrt(d_sae / 2^14), linear decay to 0).
@@ -110,7 +112,9 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
         run_name=variant + tag,
     )
     trainer = Trainer(cfg, Batches(), Replay())
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    # no cast cache: within one autocast context it would keep step 0's bf16 encoder for the whole run (the
+    # forward would never see the updated weights); its CUDA forward re-enters autocast at every call instead
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
     t0 = time.perf_counter()
     with bf16:
         trainer.fit()
@@ -129,7 +133,7 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
         **speed(seconds, stamps, steps),
         "steps": steps,
         "checkpoint": str(folder),
-        "lr": [g["lr"] for g in trainer.optimizers[0].param_groups],
+        "lr": [g.get("initial_lr", g["lr"]) for g in trainer.optimizers[0].param_groups],
         "own_forward_explained_variance": 1 - float(out.fvu),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
