@@ -45,40 +45,19 @@ import sys
 import time
 from pathlib import Path
 
-STEPS, BATCH, LR = 100, 4096, 4e-4
-PAIR_STEPS = 12
-DEAD_AFTER_TOKENS = 1_000_000
-N_EVAL = 8192
 VENV = Path(os.environ.get("SAELENS_VENV", "/tmp/saelens-venv"))
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {"default": "", "mean_init": ", b_dec = data mean at start"}
 
 
-def timed(batches, stamps: list[float]):
-    """Yield from `batches`, noting when each is asked for: the gaps are step times (robust to a busy
-    machine through their median, where the wall time of the whole run is not)."""
-    for b in batches:
-        stamps.append(time.perf_counter())
-        yield b
-
-
-def speed(seconds: float, stamps: list[float], steps: int) -> dict:
-    gaps = sorted(b - a for a, b in itertools.pairwise(stamps[1:]))  # the first gap holds initialisation
-    median = gaps[len(gaps) // 2] if gaps else seconds / steps
-    return {
-        "seconds": seconds,
-        "tokens_per_s": steps * BATCH / seconds,
-        "median_step_s": median,
-        "median_step_tokens_per_s": BATCH / median,
-    }
-
-
 # --------------------------------------------------------------------------------------------------
-# The SAELens side. Runs in the SAELens venv: imports nothing from this project.
+# The SAELens side. Runs in the SAELens venv: imports nothing from this project but bench/side_by_side.py
+# (standard library only).
 # --------------------------------------------------------------------------------------------------
 def worker(work: Path, steps: int, precision: str, threads: int | None, variant: str, tag: str = "") -> None:
     import sae_lens
     import torch
+
+    from bench.side_by_side import BATCH, DEAD_AFTER_TOKENS, LR, speed, timed
 
     if threads:
         torch.set_num_threads(threads)
@@ -157,127 +136,20 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
 # --------------------------------------------------------------------------------------------------
 # Our side, in the project's environment.
 # --------------------------------------------------------------------------------------------------
-def prepare(work: Path, steps: int) -> dict:
-    """Dump train/held-out activations and the batch order; returns a description of the inputs."""
-    import torch
-    from safetensors.torch import save_file
-
-    from bench.data import D_SAE, HOOK, K, find_cache, load, synthetic
-
-    cache = find_cache(HOOK)
-    if cache is not None:
-        x = load(cache, HOOK)
-        source = {"kind": "real", "cache": str(cache.path), "tokens": cache.n_tokens, "hook": HOOK}
-    else:
-        x = synthetic(200_000 + N_EVAL).to(torch.bfloat16)
-        source = {"kind": "synthetic", "tokens": len(x), "hook": HOOK}
-    train, held = x[:-N_EVAL].contiguous(), x[-N_EVAL:].contiguous()
-    g = torch.Generator().manual_seed(0)
-    per_epoch = len(train) // BATCH
-    epochs = [torch.randperm(len(train), generator=g)[: per_epoch * BATCH].view(per_epoch, BATCH)]
-    while sum(len(e) for e in epochs) < steps:
-        epochs.append(torch.randperm(len(train), generator=g)[: per_epoch * BATCH].view(per_epoch, BATCH))
-    order = torch.cat(epochs)[:steps]
-    work.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {
-            "train": train,
-            "eval": held,
-            "order": order,
-            "d_sae": torch.tensor(D_SAE),
-            "k": torch.tensor(K),
-        },
-        str(work / "activations.safetensors"),
-    )
-    source.update(train_tokens=len(train), held_out_tokens=len(held), epochs=steps * BATCH / len(train))
-    return source
-
-
-def train_ours(work: Path, steps: int, precision: str, progress: bool = True, normalize: str = "dim"):
-    import torch
-    from safetensors.torch import load_file
-
-    from attribution.saes import build
-    from attribution.training import TrainConfig, fit
-    from bench.data import D_IN, D_SAE, HOOK, K
-
-    data = load_file(str(work / "activations.safetensors"))
-    train, order = data["train"], data["order"][:steps]
-    sae = build("topk", D_IN, D_SAE, HOOK, k=K, apply_b_dec_to_input=True)
-    cfg = TrainConfig(
-        steps=steps,
-        batch_size=BATCH,
-        lr=LR,
-        lr_warmup=0.01,
-        lr_decay=0.2,
-        dead_after_tokens=DEAD_AFTER_TOKENS,
-        dtype="bfloat16" if precision == "bf16" else "float32",
-        normalize=normalize,
-        progress=progress,
-        seed=0,
-    )
-    stamps: list[float] = []
-    t0 = time.perf_counter()
-    fit(sae, timed((train[idx].float() for idx in order), stamps), cfg)
-    seconds = time.perf_counter() - t0
-    return sae, {
-        "trainer": f"attribution.training.fit (ours, normalize={normalize!r})",
-        **speed(seconds, stamps, steps),
-        "steps": steps,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def quality(sae, x) -> dict:
-    """The same held-out measures for both SAEs, in model units (scales are folded into the weights)."""
-    import torch
-
-    with torch.no_grad():
-        x = x.float()
-        x_hat, f = sae(x)
-        err = (x - x_hat).pow(2).sum(-1)
-        return {
-            "explained_variance": 1 - float(err.sum() / (x - x.mean(0)).pow(2).sum()),
-            "mse": float(err.mean()),  # per token, summed over the 640 dimensions
-            "relative_mse": float(err.mean() / x.pow(2).sum(-1).mean()),
-            "l0": float((f != 0).float().sum(-1).mean()),
-            "dead_fraction": float((~(f != 0).any(0)).float().mean()),
-            # gemma's layer-9 residual has one dimension holding ~87% of E[x^2]: EV and MSE mostly measure it
-            "error_share_top_dim": float((x - x_hat).pow(2).sum(0).max() / err.sum()),
-        }
-
-
-def held_out_text(cache_path: str | None):
-    """The held-out token ids of the corpus that produced `cache_path` (train_sae's 5% split), or None."""
-    from safetensors.torch import load_file
-
-    from attribution.cache import cache_dir, tensor_digest
-
-    if cache_path is None:
-        return None
-    digest = Path(cache_path).name.rsplit("-", 1)[-1]  # cached_activations puts the ids' hash last
-    for f in sorted((cache_dir() / "corpus").glob("*/*.safetensors")):
-        ids = load_file(str(f))["tokens"]
-        n_eval = max(1, round(0.05 * len(ids)))
-        if tensor_digest(ids[:-n_eval]).startswith(digest):
-            return ids[-n_eval:]
-    return None
-
-
-def ensure_venv(venv: Path, install: bool) -> Path | None:
-    py = venv / "bin" / "python"
-    ok = py.exists() and subprocess.run([str(py), "-c", "import sae_lens"], capture_output=True).returncode == 0
-    if ok or not install:
-        return py if ok else None
-    subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
-    r = subprocess.run([str(py), "-m", "pip", "install", "sae-lens", "torch==2.13.0"], capture_output=True, text=True)
-    if r.returncode != 0:
-        print(r.stdout[-4000:], r.stderr[-4000:], sep="\n", file=sys.stderr)
-        return None
-    return py
-
-
 def main(argv: list[str] | None = None) -> int:
+    from bench.side_by_side import (
+        BATCH,
+        PAIR_STEPS,
+        RESULTS,
+        STEPS,
+        ensure_venv,
+        evaluate,
+        paired,
+        prepare,
+        results_file,
+        train_ours,
+    )
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps of {BATCH} tokens (default {STEPS})")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="matmul precision, both sides")
@@ -320,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     if not variants or set(variants) - set(VARIANTS):
         ap.error(f"--variants must name some of {list(VARIANTS)}")
-    py = ensure_venv(Path(args.venv), args.install)
+    py = ensure_venv(Path(args.venv), args.install, "sae_lens", ["sae-lens", "torch==2.13.0"])
     if py is None:
         print(
             f"SAELens is not importable from {args.venv}. Create it (outside the project's environment):\n"
@@ -329,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-
-    from safetensors.torch import load_file
 
     from attribution.saes import load_sae, save_sae
     from bench.data import HOOK
@@ -362,64 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         theirs.append((load_sae(work / f"saelens_sae_{variant}", hook=HOOK), row))
 
     print("[4/4] evaluating both on held-out activations" + ("" if args.no_ce else " and text"), flush=True)
-    held = load_file(str(work / "activations.safetensors"))["eval"]
     both = [(ours, ours_row), *theirs]
-    for sae, row in both:
-        row.update(quality(sae, held))
-    ids = None if args.no_ce or source["kind"] != "real" else held_out_text(source.get("cache"))
-    if ids is not None:
-        from attribution import load_model
-        from attribution.training import evaluate_sae
-
-        model = load_model()
-        for sae, row in both:
-            ev = evaluate_sae(model, sae, ids, progress=False)
-            row["ce_loss_recovered"] = ev["ce_loss_recovered"]
-            row["text"] = ev
-    rows = [row for _, row in both]
-    theirs_row = theirs[0][1]
-    paired = []
-    for r in range(args.paired_rounds):
-        print(f"[+] paired speed round {r + 1}/{args.paired_rounds}: {PAIR_STEPS} steps each", flush=True)
-        mine = train_ours(work, PAIR_STEPS, args.precision, progress=False, normalize=args.normalize)[1][
+    ids = evaluate(both, work, source, args.no_ce)
+    pairs = paired(
+        args.paired_rounds,
+        lambda: train_ours(work, PAIR_STEPS, args.precision, progress=False, normalize=args.normalize)[1][
             "median_step_tokens_per_s"
-        ]
-        other = run_saelens(PAIR_STEPS, "default", tag="_paired")["median_step_tokens_per_s"]
-        paired.append({"ours": mine, "saelens": other, "ratio": mine / other, "load_average": os.getloadavg()})
-    result = {
-        "summary": {
-            "rows": [
-                {
-                    k: r.get(k)
-                    for k in (
-                        "trainer",
-                        "tokens_per_s",
-                        "median_step_tokens_per_s",
-                        "explained_variance",
-                        "mse",
-                        "l0",
-                        "dead_fraction",
-                        "ce_loss_recovered",
-                    )
-                }
-                for r in rows
-            ],
-            "speed_ratio_ours_over_saelens": ours_row["tokens_per_s"] / theirs_row["tokens_per_s"],
-            "median_step_speed_ratio": ours_row["median_step_tokens_per_s"] / theirs_row["median_step_tokens_per_s"],
-            "paired_speed_ratio": sorted(p["ratio"] for p in paired)[len(paired) // 2] if paired else None,
-            "steps": args.steps,
-            "batch_size": BATCH,
-            "precision": args.precision,
-            "inputs": source["kind"],
-            "threads": ours_row["threads"],
-        },
-        "inputs": source,
-        "held_out_text_sequences": None if ids is None else len(ids),
-        "details": rows,
-        "paired_speed": paired,
-        "load_average_at_end": os.getloadavg(),
-        "datetime": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+        ],
+        lambda: run_saelens(PAIR_STEPS, "default", tag="_paired")["median_step_tokens_per_s"],
+        "saelens",
+    )
+    rows = [row for _, row in both]
+    result = results_file(rows, pairs, source, ids, "saelens", steps=args.steps, precision=args.precision)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "saelens.json").write_text(json.dumps(result, indent=2) + "\n")
 
@@ -431,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nours / SAELens tokens/s: {summ['speed_ratio_ours_over_saelens']:.2f} (wall), "
         f"{summ['median_step_speed_ratio']:.2f} (median step)"
-        + ("" if not paired else f", {summ['paired_speed_ratio']:.2f} (median of {len(paired)} paired rounds)")
+        + ("" if not pairs else f", {summ['paired_speed_ratio']:.2f} (median of {len(pairs)} paired rounds)")
     )
     for _, row in theirs:
         print(
@@ -443,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:  # run as a file in the SAELens venv: keep bench/'s modules off its path
+    if "--worker" in sys.argv:  # run as a file in the SAELens venv: keep bench/'s modules off its path,
         sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+        sys.path.append(str(Path(__file__).resolve().parent.parent))  # but bench.side_by_side importable
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())
