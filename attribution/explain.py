@@ -3,15 +3,14 @@
 A feature is more than its top examples, so every card also carries a histogram of its activations by
 interval with the share of all its firings in each. Everything that needs a pass over text is computed once
 per SAE into a `FeatureIndex` on disk (top contexts, histograms, frequencies, logit-lens tokens,
-neighbours, labels), so labelling hundreds of graph nodes is a lookup; only a card's per-token activations
-in its contexts are recomputed, from the stored token ids.
+neighbours, the model's predictions at the top contexts, labels: attribution.labels), so labelling hundreds
+of graph nodes is a lookup; only a card's per-token activations in its contexts are recomputed, from the ids.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from attribution.cache import (
 )
 from attribution.compute import compute_dtype, model_autocast
 from attribution.errors import AttributionError, CacheError, SAEError
+from attribution.labels import N_NEXT, evidence, labels, logit_lens, top_predictions
 from attribution.models.model import Batch
 from attribution.nodes import _is_int
 from attribution.splice import place, trace
@@ -41,11 +41,12 @@ from attribution.training.activations import _keep
 
 N_TOP = 24  # contexts kept per feature
 N_BINS = 10
-N_LOGIT = 10  # promoted / suppressed tokens
 N_NEIGHBOURS = 8
-VERSION = 6  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
-# the logit lens through the final norm's gain; 6: special tokens never label
+VERSION = 7  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
+# the logit lens through the final norm's gain; 6: special tokens never label; 7: the model's predictions at
+# the top contexts, labels from the contexts' words, the promoted token only as evidence
 OUTLIER = 10.0  # the norm cut-off (x batch median) the training activations used
+Text = Tensor | str | None  # the text to index: token ids, "real" or None (the default corpus)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Context:
     acts: list[float]  # the feature's activation at each of those tokens
     position: int  # index in `tokens` of the top-firing token
     activation: float
+    predicted: list[str]  # the model's top next-token predictions at the top-firing token
 
 
 @dataclass
@@ -74,6 +76,9 @@ class FeatureCard:
     contexts: list[Context]
     histogram: list[Bin]
     promoted: list[tuple[str, float]]  # tokens whose logits the decoder direction raises most (logit lens)
+    promoted_seen: str  # the token it promotes most of those in the indexed text, which the label may show:
+    evidence_share: float  # the share of its top contexts where the model predicts it (top labels.N_NEXT)
+    evidence: bool  # evidence_share >= attribution.labels.EVIDENCE_SHARE: the label shows it
     suppressed: list[tuple[str, float]]
     neighbours: list[tuple[int, float]]  # (feature, cosine of decoder directions)
     n_tokens: int  # how many tokens the index covers
@@ -91,6 +96,7 @@ class FeatureCard:
             lines.append(f"  {c.activation:7.3g}  {text!r}")
         lines.append("  histogram: " + ", ".join(f"{b.lo:.3g}-{b.hi:.3g}: {b.share:.1%}" for b in self.histogram))
         lines.append("  promotes:  " + ", ".join(repr(t) for t, _ in self.promoted[:8]))
+        lines.append(f"  the model predicts {self.promoted_seen!r} at {self.evidence_share:.0%} of the top contexts")
         lines.append("  suppresses: " + ", ".join(repr(t) for t, _ in self.suppressed[:8]))
         lines.append("  neighbours: " + ", ".join(f"#{f} ({c:.2f})" for f, c in self.neighbours[:5]))
         return "\n".join(lines)
@@ -128,7 +134,8 @@ class FeatureCard:
             f"<div>fires on {self.frequency:.3%} of {self.n_tokens} tokens; max activation "
             f"{self.max_activation:.3g}</div><h5>Top contexts</h5>{ctx}"
             f"<h5>Activation histogram (share of firings per interval)</h5>{hist}"
-            f"<div><b>promotes</b> {promoted}</div><div><b>suppresses</b> {suppressed}</div>"
+            f"<div><b>promotes</b> {promoted}; the model predicts {esc(repr(self.promoted_seen))} at "
+            f"{self.evidence_share:.0%} of the top contexts</div><div><b>suppresses</b> {suppressed}</div>"
             f"<div><b>nearest by decoder cosine</b> {neighbours}</div></div>"
         )
 
@@ -162,6 +169,10 @@ class FeatureIndex:
     def max_activation(self, feature: int) -> float:
         return float(self.t["max"][self._check(feature)])
 
+    def evidence(self, feature: int) -> bool:
+        """Whether the feature's promoted token is among the model's predictions at enough top contexts."""
+        return bool(self.t["evidence"][self._check(feature)])
+
     def _check(self, feature: int) -> int:
         if not 0 <= feature < self.d_sae:
             raise AttributionError(f"feature {feature} does not exist: the SAE at {self.hook} has {self.d_sae}")
@@ -169,29 +180,23 @@ class FeatureIndex:
 
 
 def feature_index(
-    model, sae, *, tokens: Tensor | None = None, n_tokens: int = 65_536, rebuild: bool = False, progress: bool = True
+    model, sae, *, tokens: Text = None, n_tokens: int = 65_536, rebuild: bool = False, progress: bool = True
 ) -> FeatureIndex:
-    """The index of `sae`, built on first use over `tokens` ([n_seq, seq] ids starting with <bos>;
-    default: the first `n_tokens` of the default training corpus) and cached by the SAE's weights."""
+    """The index of `sae`, built on first use over `tokens` ([n_seq, seq] ids starting with <bos>, or "real" or
+    None: see index_text) and cached by the SAE's weights and the text."""
     kw = {"tokens": tokens, "n_tokens": n_tokens, "rebuild": rebuild, "progress": progress}
     indexes = feature_indexes(model, {sae.hook: sae}, **kw)
     return indexes[model.hook(sae.hook).name]
 
 
 def feature_indexes(
-    model, saes, *, tokens: Tensor | None = None, n_tokens: int = 65_536, rebuild: bool = False, progress: bool = True
+    model, saes, *, tokens: Text = None, n_tokens: int = 65_536, rebuild: bool = False, progress: bool = True
 ) -> dict[str, FeatureIndex]:
-    """Indexes for several SAEs; the missing ones share one pass over the text."""
+    """Indexes for several SAEs (tokens as in feature_index); the missing ones share one pass over the text."""
     from attribution.splice import prepare_saes
 
     saes = {h: s for h, s in prepare_saes(model, saes).items() if s.d_sae > 0}
-    if tokens is not None:
-        _check_tokens(model, tokens)
-    if tokens is None:
-        from attribution.training.defaults import default_corpus
-
-        train, _ = default_corpus(model, progress=progress)
-        tokens = train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
+    tokens = index_text(model, tokens, n_tokens, progress)
     # keyed by the model, the SAE (weights and hyper-parameters such as k) and the text: never another's index
     root = cache_dir() / "index" / model_fingerprint(model)
     key = tensor_digest(tokens)[:16]
@@ -207,6 +212,25 @@ def feature_indexes(
                 for h, (tensors, info) in _build(model, todo, tokens, progress).items():
                     out[h] = _save(folders[h], tensors, info)
     return out
+
+
+def index_text(model, tokens: Text = None, n_tokens: int = 65_536, progress: bool = True) -> Tensor:
+    """The token ids an index is built over: `tokens` checked; "real": the first `n_tokens` of the real-text
+    training split (attribution.training.text.real_tokens, 128-token windows); None: the first `n_tokens` of
+    the default training corpus (attribution.training.defaults.default_corpus)."""
+    if isinstance(tokens, str):
+        if tokens != "real":
+            raise AttributionError(f"tokens must be token ids, 'real' or None (the default corpus), got {tokens!r}")
+        from attribution.training.text import real_tokens
+
+        return real_tokens(model, "train", seq_len=128, max_tokens=n_tokens + 127, progress=progress)
+    if tokens is not None:
+        _check_tokens(model, tokens)
+        return tokens
+    from attribution.training.defaults import default_corpus
+
+    train, _ = default_corpus(model, progress=progress)
+    return train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
 
 
 def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_contexts: int = 8) -> FeatureCard:
@@ -239,10 +263,11 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
     if chosen:
         ids = t["tokens"][[s for _, s, _ in chosen]]  # [n, seq]
         f = feature_activations(model, {index.hook: sae}, ids)[index.hook][..., feature]  # [n, seq]
-        for row, (a, _, p) in enumerate(chosen):
+        for row, (a, s, p) in enumerate(chosen):
             lo, hi = max(1, p - 12), min(ids.shape[1], p + 5)
             pieces = [tok.decode([i]) for i in ids[row, lo:hi].tolist()]
-            contexts.append(Context(pieces, [float(v) for v in f[row, lo:hi]], p - lo, a))
+            pred = [tok.decode([i]) for i in t["next_ids"][s, p].tolist() if i >= 0]
+            contexts.append(Context(pieces, [float(v) for v in f[row, lo:hi]], p - lo, a, pred))
     edges = t["hist_edges"][feature].tolist()
     counts = t["hist"][feature].tolist()
     total = max(1, sum(counts))
@@ -257,6 +282,9 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
         histogram=histogram,
         promoted=_tokens(tok, t["up_ids"][feature], t["up_vals"][feature]),
         suppressed=_tokens(tok, t["down_ids"][feature], t["down_vals"][feature]),
+        promoted_seen=tok.decode([int(t["up_seen"][feature])]),
+        evidence_share=float(t["evidence_share"][feature]),
+        evidence=bool(t["evidence"][feature]),
         neighbours=[(int(i), float(c)) for i, c in zip(t["nb_ids"][feature], t["nb_cos"][feature])],
         n_tokens=index.n_tokens,
     )
@@ -276,18 +304,20 @@ def feature_activations(model, saes: dict, ids: Tensor, *, outliers: bool = True
     return _features(model, saes, ids, outliers)[0]
 
 
-def _features(model, saes: dict, ids: Tensor, outliers: bool) -> tuple[dict[str, Tensor], dict, dict | None]:
-    """(features as in feature_activations, {hook: [n, seq, d_model] activations}, and with outliers=False
-    {hook: [n, seq] bool tokens kept}, else None)."""
+def _features(model, saes: dict, ids: Tensor, outliers: bool, final: bool = False) -> tuple:
+    """(features as in feature_activations, {hook: [n, seq, d_model] activations}, with outliers=False
+    {hook: [n, seq] bool tokens kept} else None, and with final=True (the whole model runs) the final-norm
+    hidden states [n, seq, d_model] else None)."""
     with model_autocast(model):
-        acts = trace(model, Batch.from_ids(ids, model.device), capture=list(saes), stop_early=True).acts
+        run = trace(model, Batch.from_ids(ids, model.device), capture=list(saes), stop_early=not final)
+    acts = run.acts
     kept = None if outliers else {h: _keep(acts[h], OUTLIER) for h in saes}
     feats = {}
     for h, sae in saes.items():
         place(model, sae)
         f = sae.encode(acts[h].float()).float()
         feats[h] = f if kept is None else f * kept[h][..., None]
-    return feats, acts, kept
+    return feats, acts, kept, run.hidden
 
 
 @torch.no_grad()
@@ -305,10 +335,11 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
         }
         for h, s in saes.items()
     }
-    n_tok = 0
+    n_tok, final = 0, torch.zeros(n_seq, seq, model.d_model, dtype=compute_dtype(dev), device=dev)
     for start in tqdm(range(0, n_seq, 16), desc=f"indexing features at {','.join(saes)}", disable=not progress):
         ids = tokens[start : start + 16]
-        feats, acts, kept = _features(model, saes, ids, outliers=False)
+        feats, acts, kept, hidden = _features(model, saes, ids, outliers=False, final=True)
+        final[start : start + 16] = hidden  # for the model's predictions at the top contexts, after the pass
         for h, f in feats.items():
             x = acts[h][kept[h]].double()  # [kept tokens, d_model]
             state[h]["moments"] += torch.stack([torch.full_like(x[0], len(x)), x.sum(0), x.pow(2).sum(0)])
@@ -328,6 +359,11 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
             st["top_seq"] = torch.cat([st["top_seq"], seq_i], 1).gather(1, pick)
             st["top_pos"] = torch.cat([st["top_pos"], pos_i], 1).gather(1, pick)
         n_tok += ids.shape[0] * (seq - 1)
+    # what the model predicts next at every top context (of any feature): the unembedding only where needed
+    where = torch.cat([(st["top_seq"] * seq + st["top_pos"])[st["top_acts"] > 0] for st in state.values()]).unique()
+    next_ids = torch.full((n_seq * seq, N_NEXT), -1, dtype=torch.int32, device=dev)
+    next_ids[where] = top_predictions(model, final.flatten(0, 1)[where]).to(dev)
+    del final
     seen = torch.zeros(model.W_U.shape[0], dtype=torch.bool, device=dev)  # [vocab] tokens of the indexed text
     seen[tokens.flatten().clamp(0, len(seen) - 1).to(dev)] = True
     seen[[i for i in model.tokenizer.all_special_ids if i < len(seen)]] = False  # <bos>, <pad>, ...
@@ -342,7 +378,7 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
         hist = torch.zeros(sae.d_sae * N_BINS, dtype=torch.long, device=dev)
         hist.index_add_(0, feat_ids * N_BINS + bins, torch.ones_like(bins))
         edges = width[:, None] * torch.arange(N_BINS + 1, device=dev)  # [d_sae, N_BINS + 1]
-        up_ids, up_vals, down_ids, down_vals, up_seen = _logit_lens(model, sae, seen)
+        up_ids, up_vals, down_ids, down_vals, up_seen = logit_lens(model, sae, seen)
         n, s1, s2 = st["moments"]
         std = (s2 / n.clamp_min(1) - (s1 / n.clamp_min(1)).pow(2)).clamp_min(0).sqrt().float()  # [d_model]
         nb_ids, nb_cos = _neighbours(sae, std)
@@ -362,37 +398,13 @@ def _build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple
             "down_vals": down_vals,
             "nb_ids": nb_ids,
             "nb_cos": nb_cos,
+            "next_ids": next_ids.reshape(n_seq, seq, N_NEXT),  # [n_seq, seq, N_NEXT], -1 off the top contexts
         }
         tensors = {k: v.cpu() for k, v in tensors.items()}
-        labels = _labels(model.tokenizer, tensors)
-        out[h] = (tensors, {"hook": h, "n_tokens": n_tok, "labels": labels, "version": VERSION})
+        tensors["evidence_share"], tensors["evidence"] = evidence(model.tokenizer, tensors)
+        info = {"hook": h, "n_tokens": n_tok, "labels": labels(model.tokenizer, tensors), "version": VERSION}
+        out[h] = (tensors, info)
     return out
-
-
-@torch.no_grad()
-def _logit_lens(model, sae, seen: Tensor, chunk: int = 512) -> tuple[Tensor, ...]:
-    """Top promoted / suppressed tokens of each decoder direction through the final norm's gain and the
-    unembedding (a direction added to the residual changes the logits by W_U (gain * d), up to the norm's
-    per-token 1/rms), and the top promoted token among those `seen` [vocab] in the indexed text, for the
-    label: most of a 262k vocabulary is rare scripts and word pieces the model seldom writes."""
-    # bf16 where the device multiplies it natively (ranking needs no more, and a float chunk of logits is
-    # 0.5 GB); float32 elsewhere: in emulated bf16 one chunk would take minutes
-    lens = torch.bfloat16 if compute_dtype(model.device) == torch.bfloat16 else torch.float32
-    chunk = chunk if lens == torch.bfloat16 else chunk // 2
-    W_U = model.W_U.to(lens).T  # [d_model, vocab]
-    seen_ids = seen.nonzero().flatten()  # [n_seen]
-    W_seen = W_U[:, seen_ids]  # [d_model, n_seen]
-    gain = model.final_norm_gain.float()  # [d_model]
-    ups, upv, downs, downv, up_seen = [], [], [], [], []
-    for i in range(0, sae.d_sae, chunk):
-        d = (sae.W_dec[i : i + chunk].float() * gain).to(lens)  # [chunk, d_model]
-        logits = d @ W_U  # [chunk, vocab]
-        v, j = logits.topk(N_LOGIT, dim=-1)
-        ups.append(j), upv.append(v.float())
-        v, j = logits.topk(N_LOGIT, dim=-1, largest=False)
-        downs.append(j), downv.append(v.float())
-        up_seen.append(seen_ids[(d @ W_seen).argmax(-1)] if len(seen_ids) else ups[-1][:, 0])
-    return torch.cat(ups), torch.cat(upv), torch.cat(downs), torch.cat(downv), torch.cat(up_seen)
 
 
 @torch.no_grad()
@@ -412,35 +424,9 @@ def _neighbours(sae, std: Tensor, chunk: int = 2048) -> tuple[Tensor, Tensor]:
     return torch.cat(ids), torch.cat(cos)
 
 
-def _labels(tok, t: dict) -> list[str]:
-    """A short label per feature: its most frequent top-firing tokens, then the token it promotes most (of
-    those in the indexed text)."""
-    labels = []
-    vocab_cache: dict[int, str] = {}
-
-    def word(i: int) -> str:
-        if i not in vocab_cache:
-            vocab_cache[i] = tok.decode([i]).strip()
-        return vocab_cache[i]
-
-    firing = t["tokens"][t["top_seq"], t["top_pos"]]  # [d_sae, N_TOP] the token ids where each feature peaks
-    for f in range(len(firing)):
-        if t["count"][f] == 0:
-            labels.append("(dead)")
-            continue
-        alive = t["top_acts"][f] > 0
-        words = Counter(w for w in (word(int(i)) for i in firing[f][alive]) if w)
-        common = [w for w, _ in words.most_common(3)]
-        if len(common) > 1 and words[common[0]] >= 0.5 * int(alive.sum()):
-            common = common[:1]  # one dominant token says it best
-        head = "/".join(repr(w)[1:-1][:14] for w in common) or "(whitespace)"
-        promoted = word(int(t["up_seen"][f]))
-        labels.append(f"{head} → {promoted[:14]}" if promoted else head)
-    return labels
-
-
 TENSORS = ("tokens", "top_acts", "top_seq", "top_pos", "count", "max", "hist", "hist_edges", "up_ids", "up_vals")
-TENSORS += ("up_seen", "down_ids", "down_vals", "nb_ids", "nb_cos")  # what _build writes and explain reads
+TENSORS += ("up_seen", "down_ids", "down_vals", "nb_ids", "nb_cos", "next_ids", "evidence_share", "evidence")
+# ^ what _build writes and explain reads
 
 
 def _load(folder: Path) -> FeatureIndex | None:

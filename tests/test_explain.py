@@ -97,3 +97,55 @@ def test_explain_bad_inputs(setup):
         explain(model, sae, sae.d_sae, index=idx)
     with pytest.raises(SAEError, match="no features"):
         explain(model, WholeActivation.at(model, ["resid_post.1"])["resid_post.1"], 0)
+
+
+def test_predictions_at_top_contexts_and_evidence(setup):
+    """next_ids holds the model's own top next-token predictions at every top context; a feature's promoted
+    token is evidence where it is among them at >= EVIDENCE_SHARE of its top contexts, and only then labels."""
+    from attribution.labels import EVIDENCE_SHARE, N_NEXT
+
+    model, sae, tokens = setup
+    idx = feature_index(model, sae, tokens=tokens, progress=False)
+    t, tok = idx.t, model.tokenizer
+    with torch.no_grad():
+        logits = model.hf(input_ids=tokens).logits.float()  # [n_seq, seq, vocab], a plain full forward
+    alive = t["top_acts"] > 0
+    tenth = logits.topk(N_NEXT, dim=-1).values[..., -1:]  # [n_seq, seq, 1]
+    spread = logits.amax(-1, keepdim=True) - logits.amin(-1, keepdim=True)
+    for f in range(sae.d_sae):
+        s, p = t["top_seq"][f][alive[f]], t["top_pos"][f][alive[f]]
+        got = t["next_ids"][s, p].long()  # [n, N_NEXT]
+        assert (got >= 0).all() and all(len(set(r)) == N_NEXT for r in got.tolist())
+        # the stored ids are the top N_NEXT up to the compute dtype's rounding (bf16 where native)
+        assert (logits[s, p].gather(1, got) >= tenth[s, p] - 0.02 * spread[s, p]).all()
+        word = tok.decode([int(t["up_seen"][f])]).strip().casefold()
+        top = logits[s, p].topk(N_NEXT, dim=-1).indices  # [n, N_NEXT]
+        share = sum(word in {tok.decode([i]).strip().casefold() for i in r} for r in top.tolist()) / max(1, len(s))
+        if abs(share - EVIDENCE_SHARE) > 0.1:  # away from the threshold, bf16 near-ties cannot flip it
+            assert idx.evidence(f) == (share >= EVIDENCE_SHARE), f
+        if t["count"][f] > 0:
+            assert (" → " in idx.label(f)) == idx.evidence(f)
+            assert not idx.evidence(f) or idx.label(f).endswith(f" → {tok.decode([int(t['up_seen'][f])]).strip()}")
+    shown = [f for f in range(sae.d_sae) if t["count"][f] > 0 and idx.evidence(f)]
+    hidden = [f for f in range(sae.d_sae) if t["count"][f] > 0 and not idx.evidence(f)]
+    assert shown and hidden  # both cases occur on this text
+    card = explain(model, sae, shown[0], index=idx, n_contexts=3)
+    assert card.evidence and card.evidence_share >= EVIDENCE_SHARE and card.promoted_seen.strip() in card.label
+    for c in card.contexts:
+        assert len(c.predicted) == N_NEXT and all(isinstance(w, str) for w in c.predicted)
+    assert not explain(model, sae, hidden[0], index=idx).evidence
+
+
+def test_index_text_options(parts, monkeypatch):
+    from attribution.training import text
+
+    ex = sys.modules["attribution.explain"]
+    model, tokens = parts
+    calls = []
+    monkeypatch.setattr(text, "real_tokens", lambda m, split, **kw: calls.append((split, kw)) or tokens)
+    assert ex.index_text(model, "real", n_tokens=1000, progress=False) is tokens
+    assert calls == [("train", {"seq_len": 128, "max_tokens": 1127, "progress": False})]
+    with pytest.raises(AttributionError, match="'real' or None"):
+        ex.index_text(model, "sampled")
+    with pytest.raises(AttributionError, match="integer tensor"):
+        ex.index_text(model, tokens.float())
