@@ -229,7 +229,7 @@ def index_text(model, tokens: Text = None, n_tokens: int = 65_536, progress: boo
         return tokens
     from attribution.training.defaults import default_corpus
 
-    train, _ = default_corpus(model, progress=progress)
+    train, _ = default_corpus(model, tokens=n_tokens + 127, progress=progress)  # the corpus's first windows
     return train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
 
 

@@ -3,7 +3,8 @@
     python -m bench.label_evidence                    # both texts: the sampled corpus and real text
     python -m bench.label_evidence --corpus real      # one of them (the other's entry in the file is kept)
 
-For the default SAEs (all hooks, one shared pass per text), each index over the first 65,536 tokens of:
+For each version of the default SAEs in the cache (--versions; all hooks, one shared pass per text), each
+index over the first 65,536 tokens of:
 - sampled: the corpus the v2 default SAEs were trained on (120k tokens the model sampled itself), its head;
 - real: the real-text training split (attribution.training.text.real_tokens: Brown, State of the Union,
   Moby-Dick).
@@ -12,7 +13,7 @@ label's `→ x`) is evidence, i.e. among the model's top attribution.labels.N_NE
 >= attribution.labels.EVIDENCE_SHARE of the feature's top contexts; the mean of that share; how many labels
 name a context word. Then the top 10 features by |attribution| of the emotion prompt (the middle SAE, as
 `python -m cases emotion`), with the old label (the index-v6 rule, recomputed here) and the new one.
-Writes bench/results/label_evidence.json.
+Writes bench/results/label_evidence.json: {version: {text: ...}}.
 """
 
 from __future__ import annotations
@@ -131,15 +132,21 @@ def measure(model, saes: dict, corpus: str, progress: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.label_evidence", description=__doc__.split("\n")[0])
     p.add_argument("--corpus", choices=("real", "sampled", "both"), default="both")
+    p.add_argument("--versions", default="v2,v3", help="default SAE versions in the cache to measure (v2,v3)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    from attribution import default_saes, load_model
+    from attribution import load_model
+    from bench.california import sets
 
     model = load_model()
-    saes = default_saes(model, train=False)
+    found = sets(model)
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
-    for corpus in ("sampled", "real") if args.corpus == "both" else (args.corpus,):
-        r = results[corpus] = measure(model, saes, corpus, progress=not args.quiet)
+    texts = ("sampled", "real") if args.corpus == "both" else (args.corpus,)
+    for version, corpus in [(v, c) for v in args.versions.split(",") for c in texts]:
+        if version not in found:
+            raise SystemExit(f"no {version} default SAEs in the cache (found {sorted(found)})")
+        r = results.setdefault(version, {})[corpus] = measure(model, found[version], corpus, progress=not args.quiet)
+        print(f"\n{version} SAEs, {corpus} text:", end="")
         print(f"\n{corpus} text ({r['text']['tokens']:,} tokens): alive features whose promoted token is evidence")
         for h, x in r["hooks"].items():
             ctx = x["labels_with_context_word"]
@@ -150,6 +157,32 @@ def main(argv: list[str] | None = None) -> int:
         OUT.parent.mkdir(exist_ok=True)
         OUT.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     return 0
+
+
+def table(results: dict, text: str = "real") -> str:
+    """Markdown: per hook, each version's share of alive features whose logit-lens token is evidence, and
+    of labels naming a context word (indexes over `text`)."""
+    versions = [v for v in results if text in results[v]]
+    hooks = list(results[versions[0]][text]["hooks"])
+    head = " | ".join(f"{v}: promoted token is evidence | {v}: label names a context word" for v in versions)
+    lines = [f"| hook | {head} |", "|---|" + "---|---|" * len(versions)]
+    for h in hooks:
+        cells = []
+        for v in versions:
+            x = results[v][text]["hooks"].get(h)
+            cells += ["—", "—"] if x is None else [f"{x['evidence_share']:.1%}", f"{x['labels_with_context_word']:.0%}"]
+        lines.append(f"| {h} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def emotion_table(results: dict, version: str, text: str = "real") -> str:
+    """Markdown: the emotion study's top features at the middle layer, the old label beside the new one."""
+    lines = ["| feature | attribution | old label | new label | the model predicts there |", "|---|---|---|---|---|"]
+    for e in results[version][text]["emotion"]:
+        preds = ", ".join(f"{w} {s:.0%}" for w, s in e["model_predicts"])
+        old, new = (e[k].replace("|", "\\|").replace("`", "'") for k in ("old_label", "new_label"))
+        lines.append(f"| f{e['feature']} | {e['attribution']:+.3f} | `{old}` | `{new}` | {preds} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
