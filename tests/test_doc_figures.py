@@ -46,7 +46,8 @@ EMOTION = "cases/results/emotion/report.json"
 MULTIHOP = "cases/results/multihop/report.json"
 CAPTURED_ATTR = ("rankings", "attribution", "captured", "10")
 CAPTURED_ACT = ("rankings", "activation", "captured", "10")
-QUALITY = "bench/results/default_saes_quality.json"
+QUALITY = "bench/results/default_saes_quality.json"  # the default SAEs (v3)
+QUALITY_V2 = "bench/results/default_saes_quality_v2.json"  # v2, trained on sampled text, on the same text
 RUN = "bench/results/run.json"  # python -m attribution run --json ...
 AGREE = r"attribution vs ablation over 100 nodes: "
 
@@ -117,6 +118,7 @@ def _ratio_figures(label: str, key: str, fmt: str, suf: str) -> list[Figure]:
 
 
 FIGURES = [
+    Figure(R, "built all ten v3 SAEs in {} min", QUALITY, ("build", "seconds"), lambda v: f"{v / 60:.1f}"),
     # --- README, Benchmarks: the ratio table, from summary.json (each row found by its label) -------------
     Figure(R, "(one run, {} threads", SUMMARY, ("machine", "torch_threads")),
     *(fig for row in RATIO_ROWS for fig in _ratio_figures(*row)),
@@ -330,11 +332,12 @@ def test_summary_json_embeds_the_committed_saelens_run():
     assert summary["saelens_side_by_side"] == report.side_by_side(ROOT / SAELENS)
 
 
-def test_readme_quality_table_is_the_committed_quality_report():
-    """The default SAEs' table is quality_table() of the committed report, character for character."""
+@pytest.mark.parametrize("path", [QUALITY, QUALITY_V2])
+def test_readme_quality_table_is_the_committed_quality_report(path):
+    """The default SAEs' tables (v3, and v2 beside it) are quality_table() of the committed reports."""
     from attribution.training.quality import quality_table
 
-    assert quality_table(json.loads(_read(QUALITY))) in _read(R)
+    assert quality_table(json.loads(_read(path))) in _read(R)
 
 
 def test_readme_run_rows_are_those_of_run_json():
@@ -345,3 +348,17 @@ def test_readme_run_rows_are_those_of_run_json():
     for hook, pos, estimate, effect in shown:
         n = nodes[(hook, int(pos))]
         assert (estimate, effect) == (f"{n['attribution']:+.3f}", f"{n['effect']:+.3f}"), (hook, pos)
+
+
+def test_readme_california_table_is_the_committed_search():
+    """The contrast-search table (v2 beside v3) is bench.california.table() of the committed results."""
+    from bench.california import table
+
+    assert table(json.loads(_read("bench/results/california.json"))) in _read(R)
+
+
+def test_readme_curve_table_is_the_committed_curve():
+    """The middle SAE's quality-against-tokens table is bench.sae_curve.table() of the committed curve."""
+    from bench.sae_curve import table
+
+    assert table(json.loads(_read("bench/results/default_saes_curve.json"))) in _read(R)
