@@ -72,7 +72,7 @@ def resolve_saes(model, saes, hooks: list[str] | None = None, *, quick: bool = T
             print(
                 f"using the quick dictionary at {sae.hook} ({sae.d_sae} features, "
                 f"{sae.meta['corpus']['train_tokens']:,} training tokens): the full default SAEs are not built "
-                "yet; `python -m attribution saes` builds them (~25 min on a 2-core AMX CPU), and later runs "
+                "yet; `python -m attribution saes` builds them (~37 min on a 2-core AMX CPU), and later runs "
                 "use them",
                 file=sys.stderr,
             )

@@ -117,7 +117,10 @@ def _ratio_figures(label: str, key: str, fmt: str, suf: str) -> list[Figure]:
     return figs
 
 
+FIRST = "bench/results/first_run.json"
 FIGURES = [
+    Figure(R, "**cold {} min**", FIRST, ("cold_s",), lambda v: f"{v / 60:.1f}"),
+    Figure(R, "**warm {} s**", FIRST, ("warm_s",), lambda v: f"{v:.0f}"),
     Figure(R, "built all ten v3 SAEs in {} min", QUALITY, ("build", "seconds"), lambda v: f"{v / 60:.1f}"),
     # --- README, Benchmarks: the ratio table, from summary.json (each row found by its label) -------------
     Figure(R, "(one run, {} threads", SUMMARY, ("machine", "torch_threads")),
