@@ -118,7 +118,13 @@ def _ratio_figures(label: str, key: str, fmt: str, suf: str) -> list[Figure]:
 
 
 FIRST = "bench/results/first_run.json"
+FITPEAK = "bench/results/summary_fit_peak.json"
 FIGURES = [
+    Figure(
+        R, "trains at **{} tokens/s**", FITPEAK, (*B, "sae_train_topk[steady]", "extra_info", "tokens_per_s"), "{:,.0f}"
+    ),
+    Figure(R, "**{} of peak, short", FITPEAK, ("ratios", "fit_vs_peak", "ratio"), "{:.2f}"),
+    Figure(R, "matmul peak of {} GFLOP/s", FITPEAK, (*B, "matmul_peak", "extra_info", "gflop_per_s"), "{:,.0f}"),
     Figure(R, "**cold {} min**", FIRST, ("cold_s",), lambda v: f"{v / 60:.1f}"),
     Figure(R, "**warm {} s**", FIRST, ("warm_s",), lambda v: f"{v:.0f}"),
     Figure(R, "built all ten v3 SAEs in {} min", QUALITY, ("build", "seconds"), lambda v: f"{v / 60:.1f}"),
