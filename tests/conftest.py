@@ -38,6 +38,22 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _small_default_corpus(monkeypatch):
+    """Default SAEs that a test builds (for tiny models: the real model's are never trained in tests) learn
+    from a few thousand tokens the model samples itself: no network, seconds instead of a 2M-token stream."""
+    import dataclasses
+
+    import attribution.training.defaults as defaults
+
+    specs, quick = defaults.default_specs, defaults.quick_spec
+    monkeypatch.setattr(defaults, "CORPUS", "sampled")
+    monkeypatch.setattr(
+        defaults, "default_specs", lambda m: {h: dataclasses.replace(s, tokens=12_000) for h, s in specs(m).items()}
+    )
+    monkeypatch.setattr(defaults, "quick_spec", lambda m: dataclasses.replace(quick(m), tokens=6_000))
+
+
 def pytest_configure(config):
     tmp = Path(tempfile.mkdtemp(prefix="attribution-test-cache-"))
     converted = REAL_CACHE / _DEFAULT_CONVERTED

@@ -212,7 +212,7 @@ def test_cli_writes_a_report(model, saes, tmp_path, capsys):
             "HOOK:FEATURE",
         ),
         (
-            ["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--no-explain", "--steer", "resid_post.1:640"],
+            ["--prompt", PROMPT, "--good", " sad", "--bad", " happy", "--no-explain", "--steer", "resid_post.1:9999"],
             "does not exist",
         ),
     ],

@@ -60,8 +60,6 @@ def test_default_saes_bad_hooks(model):
 def test_quick_dictionary_serves_the_middle_hook_until_the_full_set_is_built(model, monkeypatch, capsys):
     from cases import sources
 
-    real_quick = defaults.quick_spec
-    monkeypatch.setattr(defaults, "quick_spec", lambda m: dataclasses.replace(real_quick(m), tokens=6000))
     assert not defaults.is_built(model)
     saes = sources.resolve_saes(model, "default", ["middle"], progress=False)
     (sae,) = saes.values()

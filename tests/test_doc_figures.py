@@ -119,7 +119,11 @@ def _ratio_figures(label: str, key: str, fmt: str, suf: str) -> list[Figure]:
 
 FIRST = "bench/results/first_run.json"
 FITPEAK = "bench/results/summary_fit_peak.json"
+SPARSIFY = "bench/results/sparsify.json"
 FIGURES = [
+    Figure(R, "Ours trains {}× faster (median of three", SPARSIFY, ("summary", "paired_speed_ratio"), "{:.2f}"),
+    Figure(R, "| sparsify 1.3.3 `Trainer`, signum | {} |", SPARSIFY, (*ROWS, 1, "tokens_per_s"), "{:,.0f}"),
+    Figure(R, "per-dimension normalisation | {} | 0.740", SPARSIFY, (*ROWS, 0, "tokens_per_s"), "{:,.0f}"),
     Figure(
         R, "trains at **{} tokens/s**", FITPEAK, (*B, "sae_train_topk[steady]", "extra_info", "tokens_per_s"), "{:,.0f}"
     ),
@@ -371,3 +375,11 @@ def test_readme_curve_table_is_the_committed_curve():
     from bench.sae_curve import table
 
     assert table(json.loads(_read("bench/results/default_saes_curve.json"))) in _read(R)
+
+
+def test_readme_label_tables_are_the_committed_measurement():
+    """The label-evidence table (v2 beside v3) and the emotion features' labels come from label_evidence.json."""
+    from bench.label_evidence import emotion_table, table
+
+    results = json.loads(_read("bench/results/label_evidence.json"))
+    assert table(results) in _read(R) and emotion_table(results, "v3") in _read(R)
