@@ -142,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         PAIR_STEPS,
         RESULTS,
         STEPS,
-        ensure_venv,
+        add_common_arguments,
         evaluate,
         paired,
+        peer_python,
         prepare,
         results_file,
+        start,
         train_ours,
     )
 
@@ -170,36 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         help="SAELens runs: 'default' (its own init, b_dec = 0) and/or 'mean_init' (b_dec set to the data mean "
         "before training, as ours does); comma-separated (default %(default)s)",
     )
-    ap.add_argument(
-        "--paired-rounds",
-        type=int,
-        default=3,
-        help=f"speed only: alternate {PAIR_STEPS}-step runs of ours and SAELens this many times, so that a "
-        "shared machine's changing load hits both alike (default %(default)s; 0 to skip)",
-    )
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
+    add_common_arguments(ap, "SAELens", PAIR_STEPS)
     args = ap.parse_args(argv)
     work = Path(args.work)
-    if args.worker:
-        worker(work, args.steps, args.precision, args.threads, args.variants, args.tag)
+    variants = start(ap, args, worker, VARIANTS)
+    if variants is None:
         return 0
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    variants = [v for v in args.variants.split(",") if v]
-    if not variants or set(variants) - set(VARIANTS):
-        ap.error(f"--variants must name some of {list(VARIANTS)}")
-    py = ensure_venv(Path(args.venv), args.install, "sae_lens", ["sae-lens", "torch==2.13.0"])
+    py = peer_python(args, "sae_lens", "sae-lens")
     if py is None:
-        print(
-            f"SAELens is not importable from {args.venv}. Create it (outside the project's environment):\n"
-            f"  python -m venv {args.venv} && {args.venv}/bin/pip install sae-lens torch==2.13.0\n"
-            "or rerun with --install.",
-            file=sys.stderr,
-        )
         return 2
 
     from attribution.saes import load_sae, save_sae

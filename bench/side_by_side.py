@@ -238,3 +238,48 @@ def evaluate(both: list, work: Path, source: dict, no_ce: bool):
             row["ce_loss_recovered"] = ev["ce_loss_recovered"]
             row["text"] = ev
     return ids
+
+
+def add_common_arguments(ap, peer: str, pair: int) -> None:
+    """The arguments every side-by-side shares after its own: paired speed rounds, and the hidden worker
+    flags the peer's venv is started with."""
+    import argparse
+
+    ap.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=3,
+        help=f"speed only: alternate {pair}-step runs of ours and {peer} this many times, so that a shared "
+        "machine's changing load hits both alike (default %(default)s; 0 to skip)",
+    )
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
+
+
+def start(ap, args, worker, known: dict) -> list[str] | None:
+    """Run the peer's side when this process is its worker (None: done); else set torch's threads and return
+    the --variants asked for, checked against `known`."""
+    if args.worker:
+        worker(Path(args.work), args.steps, args.precision, args.threads, args.variants, args.tag)
+        return None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    variants = [v for v in args.variants.split(",") if v]
+    if not variants or set(variants) - set(known):
+        ap.error(f"--variants must name some of {list(known)}")
+    return variants
+
+
+def peer_python(args, module: str, package: str) -> Path | None:
+    """The peer venv's python (created with --install), or None after saying how to create it."""
+    py = ensure_venv(Path(args.venv), args.install, module, [package, "torch==2.13.0"])
+    if py is None:
+        print(
+            f"{package} is not importable from {args.venv}. Create it (outside the project's environment):\n"
+            f"  python -m venv {args.venv} && {args.venv}/bin/pip install {package} torch==2.13.0\n"
+            "or rerun with --install.",
+            file=sys.stderr,
+        )
+    return py

@@ -207,35 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         default="signum,adam",
         help="sparsify optimizers, its own lr for each: 'signum' (its default) and/or 'adam' (default %(default)s)",
     )
-    ap.add_argument(
-        "--paired-rounds",
-        type=int,
-        default=3,
-        help=f"speed only: alternate {pair}-step runs of ours and sparsify's first variant this many "
-        "times, so that a shared machine's changing load hits both alike (default %(default)s; 0 to skip)",
-    )
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
+    common.add_common_arguments(ap, "sparsify", pair)
     args = ap.parse_args(argv)
     work = Path(args.work)
-    if args.worker:
-        worker(work, args.steps, args.precision, args.threads, args.variants, args.tag)
+    variants = common.start(ap, args, worker, VARIANTS)
+    if variants is None:
         return 0
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    variants = [v for v in args.variants.split(",") if v]
-    if not variants or set(variants) - set(VARIANTS):
-        ap.error(f"--variants must name some of {list(VARIANTS)}")
-    py = common.ensure_venv(Path(args.venv), args.install, "sparsify", ["eai-sparsify", "torch==2.13.0"])
+    py = common.peer_python(args, "sparsify", "eai-sparsify")
     if py is None:
-        print(
-            f"sparsify is not importable from {args.venv}. Create it (outside the project's environment):\n"
-            f"  python -m venv {args.venv} && {args.venv}/bin/pip install eai-sparsify torch==2.13.0\n"
-            "or rerun with --install.",
-            file=sys.stderr,
-        )
         return 2
 
     from safetensors.torch import load_file
