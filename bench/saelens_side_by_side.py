@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         results_file,
         start,
         train_ours,
+        write_report,
     )
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -225,24 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for _, row in both]
     result = results_file(rows, pairs, source, ids, "saelens", steps=args.steps, precision=args.precision)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "saelens.json").write_text(json.dumps(result, indent=2) + "\n")
-
-    from bench.report import side_table
-
-    print()
-    print(side_table(result["summary"]))
-    summ = result["summary"]
-    print(
-        f"\nours / SAELens tokens/s: {summ['speed_ratio_ours_over_saelens']:.2f} (wall), "
-        f"{summ['median_step_speed_ratio']:.2f} (median step)"
-        + ("" if not pairs else f", {summ['paired_speed_ratio']:.2f} (median of {len(pairs)} paired rounds)")
-    )
-    for _, row in theirs:
-        print(
-            f"{row['trainer']}: its own forward on the held-out activations gives EV "
-            f"{row['own_forward_explained_variance']:.4f}; reloaded with our load_sae: {row['explained_variance']:.4f}"
-        )
-    print(f"wrote {RESULTS / 'saelens.json'}")
+    path = write_report(result, "saelens.json", "SAELens", pairs, theirs, "reloaded with our load_sae")
+    print(f"wrote {path}")
     return 0
 
 

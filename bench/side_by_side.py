@@ -283,3 +283,28 @@ def peer_python(args, module: str, package: str) -> Path | None:
             file=sys.stderr,
         )
     return py
+
+
+def write_report(result: dict, file: str, peer: str, pairs: list, theirs: list, loaded: str) -> Path:
+    """Write `result` to bench/results/`file` and print its table, the speed ratios and, per peer run, its
+    own forward's EV beside ours of its weights (`loaded`: how they came into our SAE class)."""
+    import json
+
+    from bench.report import side_table
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / file).write_text(json.dumps(result, indent=2) + "\n")
+    summ = result["summary"]
+    ratio = next(v for k, v in summ.items() if k.startswith("speed_ratio_ours_over_"))
+    print()
+    print(side_table(summ))
+    print(
+        f"\nours / {peer} tokens/s: {ratio:.2f} (wall), {summ['median_step_speed_ratio']:.2f} (median step)"
+        + ("" if not pairs else f", {summ['paired_speed_ratio']:.2f} (median of {len(pairs)} paired rounds)")
+    )
+    for _, row in theirs:
+        print(
+            f"{row['trainer']}: its own forward on the held-out activations gives EV "
+            f"{row['own_forward_explained_variance']:.4f}; {loaded}: {row['explained_variance']:.4f}"
+        )
+    return RESULTS / file

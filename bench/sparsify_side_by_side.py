@@ -268,25 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for _, row in both]
     summary = {"steps": args.steps, "precision": args.precision, "cpu": cpu}
     result = common.results_file(rows, pairs, source, ids, "sparsify", **summary)
-    common.RESULTS.mkdir(parents=True, exist_ok=True)
-    (common.RESULTS / "sparsify.json").write_text(json.dumps(result, indent=2) + "\n")
-
-    from bench.report import side_table
-
-    summ = result["summary"]
-    print()
-    print(side_table(summ))
-    print(
-        f"\nours / sparsify ({variants[0]}) tokens/s: {summ['speed_ratio_ours_over_sparsify']:.2f} (wall), "
-        f"{summ['median_step_speed_ratio']:.2f} (median step)"
-        + ("" if not pairs else f", {summ['paired_speed_ratio']:.2f} (median of {len(pairs)} paired rounds)")
+    path = common.write_report(
+        result, "sparsify.json", f"sparsify ({variants[0]})", pairs, theirs, "converted to our TopKSAE"
     )
-    for _, row in theirs:
-        print(
-            f"{row['trainer']}: its own forward on the held-out activations gives EV "
-            f"{row['own_forward_explained_variance']:.4f}; converted to our TopKSAE: {row['explained_variance']:.4f}"
-        )
-    print(f"CPU: {cpu}; wrote {common.RESULTS / 'sparsify.json'}")
+    print(f"CPU: {cpu}; wrote {path}")
     return 0
 
 
