@@ -194,7 +194,7 @@ def test_topk_sparse_gradients_equal_dense_autograd(centred, dead):
     x = torch.randn(50, 16, generator=g)
     cfg = TrainConfig(steps=10, batch_size=50, dtype="float32", aux_k=8, dead_after_tokens=1 if dead else 10**6)
     fitter = Fitter(sae, cfg)
-    _, _, _, dead_mask = fitter._topk_step(x, x)
+    _, _, dead_mask = fitter._topk_step(x, x)
     assert bool(dead_mask.any()) == dead
     got = {n: p.grad.clone() for n, p in sae.named_parameters()}
     want = _reference_topk_grads(sae, x, dead, cfg.aux_k, cfg.aux_coefficient)

@@ -100,13 +100,7 @@ def default_saes(model=None, hooks=None, *, train: bool = True, progress: bool =
             specs[h] = DefaultSpec(h, d_sae=min(s.d_sae for s in specs.values()))
     root = saes_dir(model)
     folders = {h: root / specs[h].folder for h in wanted}
-
-    def load(path: Path):
-        try:
-            return load_sae(path, model=model)
-        except SAEError as exc:
-            raise corrupt(path, exc) from None
-
+    load = _loader(model)
     if not train:
         missing = [h for h in wanted if not os.path.lexists(folders[h])]
         if missing:
@@ -131,9 +125,19 @@ def quick_sae(model, *, train: bool = True, progress: bool = True):
     folder = saes_dir(model) / spec.folder
     if not train and not os.path.lexists(folder):
         raise AttributionError("the quick SAE is not built yet; call quick_sae(model) to train it")
-    return _build_missing(model, {spec.hook: spec}, {spec.hook: folder}, lambda p: load_sae(p, model=model), progress)[
-        spec.hook
-    ]
+    return _build_missing(model, {spec.hook: spec}, {spec.hook: folder}, _loader(model), progress)[spec.hook]
+
+
+def _loader(model):
+    """Loads a cached SAE folder for `model`; a folder that does not load is reported as a corrupt entry."""
+
+    def load(path: Path):
+        try:
+            return load_sae(path, model=model)
+        except SAEError as exc:
+            raise corrupt(path, exc) from None
+
+    return load
 
 
 def saes_dir(model) -> Path:

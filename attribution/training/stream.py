@@ -158,6 +158,5 @@ def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
 
 def _save(checkpoint, recipe: str, batches: int, fitters: dict[str, Fitter]) -> None:
     state = {"recipe": recipe, "batches": batches, "fitters": {n: f.state_dict() for n, f in fitters.items()}}
-    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(checkpoint, directory=False) as tmp:
+    with atomic_write(checkpoint, directory=False) as tmp:  # makes the parent folder
         torch.save(state, tmp)

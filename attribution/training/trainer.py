@@ -103,9 +103,7 @@ def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> 
     fitter = Fitter(sae, cfg)
     bar = tqdm(total=cfg.steps, desc=f"training SAE {sae.hook}", disable=not cfg.progress)
     for x in _batches(batches, cfg.batch_size, cfg.seed):
-        if fitter.step_ == 0 and x.shape[0] == 0:
-            break
-        fitter.step(x)
+        fitter.step(x)  # an empty first batch raises: the corpus is empty
         bar.update(1)
         if fitter.logged:
             bar.set_postfix(fitter.postfix())
@@ -167,7 +165,7 @@ class Fitter:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         step = self._topk_step if sae.architecture == "topk" else self._relu_step
-        err, l0, _, dead = step(x, t)
+        err, l0, dead = step(x, t)
         self.opt.step()
         if sae.architecture == "topk":
             with torch.no_grad():
@@ -200,9 +198,7 @@ class Fitter:
         x_hat = _sparse_decode(sae, idx, act)
         err = t - x_hat
         mse = err.pow(2).sum(-1).mean()
-        counts = torch.bincount(idx[act > 0], minlength=sae.d_sae)  # [d_sae] firings in this batch
-        self.since_fired = torch.where(counts > 0, torch.zeros_like(self.since_fired), self.since_fired + len(x))
-        dead = self.since_fired >= cfg.dead_after_tokens
+        dead = self._dead_after(torch.bincount(idx[act > 0], minlength=sae.d_sae), len(x))
         loss, aux = mse, None
         n_dead = int(dead.sum())
         if n_dead and cfg.aux_k and cfg.aux_coefficient:
@@ -214,11 +210,7 @@ class Fitter:
             e = err.detach()
             aux_loss = (e - recon).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8)
             loss = mse + cfg.aux_coefficient * aux_loss
-        if not torch.isfinite(loss):
-            raise NumericalError(
-                f"training diverged at step {self.step_}: the loss is {float(loss)}; lower TrainConfig.lr "
-                f"(now {cfg.lr}) or train in float32 (TrainConfig.dtype='float32')"
-            )
+        self._check_loss(loss)
         leaves = [vals] if aux is None else [vals, aux[0]]
         grads = torch.autograd.grad(loss, [sae.W_dec, sae.b_dec, *leaves])
         sae.W_dec.grad, sae.b_dec.grad = grads[0], grads[1]
@@ -231,7 +223,7 @@ class Fitter:
             sae.b_dec.grad = sae.b_dec.grad - g_x.sum(0)
         _project_out_radial_grad(sae)
         l0 = (act > 0).float().sum(-1).mean()
-        return err.detach(), l0, counts, dead
+        return err.detach(), l0, dead
 
     def _relu_step(self, x: Tensor, t: Tensor):
         sae, cfg = self.sae, self.cfg
@@ -242,18 +234,26 @@ class Fitter:
             x_hat = sae.decode(f).float()
         err = t - x_hat
         mse = err.pow(2).sum(-1).mean()
-        counts = (f > 0).sum(0)
-        self.since_fired = torch.where(counts > 0, torch.zeros_like(self.since_fired), self.since_fired + len(x))
+        dead = self._dead_after((f > 0).sum(0), len(x))
         lam = cfg.l1_coefficient * min(1.0, (self.step_ + 1) / max(1, cfg.l1_warmup * cfg.steps))
         loss = mse + lam * (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+        self._check_loss(loss)
+        loss.backward()
+        l0 = (f > 0).float().sum(-1).mean()
+        return err.detach(), l0, dead
+
+    def _check_loss(self, loss: Tensor) -> None:
         if not torch.isfinite(loss):
             raise NumericalError(
                 f"training diverged at step {self.step_}: the loss is {float(loss)}; lower TrainConfig.lr "
-                f"(now {cfg.lr}) or train in float32 (TrainConfig.dtype='float32')"
+                f"(now {self.cfg.lr}) or train in float32 (TrainConfig.dtype='float32')"
             )
-        loss.backward()
-        l0 = (f > 0).float().sum(-1).mean()
-        return err.detach(), l0, counts, self.since_fired >= cfg.dead_after_tokens
+
+    def _dead_after(self, counts: Tensor, n: int) -> Tensor:
+        """[d_sae] bool: the features silent for cfg.dead_after_tokens tokens, once this batch's firing
+        counts [d_sae] over its n tokens are recorded."""
+        self.since_fired = torch.where(counts > 0, torch.zeros_like(self.since_fired), self.since_fired + n)
+        return self.since_fired >= self.cfg.dead_after_tokens
 
     def _start(self, x: Tensor, target: Tensor | None) -> None:
         if x.shape[0] == 0:
