@@ -56,17 +56,29 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def cpu_flags() -> set[str] | None:
-    """An x86 CPU's feature flags from /proc/cpuinfo, or None where there are none to read (not Linux, or
-    not x86: an ARM CPU's "bf16" feature says nothing of how fast torch's kernels use it, so it is timed)."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo (the same on every core here), or None where
+    there is none to read (not Linux, or no such line)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         return None
     return None
+
+
+def cpu_flags() -> set[str] | None:
+    """An x86 CPU's feature flags from /proc/cpuinfo, or None where there are none to read (not Linux, or
+    not x86: an ARM CPU's "bf16" feature says nothing of how fast torch's kernels use it, so it is timed)."""
+    flags = _cpuinfo("flags")
+    return None if flags is None else set(flags.split())
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo ("" where there is none)."""
+    return _cpuinfo("model name") or ""
 
 
 @functools.cache
@@ -168,16 +180,10 @@ def machine(device=None) -> dict:
     kind = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no native bf16"
     if flags and kind == "no native bf16":
         kind += " (AVX2)" if "avx2" in flags else ""
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
     dev = _device(device)
     return {
         "cpu_kind": kind,
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),

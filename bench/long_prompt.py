@@ -39,16 +39,11 @@ OPS = ("attribute", "ablate", "graph")
 
 def machine() -> dict:
     """What a reader needs to judge the figures: CPU, its vector units, torch's threads, memory, load."""
-    cpu, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
     import psutil
+
+    from attribution.compute import cpu_flags, cpu_model
+
+    cpu, flags = cpu_model() or platform.processor(), cpu_flags() or set()
 
     return {
         "cpu": cpu,

@@ -174,10 +174,9 @@ def cpu_kind() -> dict:
     """What decides the speed of bf16 work here: the CPU's bf16 flags and torch's CPU capability."""
     import torch
 
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
+    from attribution.compute import cpu_flags
+
+    flags = cpu_flags() or set()
     return {
         "bf16_flags": sorted(flags & {"amx_bf16", "avx512_bf16"}),
         "capability": torch.backends.cpu.get_cpu_capability(),
