@@ -84,10 +84,11 @@ def train_dictionaries(
         fitters[name] = Fitter(d.sae.to(model.device), dataclasses.replace(d.config, steps=n_batches, progress=False))
     recipe = _recipe(model, dictionaries, windows, batch_windows, seed, mask_hook)
     done = _resume(checkpoint, recipe, fitters)
-    n_tokens = n_batches * batch_windows * (windows.shape[1] - 1)
+    per_step = batch_windows * (windows.shape[1] - 1)  # tokens a batch (its <bos> column not trained on)
+    n_tokens = n_batches * per_step
     bar = tqdm(
         total=n_tokens,
-        initial=done * batch_windows * (windows.shape[1] - 1),
+        initial=done * per_step,
         desc=f"training {len(fitters)} dictionar{'y' if len(fitters) == 1 else 'ies'}",
         unit="tok",
         unit_scale=True,
@@ -102,8 +103,8 @@ def train_dictionaries(
         for name, f in fitters.items():
             x, target = (acts[h][keep] if h else None for h in hooks[name])
             f.step(x, target)
-        bar.update(batch_windows * (windows.shape[1] - 1))
-        if progress and fitters and next(iter(fitters.values())).logged:
+        bar.update(per_step)
+        if progress and next(iter(fitters.values())).logged:
             evs = [f.log.explained_variance[-1] for f in fitters.values()]
             bar.set_postfix(ev=f"{min(evs):.3f}-{max(evs):.3f}")
         if checkpoint is not None and time.monotonic() - saved >= checkpoint_s and i + 1 < n_batches:
@@ -111,7 +112,6 @@ def train_dictionaries(
             saved = time.monotonic()
     bar.close()
     logs = {name: f.finish() for name, f in fitters.items()}
-    per_step = batch_windows * (windows.shape[1] - 1)
     for name, d in dictionaries.items():
         d.sae.meta["training"] |= {"tokens_seen": n_tokens, "batch_windows": batch_windows, "stream_seed": seed}
         log = logs[name]  # each batch is new text: its statistics before the step are held-out ones
