@@ -28,16 +28,17 @@ def sets(model) -> dict[str, dict]:
     """{"v2": {hook: SAE}, "v3": {...}}: every version of the default SAEs found in the cache (the widest
     SAE per hook and version)."""
     from attribution.saes import load_sae
-    from attribution.training.defaults import saes_dir
+    from attribution.training.defaults import quick_spec, saes_dir
 
     found: dict[str, dict] = {}
+    quick = quick_spec(model).folder
     for folder in sorted(saes_dir(model).glob("resid_post.*-v*")):
         m = re.fullmatch(r"(resid_post\.\d+)-topk(\d+)-.*-(v\d+)", folder.name)
         if not m or not (folder / "cfg.json").exists():
             continue
         hook, width, version = m.group(1), int(m.group(2)), m.group(3)
-        if "-t250k-" in folder.name:
-            continue  # the quick dictionary
+        if folder.name == quick:
+            continue  # the quick dictionary, not a default SAE
         have = found.setdefault(version, {})
         if hook not in have or have[hook].d_sae < width:
             have[hook] = load_sae(folder, model=model)
