@@ -9,6 +9,7 @@ from attribution.ablate import Ablation, ablate
 from attribution.attribute import Attribution, attribute
 from attribution.compare import Agreement, compare
 from attribution.compute import compute_dtype, native_bf16
+from attribution.engine import SplicedRun, run_with_saes, trace
 from attribution.errors import (
     AttributionError,
     CacheError,
@@ -24,7 +25,6 @@ from attribution.metrics import LogitDiff
 from attribution.models import Batch, HookSpec, Model, load_model
 from attribution.nodes import Node
 from attribution.saes import SAE, JumpReLUSAE, ReLUSAE, TopKSAE, WholeActivation, load_sae, save_sae
-from attribution.splice import SplicedRun, run_with_saes, trace
 from attribution.training import TrainConfig, default_saes, train_sae
 
 __all__ = [

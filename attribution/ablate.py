@@ -19,10 +19,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution import memory
+from attribution.engine import Add, Group, Past, ablation_values, trace
 from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import Node, NodeTable, as_key
-from attribution.splice import Decomposition, Past, decompose, grow_edits, prepare_saes, trace
+from attribution.splice import Decomposition, decompose, prepare_saes
 
 MODES = ("zero", "mean", "patch")
 
@@ -85,7 +86,9 @@ def ablate(
     batch_size = _rows_per_pass(model, saes, keys, batch, batch_size, patch=mode == "patch")
     cbatch = batch.same_shape(model.tokenize(corrupt)) if mode == "patch" else None
     means = (
-        _means(model, saes, model.tokenize(reference) if reference is not None else batch) if mode == "mean" else None
+        ablation_values(model, saes, model.tokenize(reference) if reference is not None else batch, "mean")
+        if mode == "mean"
+        else None
     )
 
     hooks = list(saes)
@@ -117,26 +120,31 @@ def ablate(
         for start in range(0, len(by_pos), batch_size):
             chunk = sorted(by_pos[start : start + batch_size], key=rank.__getitem__)
             first = _first_position(metric, min(keys[n][2] for n in chunk), one.width)
-            deltas: dict[str, tuple[list[int], list[Tensor]]] = {}
+            deltas: dict[str, tuple[list[int], list[int], list[Tensor]]] = {}  # hook -> nodes, positions, deltas
             for n in chunk:
                 _, h, pos, feat = keys[n]
                 delta, act = _delta(
                     saes[h], dec[h], cdec[h] if cdec else None, means[h] if means else None, pos, feat, mode
                 )
-                deltas.setdefault(h, ([], []))
-                deltas[h][0].append(pos - first)
-                deltas[h][1].append(delta)
+                mine_h = deltas.setdefault(h, ([], [], []))
+                mine_h[0].append(n)
+                mine_h[1].append(pos - first)
+                mine_h[2].append(delta)
                 activation[n] = act
             if first > 0 and first not in pasts:
                 pasts[first] = Past(model, one, first)
             past = pasts.get(first)
-            edits = grow_edits(model, {h: _rows(p, d) for h, (p, d) in deltas.items()})
-            tr = trace(model, one, edits=edits, past=past)
+            hooks_here = sorted(deltas, key=lambda h: model.hooks[h].order)
+            groups = [
+                Group({h: Add(torch.tensor(deltas[h][1]), torch.stack(deltas[h][2]))}, n=len(deltas[h][0]))
+                for h in hooks_here
+            ]
+            tr = trace(model, one, groups=groups, past=past)
             rows = Rows(torch.full((tr.hidden.shape[0],), b), torch.full((tr.hidden.shape[0],), -first))
             m = evaluate(metric, model, tr.hidden, rows).detach().double().cpu()
-            # rows after 0 follow hook order, and `chunk` is sorted the same way
-            ablated[chunk] = m[1:]
-            effect[chunk] = m[0] - m[1:]
+            for h, span in zip(hooks_here, tr.groups):
+                ablated[deltas[h][0]] = m[span]
+                effect[deltas[h][0]] = m[0] - m[span]
             metrics[b] = m[0]
             bar.update(len(chunk))
     bar.close()
@@ -176,19 +184,6 @@ def pass_bytes(model, saes, keys, batch, patch: bool) -> tuple[int, int]:
     return row + pos * model.d_model * 4 * 3, dense * (2 if patch else 1) + row
 
 
-def _rows(positions: list[int], deltas: list[Tensor]):
-    """A row maker: one copy of the clean row per ablation, with its delta added at its position."""
-    pos = torch.tensor(positions)
-    delta = torch.stack(deltas)  # [n, d_model]
-
-    def make(clean):  # [1, pos, d_model] -> [n, pos, d_model]
-        new = clean.repeat(len(positions), 1, 1)
-        new[torch.arange(len(positions)), pos] += delta.to(clean.dtype)
-        return new
-
-    return len(positions), make
-
-
 def _at_positions(sae, x: Tensor, positions: list[int]) -> tuple[dict[int, int], Decomposition]:
     """The decomposition at the positions that hold nodes only (an SAE acts token by token), not a dense
     [pos, d_sae] one for the whole prompt."""
@@ -215,18 +210,6 @@ def _delta(sae, dec, cdec, mean, pos: int, feat: int, mode: str) -> tuple[Tensor
         "patch": cdec.error[0, pos] if cdec else None,
     }[mode]
     return target - e, float(e.norm())
-
-
-@torch.no_grad()
-def _means(model, saes, batch) -> dict[str, tuple[Tensor, Tensor]]:
-    """Mean feature activations [d_sae] and error terms [d_model] over non-<bos> tokens of `batch`."""
-    tr = trace(model, batch, capture=list(saes))
-    mask = batch.node_mask()
-    out = {}
-    for h, sae in saes.items():
-        d = decompose(sae, tr.acts[h])
-        out[h] = (d.features[mask].mean(0), d.error[mask].mean(0))
-    return out
 
 
 def _check_key(key, model, saes, batch):

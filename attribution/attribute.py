@@ -24,11 +24,12 @@ import torch
 from torch import Tensor
 
 from attribution import memory
+from attribution.engine import Group, trace
 from attribution.errors import AttributionError, check_finite
 from attribution.metrics import Rows, evaluate
 from attribution.models import Batch
 from attribution.nodes import NodeTable, _is_int
-from attribution.splice import Decomposition, decompose, grow_edits, prepare_saes, trace
+from attribution.splice import Decomposition, decompose, prepare_saes
 
 METHODS = ("grad_x_act", "atp", "ig")
 
@@ -74,9 +75,9 @@ class Attribution(NodeTable):
         self._check_order(None, prompt, "abs")
         if hook is None:
             return None
-        from attribution.models.hooks import _from_transformerlens
+        from attribution.models.hooks import canonical
 
-        name = (_from_transformerlens(hook) or hook) if isinstance(hook, str) else hook
+        name = canonical(hook)
         if name not in self.hooks:
             raise AttributionError(f"no SAE at {hook!r} in this attribution; its hooks are {self.hooks}")
         return self.hooks.index(name)
@@ -184,17 +185,51 @@ def _subset(batch: Batch, idx: list[int]) -> Batch:
     )
 
 
+@dataclass
+class Gradients:
+    """One forward and one backward of the clean prompts: what grad_x_act and graph nodes are made of."""
+
+    metric: Tensor  # [batch], detached
+    acts: dict[str, Tensor]  # hook -> [batch, pos, d_model], detached
+    grads: dict[str, Tensor]  # hook -> [batch, pos, d_model], d(metric)/dx through the real model (0 if unused)
+    hidden: Tensor  # [batch, pos, d_model], final-norm states, detached
+
+
+def gradients(model, batch, metric, hooks: list[str], prompts: Tensor | None = None) -> Gradients:
+    """Activations and metric gradients at `hooks`, from one forward and one backward.
+
+    prompts: the caller's prompt index of each batch row (default: 0..batch-1), for metrics with one answer
+    pair per prompt."""
+    hooks = list(dict.fromkeys(model.hook(h).name for h in hooks))
+    tr = trace(model, batch, capture=hooks, grad=True)
+    rows = Rows.of(batch) if prompts is None else Rows(prompts, Rows.of(batch).offset)
+    m = evaluate(metric, model, tr.hidden, rows)
+    grads = torch.autograd.grad(m.sum(), [tr.acts[h] for h in hooks], allow_unused=True)
+    acts, gs = {}, {}
+    for h, g in zip(hooks, grads):
+        acts[h] = tr.acts[h].detach()
+        gs[h] = torch.zeros_like(acts[h]) if g is None else g.detach()
+        check_finite(gs[h], f"the gradient at {h}")
+    return Gradients(m.detach(), acts, gs, tr.hidden.detach())
+
+
+def grad_x_act(saes: dict, grads: Gradients, batch, valid: Tensor, decs: dict | None = None) -> dict:
+    """hook index -> (feature columns, error-node columns) of activation x gradient (see _columns), from one
+    clean pass's `grads` (and its decompositions `decs` where the caller has them): the one place grad x act
+    is computed, for attribute() and for graph nodes alike."""
+
+    def parts():  # one hook at a time, so only one dense [rows, pos, d_sae] decomposition lives at once
+        for j, (h, sae) in enumerate(saes.items()):
+            dec = decs[h] if decs is not None else decompose(sae, grads.acts[h])
+            yield j, sae, dec, None, grads.grads[h]
+
+    return _columns(parts(), batch, valid, torch.arange(batch.size))
+
+
 def _gradient_times(model, saes, batch, cbatch, metric, prompts: Tensor):
     """One forward + backward of `batch` (the caller's prompts `prompts`); per-hook parts come lazily."""
     hooks = list(saes)
-    tr = trace(model, batch, capture=hooks, grad=True)
-    m = evaluate(metric, model, tr.hidden, Rows(prompts, Rows.of(batch).offset))
-    grads = torch.autograd.grad(m.sum(), [tr.acts[h] for h in hooks], allow_unused=True)
-    acts = {h: tr.acts[h].detach() for h in hooks}
-    del tr  # the backward freed the graph; keep only what the nodes need
-    for h, g in zip(hooks, grads):
-        if g is not None:
-            check_finite(g, f"the gradient at {h}")
+    clean = gradients(model, batch, metric, hooks, prompts)
     corrupt = None
     mc = None
     if cbatch is not None:
@@ -204,13 +239,11 @@ def _gradient_times(model, saes, batch, cbatch, metric, prompts: Tensor):
 
     def parts():  # one hook at a time, so only one dense [rows, pos, d_sae] decomposition lives at once
         for j, (h, sae) in enumerate(saes.items()):
-            x = acts.pop(h)
-            g = torch.zeros_like(x) if grads[j] is None else grads[j].detach()  # [batch, pos, d_model]
-            clean = decompose(sae, x)
+            x = clean.acts.pop(h)
             base = decompose(sae, corrupt.pop(h)) if corrupt is not None else None
-            yield j, sae, clean, base, g
+            yield j, sae, decompose(sae, x), base, clean.grads.pop(h)
 
-    return parts(), m.detach(), mc
+    return parts(), clean.metric, mc
 
 
 def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_rows):
@@ -230,26 +263,21 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
         mask = valid[b, batch.offset(b) :][None, :, None]  # [1, pos, 1]
         for start in range(0, len(hooks), per_hook):
             chunk = hooks[start : start + per_hook]
-            leaves, decs = {}, {}
-
-            tr = trace(
-                model,
-                one,
-                edits=grow_edits(
-                    model, {h: _ig_rows(saes[h], h, alphas, mask, base_acts, leaves, decs) for h in chunk}
-                ),
-                grad=True,
-            )
+            base = {h: decompose(saes[h], base_acts[h]) for h in chunk} if base_acts is not None else {}
+            groups = [
+                Group({h: _Interpolation(saes[h], alphas, mask, base.get(h))}, n=steps, leaves=(h,)) for h in chunk
+            ]
+            tr = trace(model, one, groups=groups, capture=chunk, grad=True)
             n = tr.hidden.shape[0]
             m = evaluate(metric, model, tr.hidden, Rows.copies(b, n))
             if start == 0:
                 metrics.append(m[0].detach())  # row 0 of every growing batch is the clean prompt
-            grads = torch.autograd.grad(m.sum(), [leaves[h] for h in chunk])
+            grads = torch.autograd.grad(m.sum(), [tr.leaves[(g, h)] for g, h in enumerate(chunk)])
             for h, g in zip(chunk, grads):
                 check_finite(g, f"the gradient at {h}")
-                clean, base = decs[h]
+                clean = decompose(saes[h], tr.acts[h][:1].detach())  # row 0 is never edited: the clean value
                 g_mean = g.mean(0, keepdim=True)  # [1, pos, d_model]
-                out[h].append((clean, base, g_mean))
+                out[h].append((clean, base.get(h) or _zeros(clean), g_mean))
     parts = []
     for j, h in enumerate(hooks):
         clean = _pad_cat([c for c, _, _ in out[h]], batch)
@@ -260,28 +288,27 @@ def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_
     return parts, torch.stack(metrics), baseline
 
 
-def _ig_rows(sae, hook, alphas, mask, base_acts, leaves: dict, decs: dict):
-    """Row maker for one hook: `steps` interpolations from the baseline to the clean activation.
+@dataclass
+class _Interpolation:
+    """The engine edit of one hook's integrated-gradient rows: `steps` interpolations from the baseline
+    (zero, or the corrupt prompt's decomposition) to the clean activation, at the non-<bos> positions."""
 
-    Each block of rows is a leaf (stored in `leaves`) so one backward gives every step's gradient.
-    """
+    sae: object
+    alphas: Tensor  # [steps]
+    mask: Tensor  # [1, pos, 1] positions that interpolate
+    base: Decomposition | None
 
-    def make(x):  # the clean row at the hook, [1, pos, d_model] -> [steps, pos, d_model]
-        clean = decompose(sae, x)
-        base = (
-            decompose(sae, base_acts[hook])
-            if base_acts is not None
-            else Decomposition(torch.zeros_like(clean.features), torch.zeros_like(clean.error))
-        )
-        a = alphas.to(x.device, x.dtype)[:, None, None]
+    def __call__(self, x: Tensor) -> Tensor:  # [steps, pos, d_model], copies of the clean row
+        clean = decompose(self.sae, x[:1])
+        base = self.base or _zeros(clean)
+        a = self.alphas.to(x.device, x.dtype)[:, None, None]
         fa = base.features + a * (clean.features - base.features)  # [steps, pos, d_sae]
         ea = base.error + a * (clean.error - base.error)  # [steps, pos, d_model]
-        xa = torch.where(mask, sae.decode(fa).to(x.dtype) + ea, x)
-        leaves[hook] = xa.detach().requires_grad_(True)
-        decs[hook] = (clean, base)
-        return leaves[hook]
+        return torch.where(self.mask, self.sae.decode(fa).to(x.dtype) + ea, x)
 
-    return len(alphas), make
+
+def _zeros(d: Decomposition) -> Decomposition:
+    return Decomposition(torch.zeros_like(d.features), torch.zeros_like(d.error))
 
 
 def _pad_stack(xs: list[Tensor], batch) -> Tensor:

@@ -32,11 +32,12 @@ from attribution.cache import (
     tensor_digest,
 )
 from attribution.compute import compute_dtype, model_autocast
+from attribution.engine import trace
 from attribution.errors import AttributionError, CacheError, SAEError
 from attribution.labels import N_NEXT, evidence, labels, logit_lens, top_predictions
 from attribution.models.model import Batch
 from attribution.nodes import _is_int
-from attribution.splice import place, trace
+from attribution.splice import place
 from attribution.training.activations import _keep
 
 N_TOP = 24  # contexts kept per feature

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attribution.engine import trace
 from attribution.errors import AttributionError
-from attribution.splice import prepare_saes, trace
+from attribution.splice import prepare_saes
 
 POSITIONS = ("last", "any")
 

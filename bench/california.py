@@ -48,7 +48,7 @@ def sets(model) -> dict[str, dict]:
 @torch.no_grad()
 def measure(model, saes: dict) -> dict:
     from attribution import contrast
-    from attribution.splice import trace
+    from attribution.engine import trace
     from cases.multihop import CALIFORNIA, PROMPT
 
     matches = contrast(model, saes, list(CALIFORNIA[0]), list(CALIFORNIA[1]), top=None)

@@ -3,7 +3,7 @@
     python -m bench.kobe_sites --site resid_post     # the default SAEs (residual stream, every other block)
     python -m bench.kobe_sites --site mlp_out        # MLP outputs of the same blocks, same recipe (trained once)
 
-For each site it prints, with error terms kept and features recomputed downstream (graphs.check):
+For each site it prints, with error terms kept and features recomputed downstream (graphs.interventions):
 - the metric with every active feature at one layer zero-ablated (what that layer's features carry);
 - m(model), m(empty) (every active feature at every layer ablated) and the faithfulness of the N features of
   largest |attribution| (N = 30, 60, 120, 400), zero and mean ablation;
@@ -55,8 +55,9 @@ def site_saes(model, site: str, progress: bool = True) -> dict:
 @torch.no_grad()
 def measure(model, saes: dict, prompt: str = PROMPT, good: str = " Sacramento", bad: str = " Albany") -> dict:
     from attribution import LogitDiff, attribute
-    from attribution.splice import trace
-    from graphs import check
+    from attribution.engine import trace
+    from attribution.engine import ablation_values
+    from graphs.interventions import RowEdit, run_rows
 
     metric = LogitDiff(model, good, bad)
     hooks = list(saes)
@@ -74,15 +75,15 @@ def measure(model, saes: dict, prompt: str = PROMPT, good: str = " Sacramento", 
         "features_attribution": float(attr.value[is_feature].sum()),
     }
     for mode in ("zero", "mean"):
-        values = check.ablation_values(model, saes, batch, mode)
-        rows = [{}, {h: check.RowEdit(~active[h], keep_errors) for h in hooks}]
-        rows += [{h: check.RowEdit(~active[h], keep_errors)} for h in hooks]
+        values = ablation_values(model, saes, batch, mode)
+        rows = [{}, {h: RowEdit(~active[h], keep_errors) for h in hooks}]
+        rows += [{h: RowEdit(~active[h], keep_errors)} for h in hooks]
         for cap in CAPS:
             kept = {h: torch.zeros_like(a) for h, a in active.items()}
             for i in order[:cap].tolist():
                 kept[hooks[int(attr.hook_idx[i])]][int(attr.position[i]), int(attr.feature[i])] = True
-            rows.append({h: check.RowEdit(~(active[h] & ~kept[h]), keep_errors) for h in hooks})
-        m = check.run_rows(model, saes, batch, metric, rows, values).tolist()
+            rows.append({h: RowEdit(~(active[h] & ~kept[h]), keep_errors) for h in hooks})
+        m = run_rows(model, saes, batch, metric, rows, values).tolist()
         model_m, empty = m[0], m[1]
         layers, graphs = m[2 : 2 + len(hooks)], m[2 + len(hooks) :]
         out[mode] = {

@@ -78,8 +78,8 @@ def long_prompt(model, tokens: int) -> str:
 
 def random_saes(model, prompt: str, hooks: list[str]) -> dict:
     """TopK SAEs with random unit-norm decoders, encoder = decoder^T, b_dec = the prompt's mean activation."""
+    from attribution.engine import trace
     from attribution.saes import build
-    from attribution.splice import trace
 
     acts = trace(model, model.tokenize(prompt), capture=hooks, stop_early=True).acts
     g = torch.Generator().manual_seed(0)

@@ -1,9 +1,10 @@
 """Steering: clamp one SAE feature and watch the next token and a greedy continuation change.
 
-The clamp is applied through `run_with_saes` (x' = decode(f') + e with the error term kept), so a clamp to
-the feature's own value changes nothing, and a clamp to 0 at one position is exactly `ablate`'s zero
+The clamp is an engine edit (attribution.engine.Splice: x' = x + (f' - f) W_dec, the error term kept), so a
+clamp to the feature's own value changes nothing, and a clamp to 0 at one position is exactly `ablate`'s zero
 ablation of that node. Every condition (unedited, 0, 5x, 10x max) is one row of the same batch, and greedy
-generation re-runs the whole text each step: simple and exact, and cheap for a dozen tokens.
+generation feeds back the token ids each row chose (never decoded and re-tokenized) and re-runs the whole
+sequence each step: simple and exact, and cheap for a dozen tokens.
 
 Which positions are clamped (`positions`):
 - "after" (default): from the first prompt position where the feature fires through every generated token,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from attribution.engine import Splice, trace
 from cases.report import Clamp, Steering
 
 
@@ -85,27 +87,22 @@ def _name(multiple: float) -> str:
     return "clamp 0" if multiple == 0 else f"clamp {multiple:g}x max"
 
 
-def _clamp(feature: int, values: list[float | None], starts: list[int], where):
-    """A feature edit for a left-padded batch whose row r holds condition r; starts[r] = row r's padding."""
-
-    def edit(f):  # [rows, pos, d_sae]
-        f = f.clone()
-        for r, v in enumerate(values):
-            if v is None:
-                continue
-            if isinstance(where, tuple):
-                f[r, starts[r] + where[0] :, feature] = v
-            else:
-                f[r, [starts[r] + p for p in where], feature] = v
-        return f
-
-    return edit
+def _clamp(sae, feature: int, values: list[float | None], starts: list[int], width: int, where) -> Splice:
+    """The engine edit for a left-padded batch whose row r holds condition r; starts[r] = row r's padding."""
+    keep = torch.ones(len(values), width, sae.d_sae, dtype=torch.bool)
+    to = torch.zeros(len(values), width, sae.d_sae, dtype=sae.W_dec.dtype)
+    for r, v in enumerate(values):
+        if v is None:
+            continue
+        cols = slice(starts[r] + where[0], None) if isinstance(where, tuple) else [starts[r] + p for p in where]
+        keep[r, cols, feature] = False
+        to[r, cols, feature] = v
+    return Splice(sae, keep.to(sae.W_dec.device), to.to(sae.W_dec.device))
 
 
 @torch.no_grad()
 def _generate(model, sae, prompt, metric, feature, values, where, n_tokens, top):
     """Greedy continuations of every condition at once; also the metric and next-token top-k at step 0."""
-    from attribution import run_with_saes
     from attribution.metrics import Rows
 
     prompt_ids = model.encode(prompt)
@@ -114,13 +111,11 @@ def _generate(model, sae, prompt, metric, feature, values, where, n_tokens, top)
     eos = model.tokenizer.eos_token_id
     next_tokens, metrics = [], []
     for step in range(max(1, n_tokens)):
-        texts = [_text(model, prompt, prompt_ids, g) for g in gen]
-        batch = model.tokenize(texts)
+        batch = model.batch_of_ids([[*prompt_ids, *g] for g in gen])
         starts = [batch.offset(r) for r in range(batch.size)]
-        run = run_with_saes(
-            model, {sae.hook: sae}, texts, edit_features={sae.hook: _clamp(feature, values, starts, where)}
-        )
-        last = run.logits[:, -1].float()
+        edit = _clamp(sae, feature, values, starts, batch.width, where)
+        logits = model.unembed(trace(model, batch, edits={sae.hook: edit}).hidden)
+        last = logits[:, -1].float()
         if step == 0:
             probs = last.softmax(-1)
             p, ids = probs.topk(min(top, probs.shape[-1]), dim=-1)
@@ -128,7 +123,7 @@ def _generate(model, sae, prompt, metric, feature, values, where, n_tokens, top)
                 [(model.tokenizer.decode([int(i)]), float(q)) for q, i in zip(p[r], ids[r])] for r in range(len(values))
             ]
             rows = Rows.copies(0, batch.size)
-            value = metric(run.logits, rows) if hasattr(metric, "from_hidden") else metric(run.logits)
+            value = metric(logits, rows) if hasattr(metric, "from_hidden") else metric(logits)
             metrics = [float(m) for m in torch.as_tensor(value).reshape(-1)]
         if n_tokens == 0:
             break
@@ -138,18 +133,13 @@ def _generate(model, sae, prompt, metric, feature, values, where, n_tokens, top)
                 done[r] = i == eos
         if all(done):
             break
-    return next_tokens, metrics, [_continuation(model, prompt, prompt_ids, g) for g in gen]
+    return next_tokens, metrics, [_continuation(model, prompt_ids, g) for g in gen]
 
 
-def _continuation(model, prompt: str, prompt_ids: list[int], gen: list[int]) -> str:
-    """The generated text as it reads after the prompt (with its leading space, whatever the tokenizer)."""
-    full = _text(model, prompt, prompt_ids, gen)
+def _continuation(model, prompt_ids: list[int], gen: list[int]) -> str:
+    """The generated tokens as text after the prompt (with its leading space, whatever the tokenizer)."""
+    full = model.tokenizer.decode([*prompt_ids, *gen], skip_special_tokens=True)
     start = model.tokenizer.decode(prompt_ids, skip_special_tokens=True)
     if gen and full.startswith(start):
         return full[len(start) :]
     return model.tokenizer.decode(gen, skip_special_tokens=True)
-
-
-def _text(model, prompt: str, prompt_ids: list[int], gen: list[int]) -> str:
-    """The prompt followed by generated tokens, as text that re-tokenizes to those tokens."""
-    return model.tokenizer.decode([*prompt_ids, *gen], skip_special_tokens=True) if gen else prompt

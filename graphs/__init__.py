@@ -1,22 +1,50 @@
 """Feature graphs for multi-hop prompts: nodes across layers and positions, edges by direct effect,
-pruned by influence, checked by ablation, exported as offline HTML, Neuronpedia JSON and networkx.
+pruned by influence, checked by real ablation, saved and loaded, exported as offline HTML, circuit-tracer
+graph JSON and networkx.
 
-    g = build_graph(model, {hook: sae, ...}, prompt, LogitDiff(model, " Sacramento", " Albany"))
-    g.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)   # in place, returns g
-    print(g.check())                        # faithfulness and completeness by real ablation (zero, errors kept)
-    g.group("state", [(hook, feature), ...]); g.ablate_group("state")   # metric change with the group ablated
-    g.group_by_contrast("California", positive, negative)   # or the features attribution.contrast finds
-    g.to_html("kobe.html"); g.to_json("kobe.json"); nx_graph = g.to_networkx()
+    g = build_graph(model, saes, prompt, LogitDiff(model, " Sacramento", " Albany"))   # data, no model inside
+    p = g.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)   # a new graph
+    print(check(model, saes, p))            # faithfulness and completeness by real ablation (zero, errors kept)
+    p.group("state", [(hook, feature), ...]); ablate_group(model, saes, p, "state")   # metric change
+    group_by_contrast(model, saes, p, "California", positive, negative)   # features attribution.contrast finds
+    p.save("kobe"); Graph.load("kobe")      # kobe.json + kobe.safetensors, every number equal
+    p.to_html("kobe.html"); p.to_json("kobe.json"); nx_graph = p.to_networkx()
     load_graph_json("kobe.json")            # validate a graph JSON (ours or circuit-tracer's): names the bad field
 
-Modules: build (candidates, assembling), edges (batched backward passes), prune (influence), check
-(interventions), groups, labels (attribution.explain), html + template (pyvis), schema (JSON, networkx).
+Modules: build (candidates, assembling), edges (batched backward passes), graph (the data), prune
+(influence; a pure function), interventions (checks, group ablation and steering: they take the model),
+groups, labels (attribution.explain), html + template + render (pages), schema (JSON, networkx).
 """
 
 from graphs.build import build_graph
-from graphs.check import Check, LayerCheck
 from graphs.graph import Edge, Graph
+from graphs.interventions import (
+    Check,
+    LayerCheck,
+    ablate_group,
+    check,
+    check_layers,
+    group_by_contrast,
+    steer_group,
+)
 from graphs.nodes import GraphError, GraphNode
+from graphs.prune import Pruned, prune
 from graphs.schema import load_graph_json
 
-__all__ = ["Check", "Edge", "Graph", "GraphError", "GraphNode", "LayerCheck", "build_graph", "load_graph_json"]
+__all__ = [
+    "Check",
+    "Edge",
+    "Graph",
+    "GraphError",
+    "GraphNode",
+    "LayerCheck",
+    "Pruned",
+    "ablate_group",
+    "build_graph",
+    "check",
+    "check_layers",
+    "group_by_contrast",
+    "load_graph_json",
+    "prune",
+    "steer_group",
+]

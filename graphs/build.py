@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attribution import memory
+from attribution.attribute import grad_x_act
 from attribution.splice import prepare_saes
 from graphs.edges import EMBED, Side, blocks_between, clean_pass, direct_edges, readouts, row_bytes
 from graphs.graph import Graph
@@ -63,7 +64,8 @@ def build_graph(
     batch = model.tokenize(prompt)
     fixed = _check_memory(model, saes, batch.width, max_rows)
     names = labeler(model, saes, labels, progress)
-    clean = clean_pass(model, saes, batch, metric)
+    clean, grads = clean_pass(model, saes, batch, metric)
+    columns = grad_x_act(saes, grads, batch, batch.node_mask(), clean.decs)  # the nodes' attributions
     tokens = batch.tokens[0]
     # rule: node bookkeeping (indices, positions, attributions, edges) lives on the CPU; activations,
     # gradients and the vectors the backward passes use stay on the model's device
@@ -82,12 +84,11 @@ def build_graph(
     sides = [(EMBED, Side(torch.tensor(ids), positions, emb[positions]), None)]
     last_attr = None
     for row, h in enumerate(hooks, 1):
-        sae, dec, g = saes[h], clean.decs[h], clean.grads[h].double()
+        sae, dec = saes[h], clean.decs[h]
         f, e = dec.features[0].double(), dec.error[0].double()  # [pos, d_sae], [pos, d_model]
         W_dec = sae.W_dec.double()
-        t, i = (f[positions] != 0).nonzero(as_tuple=True)  # active features at node positions
-        t, i = positions[t.cpu()], i.cpu()
-        attr = (f[t, i] * torch.einsum("nd,nd->n", W_dec[i], g[t])).cpu()  # [n]
+        feats, errs = columns[row - 1]  # active features at node positions, then one error node per position
+        t, i, attr = feats["position"].cpu(), feats["feature"].cpu(), feats["value"].cpu()
         if candidates is not None and len(attr) > candidates:
             top = attr.abs().argsort(descending=True, stable=True)[:candidates].sort().values
             t, i, attr = t[top], i[top], attr[top]
@@ -95,8 +96,7 @@ def build_graph(
             add(GraphNode(feature_id(h, p, k), "feature", row, h, p, k, tokens[p], float(f[p, k]), float(a)))
             for p, k, a in zip(t.tolist(), i.tolist(), attr.tolist())
         ]
-        at = positions
-        err_attr = (e[at] * g[at]).sum(-1).cpu()  # [n_pos]
+        at, err_attr = errs["position"].cpu(), errs["value"].cpu()  # [n_pos]
         if error_nodes is not None and len(at) > error_nodes:
             top = err_attr.abs().argsort(descending=True, stable=True)[:error_nodes].sort().values
             at, err_attr = at[top.to(at.device)], err_attr[top]
@@ -131,18 +131,38 @@ def build_graph(
     dsts.append(torch.full((int(into_metric.sum()),), metric_index))
     ws.append(last_attr[into_metric])
     info = {"build_s": time.perf_counter() - start, "candidates": candidates, "token_prob": _prob(model, metric, clean)}
-    return Graph(
-        model=model,
-        saes=saes,
+    return Graph.scored(
         prompt=prompt,
-        metric=metric,
-        batch=batch,
-        clean=clean,
-        nodes=nodes,
-        edges=(torch.cat(srcs), torch.cat(dsts), torch.cat(ws)),
-        labeler=names,
+        token_ids=batch.input_ids[0].tolist(),
+        tokens=tokens,
+        hooks=hooks,
+        layers={h: model.hook(h).layer for h in hooks},
+        model={"name": model.name, "n_layers": model.n_layers},
+        metric_info=metric_info(metric, clean.metric, m_pos),
+        full_nodes=nodes,
+        src=torch.cat(srcs),
+        dst=torch.cat(dsts),
+        weight=torch.cat(ws),
         info=info,
     )
+
+
+def metric_info(metric, value: float, position: int) -> dict:
+    """What a graph records about its metric: enough to draw the metric node and, for a logit difference, to
+    rebuild the metric from a saved graph (graphs.interventions.graph_metric)."""
+    good, bad = getattr(metric, "good", None), getattr(metric, "bad", None)
+    good_ids = getattr(metric, "good_ids", None)
+    kind = type(metric).__name__ if good is not None and bad is not None and len(good) == 1 else None
+    return {
+        "repr": repr(metric),
+        "value": value,
+        "kind": kind,
+        "good": good[0] if kind else None,
+        "bad": bad[0] if kind else None,
+        "position": getattr(metric, "position", -1),
+        "node_position": position,
+        "good_id": int(good_ids[0]) if good_ids is not None else None,
+    }
 
 
 def kept_bytes(model, saes: dict, width: int) -> int:

@@ -27,10 +27,11 @@ import torch
 from torch import Tensor
 
 from attribution import memory
+from attribution.attribute import Gradients, gradients
+from attribution.engine import Group, Past, trace
 from attribution.errors import check_finite
-from attribution.metrics import Rows, evaluate
 from attribution.models import Batch
-from attribution.splice import Decomposition, Past, decompose, trace
+from attribution.splice import Decomposition, decompose
 
 EMBED = "resid_pre.0"  # the token nodes' vectors: the input of block 0, i.e. the (scaled) embedding
 
@@ -46,18 +47,13 @@ class Clean:
     hidden: Tensor  # [pos, d_model] final-norm states, for the answer's probability
 
 
-def clean_pass(model, saes: dict, batch, metric) -> Clean:
-    hooks = list(dict.fromkeys([EMBED, *saes]))
-    tr = trace(model, batch, capture=hooks, grad=True)
-    m = evaluate(metric, model, tr.hidden, Rows.of(batch))
-    grads = torch.autograd.grad(m.sum(), [tr.acts[h] for h in hooks], allow_unused=True)
-    acts, gs = {}, {}
-    for h, g in zip(hooks, grads):
-        acts[h] = tr.acts[h].detach()[0]
-        gs[h] = torch.zeros_like(acts[h]) if g is None else g.detach()[0]
-        check_finite(gs[h], f"the gradient at {h}")
+def clean_pass(model, saes: dict, batch, metric) -> tuple[Clean, Gradients]:
+    """attribution.gradients at the embedding and every SAE hook (the pass attribute() makes), as the one
+    prompt's rows, with each SAE's decomposition."""
+    g = gradients(model, batch, metric, [EMBED, *saes])
+    acts = {h: a[0] for h, a in g.acts.items()}
     decs = {h: decompose(sae, acts[h][None]) for h, sae in saes.items()}
-    return Clean(float(m.detach()[0]), acts, gs, decs, tr.hidden.detach()[0])
+    return Clean(float(g.metric[0]), acts, {h: x[0] for h, x in g.grads.items()}, decs, g.hidden[0]), g
 
 
 @dataclass
@@ -167,15 +163,16 @@ def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Ten
         G = R.new_zeros(B, batch.width, R.shape[-1])
         G[torch.arange(B), S] = R
         return G
-    box = {}
-
-    def replicate(x):  # [1, pos, d_model] -> [B, pos, d_model], the leaf every row differentiates
-        box["leaf"] = x.detach().expand(B, -1, -1).clone().requires_grad_(True)
-        return box["leaf"]
-
-    tr = trace(model, batch, edits={up_hook: replicate}, capture=[down_hook], grad=True, stop_early=True, past=past)
-    x = tr.acts[model.hook(down_hook).name]  # [B, pos, d_model]
+    # B copies of the clean row join at the upstream hook as one leaf; row b's objective is node b's readout
+    rows = Group({up_hook: _same}, n=B, leaves=(up_hook,))
+    tr = trace(model, batch, groups=[rows], capture=[down_hook], grad=True, stop_early=True, past=past)
+    x = tr.acts[model.hook(down_hook).name][tr.groups[0]]  # [B, pos, d_model]
     objective = (x[torch.arange(B), S - (past.start if past else 0)] * R.to(x.dtype)).sum()
-    (G,) = torch.autograd.grad(objective, box["leaf"])
+    (G,) = torch.autograd.grad(objective, tr.leaves[(0, model.hook(up_hook).name)])
     check_finite(G, f"the gradient from {down_hook} to {up_hook}")
     return G
+
+
+def _same(x: Tensor) -> Tensor:
+    """The identity edit: the rows stay copies of the clean row (they join only to become a leaf)."""
+    return x

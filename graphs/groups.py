@@ -1,6 +1,6 @@
 """Supernodes: named groups of feature nodes ("California" = several features at several positions).
 
-A group is intervened on as one unit (all members at once, see graphs.check) and drawn as one node, its
+A group is intervened on as one unit (all members at once, see graphs.interventions) and drawn as one node, its
 edges the sums of its members' edges. Members are given as node ids, GraphNodes, (hook, position, feature)
 triples, or (hook, feature) pairs meaning that feature at every position where the graph has it.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from attribution.models.hooks import canonical
 from graphs.nodes import GraphError, GraphNode, feature_id
 
 
@@ -36,11 +37,11 @@ def _ids_of(graph, m) -> list[str]:
         return [m]
     if isinstance(m, tuple) and len(m) == 3:
         hook, pos, feat = m
-        nid = feature_id(graph.model.hook(hook).name, int(pos), int(feat))
+        nid = feature_id(canonical(hook), int(pos), int(feat))
         graph.node(nid)  # raises if absent
         return [nid]
     if isinstance(m, tuple) and len(m) == 2:
-        hook, feat = graph.model.hook(m[0]).name, int(m[1])
+        hook, feat = canonical(m[0]), int(m[1])
         found = [n.id for n in graph.full_nodes if n.kind == "feature" and n.hook == hook and n.feature == feat]
         if not found:
             raise GraphError(f"feature {feat} at {hook} is not a node of this graph (inactive, or not a candidate)")

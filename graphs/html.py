@@ -50,7 +50,7 @@ def _card_html(card) -> str:
     return "".join(parts)
 
 
-def _tooltip(graph, x) -> str:
+def _tooltip(graph, x, cards) -> str:
     head = html.escape(x.label) if x.label else {"feature": f"feature {x.feature}"}.get(x.kind, x.kind)
     where = f"{x.hook} · " if x.hook else ""
     lines = [
@@ -59,7 +59,7 @@ def _tooltip(graph, x) -> str:
         f"activation {x.activation:.3g} · attribution {x.attribution:+.3g} · influence {x.influence:.3g}",
     ]
     if x.kind == "feature":
-        card = graph.labeler.card(x.hook, x.feature)
+        card = cards(x.hook, x.feature) if cards is not None else None
         if card is not None:
             lines.append(_card_html(card))
     return "<br>".join(lines)
@@ -92,7 +92,7 @@ def _layout(nodes) -> tuple[dict[str, tuple[float, float]], set[str]]:
     return xy, above
 
 
-def _vis_nodes(graph, collapse_groups: bool):
+def _vis_nodes(graph, collapse_groups: bool, cards):
     """(pyvis node dicts, node id -> drawn id) for the kept graph, groups drawn as one node each."""
     nodes = graph.nodes
     xy, above = _layout(nodes)
@@ -123,11 +123,11 @@ def _vis_nodes(graph, collapse_groups: bool):
         size = {"token": 14, "metric": 24}.get(x.kind, 5 + 16 * math.sqrt(max(x.influence, 0.0) / top))
         label = {
             "token": x.token,
-            "metric": f"{graph.metric!r}\n{graph.metric_value:+.3f}",
+            "metric": f"{graph.metric}\n{graph.metric_value:+.3f}",
             "error": "err",
         }.get(x.kind, _short(x.label) if x.label else f"f{x.feature}")
         up = x.kind in ("feature", "error") and x.id in above
-        out.append(_vis_node(x.id, label, _tooltip(graph, x), *xy[x.id], size, x.kind, x.attribution, up))
+        out.append(_vis_node(x.id, label, _tooltip(graph, x, cards), *xy[x.id], size, x.kind, x.attribution, up))
     return out, drawn
 
 
@@ -185,8 +185,16 @@ def _vis_edges(graph, drawn: dict[str, str]) -> list[dict]:
 
 
 def to_html(
-    graph, path: str | Path, *, collapse_groups: bool = True, check: bool = True, max_edges: int | None = 5000
+    graph,
+    path: str | Path,
+    *,
+    collapse_groups: bool = True,
+    check=None,
+    cards=None,
+    max_edges: int | None = 5000,
 ) -> Path:
+    """The graph's offline page. check: a graphs.interventions.Check to show in the title (None: none);
+    cards: fn(hook, feature) -> FeatureCard or None (an explainer's card method), shown in feature tooltips."""
     from pyvis.network import Network
 
     n_edges = int(graph.edge_mask.sum())
@@ -199,7 +207,7 @@ def to_html(
     net = Network(height="820px", width="100%", directed=True, cdn_resources="in_line")
     net.templateEnv = _environment()
     net.path = "graph.html"
-    nodes, drawn = _vis_nodes(graph, collapse_groups)
+    nodes, drawn = _vis_nodes(graph, collapse_groups, cards)
     for n in nodes:
         net.add_node(n.pop("id"), **n)
     for e in _vis_edges(graph, drawn):
@@ -220,12 +228,12 @@ def to_html(
     return path
 
 
-def _title(graph, check: bool) -> str:
-    parts = [f"metric {html.escape(repr(graph.metric))} = {graph.metric_value:+.3f}"]
+def _title(graph, check) -> str:
+    parts = [f"metric {html.escape(graph.metric)} = {graph.metric_value:+.3f}"]
     kinds = [x.kind for x in graph.nodes]
     parts.append(f"{kinds.count('feature')} features, {kinds.count('error')} error nodes")
-    if check:
-        parts.append(html.escape(graph.check().summary()))
+    if check is not None:
+        parts.append(html.escape(check.summary()))
     return f"<h2>{html.escape(graph.prompt)}</h2><div class='sub'>{' · '.join(parts)}</div>"
 
 

@@ -8,10 +8,70 @@ computed by propagating from the metric down the rows (as many steps as the DAG 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from graphs.nodes import GraphError
+
+RANKS = ("influence", "attribution")
+
+
+class Pruned(NamedTuple):
+    """What prune returns: the pruned graph (a new Graph) and the masks it keeps, over the full graph."""
+
+    graph: object  # graphs.Graph
+    node_mask: Tensor  # [n] bool
+    edge_mask: Tensor  # [E] bool
+
+
+def prune(
+    graph,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    *,
+    max_feature_nodes: int | None = None,
+    max_nodes: int | None = None,
+    rank: str = "influence",
+) -> Pruned:
+    """Keep the nodes and edges carrying node_threshold / edge_threshold of the influence on the metric.
+
+    A pure function: always starts from `graph`'s full candidate graph and returns a new graph; `graph` is
+    unchanged. Tokens and the metric always stay; max_feature_nodes caps feature nodes, max_nodes features +
+    error nodes (see prune_masks).
+    rank: what orders the nodes, "influence" (circuit-tracer: shares of |edge weights| along every path)
+        or "attribution" (|activation x gradient of the metric|, the total-effect estimate that
+        sparse feature circuits threshold); node_threshold is then a share of that score.
+    """
+    if rank not in RANKS:
+        raise GraphError(f"unknown rank {rank!r}; choose one of {RANKS}")
+    for name, v in (("max_feature_nodes", max_feature_nodes), ("max_nodes", max_nodes)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise GraphError(f"{name} must be a whole number of nodes or None, got {v!r}")
+    key = (lambda x: x.influence) if rank == "influence" else (lambda x: abs(x.attribution))
+    nodes, edges = prune_masks(
+        [x.kind for x in graph.full_nodes],
+        graph.src,
+        graph.dst,
+        graph.weight,
+        torch.tensor([key(x) for x in graph.full_nodes], dtype=torch.float64),
+        graph.metric_index,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+        max_feature_nodes=max_feature_nodes,
+        max_nodes=max_nodes,
+    )
+    new = graph.copy()
+    new.node_mask, new.edge_mask = nodes, edges
+    new.pruning = {
+        "node_threshold": node_threshold,
+        "edge_threshold": edge_threshold,
+        "max_feature_nodes": max_feature_nodes,
+        "max_nodes": max_nodes,
+        "rank": rank,
+    }
+    return Pruned(new, nodes, edges)
 
 
 def shares(dst: Tensor, weight: Tensor, n: int) -> Tensor:

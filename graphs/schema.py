@@ -69,7 +69,7 @@ class GraphFile(BaseModel):
 def _node(graph, x) -> Node:
     common = {"ctx_idx": x.position, "influence": x.cumulative, "activation": x.activation}
     if x.kind == "token":
-        vocab = int(graph.batch.input_ids[0, x.position])
+        vocab = int(graph.token_ids[x.position])
         return Node(
             node_id=f"E_{vocab}_{x.position}",
             feature=x.position,
@@ -79,8 +79,8 @@ def _node(graph, x) -> Node:
             **common,
         )
     if x.kind == "metric":
-        layer = str(graph.model.n_layers + 1)
-        vocab = int(graph.metric.good_ids[0]) if hasattr(graph.metric, "good_ids") else 0
+        layer = str(graph.model["n_layers"] + 1)
+        vocab = graph.metric_info["good_id"] or 0
         return Node(
             node_id=f"{layer}_{vocab}_{x.position}",
             feature=vocab,
@@ -90,11 +90,11 @@ def _node(graph, x) -> Node:
             token_prob=graph.info.get("token_prob", 0.0),
             is_target_logit=True,
             jsNodeId=f"L_{vocab}-{x.position}",
-            clerp=f"{graph.metric!r} = {graph.metric_value:+.4f}",
+            clerp=f"{graph.metric} = {graph.metric_value:+.4f}",
             influence=1.0,
             activation=x.activation,
         )
-    layer = str(graph.model.hook(x.hook).layer)
+    layer = str(graph.layers[x.hook])
     if x.kind == "error":
         return Node(
             node_id=f"{layer}_-1_{x.position}",
@@ -120,12 +120,12 @@ def graph_file(graph, slug: str | None = None) -> GraphFile:
     prune = graph.pruning or {}
     meta = Metadata(
         slug=slug or "graph",
-        scan=graph.model.name,
+        scan=graph.model["name"],
         transcoder_list=graph.hooks,
         prompt_tokens=graph.tokens,
         prompt=graph.prompt,
         node_threshold=prune.get("node_threshold"),
-        info={"metric": repr(graph.metric), "metric_value": graph.metric_value, "pruning": prune, **graph.info},
+        info={"metric": graph.metric, "metric_value": graph.metric_value, "pruning": prune, **graph.info},
     )
     supernodes = [[name, *(nodes[i].node_id for i in ids if i in nodes)] for name, ids in graph.groups.items()]
     qparams = QParams(pinnedIds=[], supernodes=supernodes, linkType="both", clickedId="", sg_pos="")
@@ -146,7 +146,7 @@ def to_networkx(graph, full: bool = False):
     g = nx.DiGraph(
         prompt=graph.prompt,
         tokens=graph.tokens,
-        metric=repr(graph.metric),
+        metric=graph.metric,
         metric_value=graph.metric_value,
         hooks=graph.hooks,
         pruning=graph.pruning,

@@ -9,9 +9,11 @@ import networkx as nx
 import pytest
 import torch
 
-from attribution import AttributionError, LogitDiff, WholeActivation, ablate, attribute, run_with_saes, trace
+from attribution import AttributionError, LogitDiff, WholeActivation, ablate, attribute, trace
 from attribution.metrics import Rows, evaluate
-from graphs import GraphError, build_graph
+from graphs import GraphError, ablate_group, build_graph, check, check_layers, group_by_contrast, steer_group
+from graphs.edges import clean_pass
+from graphs.labels import labeler
 from graphs.prune import influence
 from graphs.schema import GraphFile
 from tests.conftest import PROMPTS, random_sae, tiny_model
@@ -31,6 +33,29 @@ def setup():
     return m, saes, metric, g
 
 
+def _clean(m, saes, metric, g):
+    """The clean pass the graph was built from: activations, gradients and decompositions at its hooks."""
+    return clean_pass(m, saes, m.tokenize(g.prompt), metric)[0]
+
+
+def _spliced_logits(m, saes, prompt, edit_features):
+    """An independent reference for interventions: every SAE spliced as x' = decode(edit(f)) + e, with the
+    error term e = x - decode(f) of the activation the hook receives (a plain function edit, not the
+    library's Splice)."""
+
+    def splice(h):
+        sae = saes[h]
+
+        def edit(x):
+            f = sae.encode(x)
+            e = x - sae.decode(f)
+            return sae.decode(edit_features[h](f) if h in edit_features else f) + e
+
+        return edit
+
+    return m.unembed(trace(m, m.tokenize(prompt), edits={h: splice(h) for h in saes}).hidden)
+
+
 def _readout(m, saes, metric, g, node, x_hook):
     """Downstream node's objective from the activation at its hook: pre-activation, g . e(x), or the metric."""
     if node.kind == "feature":
@@ -38,18 +63,19 @@ def _readout(m, saes, metric, g, node, x_hook):
         return float(sae.pre_acts(x_hook[0, node.position])[node.feature])
     sae = saes[node.hook]
     x = x_hook[0, node.position]
-    grad = g.clean.grads[node.hook][node.position]
+    grad = _clean(m, saes, metric, g).grads[node.hook][node.position]
     return float(grad @ (x - sae.decode(sae.encode(x))))
 
 
-def _contribution(g, node):
+def _contribution(m, saes, metric, g, node):
     """What the upstream node adds to the residual at its position."""
+    clean = _clean(m, saes, metric, g)
     if node.kind == "token":
-        return g.clean.acts["resid_pre.0"][node.position]
-    dec = g.clean.decs[node.hook]
+        return clean.acts["resid_pre.0"][node.position]
+    dec = clean.decs[node.hook]
     if node.kind == "error":
         return dec.error[0, node.position]
-    return node.activation * g.saes[node.hook].W_dec[node.feature]
+    return node.activation * saes[node.hook].W_dec[node.feature]
 
 
 def _finite_differences(m, saes, metric, g, pairs, eps=1e-5):
@@ -57,10 +83,12 @@ def _finite_differences(m, saes, metric, g, pairs, eps=1e-5):
     up_hook = "resid_pre.0" if pairs[0][0].kind == "token" else pairs[0][0].hook
     down = pairs[0][1]
 
+    vs = [_contribution(m, saes, metric, g, up) for up, _ in pairs]  # before the trace: edits only compute
+
     def perturb(x):  # [1, pos, d_model] -> [2 * len(pairs), pos, d_model]: +eps and -eps rows per pair
         x = x.repeat(2 * len(pairs), 1, 1)
         for k, (up, _) in enumerate(pairs):
-            v = _contribution(g, up)
+            v = vs[k]
             x[2 * k, up.position] += eps * v
             x[2 * k + 1, up.position] -= eps * v
         return x
@@ -168,7 +196,7 @@ def test_prune_keeps_tokens_and_metric_and_respects_thresholds_and_caps(setup):
     total = sum(x.influence for x in inner)
     sizes = []
     for threshold in (0.3, 0.6, 0.9):
-        g.prune(node_threshold=threshold, edge_threshold=0.98)
+        g = g.prune(node_threshold=threshold, edge_threshold=0.98)
         kinds = [x.kind for x in g.nodes]
         assert kinds.count("token") == n_tokens and kinds[-1] == "metric"
         prefix, share = [], 0.0
@@ -186,13 +214,13 @@ def test_prune_keeps_tokens_and_metric_and_respects_thresholds_and_caps(setup):
                 assert nx.has_path(nxg, x.id, "metric")  # nothing dangles
         assert all(g.kept(e.source) and g.kept(e.target) for e in g.edges)
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    g.prune(0.9, 0.9, max_feature_nodes=4)
+    g = g.prune(0.9, 0.9, max_feature_nodes=4)
     assert sum(x.kind == "feature" for x in g.nodes) <= 4
-    g.prune(0.9, 0.9, max_nodes=3)
+    g = g.prune(0.9, 0.9, max_nodes=3)
     assert sum(x.kind in ("feature", "error") for x in g.nodes) <= 3
-    g.prune(1.0, 1.0)
+    g = g.prune(1.0, 1.0)
     assert sum(x.kind in ("feature", "error") for x in g.nodes) == sum(x.influence > 0 for x in inner)
-    assert g.unprune().node_mask.all()
+    assert g.unpruned().node_mask.all() and not g.node_mask.all()
     with pytest.raises(GraphError, match="between 0 and 1"):
         g.prune(node_threshold=1.5)
     with pytest.raises(GraphError, match="max_feature_nodes"):
@@ -204,7 +232,7 @@ def test_prune_by_attribution_keeps_the_largest_total_effects(setup):
     g = g.copy()
     feats = sorted((x for x in g.full_nodes if x.kind == "feature"), key=lambda x: -abs(x.attribution))
     k = 6
-    g.prune(1.0, 1.0, max_feature_nodes=k, rank="attribution")
+    g = g.prune(1.0, 1.0, max_feature_nodes=k, rank="attribution")
     kept = {x.id for x in g.nodes if x.kind == "feature"}
     assert kept <= {x.id for x in feats[:k]} and feats[0].id in kept
     assert g.pruning["rank"] == "attribution" and g.to_json()["metadata"]["info"]["pruning"]["rank"] == "attribution"
@@ -217,18 +245,17 @@ def test_prune_by_attribution_keeps_the_largest_total_effects(setup):
 
 @pytest.mark.parametrize(("mode", "errors"), [("zero", "keep"), ("mean", "keep"), ("mean", "ablate")])
 def test_unpruned_graph_is_exactly_faithful(setup, mode, errors):
-    _, _, _, g = setup
-    check = g.check(mode, errors)
-    assert check.model == pytest.approx(g.metric_value, abs=1e-12)
-    assert abs(check.model - check.empty) > 0.05  # ablating everything matters
-    assert check.faithfulness == pytest.approx(1.0, abs=1e-9)
-    assert check.completeness == pytest.approx(1.0, abs=1e-9)
-    assert g.faithfulness(mode, errors) == check.faithfulness
+    m, saes, _, g = setup
+    result = check(m, saes, g, mode=mode, errors=errors)
+    assert result.model == pytest.approx(g.metric_value, abs=1e-12)
+    assert abs(result.model - result.empty) > 0.05  # ablating everything matters
+    assert result.faithfulness == pytest.approx(1.0, abs=1e-9)
+    assert result.completeness == pytest.approx(1.0, abs=1e-9)
 
 
 def test_scores_refuse_a_metric_that_no_ablation_moves():
     """m(model) = m(empty) leaves F = 0/0: a clear error, and a printable check, not a ZeroDivisionError."""
-    from graphs.check import Check
+    from graphs.interventions import Check
 
     flat = Check("zero", "keep", model=1.5, empty=1.5, graph=1.5, complement=1.5)
     assert not flat.defined and "undefined" in str(flat)
@@ -242,36 +269,38 @@ def test_scores_refuse_a_metric_that_no_ablation_moves():
 def test_pruned_checks_equal_independent_interventions(setup):
     """m(graph) and m(empty) equal run_with_saes with the clean-active non-graph features zeroed."""
     m, saes, metric, g = setup
-    g = g.copy().prune(0.5, 0.9)
-    check = g.check("zero", "keep")
+    g = g.prune(0.5, 0.9)
+    result = check(m, saes, g, mode="zero", errors="keep")
+    clean = _clean(m, saes, metric, g)
 
     def zero_outside(hook, keep):
-        active = (g.clean.decs[hook].features[0] != 0) & m.tokenize(g.prompt).node_mask()[0][:, None]
+        active = (clean.decs[hook].features[0] != 0) & m.tokenize(g.prompt).node_mask()[0][:, None]
         return lambda f: torch.where(active & ~keep, torch.zeros_like(f), f)
 
     kept = {h: torch.zeros(12, saes[h].d_sae, dtype=torch.bool) for h in HOOKS}
     for x in g.nodes:
         if x.kind == "feature":
             kept[x.hook][x.position, x.feature] = True
-    for keep, value in ((kept, check.graph), ({h: torch.zeros_like(k) for h, k in kept.items()}, check.empty)):
-        run = run_with_saes(m, saes, g.prompt, edit_features={h: zero_outside(h, keep[h]) for h in HOOKS})
-        assert float(metric(run.logits)) == pytest.approx(value, abs=1e-9)
-    assert -10 < check.faithfulness < 10 and check.faithfulness != pytest.approx(1.0)
+    for keep, value in ((kept, result.graph), ({h: torch.zeros_like(k) for h, k in kept.items()}, result.empty)):
+        logits = _spliced_logits(m, saes, g.prompt, {h: zero_outside(h, keep[h]) for h in HOOKS})
+        assert float(metric(logits)) == pytest.approx(value, abs=1e-9)
+    assert -10 < result.faithfulness < 10 and result.faithfulness != pytest.approx(1.0)
 
 
 def test_layer_checks_equal_independent_interventions(setup):
     """Each layer alone: m(empty) and m(graph) equal run_with_saes zeroing that layer's features only."""
     m, saes, metric, g = setup
-    full = g.check_layers()
+    full = check_layers(m, saes, g)
     assert [x.hook for x in full] == HOOKS
     for x in full:  # the unpruned graph keeps every feature: graph = model at every layer
         assert x.model == pytest.approx(g.metric_value, abs=1e-12)
         assert x.graph == pytest.approx(x.model, abs=1e-12)
         assert x.defined and x.faithfulness == pytest.approx(1.0, abs=1e-9)
-    g = g.copy().prune(0.5, 0.9)
+    g = g.prune(0.5, 0.9)
     valid = m.tokenize(g.prompt).node_mask()[0][:, None]  # [pos, 1]
-    for x in g.check_layers():
-        active = (g.clean.decs[x.hook].features[0] != 0) & valid
+    clean = _clean(m, saes, metric, g)
+    for x in check_layers(m, saes, g):
+        active = (clean.decs[x.hook].features[0] != 0) & valid
         kept = torch.zeros_like(active)
         for n in g.nodes:
             if n.kind == "feature" and n.hook == x.hook:
@@ -279,17 +308,16 @@ def test_layer_checks_equal_independent_interventions(setup):
         for keep, value in ((torch.zeros_like(kept), x.empty), (kept, x.graph)):
             drop = active & ~keep
             edit = {x.hook: lambda f, drop=drop: torch.where(drop, torch.zeros_like(f), f)}
-            run = run_with_saes(m, saes, g.prompt, edit_features=edit)
-            assert float(metric(run.logits)) == pytest.approx(value, abs=1e-9)
+            assert float(metric(_spliced_logits(m, saes, g.prompt, edit))) == pytest.approx(value, abs=1e-9)
         assert x.carried == pytest.approx(x.model - x.empty)
         assert x.faithfulness == pytest.approx((x.graph - x.empty) / (x.model - x.empty))
     assert "features carry" in str(x)
     with pytest.raises(GraphError, match="unknown ablation mode"):
-        g.check_layers("patch")
+        check_layers(m, saes, g, mode="patch")
 
 
 def test_layer_check_without_a_carried_metric_is_undefined():
-    from graphs.check import LayerCheck
+    from graphs.interventions import LayerCheck
 
     flat = LayerCheck("resid_post.3", "zero", model=1.0, empty=1.0, graph=0.5)
     assert not flat.defined and flat.faithfulness != flat.faithfulness and "undefined" in str(flat)
@@ -307,13 +335,13 @@ def test_group_by_contrast_groups_the_matching_feature_nodes(setup):
     nodes = {(x.hook, x.feature) for x in g.full_nodes if x.kind == "feature"}
     expected = [x for x in found if (x.hook, x.feature) in nodes]
     assert expected, "the tiny model has separating features that are nodes"
-    matches = g.group_by_contrast("john", positive, negative, min_score=0.5)
+    matches = group_by_contrast(m, saes, g, "john", positive, negative, min_score=0.5)
     assert matches == expected
     pairs = {(y.hook, y.feature) for y in matches}
     assert g.groups["john"] == [x.id for x in g.full_nodes if x.kind == "feature" and (x.hook, x.feature) in pairs]
-    assert isinstance(g.ablate_group("john"), float)
+    assert isinstance(ablate_group(m, saes, g, "john"), float)
     with pytest.raises(GraphError, match="no feature with contrast score"):
-        g.group_by_contrast("none", positive, negative, min_score=1.5)
+        group_by_contrast(m, saes, g, "none", positive, negative, min_score=1.5)
 
 
 def test_group_ablation_equals_ablating_the_features_together(setup):
@@ -331,13 +359,13 @@ def test_group_ablation_equals_ablating_the_features_together(setup):
 
     tr = trace(m, batch, edits={"resid_post.0": zero_members})
     direct = float(evaluate(metric, m, tr.hidden, Rows.copies(0, 1))) - g.metric_value
-    assert g.ablate_group("trio") == pytest.approx(direct, abs=1e-10)
-    assert g.steer_group("trio", 0.0) == pytest.approx(direct, abs=1e-10)
-    assert g.steer_group("trio", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert ablate_group(m, saes, g, "trio") == pytest.approx(direct, abs=1e-10)
+    assert steer_group(m, saes, g, "trio", 0.0) == pytest.approx(direct, abs=1e-10)
+    assert steer_group(m, saes, g, "trio", 1.0) == pytest.approx(0.0, abs=1e-12)
     # one member: the library's single-feature ablation (effect = clean - ablated)
     g.group("one", top[0].id)
     effect = ablate(m, saes, g.prompt, metric, [(top[0].hook, top[0].position, top[0].feature)], progress=False)
-    assert g.ablate_group("one") == pytest.approx(-float(effect.effect[0]), abs=1e-10)
+    assert ablate_group(m, saes, g, "one") == pytest.approx(-float(effect.effect[0]), abs=1e-10)
     # members on two layers: the later one is set to zero given its upstream partner's ablation too
     late = next(x for x in g.top(None) if x.hook == "resid_post.2")
     g.group("pair", [top[0], (late.hook, late.position, late.feature)])
@@ -351,13 +379,13 @@ def test_group_ablation_equals_ablating_the_features_together(setup):
 
         return edit
 
-    run = run_with_saes(m, saes, g.prompt, edit_features={"resid_post.0": zero([top[0]]), late.hook: zero([late])})
-    assert g.ablate_group("pair") == pytest.approx(float(metric(run.logits)) - g.metric_value, abs=1e-10)
-    assert g.ablate_group("pair", mode="mean") != g.ablate_group("pair")
+    logits = _spliced_logits(m, saes, g.prompt, {"resid_post.0": zero([top[0]]), late.hook: zero([late])})
+    assert ablate_group(m, saes, g, "pair") == pytest.approx(float(metric(logits)) - g.metric_value, abs=1e-10)
+    assert ablate_group(m, saes, g, "pair", mode="mean") != ablate_group(m, saes, g, "pair")
 
 
 def test_group_members_and_errors(setup):
-    _, _, _, g = setup
+    m, saes, _, g = setup
     g = g.copy()
     f = next(x for x in g.full_nodes if x.kind == "feature")
     assert g.group("by pair", [(f.hook, f.feature)]) == [
@@ -369,9 +397,9 @@ def test_group_members_and_errors(setup):
     with pytest.raises(GraphError, match="no node"):
         g.group("bad", "resid_post.0:3:f99999")
     with pytest.raises(GraphError, match="no group"):
-        g.ablate_group("missing")
+        ablate_group(m, saes, g, "missing")
     with pytest.raises(GraphError, match="unknown ablation mode"):
-        g.ablate_group("by pair", mode="patch")
+        ablate_group(m, saes, g, "by pair", mode="patch")
     with pytest.raises(GraphError, match="labels"):
         g.group_by_label()
     g.ungroup("by pair")
@@ -403,9 +431,10 @@ def test_labels_and_tooltips_from_feature_indexes(setup, tmp_path, monkeypatch):
     g = build_graph(m, saes, PROMPTS[0], metric, candidates=6, labels=indexes).prune(0.9, 0.98)
     feats = [x for x in g.nodes if x.kind == "feature"]
     assert feats and all(x.label == indexes[x.hook].label(x.feature) for x in feats)
-    card = g.labeler.card(feats[0].hook, feats[0].feature)
+    names = labeler(m, saes, indexes, False)
+    card = names.card(feats[0].hook, feats[0].feature)
     assert card.label == feats[0].label and card.contexts
-    page = g.to_html(tmp_path / "g.html").read_text()
+    page = g.to_html(tmp_path / "g.html", cards=names.card).read_text()
     assert "promotes:" in page and "share of firings by activation" in page
     assert {n["clerp"] for n in g.to_json()["nodes"] if n["feature_type"] == "cross layer transcoder"} == {
         x.label for x in feats
@@ -424,7 +453,8 @@ def test_labels_degrade_without_an_index(setup, monkeypatch):
     with pytest.warns(UserWarning, match="stay unlabelled"):
         g = build_graph(m, saes, PROMPTS[0], metric, candidates=4, labels=True)
     assert all(x.label == "" for x in g.full_nodes)
-    assert g.labeler.card("resid_post.0", 1) is None
+    with pytest.warns(UserWarning, match="stay unlabelled"):
+        assert labeler(m, saes, True, False).card("resid_post.0", 1) is None
 
 
 def test_json_follows_the_graph_schema(setup, tmp_path):
@@ -465,15 +495,15 @@ def test_networkx_has_every_node_edge_and_attribute(setup):
 
 
 def test_html_is_offline_and_has_every_node(setup, tmp_path):
-    _, _, _, g = setup
-    g = g.copy().prune(0.6, 0.95)
-    page = g.to_html(tmp_path / "graph.html").read_text()
+    m, saes, _, g = setup
+    g = g.prune(0.6, 0.95)
+    page = g.to_html(tmp_path / "graph.html", check=check(m, saes, g)).read_text()
     assert 'src="http' not in page and 'href="http' not in page and "<link" not in page
     assert "vis.Network" in page and g.prompt in page and "Legend" in page and "faithfulness" in page
     for x in g.nodes:
         assert json.dumps(x.id) in page
     with pytest.raises(GraphError, match="prune it first"):
-        g.unprune().to_html(tmp_path / "big.html", max_edges=100)
+        g.unpruned().to_html(tmp_path / "big.html", max_edges=100)
     g.group("pair", [x.id for x in g.top(2)])
     page = g.prune(0.6, 0.95).to_html(tmp_path / "grouped.html").read_text()
     assert '"group:pair"' in page and json.dumps(g.top(1)[0].id) not in page  # members drawn as one node
@@ -482,9 +512,10 @@ def test_html_is_offline_and_has_every_node(setup, tmp_path):
 def test_whole_activation_graphs_and_bad_input():
     m = tiny_model("llama")
     metric = LogitDiff(m, "sad", "happy")
-    g = build_graph(m, WholeActivation.at(m, ["resid_post.0", "resid_post.1"]), PROMPTS[1], metric, labels=True)
+    whole = WholeActivation.at(m, ["resid_post.0", "resid_post.1"])
+    g = build_graph(m, whole, PROMPTS[1], metric, labels=True)
     assert {x.kind for x in g.full_nodes} == {"token", "error", "metric"}  # no features, nothing to label
-    assert g.check("zero", "ablate").faithfulness == pytest.approx(1.0)
+    assert check(m, whole, g, mode="zero", errors="ablate").faithfulness == pytest.approx(1.0)
     sae = random_sae(m, "mlp_out.1")
     with pytest.raises(GraphError, match="residual stream"):
         build_graph(m, {"mlp_out.1": sae}, PROMPTS[1], metric, labels=False)
@@ -498,3 +529,38 @@ def test_whole_activation_graphs_and_bad_input():
         build_graph(m, WholeActivation.at(m, ["resid_pre.0", "resid_post.0"]), PROMPTS[1], metric, labels=False)
     with pytest.raises(AttributionError, match="labels must be"):
         build_graph(m, WholeActivation.at(m, ["resid_post.0"]), PROMPTS[1], metric, labels=3)
+
+
+def test_save_and_load_round_trip_exactly(setup, tmp_path):
+    """A graph is data: saved (JSON + safetensors) and loaded, every node, edge, mask and group is equal, and
+    checks on the loaded graph (its metric rebuilt from the saved description) give the same numbers."""
+    m, saes, metric, g = setup
+    p = g.prune(0.6, 0.95)
+    p.group("pair", [x.id for x in p.top(2)])
+    path = p.save(tmp_path / "kobe")
+    assert path.name == "kobe.json" and (tmp_path / "kobe.safetensors").is_file()
+    back = type(p).load(tmp_path / "kobe.json")
+    assert [x.to_dict() for x in back.full_nodes] == [x.to_dict() for x in p.full_nodes]
+    for name in ("src", "dst", "weight", "node_mask", "edge_mask", "share"):
+        assert torch.equal(getattr(back, name), getattr(p, name)), name
+    assert (back.groups, back.pruning, back.info, back.metric_info) == (p.groups, p.pruning, p.info, p.metric_info)
+    assert (back.prompt, back.tokens, back.token_ids, back.hooks) == (p.prompt, p.tokens, p.token_ids, p.hooks)
+    assert back.to_json() == p.to_json()
+    assert check(m, saes, back) == check(m, saes, p, metric)
+    assert ablate_group(m, saes, back, "pair") == ablate_group(m, saes, p, "pair", metric)
+    (tmp_path / "kobe.safetensors").unlink()
+    with pytest.raises(GraphError, match=r"kobe\.safetensors is missing"):
+        type(p).load(tmp_path / "kobe")
+
+
+def test_prune_is_pure_and_returns_the_masks(setup):
+    from graphs import prune
+
+    _, _, _, g = setup
+    before = (g.node_mask.clone(), g.edge_mask.clone(), g.pruning)
+    result = prune(g, 0.5, 0.9, max_feature_nodes=3)
+    assert torch.equal(g.node_mask, before[0]) and torch.equal(g.edge_mask, before[1]) and g.pruning is before[2]
+    assert torch.equal(result.graph.node_mask, result.node_mask) and torch.equal(
+        result.graph.edge_mask, result.edge_mask
+    )
+    assert result.graph.pruning["max_feature_nodes"] == 3 and sum(x.kind == "feature" for x in result.graph.nodes) <= 3

@@ -92,7 +92,7 @@ def parse_hook(name: str, specs: dict[str, HookSpec]) -> HookSpec:
     """Look a hook name up, accepting TransformerLens spellings such as `blocks.9.hook_resid_post`."""
     if not isinstance(name, str):
         raise HookError(f"a hook name must be a string such as 'resid_post.3', got {type(name).__name__} {name!r}")
-    canonical = _from_transformerlens(name) or name
+    canonical = from_transformerlens(name) or name
     if canonical in specs:
         return specs[canonical]
     n_layers = len(specs) // len(KINDS)
@@ -102,10 +102,16 @@ def parse_hook(name: str, specs: dict[str, HookSpec]) -> HookSpec:
     )
 
 
-def _from_transformerlens(name: str) -> str | None:
+def from_transformerlens(name: str) -> str | None:
+    """`blocks.9.hook_resid_post` -> `resid_post.9`; None for a name not in TransformerLens's spelling."""
     parts = name.split(".")
     if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2].startswith("hook_"):
         kind = parts[2][len("hook_") :]
         if kind in KINDS:
             return f"{kind}.{parts[1]}"
     return None
+
+
+def canonical(name: str) -> str:
+    """A hook name in this library's spelling (TransformerLens spellings converted, others as given)."""
+    return (from_transformerlens(name) or name) if isinstance(name, str) else name

@@ -218,6 +218,13 @@ class Model:
                     "Shorten the prompt."
                 )
             seqs.append(ids)
+        return self.batch_of_ids(seqs)
+
+    def batch_of_ids(self, seqs: list[list[int]]) -> Batch:
+        """Token-id sequences as one left-padded Batch, exactly those tokens (no decoding and re-tokenizing):
+        what generation feeds back."""
+        if not seqs or any(len(s) == 0 for s in seqs):
+            raise TokenizationError("batch_of_ids needs at least one non-empty sequence of token ids")
         width = max(len(s) for s in seqs)
         pad = self.pad_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attribution.errors import SAEError
-from attribution.models.hooks import _from_transformerlens
+from attribution.models.hooks import from_transformerlens
 from attribution.saes.base import build
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -202,7 +202,7 @@ def _hook_name(cfg: dict, path: Path) -> str:
     raw = _get(cfg, "hook_name", path) or _get(cfg, "hook_point", path)
     if raw is None:
         raise SAEError(f"{path}: cfg.json names no hook point; pass hook='resid_post.<layer>' to load_sae")
-    name = _from_transformerlens(raw)
+    name = from_transformerlens(raw)
     if name is None:
         raise SAEError(f"{path}: hook {raw!r} has no equivalent in our hook names; pass hook=... explicitly")
     return name

@@ -38,9 +38,9 @@ from attribution.cache import (
     write_json,
 )
 from attribution.compute import dtype_name, model_autocast, run_dtype
+from attribution.engine import trace
 from attribution.errors import AttributionError, CacheError
 from attribution.models.model import Batch
-from attribution.splice import trace
 
 MANIFEST = "manifest.json"
 

@@ -12,8 +12,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.compute import model_autocast
+from attribution.engine import Set, trace
 from attribution.models.model import Batch
-from attribution.splice import place, trace
+from attribution.splice import place
 
 
 @torch.no_grad()
@@ -41,22 +42,18 @@ def evaluate_sae(
         ids = tokens[start : start + batch_size].to(dev)
         n, seq = ids.shape
         batch = Batch.from_ids(ids, model.device)
-        box = {}
-
-        def spliced(x, box=box):
+        with model_autocast(model, dtype):
+            clean = trace(model, batch, capture=[hook])
+            x = clean.acts[hook]  # [n, seq, d_model]; <bos> (position 0) is left as it is in every run
             f = sae.encode(x[:, 1:])
-            box["x"], box["f"], box["x_hat"] = x[:, 1:], f, sae.decode(f)
-            return torch.cat([x[:, :1], box["x_hat"].to(x.dtype)], dim=1)
-
-        def zeroed(x):
-            return torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], dim=1)
-
-        for name, edits in (("clean", {}), ("sae", {hook: spliced}), ("zero", {hook: zeroed})):
-            with model_autocast(model, dtype):
-                ce[name] += _ce_sum(model, trace(model, batch, edits=edits).hidden, ids)
-        x = box["x"].reshape(-1, model.d_model).double()  # the clean activation (upstream of the edit)
-        f = box["f"].reshape(-1, sae.d_sae)
-        sq_err += (x - box["x_hat"].reshape(-1, model.d_model).double()).pow(2).sum(0)
+            x_hat = sae.decode(f)
+            ce["clean"] += _ce_sum(model, clean.hidden, ids)
+            for name, value in (("sae", x_hat), ("zero", torch.zeros_like(x[:, 1:]))):
+                edit = Set(torch.cat([x[:, :1], value.to(x.dtype)], dim=1))
+                ce[name] += _ce_sum(model, trace(model, batch, edits={hook: edit}).hidden, ids)
+        x = x[:, 1:].reshape(-1, model.d_model).double()  # the clean activation (upstream of the edit)
+        f = f.reshape(-1, sae.d_sae)
+        sq_err += (x - x_hat.reshape(-1, model.d_model).double()).pow(2).sum(0)
         sum_x += x.sum(0)
         sum_x2 += x.pow(2).sum(0)
         l0 += float((f != 0).sum())

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from attribution.cache import atomic_write, digest, model_fingerprint, remove, sae_fingerprint, tensor_digest
 from attribution.compute import model_autocast
+from attribution.engine import trace
 from attribution.errors import AttributionError
 from attribution.models.model import Batch
 from attribution.saes.base import SAE
-from attribution.splice import trace
 from attribution.training.activations import _keep
 from attribution.training.trainer import Fitter, TrainConfig, TrainLog
 

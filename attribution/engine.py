@@ -1,0 +1,329 @@
+"""The intervention engine: the one place that runs the model through nnsight and edits activations.
+
+`trace(model, batch, groups=[Group(...), ...], edits={hook: edit}, capture=[hooks])` runs one forward pass.
+- `edits` change every row at a hook (steering a batch of continuations, an SAE's reconstruction).
+- `groups` are groups of extra rows, each made of copies of one clean row of the batch. A group joins the
+  batch just before its first edited hook, so everything upstream of that hook is computed once for all
+  groups (the "growing batch"); then each of its edits is applied to its own rows. Ablations, integrated
+  gradients, graph checks and edges all ride this: many edit sets per forward pass.
+Rows may only join at block boundaries (inside a block the residual is held at the old batch size), so a
+group whose first hook is inside a block (attn_out, mlp_out) joins at the block's input, as copies of the
+clean row, and its edit then receives the clean row's value at its hook.
+
+Edits are values: an `Add`, a `Splice`, a `Set`, or any function [n, pos, d_model] -> [n, pos, d_model]
+that only computes (no side effects): values leave a trace only through nnsight's `.save()`, so the same
+code can run where the model lives (nnsight's remote execution). The forward stops at the final norm:
+metrics unembed only what they need.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import nnsight
+import torch
+from torch import Tensor
+
+from attribution.errors import AttributionError, check_finite
+from attribution.splice import decompose, prepare_saes, wide
+
+Edit = Callable[[Tensor], Tensor]  # [rows, pos, d_model] -> [rows, pos, d_model], a pure function
+
+
+@dataclass
+class Group:
+    """`n` extra rows, copies of the batch's row `source`, edited at every hook of `edits`.
+
+    leaves: hooks where the group's edited rows become gradient leaves (Trace.leaves[(group, hook)]), e.g.
+        integrated gradients' interpolations or the replicated activation whose rows edges differentiate.
+    """
+
+    edits: dict[str, Edit]
+    n: int = 1
+    source: int = 0
+    leaves: tuple[str, ...] = ()
+
+
+@dataclass
+class Trace:
+    acts: dict[str, Tensor]  # hook -> [rows, pos, d_model], the value that flowed downstream
+    hidden: Tensor | None  # [rows, pos, d_model], after the final norm (None with stop_early)
+    groups: list[slice] = field(default_factory=list)  # group g's rows in acts / hidden
+    leaves: dict[tuple[int, str], Tensor] = field(default_factory=dict)  # (group, hook) -> [n, pos, d_model]
+
+
+def trace(
+    model,
+    batch,
+    *,
+    groups: Sequence[Group] = (),
+    edits: dict[str, Edit] | None = None,
+    capture: Iterable[str] = (),
+    grad: bool = False,
+    stop_early: bool = False,
+    past: Past | None = None,
+) -> Trace:
+    """Run the model on `batch` with `edits` on every row, the `groups` of rows appended, and `capture`d
+    activations kept (with their graph if grad).
+
+    Row order: the batch's rows, then the groups in the order they join (by hook, then as listed);
+    Trace.groups says where each went. stop_early: stop right after the last hook (no final hidden state).
+    past: run only the tokens from `past.start` on, over the clean prefix's keys and values (see Past).
+    """
+    edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
+    capture = {model.hook(h).name for h in capture}
+    groups = [_canonical(model, g, batch.size) for g in groups]
+    firsts = [min(g.edits, key=lambda h: model.hooks[h].order) for g in groups]
+    joins = [_join_hook(model, h) for h in firsts]
+    names = set(edits) | capture | set(joins) | {h for g in groups for h in g.edits}
+    specs = sorted((model.hooks[h] for h in names), key=lambda s: s.order)
+    joining = {h: [i for i, j in enumerate(joins) if j == h] for h in joins}
+    inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+    ids = batch.input_ids
+    if past is not None:
+        ids, inputs["position_ids"] = ids[:, past.start :], inputs["position_ids"][:, past.start :]
+        inputs.update(cache=past.fresh(), use_cache=True)
+    hidden = None
+    with torch.set_grad_enabled(grad), model.lm.trace(ids, **inputs) as tracer:
+        acts = nnsight.save({})
+        leaves = nnsight.save({})
+        spans = nnsight.save({})
+        for spec in specs:
+            env = model.envoy(spec.module)
+            x = _get(env, spec)
+            new = x
+            for g in joining.get(spec.name, ()):
+                spans[g] = slice(new.shape[0], new.shape[0] + groups[g].n)
+                new = torch.cat([new, x[groups[g].source : groups[g].source + 1].expand(groups[g].n, -1, -1)])
+            if spec.name in edits:
+                new = edits[spec.name](new)
+            new = _edit_groups(new, spec.name, groups, firsts, spans, leaves)
+            if grad and spec.name in capture and not new.requires_grad:
+                # model weights are frozen, so the first captured activation becomes the graph's leaf
+                new = new.detach().requires_grad_(True)
+            if new is not x:
+                _set(env, spec, new)
+            if spec.name in capture:
+                acts[spec.name] = new
+        if not stop_early:
+            hidden = model.envoy(model.family.final_norm).output.save()
+        tracer.stop()
+    out = Trace(acts, hidden, [spans[g] for g in range(len(groups))], leaves)
+    if hidden is not None:
+        what = "the model's final hidden state"
+        if model.dtype == torch.float16:  # gemma-3-270m overflows float16 (NaN at the end)
+            what += " (float16 holds at most 65504 and some models' activations exceed it: load it in bfloat16)"
+        check_finite(hidden.detach(), what)
+    return out
+
+
+def _canonical(model, group: Group, size: int) -> Group:
+    """The group with canonical hook names, checked."""
+    if not isinstance(group, Group):
+        raise AttributionError(f"groups must be engine.Group objects, got {type(group).__name__}")
+    if group.n < 1 or not 0 <= group.source < size:
+        raise AttributionError(f"a group needs n >= 1 rows copied from a row of the batch; got {group}")
+    if not group.edits:
+        raise AttributionError("a group of rows needs at least one edit (a hook it changes)")
+    edits = {model.hook(h).name: fn for h, fn in group.edits.items()}
+    leaves = tuple(model.hook(h).name for h in group.leaves)
+    if set(leaves) - set(edits):
+        raise AttributionError(f"leaves at {sorted(set(leaves) - set(edits))} where the group edits nothing")
+    return Group(edits, group.n, group.source, leaves)
+
+
+def _join_hook(model, hook: str) -> str:
+    """Where a group whose first edit is at `hook` joins: there if it is a block boundary, else the input of
+    its block."""
+    first = model.hooks[hook]
+    return first.name if first.kind in ("resid_pre", "resid_post") else model.hook(f"resid_pre.{first.layer}").name
+
+
+def _edit_groups(x: Tensor, hook: str, groups: list[Group], firsts: list[str], spans: dict, leaves: dict) -> Tensor:
+    """x with each group's edit at `hook` applied to its rows, in one concatenation."""
+    mine = sorted((spans[g].start, g) for g, grp in enumerate(groups) if hook in grp.edits)
+    if not mine:
+        return x
+    parts, at = [], 0
+    for start, g in mine:
+        grp, span = groups[g], spans[g]
+        # at its first hook a group receives the clean row's value (rows inside a block joined earlier)
+        rows = x[grp.source : grp.source + 1].repeat(grp.n, 1, 1) if firsts[g] == hook else x[span]
+        new = grp.edits[hook](rows).to(x.dtype)
+        if new.shape != rows.shape:
+            raise AttributionError(f"an edit at {hook} returned shape {tuple(new.shape)}, expected {tuple(rows.shape)}")
+        if hook in grp.leaves:
+            new = new.detach().requires_grad_(True)
+            leaves[(g, hook)] = new
+        parts += [x[at:start], new]
+        at = span.stop
+    parts.append(x[at:])
+    return torch.cat(parts)
+
+
+# --- standard edits ------------------------------------------------------------------------------
+
+
+@dataclass
+class Add:
+    """Row r gets vec[r] added at position pos[r]: one node's ablation ((target - f_i) W_dec[i], or
+    target - e for an error node) or a steering vector."""
+
+    pos: Tensor  # [n] long
+    vec: Tensor  # [n, d_model]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.clone()
+        x[torch.arange(len(self.pos)), self.pos] += self.vec.to(x.dtype)
+        return x
+
+
+@dataclass
+class Set:
+    """The rows' activation replaced by `value` (broadcast to the rows): a reconstruction, or zeros."""
+
+    value: Tensor  # [rows or 1, pos, d_model]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.value.to(x.dtype).expand_as(x)
+
+
+@dataclass
+class Splice:
+    """Encode the rows' actual input with `sae` and replace the features where `keep` is False by `values`
+    (and error terms where `keep_error` is False by `error_value`): x + (f' - f) W_dec + (e' - e).
+
+    Exactly x where nothing is replaced; downstream of an upstream edit, the features are those of the
+    input this hook actually receives (graph checks, group ablation and steering, clamping)."""
+
+    sae: object
+    keep: Tensor  # [n, pos, d_sae] bool, True = left as computed
+    values: Tensor  # [n, pos, d_sae] (or broadcastable): what replaced features become
+    keep_error: Tensor | None = None  # [n, pos, 1] bool (None: every error term kept)
+    error_value: Tensor | None = None  # [d_model]: what replaced error terms become
+
+    def __call__(self, x: Tensor) -> Tensor:
+        sae = self.sae
+        f = sae.encode(x)  # [rows, pos, d_sae]
+        new = torch.where(self.keep, f, self.values.to(f.dtype))
+        dx = (new - f) @ sae.W_dec  # [rows, pos, d_model]; b_dec cancels
+        if self.keep_error is not None and not bool(self.keep_error.all()):
+            xw = x.to(wide(x.dtype, sae))  # the error term in the wider dtype, as decompose makes it
+            e = xw - sae.decode(f).to(xw.dtype)
+            dx = dx.to(xw.dtype) + torch.where(self.keep_error, e, self.error_value.to(xw.dtype)) - e
+        return x + dx.to(x.dtype)
+
+
+# --- the clean prefix ------------------------------------------------------------------------------
+
+
+class Past:
+    """The keys and values of a prompt's first `start` tokens, from one clean forward of that prefix.
+
+    An edit at position p leaves every earlier position unchanged (causal attention), so ablations at
+    positions >= start need only the tokens from `start` on: on a long prompt whose nodes sit near the end
+    that is a few tokens per row, not the whole prompt. Rows of a growing batch join over the same prefix:
+    each layer's cached row is broadcast to the rows that reach it.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model, batch, start: int):
+        self.start = start
+        self._cache = model.hf.base_model(
+            input_ids=batch.input_ids[:, :start],
+            attention_mask=batch.attention_mask[:, :start],
+            position_ids=batch.position_ids[:, :start],
+            use_cache=True,
+        ).cache
+
+    def fresh(self):
+        """A copy for one forward (the model appends to its cache), whose layers grow with the batch."""
+        cache = copy.deepcopy(self._cache)
+        for layer in cache.layers:
+            layer.update = _broadcasting(layer, layer.update)
+        return cache
+
+
+def _broadcasting(layer, update):
+    """The layer's cache update for one forward over the prefix: the cached row broadcast to the rows that
+    reach this layer, and nothing of this pass kept (the cache is used once; keeping 64 rows' keys and
+    values of a 2,048-token prompt would hold gigabytes)."""
+
+    def fn(keys, values, *args, **kwargs):
+        kept = layer.keys, layer.values
+        if layer.is_initialized and kept[0].shape[0] != keys.shape[0]:  # rows joined before this layer
+            layer.keys = kept[0].expand(keys.shape[0], -1, -1, -1)
+            layer.values = kept[1].expand(keys.shape[0], -1, -1, -1)
+        out = update(keys, values, *args, **kwargs)
+        layer.keys, layer.values = kept
+        return out
+
+    return fn
+
+
+def _get(env, spec):
+    value = env.output if spec.io == "output" else env.input
+    return value if spec.index is None else value[spec.index]
+
+
+def _set(env, spec, x):
+    if spec.io == "input":
+        env.input = x
+    elif spec.index is None:
+        env.output = x
+    else:
+        old = env.output
+        env.output = (*old[: spec.index], x, *old[spec.index + 1 :])
+
+
+# --- spliced runs and ablation values --------------------------------------------------------------
+
+
+@dataclass
+class SplicedRun:
+    logits: Tensor  # [batch, pos, vocab], left-padded like Model.tokenize
+    features: dict[str, Tensor]  # hook -> [batch, pos, d_sae]
+    errors: dict[str, Tensor]  # hook -> [batch, pos, d_model]
+
+
+@torch.no_grad()
+def run_with_saes(model, saes, prompt) -> SplicedRun:
+    """The prompt with SAEs spliced in, x = decode(f) + e: the logits (the plain model's, since the error
+    term e = x - decode(f) completes every activation) and each SAE's features and error terms.
+
+    To change features, give the engine an edit: `trace(model, batch, edits={hook: Splice(...)})`."""
+    saes = prepare_saes(model, saes)
+    batch = model.tokenize(prompt)
+    tr = trace(model, batch, capture=list(saes))
+    decs = {h: decompose(sae, tr.acts[h]) for h, sae in saes.items()}
+    return SplicedRun(
+        model.unembed(tr.hidden), {h: d.features for h, d in decs.items()}, {h: d.error for h, d in decs.items()}
+    )
+
+
+MODES = ("zero", "mean")  # the values ablated nodes take without a corrupted prompt
+
+
+@torch.no_grad()
+def ablation_values(model, saes: dict, batch, mode: str) -> dict[str, tuple[Tensor, Tensor]]:
+    """hook -> (feature values [d_sae], error values [d_model]) that ablated nodes are set to: zeros, or each
+    feature's and error term's mean over the non-<bos> tokens of `batch` (the reference prompts)."""
+    if mode not in MODES:
+        raise AttributionError(f"unknown ablation mode {mode!r} for reference values; choose one of {MODES}")
+    if mode == "zero":
+        return {
+            h: (
+                torch.zeros(s.d_sae, dtype=s.W_dec.dtype, device=model.device),
+                torch.zeros(model.d_model, dtype=model.dtype, device=model.device),
+            )
+            for h, s in saes.items()
+        }
+    tr = trace(model, batch, capture=list(saes), stop_early=True)
+    mask = batch.node_mask()  # [batch, pos], non-<bos> tokens
+    out = {}
+    for h, sae in saes.items():
+        d = decompose(sae, tr.acts[h])
+        out[h] = (d.features[mask].mean(0), d.error[mask].mean(0))
+    return out
