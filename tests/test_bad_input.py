@@ -36,10 +36,21 @@ from attribution import (
     explain,
     feature_index,
     run_with_saes,
+    trace,
 )
+from attribution.engine import Group
 from attribution.saes import build
 from attribution.training import fit
-from graphs import GraphError, build_graph, load_graph_json
+from graphs import (
+    GraphError,
+    ablate_group,
+    build_graph,
+    check,
+    check_layers,
+    group_by_contrast,
+    load_graph_json,
+    steer_group,
+)
 from tests.conftest import PROMPTS, WORDS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,7 +149,13 @@ def _fit_mutated(x, **changes):
 
 X = torch.randn(256, 32, dtype=torch.float64)
 
+
 # (id, error class, words the message must hold, call); the classes shortened so that a case fits a line
+def _on_graph(fn, *args, **kwargs):
+    """A case calling fn(model, saes, graph, *args, **kwargs) on the setup's graph."""
+    return lambda s: fn(s.m, s.saes, s.graph, *args, **kwargs)
+
+
 Tok, Att, Gra, Num, Sae, Hoo = TokenizationError, AttributionError, GraphError, NumericalError, SAEError, HookError
 CASES = [
     # --- prompts: empty, over-long, not text -----------------------------------------------------------
@@ -201,11 +218,12 @@ CASES = [
         ["unknown hook point 'mlp_in.1'"],
         lambda s: attribute(s.m, {"mlp_in.1": s.saes[H]}, P, s.metric),
     ),
+    ("group-without-edit", Att, ["at least one edit"], lambda s: trace(s.m, s.m.tokenize(P), groups=[Group({})])),
     (
-        "edit-without-sae",
-        Sae,
-        ["no SAE is spliced", "resid_post.0"],
-        lambda s: run_with_saes(s.m, s.saes, P, edit_features={"resid_post.1": lambda f: f}),
+        "group-leaf-unedited",
+        Att,
+        ["leaves at", "resid_post.1", "edits nothing"],
+        lambda s: trace(s.m, s.m.tokenize(P), groups=[Group({H: lambda x: x}, leaves=("resid_post.1",))]),
     ),
     ("dense-unknown-hook", Att, ["no SAE at 'resid_post.1'", "resid_post.0"], lambda s: s.attr.dense("resid_post.1")),
     ("total-unknown-hook", Att, ["no SAE at", "resid_post.2"], lambda s: s.attr.total(hook="blocks.1.hook_resid_post")),
@@ -464,9 +482,9 @@ CASES = [
     ),
     ("prune-cap-float", Gra, ["max_nodes must be a whole number"], lambda s: s.graph.copy().prune(max_nodes=2.5)),
     ("prune-rank", Gra, ["unknown rank", "'influence'"], lambda s: s.graph.copy().prune(rank="size")),
-    ("check-mode", Gra, ["unknown ablation mode", "'zero'"], lambda s: s.graph.check("resample")),
-    ("check-errors", Gra, ["errors must be one of", "'keep'"], lambda s: s.graph.check(errors="drop")),
-    ("check-layers-mode", Gra, ["unknown ablation mode"], lambda s: s.graph.check_layers("patch")),
+    ("check-mode", Gra, ["unknown ablation mode", "'zero'"], _on_graph(check, mode="resample")),
+    ("check-errors", Gra, ["errors must be one of", "'keep'"], _on_graph(check, errors="drop")),
+    ("check-layers-mode", Gra, ["unknown ablation mode"], _on_graph(check_layers, mode="patch")),
     ("graph-top-0", Gra, ["k must be a whole number >= 1"], lambda s: s.graph.top(0)),
     ("graph-top-kind", Gra, ["unknown node kind", "'feature'"], lambda s: s.graph.top(3, kind="features")),
     ("graph-node-unknown", Gra, ["no node", "node_ids"], lambda s: s.graph.node("resid_post.0:1:f9999")),
@@ -491,29 +509,44 @@ CASES = [
         ["cannot read group member", "(hook, feature)"],
         lambda s: s.graph.copy().group("x", torch.tensor([1])),
     ),
-    ("group-unknown", Gra, ["no group 'California'", "graph.group"], lambda s: s.graph.ablate_group("California")),
-    ("steer-group-unknown", Gra, ["no group 'x'"], lambda s: s.graph.steer_group("x", 5)),
-    ("steer-factor-nan", Gra, ["factor must be a finite number"], lambda s: s.graph.steer_group("x", math.nan)),
-    ("steer-factor-str", Gra, ["factor must be a finite number"], lambda s: s.graph.steer_group("x", "5x")),
+    (
+        "group-unknown",
+        Gra,
+        ["no group 'California'", "graph.group"],
+        _on_graph(ablate_group, "California"),
+    ),
+    ("steer-group-unknown", Gra, ["no group 'x'"], _on_graph(steer_group, "x", 5)),
+    (
+        "steer-factor-nan",
+        Gra,
+        ["factor must be a finite number"],
+        _on_graph(steer_group, "x", math.nan),
+    ),
+    (
+        "steer-factor-str",
+        Gra,
+        ["factor must be a finite number"],
+        _on_graph(steer_group, "x", "5x"),
+    ),
     ("group-by-label-unlabelled", Gra, ["no feature has a label", "labels=True"], lambda s: s.graph.group_by_label()),
     (
         "group-by-contrast-empty",
         Att,
         ["positive must be a non-empty list"],
-        lambda s: s.graph.group_by_contrast("c", [], [SHORT]),
+        _on_graph(group_by_contrast, "c", [], [SHORT]),
     ),
     (
         "html-missing-folder",
         Gra,
         ["does not exist", "create it first"],
-        lambda s: s.graph.to_html(s.tmp / "no" / "such" / "g.html", check=False),
+        lambda s: s.graph.to_html(s.tmp / "no" / "such" / "g.html"),
     ),
-    ("html-into-folder", Gra, ["is a folder", "graph.html"], lambda s: s.graph.to_html(s.tmp, check=False)),
+    ("html-into-folder", Gra, ["is a folder", "graph.html"], lambda s: s.graph.to_html(s.tmp)),
     (
         "html-max-edges",
         Gra,
         ["more than max_edges=0", "prune it first"],
-        lambda s: s.graph.to_html(s.tmp / "g.html", check=False, max_edges=0),
+        lambda s: s.graph.to_html(s.tmp / "g.html", max_edges=0),
     ),
     (
         "json-missing-folder",

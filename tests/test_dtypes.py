@@ -26,7 +26,7 @@ import torch
 from attribution import LogitDiff, ablate, attribute
 from attribution.saes import build
 from attribution.training import TrainConfig, collect, fit
-from graphs import build_graph
+from graphs import build_graph, check
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,7 +113,7 @@ def test_graph_in_each_dtype(dtype):
     saes = {h: random_sae(ref, h, seed=i).float() for i, h in enumerate(hooks)}
     g = build_graph(m, saes, PROMPTS[0], LogitDiff(m, "sad", "happy"), **kw)
     _close(_edges(g), _edges(g64), dtype, "graph edges")
-    assert g.faithfulness() == pytest.approx(1.0, abs=TOL[dtype])  # the unpruned graph is the model
+    assert check(m, saes, g).faithfulness == pytest.approx(1.0, abs=TOL[dtype])  # the unpruned graph is the model
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from attribution import LogitDiff
-from graphs import build_graph
+from graphs import build_graph, check
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,8 +118,8 @@ def test_html_loads_offline_and_draws_every_node(browser, tmp_path):
     m = tiny_model("gemma3")
     saes = {h: random_sae(m, h, seed=i) for i, h in enumerate(["resid_post.0", "resid_post.1", "resid_post.2"])}
     g = build_graph(m, saes, PROMPTS[0], LogitDiff(m, "sad", "happy"), labels=lambda h, f: f"<feature {f} & co>")
-    g.prune(0.8, 0.98, max_feature_nodes=25)
-    path: Path = g.to_html(tmp_path / "graph.html")
+    g = g.prune(0.8, 0.98, max_feature_nodes=25)
+    path: Path = g.to_html(tmp_path / "graph.html", check=check(m, saes, g))
 
     for domain in ("Runtime", "Log", "Network", "Page"):
         browser.send(f"{domain}.enable")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from attribution import AttributionError, LogitDiff, SAEError, ablate, run_with_saes, trace
+from attribution.engine import Splice
 from attribution.metrics import Rows, evaluate
 from attribution.splice import decompose
 from tests.conftest import PROMPTS, random_sae, tiny_model
@@ -36,22 +37,29 @@ def test_spliced_model_equals_original(family):
     assert run.features["resid_post.1"].shape == (3, 12, 64)
 
 
-def test_feature_edit_changes_output():
+def test_engine_splice_edit_equals_a_reference_splice():
+    """The engine's Splice (x + (f' - f) W_dec) equals splicing by hand (decode(f') + e) with one feature
+    zeroed, changes the output, and with nothing replaced returns the activation exactly."""
     m = tiny_model("gemma3")
     sae = random_sae(m, "resid_post.0")
+    batch = m.tokenize(PROMPTS[0])
     clean = run_with_saes(m, {sae.hook: sae}, PROMPTS[0])
     f = clean.features["resid_post.0"][0]
     pos, feat = divmod(int(f.argmax()), f.shape[-1])
+    keep = torch.ones(1, batch.width, sae.d_sae, dtype=torch.bool)
+    keep[0, pos, feat] = False
+    zeros = torch.zeros(1, batch.width, sae.d_sae, dtype=sae.W_dec.dtype)
 
-    def zero(features):
-        features = features.clone()
-        features[0, pos, feat] = 0
-        return features
+    def by_hand(x):
+        g = sae.encode(x)
+        return sae.decode(torch.where(keep, g, zeros)) + (x - sae.decode(g))
 
-    edited = run_with_saes(m, {sae.hook: sae}, PROMPTS[0], edit_features={"resid_post.0": zero})
-    assert not torch.allclose(edited.logits, clean.logits)
-    with pytest.raises(SAEError, match="no SAE is spliced there"):
-        run_with_saes(m, {sae.hook: sae}, PROMPTS[0], edit_features={"resid_post.1": zero})
+    edited = m.unembed(trace(m, batch, edits={sae.hook: Splice(sae, keep, zeros)}).hidden)
+    reference = m.unembed(trace(m, batch, edits={sae.hook: by_hand}).hidden)
+    torch.testing.assert_close(edited, reference, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(edited, clean.logits)
+    nothing = trace(m, batch, edits={sae.hook: Splice(sae, torch.ones_like(keep), zeros)}, capture=[sae.hook])
+    assert torch.equal(nothing.acts["resid_post.0"], trace(m, batch, capture=[sae.hook]).acts["resid_post.0"])
 
 
 def test_batched_ablation_equals_single_interventions(family):
