@@ -1,13 +1,15 @@
-"""Figures that README.md and docstrings quote equal the committed result files they come from.
+"""Figures that README.md, docs/*.md and docstrings quote equal the committed result files they come from.
 
-FIGURES is the table: the document, the exact quoted text with one `{}` where the figure goes (or, with
-`regex=True`, a regular expression whose one group is the figure), the source file, the key path into its
-JSON and the format the document uses. A rerun that changes a result then fails here until the prose is
-updated, instead of leaving the README quoting the previous run. bench/results/ratios.md is generated, so it
-is checked by regenerating it from summary.json (bench/report.py).
+FIGURES is the table: the document (DOCS: whichever of README.md and docs/**/*.md quotes it; a figure may move
+between pages without its row changing, but must be quoted once among them all), the exact quoted text with
+one `{}` where the figure goes (or, with `regex=True`, a regular expression whose one group is the figure,
+every match of it checked), the source file, the key path into its JSON and the format the document uses.
+A rerun that changes a result then fails here until the prose is updated, instead of leaving the docs
+quoting the previous run. bench/results/ratios.md is generated, so it is checked by regenerating it from
+summary.json (bench/report.py).
 
 To wire in a case study once its report is committed, add rows such as
-    Figure("README.md", "` sad` − ` happy` = {} |", "cases/results/emotion/report.json", ("metric",), signed(".3f"))
+    Figure(DOCS, "` sad` − ` happy` = {} |", "cases/results/emotion/report.json", ("metric",), signed(".3f"))
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ AGREE = r"attribution vs ablation over 100 nodes: "
 
 @dataclass(frozen=True)
 class Figure:
-    doc: str  # path from the repository root
+    doc: str  # path from the repository root, or DOCS
     text: str  # quoted text with one {} (or a regex with one group, regex=True)
     source: str  # JSON file, path from the repository root
     key: tuple  # path into the JSON: keys and list indexes
@@ -97,7 +99,9 @@ def target(t: str) -> str:
     return t.removeprefix("<= ")
 
 
-R = "README.md"
+DOCS = "README.md|docs/**/*.md"  # a figure found in whichever of these it lives in (see _docs)
+FRONT = "README.md"  # the front page's headline figures
+R = DOCS
 B = ("benchmarks",)
 ROWS = ("summary", "rows")
 
@@ -284,6 +288,62 @@ FIGURES = [
     Figure(R, "(≤ 60 feature nodes, {} error nodes)", MULTIHOP, ("graph", "error nodes")),
     Figure(R, "scores faithfulness {} and completeness", MULTIHOP, ("graph", "faithfulness"), "{:.3f}"),
     Figure(R, "and completeness\n{} (zero ablation", MULTIHOP, ("graph", "completeness"), "{:.3f}"),
+    # --- README, the front page's headline figures ---------------------------------------------------------------
+    Figure(FRONT, "Pearson r | emotion **{}**, multi-hop", EMOTION, ("agreement", "pearson"), "{:.3f}"),
+    Figure(FRONT, "multi-hop **{}** | [case studies]", MULTIHOP, ("agreement", "pearson"), "{:.3f}"),
+    Figure(FRONT, "| **{}** over 100 nodes |", RUN, ("agreement", "pearson"), "{:.3f}"),
+    Figure(
+        FRONT,
+        "all 18 layers, against one plain forward | **{}** (target",
+        SUMMARY,
+        ("ratios", "grad_x_act", "local_ratio"),
+        "{:.3g}",
+    ),
+    Figure(
+        FRONT,
+        r"all 18 layers, against one plain forward \| \*\*[\d.]+\*\* \(target ≤ ([\d.]+)\)",
+        SUMMARY,
+        ("ratios", "grad_x_act", "target"),
+        target,
+        regex=True,
+    ),
+    Figure(
+        FRONT, "against 256 plain forwards | **{}** (target", SUMMARY, ("ratios", "ablations", "local_ratio"), "{:#.2g}"
+    ),
+    Figure(
+        FRONT,
+        r"against 256 plain forwards \| \*\*[\d.]+\*\* \(target ≤ ([\d.]+)\)",
+        SUMMARY,
+        ("ratios", "ablations", "target"),
+        target,
+        regex=True,
+    ),
+    Figure(FRONT, "empty cache / warm | **{} min** /", FIRST, ("cold_s",), lambda v: f"{v / 60:.1f}"),
+    Figure(FRONT, "min** / **{} s** | [first run]", FIRST, ("warm_s",), lambda v: f"{v:.0f}"),
+    Figure(
+        FRONT,
+        r"EV / CE loss recovered \| \*\*([\d.]+)\*\* /",
+        QUALITY,
+        ("resid_post.9", "reference_text", "explained_variance"),
+        "{:.3f}",
+        regex=True,
+    ),
+    Figure(
+        FRONT,
+        r"EV / CE loss recovered \| \*\*[\d.]+\*\* / \*\*([\d.]+)\*\* \|",
+        QUALITY,
+        ("resid_post.9", "reference_text", "ce_loss_recovered"),
+        "{:.3f}",
+        regex=True,
+    ),
+    Figure(FRONT, "speed against SAELens {} / sparsify", SAELENS, (*ROWS, 1, "trainer"), version),
+    Figure(
+        FRONT, "/ sparsify {} |", SPARSIFY, (*ROWS, 1, "trainer"), lambda v: re.search(r"sparsify (\S+)", v).group(1)
+    ),
+    Figure(FRONT, "| **{}x** / **", SAELENS, ("summary", "paired_speed_ratio"), "{:.1f}"),
+    Figure(FRONT, "x** / **{}×** faster |", SPARSIFY, ("summary", "paired_speed_ratio"), "{:.2f}"),
+    Figure(FRONT, "the Kobe graph at ≤ {} features", MULTIHOP, ("graph", "feature nodes")),
+    Figure(FRONT, "not met, and why) | **{}** |", MULTIHOP, ("graph", "faithfulness"), "{:.3f}"),
     # --- docstrings ---------------------------------------------------------------------------------------------
     Figure(
         "bench/saelens_side_by_side.py",
@@ -301,6 +361,18 @@ def _read(path: str) -> str:
     return (ROOT / path).read_text(encoding="utf-8")
 
 
+def _docs(doc: str) -> list[str]:
+    """The files a figure's row may find it in: DOCS is the README and every docs/ page, else the one file."""
+    if doc != DOCS:
+        return [doc]
+    return ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("**/*.md"))]
+
+
+def _quoting(text: str, doc: str = DOCS) -> list[str]:
+    """The files (of doc's) that quote text."""
+    return [d for d in _docs(doc) if text in _read(d)]
+
+
 def _lookup(data, key: tuple):
     for k in key:
         data = data[k]
@@ -311,15 +383,15 @@ def _lookup(data, key: tuple):
 def test_quoted_figure_equals_its_source(fig):
     value = _lookup(json.loads(_read(fig.source)), fig.key)
     shown = fig.shown(value)
-    doc = _read(fig.doc)
     where = f"{fig.source} {'/'.join(map(str, fig.key))} = {value!r}"
-    if fig.regex:
-        found = re.search(fig.text, doc)
+    if fig.regex:  # every match, in every file the row covers, must show the source's figure
+        found = [(doc, m.group(1)) for doc in _docs(fig.doc) for m in re.finditer(fig.text, _read(doc))]
         assert found, f"{fig.doc} no longer quotes {fig.text!r}: remove or fix its row in FIGURES"
-        assert found.group(1) == shown, f"{fig.doc} quotes {found.group(1)!r}, but {where} reads {shown!r}"
+        for doc, quoted in found:
+            assert quoted == shown, f"{doc} quotes {quoted!r}, but {where} reads {shown!r}"
     else:
         quoted = fig.text.replace("{}", shown)
-        assert quoted in doc, f"{fig.doc} should quote {quoted!r} ({where}); fix the text or the table row"
+        assert _quoting(quoted, fig.doc), f"{fig.doc} should quote {quoted!r} ({where}); fix the text or the table row"
 
 
 def test_every_figure_is_quoted_once_where_the_table_says():
@@ -328,7 +400,7 @@ def test_every_figure_is_quoted_once_where_the_table_says():
         assert fig.text.count("{}") == (0 if fig.regex else 1), fig
         if not fig.regex:
             quoted = fig.text.replace("{}", fig.shown(_lookup(json.loads(_read(fig.source)), fig.key)))
-            assert _read(fig.doc).count(quoted) == 1, quoted
+            assert sum(_read(doc).count(quoted) for doc in _docs(fig.doc)) == 1, quoted
 
 
 def test_ratios_md_is_what_the_report_makes_of_summary_json():
@@ -350,13 +422,14 @@ def test_readme_quality_table_is_the_committed_quality_report(path):
     """The default SAEs' tables (v3, and v2 beside it) are quality_table() of the committed reports."""
     from attribution.training.quality import quality_table
 
-    assert quality_table(json.loads(_read(path))) in _read(R)
+    assert _quoting(quality_table(json.loads(_read(path))))
 
 
 def test_readme_run_rows_are_those_of_run_json():
     """The node rows the README shows from `python -m attribution run` are run.json's, as the CLI prints them."""
     nodes = {(n["hook"], n["position"]): n for n in json.loads(_read(RUN))["nodes"]}
-    shown = re.findall(r"^ *(resid_post\.\d+) +(\d+) +'.*?' +whole +([+-][\d.]+) +([+-][\d.]+)$", _read(R), re.M)
+    row = r"^ *(resid_post\.\d+) +(\d+) +'.*?' +whole +([+-][\d.]+) +([+-][\d.]+)$"
+    shown = [found for doc in _docs(DOCS) for found in re.findall(row, _read(doc), re.M)]
     assert len(shown) >= 5
     for hook, pos, estimate, effect in shown:
         n = nodes[(hook, int(pos))]
@@ -367,14 +440,14 @@ def test_readme_california_table_is_the_committed_search():
     """The contrast-search table (v2 beside v3) is bench.california.table() of the committed results."""
     from bench.california import table
 
-    assert table(json.loads(_read("bench/results/california.json"))) in _read(R)
+    assert _quoting(table(json.loads(_read("bench/results/california.json"))))
 
 
 def test_readme_curve_table_is_the_committed_curve():
     """The middle SAE's quality-against-tokens table is bench.sae_curve.table() of the committed curve."""
     from bench.sae_curve import table
 
-    assert table(json.loads(_read("bench/results/default_saes_curve.json"))) in _read(R)
+    assert _quoting(table(json.loads(_read("bench/results/default_saes_curve.json"))))
 
 
 def test_readme_label_tables_are_the_committed_measurement():
@@ -382,4 +455,21 @@ def test_readme_label_tables_are_the_committed_measurement():
     from bench.label_evidence import emotion_table, table
 
     results = json.loads(_read("bench/results/label_evidence.json"))
-    assert table(results) in _read(R) and emotion_table(results, "v3") in _read(R)
+    assert _quoting(table(results)) and _quoting(emotion_table(results, "v3"))
+
+
+def test_every_docs_page_is_linked_from_the_front_page_and_every_link_resolves():
+    """The README is the front page: each docs/ page is one link away, and no relative link (page or image) in
+    the README or the docs points at a file that is not there; the screenshots stay small PNGs."""
+    links = {doc: re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", _read(doc)) for doc in _docs(DOCS)}
+    front = {(ROOT / link).resolve() for link in links[FRONT]}
+    for page in _docs(DOCS)[1:]:
+        assert (ROOT / page).resolve() in front, f"README.md does not link {page}"
+    for doc, targets in links.items():
+        for link in targets:
+            if not re.match(r"[a-z]+:", link):  # http:, mailto: ... are not files
+                assert ((ROOT / doc).parent / link).is_file(), f"{doc} links {link}, which does not exist"
+    for image in ("docs/img/report.png", "docs/img/graph.png"):
+        assert image in links[FRONT]
+        data = (ROOT / image).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) < 300_000, image
