@@ -35,9 +35,9 @@ from attribution.compute import compute_dtype, model_autocast
 from attribution.errors import AttributionError, CacheError, SAEError
 from attribution.labels import N_NEXT, evidence, labels, logit_lens, top_predictions
 from attribution.models.model import Batch
-from attribution.nodes import _is_int
+from attribution.nodes import is_int
 from attribution.splice import place, trace
-from attribution.training.activations import _keep
+from attribution.tokens import OUTLIER, keep_tokens
 
 N_TOP = 24  # contexts kept per feature
 N_BINS = 10
@@ -45,7 +45,6 @@ N_NEIGHBOURS = 8
 VERSION = 7  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
 # the logit lens through the final norm's gain; 6: special tokens never label; 7: the model's predictions at
 # the top contexts, labels from the contexts' words, the promoted token only as evidence
-OUTLIER = 10.0  # the norm cut-off (x batch median) the training activations used
 Text = Tensor | str | None  # the text to index: token ids, "real" or None (the default corpus)
 
 
@@ -237,7 +236,7 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
     """The card of one feature (top contexts, histogram, logit-lens tokens, neighbours, label)."""
     if sae.d_sae == 0:
         raise SAEError(f"{sae!r} has no features to explain (WholeActivation): explain an SAE's features")
-    if not _is_int(feature):
+    if not is_int(feature):
         raise AttributionError(f"feature must be an integer index into the SAE's {sae.d_sae} features, got {feature!r}")
     if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 0:
         raise AttributionError(f"n_contexts must be a whole number >= 0, got {n_contexts!r}")
@@ -311,7 +310,7 @@ def _features(model, saes: dict, ids: Tensor, outliers: bool, final: bool = Fals
     with model_autocast(model):
         run = trace(model, Batch.from_ids(ids, model.device), capture=list(saes), stop_early=not final)
     acts = run.acts
-    kept = None if outliers else {h: _keep(acts[h], OUTLIER) for h in saes}
+    kept = None if outliers else {h: keep_tokens(acts[h], OUTLIER) for h in saes}
     feats = {}
     for h, sae in saes.items():
         place(model, sae)
