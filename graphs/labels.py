@@ -5,8 +5,8 @@ candidate node, cards (top contexts, promoted tokens, histogram) only for the no
 index for an SAE (a WholeActivation has no features), its nodes stay unlabelled, with a warning: a label is
 never made up. `labels={hook: FeatureIndex}` uses indexes the user built (e.g. over their own text);
 `labels=False` skips labelling; a callable `fn(hook, feature) -> str` labels without cards; an object with
-`label(hook, feature)` and `card(hook, feature)` (an Explainer a case study already holds, or the user's
-own) is used as it is, so its cards fill the tooltips.
+`label(hook, feature)` and `card(hook, feature)` (the user's own) is used as it is, and an Explainer (the
+one a case study holds) with its indexes and the cards it made, so the report's cards fill the tooltips.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ TOOLTIP_CONTEXTS = 3  # contexts per card an Explainer made here computes: a too
 
 def labeler(model, saes: dict, labels, progress: bool = True):
     """The labeller behind build_graph's `labels=` argument (see the module's docstring)."""
+    if isinstance(labels, Explainer):  # a case study's: its indexes and cards, cards cut to the tooltip's contexts
+        return labels.with_contexts(TOOLTIP_CONTEXTS)
     if hasattr(labels, "label") and hasattr(labels, "card"):
         return labels
     if labels is True or isinstance(labels, dict):

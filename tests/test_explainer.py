@@ -80,10 +80,14 @@ def test_one_adapter_for_every_labels_argument(model, saes, ids):
     off = labeler(model, saes, False)
     assert off.label(HOOKS[0], 1) == "" and off.card(HOOKS[0], 1) is None and not off.available
     study = Explainer(model, saes, tokens=ids, progress=False)
-    assert labeler(model, saes, study) is study  # a case study's explainer goes to the graph as it is
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the indexes over `ids` are cached: loaded, not rebuilt or warned of
         assert study.label(HOOKS[1], 2) == indexes[HOOKS[1]].label(2)
+    full = study.card(HOOKS[1], 2)
+    tooltips = labeler(model, saes, study)  # a case study's explainer: its indexes and cards, 3 contexts a card
+    assert tooltips.indexes is study.indexes and tooltips.label(HOOKS[1], 2) == full.label
+    cut = tooltips.card(HOOKS[1], 2)
+    assert cut.contexts == full.contexts[:3] and cut.histogram == full.histogram and len(full.contexts) > 3
 
 
 def test_the_reports_graph_shows_the_reports_cards_in_its_tooltips(model, saes, ids, tmp_path):

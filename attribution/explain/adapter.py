@@ -5,6 +5,8 @@ graph built inside a report shows the report's own labels and cards from the sam
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -43,7 +45,7 @@ class Explainer:
         self.indexes: dict[str, FeatureIndex | None] = {}
         if indexes is not None:
             self.indexes = {model.hook(h).name: idx for h, idx in indexes.items()}
-        self.cards: dict[tuple[str, int], FeatureCard | None] = {}
+        self.cards: dict[tuple[str, int], tuple[int, FeatureCard | None]] = {}  # (n_contexts made with, card)
         self.reason = ""
         if not enabled:
             self.reason = "labels and feature cards were turned off (explain=False / --no-explain)"
@@ -97,15 +99,26 @@ class Explainer:
         return None if index is None else float(index.max_activation(int(feature)))
 
     def card(self, hook: str, feature: int) -> FeatureCard | None:
-        """The feature's card (n_contexts contexts), made once; None where there is no index."""
+        """The feature's card (n_contexts contexts), made once; None where there is no index. A card made
+        with more contexts (by a with_contexts sibling) serves, cut to n_contexts."""
         key = (hook, int(feature))
-        if key not in self.cards:
+        made, card = self.cards.get(key, (-1, None))
+        if made < self.n_contexts:
             index = None if self.label_fn is not None or not self.available else self.index(hook)
-            card = None
+            made, card = self.n_contexts, None
             if index is not None:
                 try:
-                    card = explain(self.model, self.saes[hook], key[1], index=index, n_contexts=self.n_contexts)
+                    card = explain(self.model, self.saes[hook], key[1], index=index, n_contexts=made)
                 except (AttributionError, OSError) as e:
                     warnings.warn(f"no feature card for {hook} f{feature} ({e})", stacklevel=2)
-            self.cards[key] = card
-        return self.cards[key]
+            self.cards[key] = made, card
+        if card is None or made == self.n_contexts:
+            return card
+        return dataclasses.replace(card, contexts=card.contexts[: self.n_contexts])
+
+    def with_contexts(self, n_contexts: int) -> Explainer:
+        """This explainer making cards of `n_contexts` contexts (each costs a forward), sharing its indexes
+        and the cards it made: a graph's tooltips show 3 of the contexts a report's cards show 8 of."""
+        other = copy.copy(self)  # shallow: the same indexes and cards dicts
+        other.n_contexts = n_contexts
+        return other
