@@ -28,7 +28,7 @@ from attribution.engine import Group, trace
 from attribution.errors import AttributionError, check_finite
 from attribution.metrics import Rows, evaluate
 from attribution.models import Batch
-from attribution.nodes import NodeTable, _is_int
+from attribution.nodes import NodeTable, is_int
 from attribution.splice import Decomposition, decompose, prepare_saes
 
 METHODS = ("grad_x_act", "atp", "ig")
@@ -113,9 +113,9 @@ def attribute(
         raise AttributionError(f"unknown method {method!r}; choose one of {METHODS}")
     if method == "atp" and corrupt is None:
         raise AttributionError("method='atp' patches from a corrupted prompt: pass corrupt='...'")
-    if not _is_int(steps) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise AttributionError(f"steps must be a whole number >= 1 (integrated-gradient steps), got {steps!r}")
-    if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
+    if max_rows is not None and (not is_int(max_rows) or max_rows < 1):
         raise AttributionError(f"max_rows must be a whole number >= 1 (rows per pass), got {max_rows!r}")
     saes = prepare_saes(model, saes)
     if not saes:

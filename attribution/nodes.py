@@ -60,7 +60,7 @@ def as_key(node) -> tuple[int, str, int, int]:
     prompt = rest[0] if rest else 0
     checks = [("position", position), ("prompt", prompt)] + ([("feature", feature)] if feature is not None else [])
     for name, v in checks:
-        if not _is_int(v):
+        if not is_int(v):
             raise AttributionError(f"node {tuple(node)!r}: {name} must be an integer, got {v!r}")
     if feature is not None and int(feature) < 0:
         # -1 is how the tables store error nodes; a user's negative index would silently become one
@@ -71,7 +71,7 @@ def as_key(node) -> tuple[int, str, int, int]:
     return node_key(prompt, hook, position, feature)
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     """True for Python/numpy ints and integer 0-d tensors (not bools or floats: 1.5 would be truncated)."""
     if isinstance(v, bool):
         return False
@@ -139,11 +139,11 @@ class NodeTable:
         return order if k is None else order[:k]
 
     def _check_order(self, k, prompt, by) -> None:
-        if k is not None and (not _is_int(k) or k < 1):
+        if k is not None and (not is_int(k) or k < 1):
             raise AttributionError(f"k must be a whole number >= 1 (how many nodes), or None for all; got {k!r}")
         if by not in ORDERS:
             raise AttributionError(f"by={by!r}: choose 'abs' (|value|), 'pos' (largest first) or 'neg' (smallest)")
-        if prompt is not None and (not _is_int(prompt) or not 0 <= prompt < len(self.tokens)):
+        if prompt is not None and (not is_int(prompt) or not 0 <= prompt < len(self.tokens)):
             raise AttributionError(
                 f"prompt={prompt!r} is not a prompt of this result: it has {len(self.tokens)} prompt(s), "
                 f"numbered 0..{len(self.tokens) - 1}; pass prompt=None for all"

@@ -55,8 +55,7 @@ def site_saes(model, site: str, progress: bool = True) -> dict:
 @torch.no_grad()
 def measure(model, saes: dict, prompt: str = PROMPT, good: str = " Sacramento", bad: str = " Albany") -> dict:
     from attribution import LogitDiff, attribute
-    from attribution.engine import trace
-    from attribution.engine import ablation_values
+    from attribution.engine import ablation_values, trace
     from graphs.interventions import RowEdit, run_rows
 
     metric = LogitDiff(model, good, bad)

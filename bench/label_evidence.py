@@ -9,8 +9,8 @@ index over the first 65,536 tokens of:
 - real: the real-text training split (attribution.training.text.real_tokens: Brown, State of the Union,
   Moby-Dick).
 Per hook: the share of alive features whose logit-lens promoted token (of those in the indexed text: the old
-label's `→ x`) is evidence, i.e. among the model's top attribution.labels.N_NEXT next-token predictions at
->= attribution.labels.EVIDENCE_SHARE of the feature's top contexts; the mean of that share; how many labels
+label's `→ x`) is evidence, i.e. among the model's top attribution.explain.lens.N_NEXT next-token predictions at
+>= attribution.explain.labels.EVIDENCE_SHARE of the feature's top contexts; the mean of that share; how many labels
 name a context word. Then the top 10 features by |attribution| of the emotion prompt (the middle SAE, as
 `python -m cases emotion`), with the old label (the index-v6 rule, recomputed here) and the new one.
 Writes bench/results/label_evidence.json: {version: {text: ...}}.
@@ -60,7 +60,7 @@ def old_label(tok, t: dict, f: int) -> str:
 
 def predicted(tok, t: dict, f: int, k: int = 3) -> list[tuple[str, float]]:
     """The k words most often among the model's predictions at the feature's top contexts, with the share."""
-    from attribution.labels import Words
+    from attribution.explain.labels import Words
 
     words = Words(tok)
     alive = t["top_acts"][f] > 0
@@ -95,7 +95,8 @@ def emotion_features(model, saes: dict, k: int = 10) -> list:
 
 def measure(model, saes: dict, corpus: str, progress: bool = True) -> dict:
     from attribution.explain import feature_indexes
-    from attribution.labels import EVIDENCE_SHARE, N_NEXT
+    from attribution.explain.labels import EVIDENCE_SHARE
+    from attribution.explain.lens import N_NEXT
 
     tokens = index_tokens(model, corpus, progress)
     t0 = time.perf_counter()

@@ -65,8 +65,9 @@ def run(
     features over (default: explain's corpus). cards: how many feature cards. steer_tokens: greedy tokens.
     """
     from attribution import AttributionError, LogitDiff, TokenizationError, ablate, attribute, compare
+    from attribution.explain import Explainer
     from cases import sources
-    from cases.features import Explainer
+    from graphs.render import render
 
     sources.check_prompt(prompt)
     if n_ablate < 2 or top < 1 or cards < 0 or steer_tokens < 0:
@@ -145,7 +146,7 @@ def run(
             for hook, feat in tqdm(seen[:cards], desc="feature cards", disable=not progress, leave=False):
                 card = explainer.card(hook, feat)
                 report.cards.append(card.to_dict())
-                report.card_html.append(card.to_html())
+                report.card_html.append(render("card.html.j2", card=card))
 
     with clock("steering"):
         if not steer:
@@ -317,7 +318,7 @@ def _graph(model, saes, prompt, metric, out: Path, explainer, notes: list[str], 
         notes.append(f"graph skipped: graphs.build_graph is not available ({exc})")
         return None, None
     out.mkdir(parents=True, exist_ok=True)
-    labels = explainer.label if explainer.available else False  # the report's own labels, one index
+    labels = explainer if explainer.available else False  # the report's own labels and cards, one index
     g = build_graph(model, saes, prompt, metric, labels=labels, progress=progress)
     g.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)  # 60: a graph a reader can follow
     check = g.check()

@@ -26,7 +26,6 @@ from graphs.prune import cumulative, influence, shares
 FORMAT = 1  # the on-disk format's version
 
 
-
 @dataclass(frozen=True)
 class Edge:
     source: str

@@ -4,7 +4,8 @@ package into our own template (pyvis's template links bootstrap and vis from CDN
 Layout is fixed, physics off: x = token position (several nodes of one cell spread sideways), y = SAE layer
 (tokens along the bottom, the metric on top). Size = influence; colour = node type and sign of the node's
 attribution (blue raises the metric, red lowers it); edge width = the edge's share of its target's input,
-colour = its sign. Tooltips hold the label, top contexts and promoted tokens (attribution.explain cards).
+colour = its sign. A feature's tooltip holds its card (label, frequency, top contexts, promoted tokens) whenever
+the labeller gives one: the same template as the case-study report's cards.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from pathlib import Path
 
 from graphs.nodes import GraphError
+from graphs.render import render
 from graphs.template import TEMPLATE
 
 COL, ROW, GAP = 120, 130, 46  # pixels: least width of a token column, a layer row, between nodes of a cell
@@ -31,25 +33,6 @@ def _short(text: str, n: int = 18) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _card_html(card) -> str:
-    """Top contexts (the activating token in bold) and promoted / suppressed tokens of a FeatureCard."""
-    parts = []
-    for c in list(card.contexts)[:3]:
-        lo, hi = max(0, c.position - 8), c.position + 4
-        toks = [
-            f"<b>{html.escape(t)}</b>" if k == c.position else html.escape(t) for k, t in enumerate(c.tokens[lo:hi], lo)
-        ]
-        parts.append(f"<div class='ctx'>{''.join(toks)} <i>({c.activation:.2f})</i></div>")
-    if card.promoted:
-        parts.append("promotes: " + ", ".join(f"{html.escape(repr(t))} {v:+.2f}" for t, v in card.promoted[:6]))
-    if card.suppressed:
-        parts.append("<br>suppresses: " + ", ".join(f"{html.escape(repr(t))} {v:+.2f}" for t, v in card.suppressed[:4]))
-    if card.histogram:  # the whole range of activations, not only the top ones
-        bins = ", ".join(f"{b.lo:.2g}–{b.hi:.2g}: {b.share:.0%}" for b in card.histogram)
-        parts.append(f"<br>share of firings by activation: {bins}")
-    return "".join(parts)
-
-
 def _tooltip(graph, x, cards) -> str:
     head = html.escape(x.label) if x.label else {"feature": f"feature {x.feature}"}.get(x.kind, x.kind)
     where = f"{x.hook} · " if x.hook else ""
@@ -60,8 +43,8 @@ def _tooltip(graph, x, cards) -> str:
     ]
     if x.kind == "feature":
         card = cards(x.hook, x.feature) if cards is not None else None
-        if card is not None:
-            lines.append(_card_html(card))
+        if card is not None:  # the card the report shows, in its compact form (graphs/templates/card.html.j2)
+            lines.append(render("card.html.j2", card=card, compact=True))
     return "<br>".join(lines)
 
 

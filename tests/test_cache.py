@@ -71,12 +71,12 @@ def test_models_with_other_weights_get_other_entries(cache, models):
 
 
 def test_an_index_for_another_model_or_k_is_not_reused(cache, models, monkeypatch):
-    explain = sys.modules["attribution.explain"]
+    index = sys.modules["attribution.explain.index"]
     a, b = models
     tokens = _tokens(a)
     built = []
-    real = explain._build
-    monkeypatch.setattr(explain, "_build", lambda m, saes, *x: built.append(1) or real(m, saes, *x))
+    real = index.build
+    monkeypatch.setattr(index, "build", lambda m, saes, *x: built.append(1) or real(m, saes, *x))
     sae = random_sae(a, "resid_post.1", d_sae=48, arch="topk", k=6)
     for m, s in [(a, sae), (b, sae), (a, random_sae(a, "resid_post.1", d_sae=48, arch="topk", k=5)), (a, sae)]:
         feature_index(m, s, tokens=tokens, progress=False)

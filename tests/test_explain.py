@@ -4,10 +4,12 @@ import sys
 
 import pytest
 import torch
+from markupsafe import escape
 
 from attribution import SAEError, WholeActivation, explain, feature_index, trace
 from attribution.errors import AttributionError
 from attribution.models.model import Batch
+from graphs.render import render
 from tests.conftest import random_sae, tiny_model
 
 
@@ -70,8 +72,8 @@ def test_logit_lens_and_neighbours(setup):
     cos = w @ w[3]
     cos[3] = -2
     assert card.neighbours[0] == (int(cos.argmax()), pytest.approx(float(cos.max()), abs=2e-2))
-    text = str(card) + card.to_html()
-    assert card.label in text and "http" not in card.to_html()
+    page = render("card.html.j2", card=card)  # the report's card: plain data rendered by the one template
+    assert card.label in str(card) and str(escape(card.label)) in page and "http" not in page
 
 
 def test_index_is_cached_by_weights(setup, monkeypatch):
@@ -81,7 +83,7 @@ def test_index_is_cached_by_weights(setup, monkeypatch):
     def no_build(*a, **k):
         raise AssertionError("the index should have been loaded from disk")
 
-    monkeypatch.setattr(sys.modules["attribution.explain"], "_build", no_build)
+    monkeypatch.setattr(sys.modules["attribution.explain.index"], "build", no_build)
     again = feature_index(model, sae, tokens=tokens, progress=False)
     assert len(again.labels(range(sae.d_sae))) == sae.d_sae
     with torch.no_grad():
@@ -102,7 +104,8 @@ def test_explain_bad_inputs(setup):
 def test_predictions_at_top_contexts_and_evidence(setup):
     """next_ids holds the model's own top next-token predictions at every top context; a feature's promoted
     token is evidence where it is among them at >= EVIDENCE_SHARE of its top contexts, and only then labels."""
-    from attribution.labels import EVIDENCE_SHARE, N_NEXT
+    from attribution.explain.labels import EVIDENCE_SHARE
+    from attribution.explain.lens import N_NEXT
 
     model, sae, tokens = setup
     idx = feature_index(model, sae, tokens=tokens, progress=False)
@@ -139,7 +142,7 @@ def test_predictions_at_top_contexts_and_evidence(setup):
 def test_index_text_options(parts, monkeypatch):
     from attribution.training import text
 
-    ex = sys.modules["attribution.explain"]
+    ex = sys.modules["attribution.explain.index"]
     model, tokens = parts
     calls = []
     monkeypatch.setattr(text, "real_tokens", lambda m, split, **kw: calls.append((split, kw)) or tokens)

@@ -1,10 +1,11 @@
-"""attribution.labels on a hand-made index: the label's words come from the contexts, scored against the text's
+"""attribution.explain.labels on a hand-made index: the label's words come from the contexts, scored against the text's
 base rates, and the logit-lens token shows only where the model's predictions make it evidence."""
 
 import pytest
 import torch
 
-from attribution.labels import EVIDENCE_SHARE, MAX_CHARS, N_NEXT, Words, evidence, fit, labels
+from attribution.explain.labels import EVIDENCE_SHARE, MAX_CHARS, Words, evidence, fit, labels
+from attribution.explain.lens import N_NEXT
 
 SEQ, N_SEQ, N_TOP = 12, 10, 24
 NAMED = [
@@ -22,7 +23,7 @@ class Tok:
 
 
 def _index(contexts: dict[int, list[tuple[int, int]]], up_seen: dict[int, int], d_sae: int = 8) -> dict:
-    """Tensors as attribution.explain._build writes them: filler text, features firing at `contexts`
+    """Tensors as attribution.explain.index.build writes them: filler text, features firing at `contexts`
     ({feature: [(seq, pos)], best first}), next-token predictions all filler (set them per test)."""
     tokens = FILLER + torch.arange(N_SEQ * SEQ).reshape(N_SEQ, SEQ)
     tokens[:, 0] = 0

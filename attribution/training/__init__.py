@@ -1,5 +1,11 @@
-"""SAE training: a corpus, cached activations, the trainer, and held-out evaluation."""
+"""SAE training: a corpus, cached activations, the trainer, and held-out evaluation.
 
+Its corpora are also the texts feature indexes are built over: registered here with attribution.explain
+("default": the default training corpus, "real": the real-text training split), which imports no training.
+"""
+
+from attribution.explain import register_text
+from attribution.training import defaults, text
 from attribution.training.activations import ActivationCache, collect, open_cache
 from attribution.training.corpus import sample_tokens, text_tokens
 from attribution.training.defaults import default_saes, default_specs
@@ -7,6 +13,9 @@ from attribution.training.evaluate import evaluate_sae
 from attribution.training.text import real_text, real_tokens
 from attribution.training.train import train_sae
 from attribution.training.trainer import TrainConfig, TrainLog, fit
+
+register_text("default", defaults.index_tokens)
+register_text("real", text.index_tokens)
 
 __all__ = [
     "ActivationCache",

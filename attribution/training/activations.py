@@ -8,7 +8,7 @@ so an interrupted collection resumes where it stopped.
 
 Which tokens are kept: never <bos> (an attention sink whose norm is ~10x the median: a dictionary would
 spend features on it, and attribution leaves it out of the node set anyway), and no token whose norm
-exceeds `outlier` x the batch median (the rare massive-activation tokens, ~0.02% of text).
+exceeds `outlier` x the batch median (the rare massive-activation tokens, ~0.02% of text): attribution.tokens.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from attribution.compute import dtype_name, model_autocast, run_dtype
 from attribution.engine import trace
 from attribution.errors import AttributionError, CacheError
 from attribution.models.model import Batch
+from attribution.tokens import OUTLIER, keep_tokens
 
 MANIFEST = "manifest.json"
 
@@ -92,7 +93,7 @@ def _collect(
     shard_tokens: int = 1 << 17,
     dtype: torch.dtype = torch.bfloat16,
     compute_dtype: torch.dtype | str | None = None,
-    outlier: float = 10.0,
+    outlier: float = OUTLIER,
     total: int | None = None,
     progress: bool = True,
 ) -> ActivationCache:
@@ -119,7 +120,7 @@ def _collect(
         batch = Batch.from_ids(ids, model.device)
         with torch.no_grad(), model_autocast(model, compute_dtype):
             acts = trace(model, batch, capture=hooks, stop_early=True).acts
-        keep = _keep(acts[hooks[-1]], outlier)  # [batch, seq] bool: not <bos>, not a massive-norm token
+        keep = keep_tokens(acts[hooks[-1]], outlier)  # [batch, seq] bool: not <bos>, not a massive-norm token
         for h in hooks:
             buffers[h].append(acts[h][keep].to("cpu", dtype))
         buffered += int(keep.sum())
@@ -167,13 +168,6 @@ def open_cache(path: str | Path) -> ActivationCache | None:
     if not m["complete"]:
         return None
     return ActivationCache(path, m["hooks"], [s["file"] for s in m["shards"]], m["tokens"])
-
-
-def _keep(x: Tensor, outlier: float) -> Tensor:
-    norms = x.float().norm(dim=-1)  # [batch, seq]
-    keep = norms <= outlier * norms[:, 1:].median()
-    keep[:, 0] = False  # <bos>
-    return keep
 
 
 def _read_manifest(path: Path, hooks: list[str]) -> dict:

@@ -162,6 +162,13 @@ def default_corpus(model, tokens: int = 2_000_000, progress: bool = True):
     raise AttributionError(f"defaults.CORPUS must be 'real' or 'sampled', got {CORPUS!r}")
 
 
+def index_tokens(model, n_tokens: int = 65_536, progress: bool = True):
+    """The first `n_tokens` of the default corpus (its first windows): the text feature indexes are built
+    over by default (registered with attribution.explain as "default")."""
+    train, _ = default_corpus(model, tokens=n_tokens + 127, progress=progress)
+    return train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
+
+
 def _build_missing(model, specs: dict[str, DefaultSpec], folders: dict[str, Path], load, progress: bool) -> dict:
     """{hook: SAE}: the cached ones loaded, the missing ones trained together (one stream per token budget)
     under their folders' locks, so two processes wanting them train them once."""

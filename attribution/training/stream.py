@@ -31,10 +31,8 @@ from attribution.engine import trace
 from attribution.errors import AttributionError
 from attribution.models.model import Batch
 from attribution.saes.base import SAE
-from attribution.training.activations import _keep
+from attribution.tokens import OUTLIER, keep_tokens
 from attribution.training.trainer import Fitter, TrainConfig, TrainLog
-
-OUTLIER = 10.0  # tokens whose norm exceeds this many times their batch's median are left out
 
 
 @dataclass
@@ -99,7 +97,7 @@ def train_dictionaries(
         ids = windows[order[i * batch_windows : (i + 1) * batch_windows]]
         with torch.no_grad(), model_autocast(model):
             acts = trace(model, Batch.from_ids(ids, model.device), capture=capture, stop_early=True).acts
-        keep = _keep(acts[mask_hook], OUTLIER)  # [batch, seq]: not <bos>, not a massive-norm token
+        keep = keep_tokens(acts[mask_hook], OUTLIER)  # [batch, seq]: not <bos>, not a massive-norm token
         for name, f in fitters.items():
             x, target = (acts[h][keep] if h else None for h in hooks[name])
             f.step(x, target)

@@ -209,6 +209,12 @@ def real_tokens(
     return windows(model, ids, seq_len, max_seq=max_tokens // (seq_len - 1))
 
 
+def index_tokens(model, n_tokens: int = 65_536, progress: bool = True) -> Tensor:
+    """The first `n_tokens` of the real-text training split in 128-token windows: a feature index's text
+    (registered with attribution.explain as "real")."""
+    return real_tokens(model, "train", seq_len=128, max_tokens=n_tokens + 127, progress=progress)
+
+
 def resolve(sources: Iterable[str] | str | None) -> list[str]:
     """Source names from names or npm package names (one string may list several, comma-separated)."""
     if sources is None:

@@ -13,13 +13,13 @@ A label is a concordance line of the feature's top contexts (at most MAX_CHARS c
   when it is usually not adjacent. Words one of which begins the other (the shorter of >= 4 letters) count
   as one, shown `feel*`.
 - `→ x`: the token the decoder direction promotes most (logit lens, of those in the indexed text), only
-  when it is evidence: among the model's own top N_NEXT next-token predictions at >= EVIDENCE_SHARE of the
+  when it is evidence: among the model's own top lens.N_NEXT next-token predictions at >= EVIDENCE_SHARE of the
   feature's top contexts, compared as words (stripped, case-folded), so ` Sad` matches `sad`.
 Special tokens and whitespace never appear in a label. When one is too long, the extra firing words, then
 the word after, then the word before are left out. "(dead)": the feature never fired in the indexed text.
 
-Everything here is deterministic; `logit_lens` and `top_predictions` unembed decoder directions and final
-hidden states at the top contexts, the rest reads the index's tensors (see attribution.explain._build).
+Everything here is deterministic and reads the index's tensors (see attribution.explain.index.build); the
+promoted token and the model's predictions come from lens.py (logit_lens, top_predictions).
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ from collections import Counter, defaultdict
 import torch
 from torch import Tensor
 
-from attribution.compute import compute_dtype
-
-N_LOGIT = 10  # promoted / suppressed tokens of the logit lens
-N_NEXT = 10  # the model's top next-token predictions kept at each top context
 EVIDENCE_SHARE = 0.25  # of a feature's top contexts where its promoted token must be among those predictions
 BEFORE, AFTER = 3, 2  # tokens either side of the firing token searched for context words
 MIN_SHARE, MIN_LIFT = 0.2, 4.0  # a context word's least share of the contexts' texts, and over its base rate
@@ -58,50 +54,6 @@ class Words:
 
     def key(self, i: int) -> str:
         return self(i).casefold()
-
-
-@torch.no_grad()
-def logit_lens(model, sae, seen: Tensor, chunk: int = 512) -> tuple[Tensor, ...]:
-    """Top promoted / suppressed tokens of each decoder direction through the final norm's gain and the
-    unembedding (a direction added to the residual changes the logits by W_U (gain * d), up to the norm's
-    per-token 1/rms), and the top promoted token among those `seen` [vocab] in the indexed text, for the
-    label: most of a 262k vocabulary is rare scripts and word pieces the model seldom writes."""
-    # bf16 where the device multiplies it natively (ranking needs no more, and a float chunk of logits is
-    # 0.5 GB); float32 elsewhere: in emulated bf16 one chunk would take minutes
-    lens = torch.bfloat16 if compute_dtype(model.device) == torch.bfloat16 else torch.float32
-    chunk = chunk if lens == torch.bfloat16 else chunk // 2
-    W_U = model.W_U.to(lens).T  # [d_model, vocab]
-    seen_ids = seen.nonzero().flatten()  # [n_seen]
-    W_seen = W_U[:, seen_ids]  # [d_model, n_seen]
-    gain = model.final_norm_gain.float()  # [d_model]
-    ups, upv, downs, downv, up_seen = [], [], [], [], []
-    for i in range(0, sae.d_sae, chunk):
-        d = (sae.W_dec[i : i + chunk].float() * gain).to(lens)  # [chunk, d_model]
-        logits = d @ W_U  # [chunk, vocab]
-        v, j = logits.topk(N_LOGIT, dim=-1)
-        ups.append(j), upv.append(v.float())
-        v, j = logits.topk(N_LOGIT, dim=-1, largest=False)
-        downs.append(j), downv.append(v.float())
-        up_seen.append(seen_ids[(d @ W_seen).argmax(-1)] if len(seen_ids) else ups[-1][:, 0])
-    return torch.cat(ups), torch.cat(upv), torch.cat(downs), torch.cat(downv), torch.cat(up_seen)
-
-
-@torch.no_grad()
-def top_predictions(model, hidden: Tensor, chunk: int = 1024) -> Tensor:
-    """[m, d_model] final-norm hidden states -> [m, N_NEXT] int32 ids of the model's highest next-token
-    logits (a final softcap is monotonic and changes no ranking). In bf16 where the device multiplies it
-    natively, as the logit lens: ranking needs no more, and the vocabulary may be 262k wide."""
-    lens = torch.bfloat16 if compute_dtype(model.device) == torch.bfloat16 else torch.float32
-    W, b = model.W_U.to(lens), model.b_U
-    k = min(N_NEXT, W.shape[0])
-    out = []
-    for i in range(0, len(hidden), chunk):
-        logits = hidden[i : i + chunk].to(W.device, lens) @ W.T  # [chunk, vocab]
-        if b is not None:
-            logits = logits + b.to(lens)
-        out.append(logits.topk(k, dim=-1).indices.to(torch.int32))
-    ids = torch.cat(out) if out else torch.zeros(0, k, dtype=torch.int32)
-    return torch.nn.functional.pad(ids, (0, N_NEXT - k), value=-1)  # a vocabulary under N_NEXT: -1 fills
 
 
 def evidence(tok, t: dict) -> tuple[Tensor, Tensor]:
