@@ -18,6 +18,12 @@ class Agreement:
     sign_agreement: float  # share of nodes whose estimate has the sign of the real effect
     relative_error: float  # sum |attr - effect| / sum |effect|
 
+    def _repr_html_(self) -> str:
+        """A small table in a notebook (graphs.notebook, imported only when shown)."""
+        from graphs.notebook import agreement
+
+        return agreement(self)
+
     def __str__(self) -> str:
         tk = ", ".join(f"top-{k} {v:.0%}" for k, v in self.top_k.items())
         return (

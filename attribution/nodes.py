@@ -149,6 +149,12 @@ class NodeTable:
                 f"numbered 0..{len(self.tokens) - 1}; pass prompt=None for all"
             )
 
+    def _repr_html_(self) -> str:
+        """The top nodes as a table in a notebook (graphs.notebook, imported only when shown)."""
+        from graphs.notebook import node_table
+
+        return node_table(self)
+
     def top_values(self, k: int | None = 10, **kw) -> Tensor:
         """The values of `top(k, **kw)`, as a tensor in the same order."""
         return self.value[self.order(k, **kw)]

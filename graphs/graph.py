@@ -134,6 +134,12 @@ class Graph:
     def __str__(self) -> str:
         return "\n".join([repr(self), *(str(x) for x in self.top(15, kind=None))])
 
+    def _repr_html_(self) -> str:
+        """The graph's offline page in an iframe, in a notebook (graphs.notebook, imported only when shown)."""
+        from graphs.notebook import graph
+
+        return graph(self)
+
     def copy(self) -> Graph:
         """An independent copy (nodes, masks, groups)."""
         new = _copy.copy(self)

@@ -176,8 +176,17 @@ def to_html(
     cards=None,
     max_edges: int | None = 5000,
 ) -> Path:
-    """The graph's offline page. check: a graphs.interventions.Check to show in the title (None: none);
-    cards: fn(hook, feature) -> FeatureCard or None (an explainer's card method), shown in feature tooltips."""
+    """The graph's offline page written to `path`. check: a graphs.interventions.Check to show in the title
+    (None: none); cards: fn(hook, feature) -> FeatureCard or None (an explainer's card method), shown in
+    feature tooltips."""
+    path = Path(path)
+    text = page(graph, collapse_groups=collapse_groups, check=check, cards=cards, max_edges=max_edges)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edges: int | None = 5000) -> str:
+    """The graph's offline page as a string (see to_html)."""
     from pyvis.network import Network
 
     n_edges = int(graph.edge_mask.sum())
@@ -186,7 +195,6 @@ def to_html(
             f"the graph has {n_edges} edges to draw, more than max_edges={max_edges} (a browser slows to a crawl); "
             "prune it first, e.g. graph.prune(0.8, 0.98, max_feature_nodes=60), or pass max_edges=None"
         )
-    path = Path(path)
     net = Network(height="820px", width="100%", directed=True, cdn_resources="in_line")
     net.templateEnv = _environment()
     net.path = "graph.html"
@@ -201,14 +209,12 @@ def to_html(
         "edges": {"smooth": False, "arrows": {"to": {"scaleFactor": 0.4}}},
         "nodes": {"fixed": {"x": False, "y": False}},
     }
-    page = net.generate_html(name=path.name)
+    text = net.generate_html(name="graph.html")
     rows = [{"y": 0, "name": "tokens"}]
     rows += [{"y": -(i + 1) * ROW, "name": h} for i, h in enumerate(graph.hooks)]
     rows += [{"y": -(len(graph.hooks) + 1) * ROW, "name": "metric"}]
-    page = page.replace("/*ROWS*/[]", json.dumps(rows).replace("</", "<\\/"))
-    page = page.replace("<!--TITLE-->", _title(graph, check)).replace("<!--LEGEND-->", _legend())
-    path.write_text(page, encoding="utf-8")
-    return path
+    text = text.replace("/*ROWS*/[]", json.dumps(rows).replace("</", "<\\/"))
+    return text.replace("<!--TITLE-->", _title(graph, check)).replace("<!--LEGEND-->", _legend())
 
 
 def _title(graph, check) -> str:

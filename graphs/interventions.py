@@ -75,6 +75,11 @@ class Check:
         """1 - (m(complement) - m(empty)) / (m(model) - m(empty)): 1 when nothing outside the graph matters."""
         return 1.0 - (self.complement - self.empty) / self._span()
 
+    def _repr_html_(self) -> str:
+        from graphs.notebook import check
+
+        return check(self)
+
     def summary(self) -> str:
         """The scores and how they were measured, without the raw metric values."""
         scores = (

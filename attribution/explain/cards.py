@@ -52,6 +52,12 @@ class FeatureCard:
     neighbours: list[tuple[int, float]]  # (feature, cosine of decoder directions)
     n_tokens: int  # how many tokens the index covers
 
+    def _repr_html_(self) -> str:
+        """The card as the report shows it, in a notebook (graphs.notebook, imported only when shown)."""
+        from graphs.notebook import card
+
+        return card(self)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -1,0 +1,62 @@
+"""Results in a Jupyter notebook: the HTML behind each result's `_repr_html_`.
+
+Attribution and Ablation tables, agreement, feature cards, graphs (their offline page in an iframe) and
+case-study reports render here, through the same templates the pages use (graphs.render, autoescaped). The
+result classes import this module only when a notebook asks them to display, so computing never loads it.
+"""
+
+from __future__ import annotations
+
+import html
+
+from graphs.render import render
+
+
+def node_table(table, k: int = 10) -> str:
+    """An Attribution's or Ablation's summary line and its top-k nodes (by |value|) as a table."""
+    rows = table.top(k, prompt=None)
+    value = "effect" if type(table).__name__ == "Ablation" else "attribution"
+    more = max(0, len(table) - len(rows))
+    return render("nodes.html.j2", title=str(table).splitlines()[0], rows=rows, value=value, more=more)
+
+
+def agreement(result) -> str:
+    """attribution.compare's Agreement as a small table."""
+    fields = [
+        ("nodes", result.n),
+        ("Pearson r", f"{result.pearson:.3f}"),
+        ("Spearman rho", f"{result.spearman:.3f}"),
+        *((f"top-{k} overlap", f"{v:.0%}") for k, v in result.top_k.items()),
+        ("same sign", f"{result.sign_agreement:.0%}"),
+        ("relative error", f"{result.relative_error:.2f}"),
+    ]
+    return render("fields.html.j2", title="attribution vs ablation", fields=fields)
+
+
+def card(feature_card) -> str:
+    """A FeatureCard, as the report shows it."""
+    return render("card.html.j2", card=feature_card)
+
+
+def check(result) -> str:
+    """A graph check (graphs.interventions.Check) as a small table."""
+    fields = [("scores", result.summary())]
+    fields += [(k, f"{getattr(result, k):+.4f}") for k in ("model", "empty", "graph", "complement")]
+    return render("fields.html.j2", title="graph check by real ablation", fields=fields)
+
+
+def frame(page: str, height: int = 860) -> str:
+    """A whole offline page inside an iframe (srcdoc), so its scripts and styles stay its own."""
+    return (
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{height}px;border:1px solid #ddd">'
+        "</iframe>"
+    )
+
+
+def graph(g, max_edges: int = 5000) -> str:
+    """A Graph's offline page in an iframe (or, when it has too many edges to draw, its summary)."""
+    from graphs.html import page
+
+    if int(g.edge_mask.sum()) > max_edges:
+        return f"<pre>{html.escape(str(g))}\n(prune it to draw it: g.prune(0.8, 0.98, max_feature_nodes=60))</pre>"
+    return frame(page(g, max_edges=max_edges))
