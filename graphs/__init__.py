@@ -7,7 +7,7 @@ graph JSON and networkx.
     print(check(model, saes, p))            # faithfulness and completeness by real ablation (zero, errors kept)
     p.group("state", [(hook, feature), ...]); ablate_group(model, saes, p, "state")   # metric change
     group_by_contrast(model, saes, p, "California", positive, negative)   # features attribution.contrast finds
-    p.save("kobe"); Graph.load("kobe")      # kobe.json + kobe.safetensors, every number equal
+    p.save("kobe"); Graph.load("kobe")      # a folder (graph.json + edges.safetensors), every number equal
     p.to_html("kobe.html"); p.to_json("kobe.json"); nx_graph = p.to_networkx()
     load_graph_json("kobe.json")            # validate a graph JSON (ours or circuit-tracer's): names the bad field
 

@@ -5,8 +5,8 @@ graphs.interventions and take the model; pruning (graphs.prune.prune) returns a 
 (candidate) graph is kept inside: `nodes` and `edges` are the kept view, `full_nodes` and src/dst/weight
 everything build_graph computed.
 
-    g.save("kobe")            # kobe.json (nodes, metadata) + kobe.safetensors (edges, masks)
-    Graph.load("kobe")        # the same graph, every number equal
+    g.save("runs/kobe")       # runs/kobe/graph.json (nodes, metadata) + edges.safetensors (edges, masks)
+    Graph.load("runs/kobe")   # the same graph, every number equal
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from graphs.nodes import KINDS, GraphError, GraphNode
 from graphs.prune import cumulative, influence, shares
 
 FORMAT = 1  # the on-disk format's version
+META, EDGES = "graph.json", "edges.safetensors"  # the files of a saved graph's folder
 
 
 @dataclass(frozen=True)
@@ -196,14 +197,17 @@ class Graph:
         return [self.node(i) for i in self.groups[name]]
 
     # --- disk ---------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """`path`.json (nodes, groups, metadata) and `path`.safetensors (edges and masks); returns the JSON's
-        path. Graph.load reads them back with every number equal."""
+    def save(self, folder: str | Path) -> Path:
+        """The graph in `folder` (made if missing): graph.json (nodes, groups, metadata) and edges.safetensors
+        (edges and masks). Graph.load(folder) reads it back with every number equal. Returns the folder."""
         from safetensors.torch import save_file
 
-        base = Path(path)
-        base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
-        _writable(base.with_suffix(".json"))
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise GraphError(f"{folder} is a file; Graph.save writes a folder (graph.json + edges.safetensors)")
+        if not folder.parent.is_dir():
+            raise GraphError(f"cannot write {folder}: the folder {folder.parent} does not exist; create it first")
+        folder.mkdir(exist_ok=True)
         meta = {
             "format": FORMAT,
             "prompt": self.prompt,
@@ -225,28 +229,28 @@ class Graph:
             "node_mask": self.node_mask.contiguous(),
             "edge_mask": self.edge_mask.contiguous(),
         }
-        save_file(tensors, str(base.with_suffix(".safetensors")), metadata={"format": str(FORMAT)})
-        out = base.with_suffix(".json")
-        out.write_text(json.dumps(meta, indent=1))
-        return out
+        save_file(tensors, str(folder / EDGES), metadata={"format": str(FORMAT)})
+        (folder / META).write_text(json.dumps(meta, indent=1))
+        return folder
 
     @classmethod
-    def load(cls, path: str | Path) -> Graph:
-        """The graph that save() wrote at `path` (with or without the .json suffix)."""
+    def load(cls, folder: str | Path) -> Graph:
+        """The graph that save() wrote into `folder`."""
         from safetensors.torch import load_file
 
-        base = Path(path)
-        base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
-        for p in (base.with_suffix(".json"), base.with_suffix(".safetensors")):
+        folder = Path(folder)
+        for p in (folder / META, folder / EDGES):
             if not p.is_file():
-                raise GraphError(f"no saved graph at {base}: {p} is missing (Graph.save writes .json + .safetensors)")
+                raise GraphError(
+                    f"no saved graph in {folder}: {p.name} is missing (Graph.save writes {META} + {EDGES})"
+                )
         try:
-            meta = json.loads(base.with_suffix(".json").read_text())
-            tensors = load_file(str(base.with_suffix(".safetensors")))
+            meta = json.loads((folder / META).read_text())
+            tensors = load_file(str(folder / EDGES))
         except (ValueError, OSError) as err:
-            raise GraphError(f"cannot read the saved graph at {base}: {err}") from None
+            raise GraphError(f"cannot read the saved graph in {folder}: {err}") from None
         if meta.get("format") != FORMAT:
-            raise GraphError(f"{base}.json is graph format {meta.get('format')!r}; this library reads {FORMAT}")
+            raise GraphError(f"{folder / META} is graph format {meta.get('format')!r}; this library reads {FORMAT}")
         nodes = [GraphNode(**x) for x in meta.pop("nodes")]
         meta.pop("format")
         return cls(full_nodes=nodes, **meta, **tensors)

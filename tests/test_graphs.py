@@ -537,9 +537,9 @@ def test_save_and_load_round_trip_exactly(setup, tmp_path):
     m, saes, metric, g = setup
     p = g.prune(0.6, 0.95)
     p.group("pair", [x.id for x in p.top(2)])
-    path = p.save(tmp_path / "kobe")
-    assert path.name == "kobe.json" and (tmp_path / "kobe.safetensors").is_file()
-    back = type(p).load(tmp_path / "kobe.json")
+    folder = p.save(tmp_path / "kobe")
+    assert sorted(x.name for x in folder.iterdir()) == ["edges.safetensors", "graph.json"]
+    back = type(p).load(tmp_path / "kobe")
     assert [x.to_dict() for x in back.full_nodes] == [x.to_dict() for x in p.full_nodes]
     for name in ("src", "dst", "weight", "node_mask", "edge_mask", "share"):
         assert torch.equal(getattr(back, name), getattr(p, name)), name
@@ -548,9 +548,9 @@ def test_save_and_load_round_trip_exactly(setup, tmp_path):
     assert back.to_json() == p.to_json()
     assert check(m, saes, back) == check(m, saes, p, metric)
     assert ablate_group(m, saes, back, "pair") == ablate_group(m, saes, p, "pair", metric)
-    (tmp_path / "kobe.safetensors").unlink()
-    with pytest.raises(GraphError, match=r"kobe\.safetensors is missing"):
-        type(p).load(tmp_path / "kobe")
+    (folder / "edges.safetensors").unlink()
+    with pytest.raises(GraphError, match=r"edges\.safetensors is missing"):
+        type(p).load(folder)
 
 
 def test_prune_is_pure_and_returns_the_masks(setup):
