@@ -237,7 +237,7 @@ def _rows(attr, order, effect: dict, explainer) -> list[FeatureRow]:
 
 
 def _rankings(rows_attr, rows_act, effect: dict) -> dict[str, Ranking]:
-    from attribution.compare import _corr, _rank
+    from attribution.compare import pearson, spearman
 
     best = np.sort(np.abs(np.array(list(effect.values()))))[::-1]
 
@@ -248,7 +248,7 @@ def _rankings(rows_attr, rows_act, effect: dict) -> dict[str, Ranking]:
         captured = {k: _share(mag[:k].sum(), best[:k].sum()) for k in KS if k <= n} or {
             n: _share(mag.sum(), best[:n].sum())
         }
-        return Ranking(by, n, _corr(s, t), _corr(_rank(s), _rank(t)), captured)
+        return Ranking(by, n, pearson(s, t), spearman(s, t), captured)
 
     return {
         "attribution": ranking("attribution", rows_attr, lambda r: r.attribution, lambda r: r.effect),
