@@ -5,11 +5,18 @@
     report = cases.emotion.run(out="runs/emotion")  # John ... feels: sad vs happy
     report = cases.multihop.run(out="runs/kobe")  # Kobe Bryant -> Sacramento vs Albany, with the graph
 
+    config = cases.CaseConfig(cases.Question(prompt, " Austin", " Sacramento"), cases.Sources(saes="whole"))
+    report = cases.run(config)  # one typed config (cases.config), here activation patching; see report.skipped
+
 From a shell: `python -m cases emotion --out runs/emotion` (see `python -m cases --help`).
 """
 
 from cases import emotion, multihop
-from cases.report import Clamp, FeatureRow, Ranking, Report, Steering
+from cases.config import CaseConfig, GraphOptions, Measure, Output, Question, Sources, SteerOptions
+from cases.report import Clamp, FeatureRow, Ranking, Report, Skip, Steering
 from cases.study import run
 
-__all__ = ["Clamp", "FeatureRow", "Ranking", "Report", "Steering", "emotion", "multihop", "run"]
+__all__ = [
+    "CaseConfig", "Clamp", "FeatureRow", "GraphOptions", "Measure", "Output", "Question", "Ranking", "Report",
+    "Skip", "Sources", "SteerOptions", "Steering", "emotion", "multihop", "run",
+]  # fmt: skip

@@ -90,10 +90,24 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None, *, model=None, saes=None) -> int:
     """Run the CLI. `model`/`saes` objects, when given, replace --model/--saes (for tests and notebooks)."""
     args = parser().parse_args(argv)
-    import cases
     from attribution import AttributionError
+    from cases.study import run
 
-    kw = dict(
+    try:
+        report = run(config(args, model=model, saes=saes))
+    except AttributionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+def config(args: argparse.Namespace, *, model=None, saes=None):
+    """The CaseConfig the parsed flags describe (bad values raise the library's errors, as a run would)."""
+    from cases import emotion, multihop
+    from cases.config import CaseConfig
+
+    keywords = dict(
         model=model if model is not None else args.model,
         saes=saes if saes is not None else _saes(args.saes),
         hooks=args.hooks,
@@ -111,19 +125,12 @@ def main(argv=None, *, model=None, saes=None) -> int:
         progress=not args.quiet,
     )
     if args.graph is not None:
-        kw["graph"] = args.graph
-    try:
-        if args.case == "emotion":
-            report = cases.emotion.run(**kw)
-        elif args.case == "multihop":
-            report = cases.multihop.run(**kw)
-        else:
-            report = cases.run(args.prompt, args.good, args.bad, title=args.title, **kw)
-    except AttributionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0
+        keywords["graph"] = args.graph
+    if args.case == "emotion":
+        return emotion.config(**keywords)
+    if args.case == "multihop":
+        return multihop.config(**keywords)
+    return CaseConfig.from_keywords(args.prompt, args.good, args.bad, title=args.title, **keywords)
 
 
 def _saes(values: list[str] | None):

@@ -13,17 +13,25 @@ the wider one); pass hooks= to choose others.
 
 from __future__ import annotations
 
+from cases.config import CaseConfig
+from cases.report import Report
+
 PROMPT = 'John says, "I want to be alone right now." John feels'
 GOOD, BAD = " sad", " happy"
 
 
-def run(*, model=None, saes=None, hooks=None, out="runs/emotion", graph: bool = False, **kw):
-    """cases.run on the emotion prompt; keyword arguments as in cases.run (model=, saes=, hooks=, ...).
+def config(*, saes=None, hooks=None, out="runs/emotion", graph: bool = False, **keywords) -> CaseConfig:
+    """The emotion study's CaseConfig; keywords as in CaseConfig.from_keywords (model=, n_ablate=, ...).
     hooks=None reads the middle layer's default SAE (or all of `saes` when you pass your own)."""
-    from cases.study import run as study
-
     if hooks is None and (saes is None or saes == "default"):
         hooks = "middle"
-    return study(
-        PROMPT, GOOD, BAD, model=model, saes=saes, hooks=hooks, out=out, graph=graph, title="Emotion: John feels", **kw
+    return CaseConfig.from_keywords(
+        PROMPT, GOOD, BAD, saes=saes, hooks=hooks, out=out, graph=graph, title="Emotion: John feels", **keywords
     )
+
+
+def run(**keywords) -> Report:
+    """cases.run on the emotion prompt: `cases.run(config(**keywords))`."""
+    from cases.study import run as study
+
+    return study(config(**keywords))

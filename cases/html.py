@@ -1,7 +1,8 @@
 """The report as one offline HTML page: inline CSS and SVG, no scripts or fonts fetched from anywhere.
 
 The page is for a researcher deciding whether to trust the result, so each estimate sits beside its
-measured ablation effect, and every section that could not be produced says why instead of going blank.
+measured ablation effect, and every section that could not be produced says why (from `Report.skipped`)
+instead of going blank.
 The graph (multi-hop) is the graph package's own offline page, embedded with <iframe srcdoc> so this file
 stays self-contained; the same page is also written beside it as graph.html.
 """
@@ -194,10 +195,12 @@ def _table(rows: list[FeatureRow], r: Report, title: str, note: str) -> str:
 
 
 def _cards(r: Report) -> str:
-    if not r.card_html:
-        why = next((n for n in r.notes if "label" in n or "explain" in n or "features" in n), "no cards were made")
+    if not r.feature_cards:
+        why = r.skipped.get("cards", "no cards were made")
         return f'<h2>Feature cards</h2><div class="note">Feature cards not shown: {escape(why)}.</div>'
-    cards = "".join(f'<div class="card">{h}</div>' for h in r.card_html)
+    from graphs.render import render as template
+
+    cards = "".join(f'<div class="card">{template("card.html.j2", card=c)}</div>' for c in r.feature_cards)
     return f"""<h2>Feature cards</h2><p class="small muted">The top features by attribution: their top-activating
 contexts (firing tokens highlighted), the distribution of their activations with the share in each interval, and
 the tokens they promote and suppress through the unembedding.</p><div class="cards">{cards}</div>"""
@@ -205,7 +208,7 @@ the tokens they promote and suppress through the unembedding.</p><div class="car
 
 def _steering(s: Steering | None, r: Report) -> str:
     if s is None:
-        why = next((n for n in r.notes if "steer" in n), "steering was not run")
+        why = r.skipped.get("steering", "steering was not run")
         return f'<h2>Steering</h2><div class="note">{escape(why)}</div>'
     conds = []
     for c in s.clamps:
@@ -230,7 +233,7 @@ the prompt, and a greedy continuation (the clamp stays on while generating).</p>
 
 def _graph(r: Report, graph_html: str | None) -> str:
     if r.graph is None:
-        why = next((n for n in r.notes if "graph" in n), None)
+        why = r.skipped.get("graph")
         return "" if why is None else f'<h2>Feature graph</h2><div class="note">{escape(why)}</div>'
     g = r.graph
     stats = " · ".join(

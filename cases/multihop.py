@@ -8,6 +8,9 @@ and Los Angeles and Lakers features; the feature graph shows how they connect, s
 
 from __future__ import annotations
 
+from cases.config import CaseConfig
+from cases.report import Report
+
 PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
 GOOD, BAD = " Sacramento", " Albany"
 
@@ -32,13 +35,17 @@ ELSEWHERE = (
 CALIFORNIA = tuple([t.format(p) for t in TEMPLATES for p in places] for places in (IN_CALIFORNIA, ELSEWHERE))
 
 
-def run(*, model=None, saes=None, out="runs/kobe", graph: bool = True, groups=None, **kw):
-    """cases.run on the multi-hop prompt, with the feature graph and its California group (groups=None; pass
-    {} for none, or your own {name: (positive, negative)}); keyword arguments as in cases.run."""
+def config(*, out="runs/kobe", graph: bool = True, groups=None, **keywords) -> CaseConfig:
+    """The multi-hop study's CaseConfig, with the feature graph and its California group (groups=None; pass
+    {} for none, or your own {name: (positive, negative)}); keywords as in CaseConfig.from_keywords."""
+    groups = {"California": CALIFORNIA} if groups is None else groups
+    return CaseConfig.from_keywords(
+        PROMPT, GOOD, BAD, out=out, graph=graph, groups=groups, title="Multi-hop: Kobe Bryant", **keywords
+    )
+
+
+def run(**keywords) -> Report:
+    """cases.run on the multi-hop prompt: `cases.run(config(**keywords))`."""
     from cases.study import run as study
 
-    groups = {"California": CALIFORNIA} if groups is None else groups
-    return study(
-        PROMPT, GOOD, BAD, model=model, saes=saes, out=out, graph=graph, groups=groups,
-        title="Multi-hop: Kobe Bryant", **kw,
-    )  # fmt: skip
+    return study(config(**keywords))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
@@ -74,6 +74,14 @@ class Steering:
     chosen: str = ""  # why this feature: the largest positive attribution, or the user's choice
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A stage that did not run, and why: the page reads these to say why a section is missing."""
+
+    stage: str  # one of cases.stages.STAGES
+    reason: str
+
+
 @dataclass
 class Report:
     title: str
@@ -99,14 +107,25 @@ class Report:
     cards: list[dict] = field(default_factory=list)
     steering: Steering | None = None
     graph: dict | None = None
-    notes: list[str] = field(default_factory=list)  # sections skipped, and why
+    notes: list[str] = field(default_factory=list)  # observations and skipped sections, in words for a reader
     timings: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
-    card_html: list[str] = field(default_factory=list, repr=False)  # rendered cards; not in the JSON
+    feature_cards: list = field(default_factory=list, repr=False)  # the FeatureCards behind `cards`; not in JSON
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run (see Skip)
+
+    def skip(self, skip: Skip) -> None:
+        """Record a skipped stage as data (for the page) and as a note (for a reader of the JSON or the text)."""
+        self.skipped[skip.stage] = skip.reason
+        if skip.reason not in self.notes:
+            self.notes.append(skip.reason)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("card_html")
+        """The JSON: every field but the card objects; `skipped` only when a stage was, so that the reports
+        of full runs keep the keys they had before skips were recorded."""
+        data = asdict(replace(self, feature_cards=[]))
+        data.pop("feature_cards")
+        if not data["skipped"]:
+            data.pop("skipped")
         return _strict(data)
 
     def write(self, out: str | Path) -> dict[str, str]:

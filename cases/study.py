@@ -1,180 +1,121 @@
 """The generic case study: attribute a logit difference, check it by ablation, explain, steer, report.
 
-One call does what the paper's case studies do for a prompt and a pair of answers:
+One call does what the paper's case studies do for a prompt and a pair of answers, as the stages of
+cases.stages (each timed, each returning a typed result or a Skip):
 1. attribution of `good - bad` to every SAE feature at every position (one forward + one backward);
 2. real ablations of the top `n_ablate` features by attribution and of the top `n_ablate` by plain
    activation, so the report can show how much better attribution ranks what matters;
 3. labels and feature cards for the top features (attribution.explain), where available;
 4. steering with the top feature (clamped to 0, 5x and 10x its maximum activation);
-5. the feature graph (graphs.build_graph) when `graph=True`;
-6. report.html (offline), report.json and CSV tables in `out`.
+5. the feature graph (graphs.build_graph) when the config asks for it;
+6. report.html (offline), report.json and CSV tables in the output folder.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from cases.report import FeatureRow, Ranking, Report
+from cases import stages
+from cases.config import CaseConfig
+from cases.report import Ranking, Report, Skip
 
 KS = (10, 20, 50, 100)
 
 
-def run(
-    prompt: str,
-    good: str,
-    bad: str,
-    *,
-    model=None,
-    saes=None,
-    hooks: list[str] | str | None = None,
-    out: str | Path = "runs/case",
-    method: str = "grad_x_act",
-    mode: str = "zero",
-    top: int = 20,
-    n_ablate: int = 100,
-    corrupt: str | None = None,
-    graph: bool = False,
-    groups: dict[str, tuple[list[str], list[str]]] | None = None,
-    steer: bool | str | tuple[str, int] = True,
-    explain: bool = True,
-    index_tokens=None,
-    cards: int = 5,
-    steer_tokens: int = 12,
-    clamps: str | tuple[float, ...] = (0.0, 5.0, 10.0),
-    title: str = "Case study",
-    progress: bool = True,
-) -> Report:
-    """Run one case study and write its report into `out`; returns the Report (tables, statistics, paths).
+def run(config: CaseConfig | str, good: str | None = None, bad: str | None = None, /, **keywords) -> Report:
+    """Run one case study and write its report; returns the Report (tables, statistics, skips, paths).
 
-    model: an attribution.Model, or anything load_model takes (None: the embedded gemma-3-270m).
-    saes: None/"default" (the project's SAEs), "whole" (no features: activation patching), SAE folder(s),
-    SAE objects or {hook: SAE}. hooks: restrict to (or, for "default"/"whole", choose) these hooks.
-    method/mode/corrupt: as in attribution.attribute / attribution.ablate.
-    top: rows shown in the page's tables (report.json and the CSVs hold all `n_ablate`).
-    steer: False, True (the feature of largest positive attribution), or the feature to clamp, as
-    (hook, feature) or "hook:feature"; clamps: multiples of its maximum activation to clamp it to.
-    groups: with the graph, supernodes found by contrast, {name: (positive prompts, negative prompts)}
-        (graphs.Graph.group_by_contrast), each ablated as one unit.
-    explain: labels and feature cards from attribution.explain; index_tokens: ids [n_seq, seq] to index the
-    features over (default: explain's corpus). cards: how many feature cards. steer_tokens: greedy tokens.
+    config: a CaseConfig (cases.config), or the prompt followed by the good and bad answers and
+    CaseConfig.from_keywords's keywords (model=, saes=, hooks=, out=, n_ablate=, steer=, explain=, ...).
     """
-    from attribution import AttributionError, LogitDiff, TokenizationError, ablate, attribute, compare
-    from attribution.explain import Explainer
-    from cases import sources
-    from graphs.render import render
-
-    sources.check_prompt(prompt)
-    if n_ablate < 2 or top < 1 or cards < 0 or steer_tokens < 0:
-        raise AttributionError(
-            f"need n_ablate >= 2 (a correlation), top >= 1, cards >= 0, steer_tokens >= 0; got "
-            f"n_ablate={n_ablate}, top={top}, cards={cards}, steer_tokens={steer_tokens}"
-        )
-    clamps = _multiples(clamps)
-    out = Path(out)
+    if not isinstance(config, CaseConfig):
+        config = CaseConfig.from_keywords(config, good, bad, **keywords)
+    elif good is not None or bad is not None or keywords:
+        raise TypeError("cases.run(config) takes the CaseConfig alone; change it with dataclasses.replace")
+    out = config.output.out
     if out.exists() and not out.is_dir():
+        from attribution import AttributionError
+
         raise AttributionError(f"--out {out} is a file; give a folder for the report")
-    bar = tqdm(total=8, desc=title, disable=not progress, leave=False)
+    bar = tqdm(total=len(stages.STAGES), desc=config.question.title, disable=not config.progress, leave=False)
     clock = _Clock(bar)
 
     with clock("load model"):
-        model = sources.resolve_model(model, progress=progress)
-        model.tokenize(prompt)  # empty / too long, before anything slow
-        metric = LogitDiff(model, good, bad)  # answers that are not one token
-        if metric.good_ids.tolist() == metric.bad_ids.tolist():
-            raise TokenizationError(f"good {good!r} and bad {bad!r} are the same token: the metric would be 0")
-        sources.check_hooks(model, hooks)
+        loaded = stages.load_model(config)
     with clock("SAEs"):
-        saes = sources.resolve_saes(model, saes, hooks, progress=progress)
+        saes = stages.load_saes(config, loaded)
     with clock("attribution"):
-        attr = attribute(model, saes, prompt, metric, method=method, corrupt=corrupt)
-    has_features = bool((attr.feature >= 0).any())
-    notes = []
-    if not has_features and any(s.d_sae > 0 for s in saes.values()):
-        notes.append("no SAE feature is active on this prompt, so the tables rank error nodes")
-    by_attr = attr.order(n_ablate, errors=not has_features)
-    by_act = _by_activation(attr, n_ablate, features=has_features)
+        attributed = stages.attribution(config, loaded, saes)
     with clock("ablation"):
-        nodes = [attr.node(int(i)) for i in by_attr]
-        abl = ablate(model, saes, prompt, metric, nodes, mode=mode, corrupt=corrupt, progress=progress)
-        effect = dict(zip(abl.node_keys(), abl.effect.tolist()))
-        extra = [attr.node(int(i)) for i in by_act if attr.node(int(i)).key not in effect]
-        if extra:
-            abl2 = ablate(model, saes, prompt, metric, extra, mode=mode, corrupt=corrupt, progress=progress)
-            effect.update(zip(abl2.node_keys(), abl2.effect.tolist()))
-        agreement = compare(attr, abl)
-
+        ablated = stages.ablation(config, loaded, saes, attributed)
     with clock("labels"):
-        explainer = Explainer(model, saes, enabled=explain, tokens=index_tokens, progress=progress)
-        if not explainer.available:
-            notes.append(explainer.reason)
-        explainer.prepare(attr.hooks[int(h)] for h in attr.hook_idx[torch.cat([by_attr, by_act])].unique())
-        rows_attr = _rows(attr, by_attr, effect, explainer)
-        rows_act = _rows(attr, by_act, effect, explainer)
-    report = Report(
-        title=title,
-        prompt=prompt,
-        good=good,
-        bad=bad,
-        tokens=list(attr.tokens[0]),
-        model=repr(model),
-        saes={h: sources.describe(s) for h, s in saes.items()},
-        method=method,
-        mode=mode,
-        corrupt=corrupt,
-        metric=float(attr.metric[0]),
-        baseline=None if attr.baseline is None else float(attr.baseline[0]),
-        top_attribution=rows_attr,
-        top_activation=rows_act,
-        agreement=agreement.__dict__,
-        rankings=_rankings(rows_attr, rows_act, effect),
-        feature_attribution=float(attr.value[attr.feature >= 0].sum()),
-        error_attribution=float(attr.value[attr.feature < 0].sum()),
-        position_attribution=_by_position(attr, has_features),
-        shown=top,
-        notes=notes,
-    )
-
+        labelled = stages.labels(config, loaded, saes, attributed, ablated)
+    report = _report(config, loaded, saes, attributed, ablated, labelled)
     with clock("cards"):
-        if explainer.available and cards:
-            seen = list(dict.fromkeys((r.hook, r.feature) for r in rows_attr if r.feature is not None))
-            for hook, feat in tqdm(seen[:cards], desc="feature cards", disable=not progress, leave=False):
-                card = explainer.card(hook, feat)
-                report.cards.append(card.to_dict())
-                report.card_html.append(render("card.html.j2", card=card))
-
-    with clock("steering"):
-        if not steer:
-            notes.append("steering was turned off (steer=False / --no-steer)")
-        elif not has_features:
-            notes.append("steering skipped: the dictionary has no features to clamp")
+        cards = stages.cards(config, labelled)
+        if isinstance(cards, Skip):
+            report.skip(cards)
         else:
-            report.steering = _steer(
-                model, saes, prompt, metric, attr, rows_attr, explainer, steer_tokens, steer, clamps
-            )
-
-    graph_html = None
+            report.cards, report.feature_cards = cards.dicts, cards.cards
+    with clock("steering"):
+        steering = stages.steering(config, loaded, saes, attributed, labelled)
+        if isinstance(steering, Skip):
+            report.skip(steering)
+        else:
+            report.steering = steering
     with clock("graph"):
-        if graph:
-            report.graph, graph_html = _graph(
-                model, saes, prompt, metric, out, explainer, notes, progress, groups or {}
-            )
-            if report.graph is not None:
-                report.paths |= {"graph.html": report.graph["html"], "graph.json": report.graph["json"]}
+        graph = stages.graph(config, loaded, saes, labelled)
+        if isinstance(graph, Skip):
+            report.skip(graph)
+        elif graph is not None:
+            report.graph = graph.stats
+            report.paths |= {"graph.html": graph.stats["html"], "graph.json": graph.stats["json"]}
 
     from cases import html
 
     report.write(out)
     report.paths["report.html"] = str(out / "report.html")
     report.timings = clock.times | {"total": round(time.perf_counter() - clock.t0, 3)}
-    html.write(report, out / "report.html", graph_html=graph_html)
+    html.write(report, out / "report.html", graph_html=None if graph is None or isinstance(graph, Skip) else graph.html)
     report.write(out)  # again, so report.json holds the final timings and paths
     bar.close()
+    return report
+
+
+def _report(config: CaseConfig, loaded, saes, attributed, ablated, labelled) -> Report:
+    """The measured part of the report: tables, agreement, rankings, attribution by position."""
+    from cases import sources
+
+    q, attr = config.question, attributed.attr
+    report = Report(
+        title=q.title,
+        prompt=q.prompt,
+        good=q.good,
+        bad=q.bad,
+        tokens=list(attr.tokens[0]),
+        model=repr(loaded.model),
+        saes={h: sources.describe(s) for h, s in saes.items()},
+        method=config.measure.method,
+        mode=config.measure.mode,
+        corrupt=config.measure.corrupt,
+        metric=float(attr.metric[0]),
+        baseline=None if attr.baseline is None else float(attr.baseline[0]),
+        top_attribution=labelled.by_attribution,
+        top_activation=labelled.by_activation,
+        agreement=ablated.agreement.__dict__,
+        rankings=_rankings(labelled.by_attribution, labelled.by_activation, ablated.effect),
+        feature_attribution=float(attr.value[attr.feature >= 0].sum()),
+        error_attribution=float(attr.value[attr.feature < 0].sum()),
+        position_attribution=_by_position(attr, attributed.features),
+        shown=config.output.top,
+        notes=[] if attributed.note is None else [attributed.note],
+    )
+    if labelled.skip is not None:
+        report.skip(labelled.skip)
     return report
 
 
@@ -185,8 +126,6 @@ class _Clock:
         self.bar, self.times, self.t0 = bar, {}, time.perf_counter()
 
     def __call__(self, stage: str):
-        import contextlib
-
         @contextlib.contextmanager
         def timed():
             self.bar.set_postfix_str(stage)
@@ -200,40 +139,6 @@ class _Clock:
             self.bar.update(1)
 
         return timed()
-
-
-def _multiples(clamps) -> tuple[float, ...]:
-    """Clamp multiples from a sequence or a comma-separated string ("0,5,10")."""
-    from attribution import AttributionError
-
-    try:
-        values = tuple(float(x) for x in (clamps.split(",") if isinstance(clamps, str) else clamps))
-    except (TypeError, ValueError):
-        values = ()
-    if not values or not all(math.isfinite(v) for v in values):
-        raise AttributionError(f"clamps={clamps!r}: give multiples of the maximum activation, e.g. 0,5,10")
-    return values
-
-
-def _by_activation(attr, k: int, *, features: bool):
-    """Row indices of the k largest plain activations (feature nodes; whole/error norms if no features)."""
-
-    keep = (attr.prompt == 0) & ((attr.feature >= 0) if features else (attr.feature < 0))
-    idx = keep.nonzero().squeeze(-1)
-    return idx[attr.activation[idx].argsort(descending=True, stable=True)][:k]
-
-
-def _rows(attr, order, effect: dict, explainer) -> list[FeatureRow]:
-    rows = []
-    for rank, i in enumerate(order.tolist(), 1):
-        n = attr.node(i)
-        rows.append(
-            FeatureRow(
-                rank, n.hook, n.position, n.token, n.feature, n.activation, n.attribution, float(effect[n.key]),
-                explainer.label(n.hook, n.feature),
-            )
-        )  # fmt: skip
-    return rows
 
 
 def _rankings(rows_attr, rows_act, effect: dict) -> dict[str, Ranking]:
@@ -268,93 +173,3 @@ def _by_position(attr, features: bool) -> list[float]:
         if abs(v) > abs(out[pos]):
             out[pos] = v
     return out
-
-
-def _steer(model, saes, prompt, metric, attr, rows_attr, explainer, n_tokens, choice, multiples):
-    """Steer with `choice` ((hook, feature) or "hook:feature"), or by default with the feature of largest
-    positive attribution (the one that pushes toward `good`)."""
-    from attribution import SAEError
-    from cases.steer import steer
-
-    if choice is True:
-        feats = [r for r in rows_attr if r.feature is not None]
-        row = next((r for r in feats if r.attribution > 0), feats[0])
-        hook, feature, label = row.hook, row.feature, row.label
-        why = "the feature with the largest positive attribution"
-    else:
-        try:
-            hook, feature = choice.rsplit(":", 1) if isinstance(choice, str) else choice
-            feature = int(str(feature).removeprefix("f"))
-        except ValueError:
-            raise SAEError(f"steer={choice!r}: name the feature as HOOK:FEATURE, e.g. resid_post.9:1234") from None
-        hook = model.hook(hook).name
-        if hook not in saes:
-            raise SAEError(f"cannot steer a feature at {hook}: no SAE there; SAEs are at {list(saes)}")
-        if not 0 <= feature < saes[hook].d_sae:
-            raise SAEError(f"feature {feature} does not exist: the SAE at {hook} has {saes[hook].d_sae}")
-        label, why = explainer.label(hook, feature), "chosen by the user"
-    peak = explainer.max_activation(hook, feature)
-    if peak is not None and peak > 0:
-        source = f"the feature index (its largest activation over {explainer.index(hook).n_tokens:,} indexed tokens)"
-    else:
-        sel = (attr.hook_idx == attr.hooks.index(hook)) & (attr.feature == feature) & (attr.prompt == 0)
-        if not sel.any():
-            raise SAEError(f"{hook} f{feature} does not fire on the prompt and no feature index gives its maximum")
-        peak = float(attr.activation[sel].max())
-        source = "this prompt (no feature index: largest activation over the prompt's tokens)"
-    result = steer(
-        model, saes[hook], prompt, metric, feature, max_activation=peak, max_source=source, n_tokens=n_tokens,
-        label=label, multiples=multiples,
-    )  # fmt: skip
-    result.chosen = why
-    return result
-
-
-def _graph(model, saes, prompt, metric, out: Path, explainer, notes: list[str], progress: bool, groups: dict):
-    """Build, prune, check and export the feature graph; (stats, its HTML) or (None, None) with a note."""
-    try:
-        from graphs import GraphError, build_graph
-    except ImportError as exc:
-        notes.append(f"graph skipped: graphs.build_graph is not available ({exc})")
-        return None, None
-    out.mkdir(parents=True, exist_ok=True)
-    labels = explainer if explainer.available else False  # the report's own labels and cards, one index
-    g = build_graph(model, saes, prompt, metric, labels=labels, progress=progress)
-    g.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)  # 60: a graph a reader can follow
-    check = g.check()
-    kinds = [n.kind for n in g.nodes]
-    stats = {
-        "feature nodes": kinds.count("feature"),
-        "error nodes": kinds.count("error"),
-        "edges": len(g.edges),
-        "faithfulness": float(check.faithfulness) if check.defined else None,
-        "completeness": float(check.completeness) if check.defined else None,
-        "check": str(check),
-        "layers": [
-            {
-                "hook": x.hook,
-                "carried": x.carried,
-                "graph": x.graph - x.empty,
-                "faithfulness": x.faithfulness if x.defined else None,
-            }
-            for x in g.check_layers()
-        ],
-        "groups": {},
-    }
-    for name, (positive, negative) in groups.items():
-        try:
-            matches = g.group_by_contrast(name, positive, negative)
-        except GraphError as exc:
-            stats["groups"][name] = {"error": str(exc)}
-            continue
-        members = [g.node(i) for i in g.groups[name]]
-        stats["groups"][name] = {
-            "features": [str(m) for m in matches],
-            "nodes": len(members),
-            "kept": sum(g.kept(x.id) for x in members),
-            "ablation": g.ablate_group(name),  # metric change, zero ablation of every member at once
-        }
-    g.to_html(out / "graph.html")
-    g.to_json(out / "graph.json")
-    stats |= {"html": str(out / "graph.html"), "json": str(out / "graph.json")}
-    return stats, (out / "graph.html").read_text(encoding="utf-8")

@@ -1,7 +1,9 @@
 """Case studies on a tiny random model: the report's numbers are the library's, steering is ablation, the
 page is offline, and the CLI fails cleanly on bad input. No default SAEs are trained and no real index built."""
 
+import copy
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -147,7 +149,7 @@ def test_cards_and_labels_from_a_small_index(model, saes, tmp_path, monkeypatch)
     ids[:, 0] = model.tokenizer.bos_token_id
     r = cases.run(PROMPT, " sad", " happy", model=model, saes=saes, out=tmp_path / "r", n_ablate=10, cards=2,
                   index_tokens=ids, steer_tokens=2, progress=False)  # fmt: skip
-    assert len(r.cards) == len(r.card_html) == 2 and all(x.label for x in r.top_attribution)
+    assert len(r.cards) == len(r.feature_cards) == 2 and all(x.label for x in r.top_attribution)
     assert "feature index" in r.steering.max_source
     page = read(r.paths["report.html"])
     assert "Activation histogram" in page and not re.search(r"https?://", page)
@@ -256,3 +258,70 @@ def test_emotion_on_the_default_model_with_a_random_sae(default_model, tmp_path)
     unedited = r.steering.clamps[0]
     assert unedited.metric == pytest.approx(r.metric, abs=1e-3) and unedited.continuation.startswith(" ")
     assert not re.search(r"https?://", read(r.paths["report.html"]))
+
+
+def test_one_config_runs_the_same_study_as_the_keywords(model, saes, report, tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    config = cases.CaseConfig(
+        cases.Question(PROMPT, " sad", " happy"),
+        cases.Sources(model, saes),
+        cases.Measure(n_ablate=30),
+        cases.Output(tmp_path, explain=False),
+        progress=False,
+    )
+    r = cases.run(config)
+    assert [(x.hook, x.position, x.feature, x.effect) for x in r.top_attribution] == [
+        (x.hook, x.position, x.feature, x.effect) for x in report.top_attribution
+    ]
+    assert r.rankings == report.rankings and r.steering.clamps == report.steering.clamps
+    with pytest.raises(TypeError, match="CaseConfig alone"):
+        cases.run(config, " sad")
+    with pytest.raises(FrozenInstanceError):
+        config.progress = True
+
+
+def test_config_reads_and_checks_values_before_any_model():
+    from attribution import AttributionError, SAEError
+
+    assert cases.Sources(hooks="resid_post.0, middle").hooks == ("resid_post.0", "middle")
+    assert cases.SteerOptions.choose("resid_post.1:f12").feature == ("resid_post.1", 12)
+    assert cases.SteerOptions.choose(False).enabled is False
+    assert cases.SteerOptions(clamps="0, 2.5").clamps == (0.0, 2.5)
+    with pytest.raises(AttributionError, match=r"n_ablate=2\.5"):
+        cases.Measure(n_ablate=2.5)
+    with pytest.raises(AttributionError, match="cards=-1"):
+        cases.Output(cards=-1)
+    with pytest.raises(SAEError, match="HOOK:FEATURE"):
+        cases.SteerOptions.choose(("resid_post.1",))
+
+
+def test_skipped_stages_are_data_the_page_reads(model, saes, report, tmp_path):
+    from cases import html, stages
+    from cases.report import Skip
+
+    assert set(report.skipped) == {"labels", "cards"} and "steering" not in report.skipped
+    assert json.loads(read(report.paths["report.json"]))["skipped"] == report.skipped
+    config = cases.CaseConfig.from_keywords(PROMPT, " sad", " happy", steer=False, progress=False)
+    assert stages.steering(config, None, None, None, None) == Skip(
+        "steering", "steering was turned off (steer=False / --no-steer)"
+    )
+    assert stages.graph(config, None, None, None) is None  # not asked for: no section, not a skip
+    # the page takes each section's reason from `skipped`, whatever its words
+    r = copy.copy(report)
+    r.steering, r.notes = None, []
+    r.skipped = {"cards": "reason one", "steering": "reason two", "graph": "reason three"}
+    page = html.render(r)
+    assert "Feature cards not shown: reason one." in page and '<div class="note">reason two</div>' in page
+    assert '<h2>Feature graph</h2><div class="note">reason three</div>' in page
+
+
+def test_page_text_is_escaped_by_the_template(report):
+    from cases import html
+
+    r = copy.copy(report)
+    r.title, r.prompt = "<b>bold</b>", 'say "<script>alert(1)</script>"'
+    r.top_attribution = [dataclasses.replace(report.top_attribution[0], token="<tok>", label="a & <b>")]
+    page = html.render(r)
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page and "<script" not in page
+    assert "&lt;tok&gt;" in page and "a &amp; &lt;b&gt;" in page and "<tok>" not in page
