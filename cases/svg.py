@@ -1,12 +1,12 @@
 """Inline SVG charts drawn by hand, so the report needs no plotting library and no network.
 
+This module computes the geometry; graphs/templates/report_chart.svg.j2 draws it, jinja2 escaping every label.
 No xmlns attribute: inline SVG in HTML5 does not need one, and the page then holds no URL at all.
 """
 
 from __future__ import annotations
 
 import math
-from html import escape
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -35,8 +35,9 @@ def scatter(
     diagonal: bool = False,
     width: int = 480,
     height: int = 400,
-) -> str:
-    """Points (x, y, tooltip, highlighted) with axes through the data, zero lines and optionally y = x."""
+) -> dict:
+    """Points (x, y, tooltip, highlighted) with axes through the data, zero lines and optionally y = x, as
+    the geometry report_chart.svg.j2 draws: coordinates as text, every label left to jinja2 to escape."""
     pts = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1])]
     xs = [p[0] for p in pts] or [0.0]
     ys = [p[1] for p in pts] or [0.0]
@@ -48,41 +49,43 @@ def scatter(
     left, right, top, bottom = 62, 16, 40, 46
     pw, ph = width - left - right, height - top - bottom
 
-    def px(x):
+    def x_(x):
         return left + (x - xt[0]) / (xt[-1] - xt[0]) * pw
 
-    def py(y):
+    def y_(y):
         return top + ph - (y - yt[0]) / (yt[-1] - yt[0]) * ph
 
-    out = [
-        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
-        f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" class="ctitle">{escape(title)}</text>',
-        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>',
-    ]
-    for t in xt:
-        out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + ph}" class="grid"/>')
-        out.append(f'<text x="{px(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_num(t)}</text>')
-    for t in yt:
-        out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" class="grid"/>')
-        out.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{_num(t)}</text>')
+    lines = []  # zero lines and the diagonal, over the grid
     if xt[0] <= 0 <= xt[-1]:
-        out.append(f'<line x1="{px(0):.1f}" y1="{top}" x2="{px(0):.1f}" y2="{top + ph}" class="zero"/>')
+        lines.append(dict(x1=_c(x_(0)), y1=top, x2=_c(x_(0)), y2=top + ph, cls="zero"))
     if yt[0] <= 0 <= yt[-1]:
-        out.append(f'<line x1="{left}" y1="{py(0):.1f}" x2="{left + pw}" y2="{py(0):.1f}" class="zero"/>')
+        lines.append(dict(x1=left, y1=_c(y_(0)), x2=left + pw, y2=_c(y_(0)), cls="zero"))
     if diagonal:
         a, b = xt[0], xt[-1]
-        out.append(f'<line x1="{px(a):.1f}" y1="{py(a):.1f}" x2="{px(b):.1f}" y2="{py(b):.1f}" class="diag"/>')
-    for x, y, tip, hot in sorted(pts, key=lambda p: p[3]):  # highlighted points drawn last, on top
-        cls = "pt hot" if hot else "pt"
-        out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{4 if hot else 3}" class="{cls}">')
-        out.append(f"<title>{escape(tip)}</title></circle>")
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    out.append(
-        f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + ph / 2:.1f})">{escape(ylabel)}</text>'
+        lines.append(dict(x1=_c(x_(a)), y1=_c(y_(a)), x2=_c(x_(b)), y2=_c(y_(b)), cls="diag"))
+    return dict(
+        width=width,
+        height=height,
+        title=title,
+        title_x=_c(width / 2),
+        frame=dict(x=left, y=top, width=pw, height=ph),
+        xticks=[dict(x=_c(x_(t)), y1=top, y2=top + ph, label_y=top + ph + 16, text=_num(t)) for t in xt],
+        yticks=[
+            dict(y=_c(y_(t)), x1=left, x2=left + pw, label_x=left - 6, label_y=_c(y_(t) + 4), text=_num(t)) for t in yt
+        ],
+        lines=lines,
+        points=[  # highlighted points drawn last, on top
+            dict(cx=_c(x_(x)), cy=_c(y_(y)), r=4 if hot else 3, cls="pt hot" if hot else "pt", tip=tip)
+            for x, y, tip, hot in sorted(pts, key=lambda p: p[3])
+        ],
+        xlabel=dict(x=_c(left + pw / 2), y=height - 8, text=xlabel),
+        ylabel=dict(y=_c(top + ph / 2), text=ylabel),
     )
-    out.append("</svg>")
-    return "\n".join(out)
+
+
+def _c(v: float) -> str:
+    """A coordinate as the page writes it: one decimal."""
+    return f"{v:.1f}"
 
 
 def _num(t: float) -> str:
