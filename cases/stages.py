@@ -176,26 +176,29 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
     out, explainer = config.output.out, labelled.explainer
     out.mkdir(parents=True, exist_ok=True)
     labels = explainer.label if explainer.available else False  # the report's own labels, one index
-    g = build_graph(loaded.model, saes, config.question.prompt, loaded.metric, labels=labels, progress=config.progress)
-    g.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)  # 60: a graph a reader can follow
-    stats = _graph_stats(g) | {"groups": _groups(g, config.graph.groups)}
+    model, prompt, metric = loaded.model, config.question.prompt, loaded.metric
+    full = build_graph(model, saes, prompt, metric, labels=labels, progress=config.progress)
+    g = full.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)  # 60: a graph a reader can follow
+    stats = _graph_stats(model, saes, g, metric) | {"groups": _groups(model, saes, g, metric, config.graph.groups)}
     g.to_html(out / "graph.html")
     g.to_json(out / "graph.json")
     stats |= {"html": str(out / "graph.html"), "json": str(out / "graph.json")}
     return GraphResult(stats, (out / "graph.html").read_text(encoding="utf-8"))
 
 
-def _graph_stats(g) -> dict:
+def _graph_stats(model, saes: dict, g, metric) -> dict:
     """Size, faithfulness and completeness of the pruned graph, and layer by layer what it keeps."""
-    check = g.check()
+    from graphs import check, check_layers
+
+    result = check(model, saes, g, metric)
     kinds = [n.kind for n in g.nodes]
     return {
         "feature nodes": kinds.count("feature"),
         "error nodes": kinds.count("error"),
         "edges": len(g.edges),
-        "faithfulness": float(check.faithfulness) if check.defined else None,
-        "completeness": float(check.completeness) if check.defined else None,
-        "check": str(check),
+        "faithfulness": float(result.faithfulness) if result.defined else None,
+        "completeness": float(result.completeness) if result.defined else None,
+        "check": str(result),
         "layers": [
             {
                 "hook": x.hook,
@@ -203,19 +206,19 @@ def _graph_stats(g) -> dict:
                 "graph": x.graph - x.empty,
                 "faithfulness": x.faithfulness if x.defined else None,
             }
-            for x in g.check_layers()
+            for x in check_layers(model, saes, g, metric)
         ],
     }
 
 
-def _groups(g, groups: dict) -> dict:
+def _groups(model, saes: dict, g, metric, groups: dict) -> dict:
     """Each group found by contrast and ablated as one unit, or the error that says why none was found."""
-    from graphs import GraphError
+    from graphs import GraphError, ablate_group, group_by_contrast
 
     found = {}
     for name, (positive, negative) in groups.items():
         try:
-            matches = g.group_by_contrast(name, positive, negative)
+            matches = group_by_contrast(model, saes, g, name, positive, negative)
         except GraphError as exc:
             found[name] = {"error": str(exc)}
             continue
@@ -224,7 +227,7 @@ def _groups(g, groups: dict) -> dict:
             "features": [str(m) for m in matches],
             "nodes": len(members),
             "kept": sum(g.kept(x.id) for x in members),
-            "ablation": g.ablate_group(name),  # metric change, zero ablation of every member at once
+            "ablation": ablate_group(model, saes, g, name, metric),  # zero ablation of every member at once
         }
     return found
 
