@@ -179,20 +179,22 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
     model, prompt, metric = loaded.model, config.question.prompt, loaded.metric
     full = build_graph(model, saes, prompt, metric, labels=labels, progress=config.progress)
     g = full.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)  # 60: a graph a reader can follow
-    stats = _graph_stats(model, saes, g, metric) | {"groups": _groups(model, saes, g, metric, config.graph.groups)}
-    g.to_html(out / "graph.html")
+    result, stats = _graph_stats(model, saes, g, metric)
+    stats["groups"] = _groups(model, saes, g, metric, config.graph.groups)
+    g.to_html(out / "graph.html", check=result)  # faithfulness and completeness in the page's title
     g.to_json(out / "graph.json")
     stats |= {"html": str(out / "graph.html"), "json": str(out / "graph.json")}
     return GraphResult(stats, (out / "graph.html").read_text(encoding="utf-8"))
 
 
-def _graph_stats(model, saes: dict, g, metric) -> dict:
-    """Size, faithfulness and completeness of the pruned graph, and layer by layer what it keeps."""
+def _graph_stats(model, saes: dict, g, metric) -> tuple[Any, dict]:
+    """The pruned graph's check (graphs.Check) and its statistics: size, faithfulness, completeness, and
+    layer by layer what it keeps."""
     from graphs import check, check_layers
 
     result = check(model, saes, g, metric)
     kinds = [n.kind for n in g.nodes]
-    return {
+    return result, {
         "feature nodes": kinds.count("feature"),
         "error nodes": kinds.count("error"),
         "edges": len(g.edges),

@@ -175,6 +175,7 @@ def test_graph_is_embedded_offline(model, saes, tmp_path):
     assert "group never:" in str(r) and "features carry" in str(r)
     page = read(r.paths["report.html"])
     assert "<iframe" in page and 'href="graph.html"' in page
+    assert f"faithfulness {r.graph['faithfulness']:.3f}" in read(tmp_path / "graph.html")  # the check, in its title
     assert "Layer by layer" in page and "Groups found by contrast" in page
     assert not re.search(r"""(src|href)=["']?https?://""", page)  # vis-network's licence comments name URLs
 
