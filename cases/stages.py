@@ -171,17 +171,19 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
         return None
     try:
         from graphs import build_graph
+        from graphs.labels import labeler
     except ImportError as exc:
         return Skip("graph", f"graph skipped: graphs.build_graph is not available ({exc})")
     out, explainer = config.output.out, labelled.explainer
     out.mkdir(parents=True, exist_ok=True)
-    labels = explainer.label if explainer.available else False  # the report's own labels, one index
+    labels = explainer if explainer.available else False  # the report's own labels and cards, one index
     model, prompt, metric = loaded.model, config.question.prompt, loaded.metric
     full = build_graph(model, saes, prompt, metric, labels=labels, progress=config.progress)
     g = full.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)  # 60: a graph a reader can follow
     result, stats = _graph_stats(model, saes, g, metric)
     stats["groups"] = _groups(model, saes, g, metric, config.graph.groups)
-    g.to_html(out / "graph.html", check=result)  # faithfulness and completeness in the page's title
+    cards = labeler(model, saes, explainer).card if explainer.available else None  # tooltips: 3 contexts a card
+    g.to_html(out / "graph.html", check=result, cards=cards)  # faithfulness and completeness in the title
     g.to_json(out / "graph.json")
     stats |= {"html": str(out / "graph.html"), "json": str(out / "graph.json")}
     return GraphResult(stats, (out / "graph.html").read_text(encoding="utf-8"))
