@@ -64,6 +64,7 @@ def trace(
     grad: bool = False,
     stop_early: bool = False,
     past: Past | None = None,
+    keep_batch: bool = True,
 ) -> Trace:
     """Run the model on `batch` with `edits` on every row, the `groups` of rows appended, and `capture`d
     activations kept (with their graph if grad).
@@ -71,6 +72,8 @@ def trace(
     Row order: the batch's rows, then the groups in the order they join (by hook, then as listed);
     Trace.groups says where each went. stop_early: stop right after the last hook (no final hidden state).
     past: run only the tokens from `past.start` on, over the clean prefix's keys and values (see Past).
+    keep_batch=False: the groups replace the batch's rows where they join (all at one hook), for callers
+        that need no clean row downstream (graph checks, edges): no row is computed that nobody reads.
     """
     edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
     capture = {model.hook(h).name for h in capture}
@@ -80,6 +83,8 @@ def trace(
     names = set(edits) | capture | set(joins) | {h for g in groups for h in g.edits}
     specs = sorted((model.hooks[h] for h in names), key=lambda s: s.order)
     joining = {h: [i for i, j in enumerate(joins) if j == h] for h in joins}
+    if not keep_batch and len(joining) != 1:
+        raise AttributionError("keep_batch=False needs groups that all join at one hook (it replaces the batch there)")
     inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
     ids = batch.input_ids
     if past is not None:
@@ -93,13 +98,13 @@ def trace(
         for spec in specs:
             env = model.envoy(spec.module)
             x = _get(env, spec)
-            new = x
+            new = x if keep_batch or spec.name not in joining else x[:0]
             for g in joining.get(spec.name, ()):
                 spans[g] = slice(new.shape[0], new.shape[0] + groups[g].n)
                 new = torch.cat([new, x[groups[g].source : groups[g].source + 1].expand(groups[g].n, -1, -1)])
             if spec.name in edits:
                 new = edits[spec.name](new)
-            new = _edit_groups(new, spec.name, groups, firsts, spans, leaves)
+            new = _edit_groups(new, spec.name, groups, firsts if keep_batch else [None] * len(groups), spans, leaves)
             if grad and spec.name in capture and not new.requires_grad:
                 # model weights are frozen, so the first captured activation becomes the graph's leaf
                 new = new.detach().requires_grad_(True)
@@ -141,8 +146,9 @@ def _join_hook(model, hook: str) -> str:
     return first.name if first.kind in ("resid_pre", "resid_post") else model.hook(f"resid_pre.{first.layer}").name
 
 
-def _edit_groups(x: Tensor, hook: str, groups: list[Group], firsts: list[str], spans: dict, leaves: dict) -> Tensor:
-    """x with each group's edit at `hook` applied to its rows, in one concatenation."""
+def _edit_groups(x: Tensor, hook: str, groups: list[Group], firsts: list, spans: dict, leaves: dict) -> Tensor:
+    """x with each group's edit at `hook` applied to its rows, in one concatenation. firsts[g]: the group's
+    first hook, where its edit receives the source row's clean value (None: its own rows, always)."""
     mine = sorted((spans[g].start, g) for g, grp in enumerate(groups) if hook in grp.edits)
     if not mine:
         return x

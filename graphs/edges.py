@@ -165,7 +165,9 @@ def _row_gradients(model, batch, up_hook: str, down_hook: str, S: Tensor, R: Ten
         return G
     # B copies of the clean row join at the upstream hook as one leaf; row b's objective is node b's readout
     rows = Group({up_hook: _same}, n=B, leaves=(up_hook,))
-    tr = trace(model, batch, groups=[rows], capture=[down_hook], grad=True, stop_early=True, past=past)
+    tr = trace(
+        model, batch, groups=[rows], capture=[down_hook], grad=True, stop_early=True, past=past, keep_batch=False
+    )
     x = tr.acts[model.hook(down_hook).name][tr.groups[0]]  # [B, pos, d_model]
     objective = (x[torch.arange(B), S - (past.start if past else 0)] * R.to(x.dtype)).sum()
     (G,) = torch.autograd.grad(objective, tr.leaves[(0, model.hook(up_hook).name)])

@@ -152,8 +152,8 @@ def check_mode(mode: str, errors: str = "keep") -> None:
 @torch.no_grad()
 def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], values: dict) -> Tensor:
     """The metric [rows] where row r applies rows[r] (a hook missing from a row: keep all), as one engine
-    group: its rows join at the first hook any row edits and each hook splices its SAE with the rows'
-    stacked masks (a row that keeps everything at a hook passes it through exactly, x + 0)."""
+    group: its rows replace the prompt's row at the first hook any row edits, and each hook splices its SAE
+    with the rows' stacked masks (a row that keeps everything at a hook passes it through exactly, x + 0)."""
     hooks = sorted({h for row in rows for h in row}, key=lambda h: model.hooks[h].order)
     if not hooks:
         raise GraphError("nothing to intervene on")
@@ -171,7 +171,7 @@ def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], v
                 if row[h].values is not None:
                     val_f[r] = row[h].values
         edits[h] = Splice(saes[h], keep_f, val_f, keep_e, ev)
-    tr = trace(model, batch, groups=[Group(edits, n=n)])
+    tr = trace(model, batch, groups=[Group(edits, n=n)], keep_batch=False)  # no clean row: none is read
     return evaluate(metric, model, tr.hidden[tr.groups[0]], Rows.copies(0, n)).double()
 
 
