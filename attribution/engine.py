@@ -1,7 +1,7 @@
 """The intervention engine: the one place that runs the model through nnsight and edits activations.
 
 `trace(model, batch, groups=[Group(...), ...], edits={hook: edit}, capture=[hooks])` runs one forward pass.
-- `edits` change every row at a hook (steering a batch of continuations, an SAE's reconstruction).
+- `edits` change the batch's own rows at a hook (steering a batch of continuations, an SAE's reconstruction).
 - `groups` are groups of extra rows, each made of copies of one clean row of the batch. A group joins the
   batch just before its first edited hook, so everything upstream of that hook is computed once for all
   groups (the "growing batch"); then each of its edits is applied to its own rows. Ablations, integrated
@@ -11,9 +11,11 @@ group whose first hook is inside a block (attn_out, mlp_out) joins at the block'
 clean row, and its edit then receives the clean row's value at its hook.
 
 Edits are values: an `Add`, a `Splice`, a `Set`, or any function [n, pos, d_model] -> [n, pos, d_model]
-that only computes (no side effects): values leave a trace only through nnsight's `.save()`, so the same
-code can run where the model lives (nnsight's remote execution). The forward stops at the final norm:
-metrics unembed only what they need.
+that only computes: no side effects, and no writes into its input (which may be a broadcast view of one
+row). Values leave a trace only through nnsight's `.save()`, so the same code can run where the model lives
+(nnsight's remote execution). `edits` change the batch's own rows; a group is a copy of its source row as
+that row is where the group joins, changed from then on by its own edits only. The forward stops at the
+final norm: metrics unembed only what they need.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def trace(
         ids, inputs["position_ids"] = ids[:, past.start :], inputs["position_ids"][:, past.start :]
         inputs.update(cache=past.fresh(), use_cache=True)
     hidden = None
+    batch_rows = batch.size
     with torch.set_grad_enabled(grad), model.lm.trace(ids, **inputs) as tracer:
         acts = nnsight.save({})
         leaves = nnsight.save({})
@@ -98,13 +101,24 @@ def trace(
         for spec in specs:
             env = model.envoy(spec.module)
             x = _get(env, spec)
-            new = x if keep_batch or spec.name not in joining else x[:0]
-            for g in joining.get(spec.name, ()):
-                spans[g] = slice(new.shape[0], new.shape[0] + groups[g].n)
-                new = torch.cat([new, x[groups[g].source : groups[g].source + 1].expand(groups[g].n, -1, -1)])
-            if spec.name in edits:
-                new = edits[spec.name](new)
-            new = _edit_groups(new, spec.name, groups, firsts if keep_batch else [None] * len(groups), spans, leaves)
+            new = x
+            if spec.name in edits and batch_rows:  # the batch's own rows (before any group joins, only they exist)
+                n = batch_rows
+                new = torch.cat([edits[spec.name](x[:n]), x[n:]]) if n < x.shape[0] else edits[spec.name](x)
+            new = _edit_groups(new, spec.name, groups, firsts, spans, leaves)
+            if spec.name in joining:  # new groups: copies of their source row, edited here if they start here
+                parts = [new if keep_batch else new[:0]]
+                at = parts[0].shape[0]
+                for g in joining[spec.name]:
+                    grp = groups[g]
+                    rows = new[grp.source : grp.source + 1].expand(grp.n, -1, -1)
+                    if firsts[g] == spec.name:
+                        rows = _apply(grp, g, spec.name, rows, leaves)
+                    spans[g] = slice(at, at + grp.n)
+                    parts.append(rows)
+                    at += grp.n
+                new = torch.cat(parts)
+                batch_rows = batch_rows if keep_batch else 0  # replaced by the groups
             if grad and spec.name in capture and not new.requires_grad:
                 # model weights are frozen, so the first captured activation becomes the graph's leaf
                 new = new.detach().requires_grad_(True)
@@ -146,27 +160,33 @@ def _join_hook(model, hook: str) -> str:
     return first.name if first.kind in ("resid_pre", "resid_post") else model.hook(f"resid_pre.{first.layer}").name
 
 
-def _edit_groups(x: Tensor, hook: str, groups: list[Group], firsts: list, spans: dict, leaves: dict) -> Tensor:
-    """x with each group's edit at `hook` applied to its rows, in one concatenation. firsts[g]: the group's
-    first hook, where its edit receives the source row's clean value (None: its own rows, always)."""
-    mine = sorted((spans[g].start, g) for g, grp in enumerate(groups) if hook in grp.edits)
+def _edit_groups(x: Tensor, hook: str, groups: list[Group], firsts: list[str], spans: dict, leaves: dict) -> Tensor:
+    """x with the edit at `hook` of each group already in the batch applied to its rows, in one concatenation.
+    A group whose first edit is at an inner hook (it joined at the block's input) receives there the clean
+    source row's value, as if it had joined at that hook."""
+    mine = sorted((spans[g].start, g) for g, grp in enumerate(groups) if hook in grp.edits and g in spans)
     if not mine:
         return x
     parts, at = [], 0
     for start, g in mine:
         grp, span = groups[g], spans[g]
-        # at its first hook a group receives the clean row's value (rows inside a block joined earlier)
-        rows = x[grp.source : grp.source + 1].repeat(grp.n, 1, 1) if firsts[g] == hook else x[span]
-        new = grp.edits[hook](rows).to(x.dtype)
-        if new.shape != rows.shape:
-            raise AttributionError(f"an edit at {hook} returned shape {tuple(new.shape)}, expected {tuple(rows.shape)}")
-        if hook in grp.leaves:
-            new = new.detach().requires_grad_(True)
-            leaves[(g, hook)] = new
-        parts += [x[at:start], new]
+        clean = firsts[g] == hook and grp.source < span.start  # its source row is still in the batch
+        rows = x[grp.source : grp.source + 1].repeat(grp.n, 1, 1) if clean else x[span]
+        parts += [x[at:start], _apply(grp, g, hook, rows, leaves)]
         at = span.stop
     parts.append(x[at:])
     return torch.cat(parts)
+
+
+def _apply(grp: Group, g: int, hook: str, rows: Tensor, leaves: dict) -> Tensor:
+    """The group's edit at `hook` on its rows, checked, made a gradient leaf where the group asks."""
+    new = grp.edits[hook](rows).to(rows.dtype)
+    if new.shape != rows.shape:
+        raise AttributionError(f"an edit at {hook} returned shape {tuple(new.shape)}, expected {tuple(rows.shape)}")
+    if hook in grp.leaves:  # its own storage (the rows may be views of one source row)
+        new = new.detach().clone().requires_grad_(True)
+        leaves[(g, hook)] = new
+    return new
 
 
 # --- standard edits ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
-from graphs import build_graph
+from graphs import build_graph, check
 
 LAYERS = (0, 2, 4, 6, 8, 9, 10, 12, 14, 16)
 
@@ -61,10 +61,10 @@ def test_build_graph_10_layers(benchmark, model, saes, prompt, metric):
     kinds = [x.kind for x in graph.full_nodes]
     assert kinds.count("feature") == 128 * len(LAYERS) and kinds.count("token") == 19
     prune_start = time.perf_counter()
-    graph.prune(0.8, 0.98, max_feature_nodes=60)
+    graph = graph.prune(0.8, 0.98, max_feature_nodes=60)
     prune_s = time.perf_counter() - prune_start
     check_start = time.perf_counter()
-    check = graph.check()
+    result = check(model, mine, graph)
     benchmark.extra_info.update(
         target_s=60.0,
         sae_layers=len(LAYERS),
@@ -75,5 +75,5 @@ def test_build_graph_10_layers(benchmark, model, saes, prompt, metric):
         rss_rise_warm_mb=round(peaks[-1].peak - peaks[-1].before),
         prune_s=round(prune_s, 3),
         check_s=round(time.perf_counter() - check_start, 3),
-        note=f"{len(kinds)} candidate nodes, {len(graph.src)} edges; checked model metric {check.model:+.3f}",
+        note=f"{len(kinds)} candidate nodes, {len(graph.src)} edges; checked model metric {result.model:+.3f}",
     )
