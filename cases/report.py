@@ -143,6 +143,13 @@ class Report:
         (out / "report.json").write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
         return paths
 
+    def _repr_html_(self) -> str:
+        """The report page in an iframe, in a notebook (its graph linked, not embedded)."""
+        from cases.html import render
+        from graphs.notebook import frame
+
+        return frame(render(self), height=900)
+
     def __str__(self) -> str:
         a = self.agreement
         lines = [

@@ -73,3 +73,13 @@ def test_feature_card_renders_escaped(run, tmp_path, monkeypatch):
     assert f"{HOOKS[0]} #{alive}" in page and "Top contexts" in page
     for c in card.contexts:
         assert all(str(escape(t)) in page for t in c.tokens)
+
+
+def test_case_report_renders_in_an_iframe(run):
+    import cases
+
+    m, saes, _, _, _ = run
+    report = cases.run(PROMPTS[0], "sad", "happy", model=m, saes=saes, explain=False, graph=False, progress=False)
+    page = report._repr_html_()
+    assert page.startswith("<iframe srcdoc=") and report.prompt in html.unescape(page)
+    assert f"= <b>{report.metric:+.3f}</b>" in html.unescape(page)
