@@ -82,9 +82,6 @@ def rank(x: np.ndarray) -> np.ndarray:
     return sums[inverse] / counts[inverse]
 
 
-_rank = rank  # the name tests/test_attribution.py imports
-
-
 def _overlap(est: np.ndarray, true: np.ndarray, k: int) -> float:
     a = set(np.argsort(-np.abs(est), kind="stable")[:k].tolist())
     b = set(np.argsort(-np.abs(true), kind="stable")[:k].tolist())

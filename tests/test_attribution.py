@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attribution import AttributionError, LogitDiff, SAEError, TokenizationError, ablate, attribute, compare, trace
-from attribution.compare import _rank
+from attribution.compare import rank
 from attribution.metrics import Rows, evaluate
 from tests.conftest import PROMPTS, random_sae, tiny_model
 from tests.test_splice import _metric_with
@@ -164,7 +164,7 @@ def test_attribution_errors():
 
 
 def test_compare_statistics():
-    assert _rank(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+    assert rank(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
 
 
 def test_nan_weights_are_caught_after_a_successful_run():
