@@ -24,7 +24,6 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import nnsight
 import torch
 from torch import Tensor
 
@@ -92,6 +91,8 @@ def trace(
     if past is not None:
         ids, inputs["position_ids"] = ids[:, past.start :], inputs["position_ids"][:, past.start :]
         inputs.update(cache=past.fresh(), use_cache=True)
+    import nnsight  # here, not at import: `import attribution` stays light (nnsight pulls in a web client)
+
     hidden = None
     batch_rows = batch.size
     with torch.set_grad_enabled(grad), model.lm.trace(ids, **inputs) as tracer:
