@@ -1,4 +1,4 @@
-"""How much of the Kobe metric do SAE features carry, by SAE site? A measurement behind the graphs' README.
+"""How much of the Kobe metric do SAE features carry, by SAE site? A measurement behind docs/graphs.md.
 
     python -m bench.kobe_sites --site resid_post     # the default SAEs (residual stream, every other block)
     python -m bench.kobe_sites --site mlp_out        # MLP outputs of the same blocks, same recipe (trained once)

@@ -181,7 +181,7 @@ def _met(met: bool | None) -> str:
 
 
 def markdown(summary: dict) -> str:
-    """The two tables the README quotes: named ratios with targets, then every benchmark."""
+    """The two tables docs/benchmarks.md quotes: named ratios with targets, then every benchmark."""
     m = summary.get("machine") or {}
     lines = []
     if m:

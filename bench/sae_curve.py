@@ -5,7 +5,7 @@
 The default SAEs train streamed (attribution.training.stream): every batch is text they have not seen, so
 the explained variance and L0 of each batch, measured before the step that trains on it, are held-out
 figures. EV is in the units the SAE trains in (each residual dimension standardised, so the massive
-dimension weighs no more than any other; the README's tables give EV in model space). The trainer records
+dimension weighs no more than any other; docs/training.md's tables give EV in model space). The trainer records
 them every 10 steps (`sae.meta["curve"]`); this prints and saves them for one default SAE. The learning
 rate decays to zero over the last 20% of steps, which lifts the final points: a GPU user extrapolating to
 more tokens should read the slope before the decay.

@@ -6,7 +6,7 @@ loneliness, wanting to be alone, or emotions in general.
 
 Like the paper's, this study reads one dictionary: the wider SAE after the middle block (hooks="middle").
 With the default SAEs on every other layer as well, each feature's ablation also re-encodes every SAE
-downstream of it, and the linear estimate drifts further from the real effect (the README's "Case studies"
+downstream of it, and the linear estimate drifts further from the real effect (docs/case-studies.md
 quotes both Pearson correlations; `python -m cases emotion --hooks resid_post.0,resid_post.2,...` measures
 the wider one); pass hooks= to choose others.
 """

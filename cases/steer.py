@@ -9,7 +9,7 @@ sequence each step: simple and exact, and cheap for a dozen tokens.
 Which positions are clamped (`positions`):
 - "after" (default): from the first prompt position where the feature fires through every generated token,
   the way the paper clamps a feature once its concept is on the page;
-- "all": every position but <bos> (its residual is an attention sink; see the attribution README);
+- "all": every position but <bos> (its residual is an attention sink; see docs/attribution.md);
 - a list of prompt positions: only those (generated tokens are left alone).
 """
 

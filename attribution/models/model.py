@@ -42,7 +42,7 @@ class Batch:
         return self.width - self.lengths[b]
 
     def node_mask(self, include_bos: bool = False) -> Tensor:
-        """[batch, pos] True at real tokens, <bos> excluded unless include_bos (see README: attention sinks)."""
+        """[batch, pos] True at real tokens, <bos> excluded unless include_bos (docs/attribution.md: sinks)."""
         mask = self.attention_mask.bool().clone()
         if self.bos and not include_bos:
             cols = torch.tensor([self.offset(b) for b in range(self.size)], device=mask.device)

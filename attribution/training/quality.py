@@ -84,7 +84,7 @@ def evaluate_defaults(
 
 
 def quality_table(report: dict) -> str:
-    """The markdown table the README quotes."""
+    """The markdown table docs/training.md quotes."""
     # v2 reports (trained on sampled text) hold "sampled_held_out"; later ones "held_out": their corpus's
     # held-out documents, beside Debian's fortunes + Jargon File (modern English, not the corpus's style)
     own, ref = (
