@@ -1,5 +1,7 @@
 """Hook points, batching and metrics on tiny random models of every supported family."""
 
+import json
+
 import pytest
 import torch
 
@@ -83,6 +85,21 @@ def test_model_loading_errors(tmp_path):
     bad.write_bytes(b"GGUF but truncated")
     with pytest.raises(ModelLoadError, match="could not read GGUF"):
         load_model(bad)
+
+
+def test_converted_folders_carry_no_null_quantization_config(tmp_path):
+    """A dequantised GGUF's config says quantization_config: null; the saved folder drops it, so tools with
+    older transformers (circuit-tracer's pin) load it, and it still loads here with every weight equal."""
+    from attribution.models.loading import save_portable
+
+    hf = tiny_hf("gemma3")
+    hf.config.quantization_config = None  # what the GGUF conversion sets before saving
+    save_portable(hf, hf.tokenizer, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == hf.config.model_type
+    back = load_model(tmp_path / "m", dtype=torch.float64)
+    for (name, a), (_, b) in zip(hf.state_dict().items(), back.hf.state_dict().items()):
+        assert torch.equal(a.double(), b.double()), name
 
 
 def test_final_norm_gain_is_what_the_norm_multiplies_each_dimension_by(family):

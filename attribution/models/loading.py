@@ -189,9 +189,19 @@ def _write_conversion(gguf: Path, out: Path, sha: str) -> None:
         raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}. Re-download or re-assemble it.") from exc
     hf.config.quantization_config = None  # otherwise save_pretrained refuses a GGUF-loaded model
     hf.hf_quantizer = None
-    hf.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_portable(hf, tok, out)
     (out / _COMPLETE).write_text(json.dumps({"source": str(gguf), "sha256": sha}))
+
+
+def save_portable(hf, tokenizer, out: Path) -> None:
+    """A model folder any tool loads: save_pretrained, then config.json without the `"quantization_config":
+    null` a dequantised GGUF leaves behind (older transformers, e.g. circuit-tracer's pin, refuse it)."""
+    hf.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    if "quantization_config" in config and not config["quantization_config"]:
+        del config["quantization_config"]
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _tokenizer(folder: Path, **kw):
