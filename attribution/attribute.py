@@ -217,13 +217,18 @@ def grad_x_act(saes: dict, grads: Gradients, batch, valid: Tensor, decs: dict | 
     """hook index -> (feature columns, error-node columns) of activation x gradient (see _columns), from one
     clean pass's `grads` (and its decompositions `decs` where the caller has them): the one place grad x act
     is computed, for attribute() and for graph nodes alike."""
+    return _columns(_parts(saes, grads, decs=decs), batch, valid, torch.arange(batch.size))
 
-    def parts():  # one hook at a time, so only one dense [rows, pos, d_sae] decomposition lives at once
-        for j, (h, sae) in enumerate(saes.items()):
-            dec = decs[h] if decs is not None else decompose(sae, grads.acts[h])
-            yield j, sae, dec, None, grads.grads[h]
 
-    return _columns(parts(), batch, valid, torch.arange(batch.size))
+def _parts(saes: dict, grads: Gradients, *, decs: dict | None = None, corrupt: dict | None = None, free=False):
+    """Per hook (index, sae, clean decomposition, corrupt decomposition or None, gradient [batch, pos, d_model]),
+    one hook at a time so only one dense [rows, pos, d_sae] decomposition lives at once. free: drop each
+    hook's activation and gradient from `grads` (and `corrupt`) once it is yielded (the caller's own copies)."""
+    take = dict.pop if free else dict.get
+    for j, (h, sae) in enumerate(saes.items()):
+        dec = decs[h] if decs is not None else decompose(sae, take(grads.acts, h))
+        base = decompose(sae, take(corrupt, h)) if corrupt is not None else None
+        yield j, sae, dec, base, take(grads.grads, h)
 
 
 def _gradient_times(model, saes, batch, cbatch, metric, prompts: Tensor):
@@ -236,14 +241,7 @@ def _gradient_times(model, saes, batch, cbatch, metric, prompts: Tensor):
         ctr = trace(model, cbatch, capture=hooks)
         mc = evaluate(metric, model, ctr.hidden, Rows(prompts, Rows.of(cbatch).offset)).detach()
         corrupt = ctr.acts
-
-    def parts():  # one hook at a time, so only one dense [rows, pos, d_sae] decomposition lives at once
-        for j, (h, sae) in enumerate(saes.items()):
-            x = clean.acts.pop(h)
-            base = decompose(sae, corrupt.pop(h)) if corrupt is not None else None
-            yield j, sae, decompose(sae, x), base, clean.grads.pop(h)
-
-    return parts(), clean.metric, mc
+    return _parts(saes, clean, corrupt=corrupt, free=True), clean.metric, mc
 
 
 def _integrated_gradients(model, saes, batch, cbatch, metric, steps, valid, max_rows):
