@@ -11,7 +11,7 @@ The nodes are the clean prompt's active features and error terms at non-<bos> po
 were inactive on the clean prompt are not nodes: they are always recomputed, never ablated, so the
 unpruned graph is exactly faithful in every mode. Ablation values: 0 (mode="zero") or each feature's and
 error term's mean over the non-<bos> tokens of `reference` prompts, by default the graph's own prompt
-("mean"). All rows of one check share a forward pass: they join the batch at the first SAE hook.
+("mean"). All rows of one check share a forward pass: they replace the prompt's row at the first SAE hook.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], v
 
 
 def _setup(model, saes, graph, metric):
-    """The SAEs at the graph's hooks, the prompt's batch, the metric, and the clean-active feature masks."""
+    """The SAEs at the graph's hooks, the prompt's batch and the metric, checked against the graph."""
     saes = prepare_saes(model, saes)
     missing = [h for h in graph.hooks if h not in saes]
     if missing:
@@ -190,11 +190,15 @@ def _setup(model, saes, graph, metric):
     batch = model.tokenize(graph.prompt)
     if batch.input_ids[0].tolist() != graph.token_ids:
         raise GraphError("this model tokenizes the graph's prompt differently: pass the model the graph was built with")
-    metric = metric if metric is not None else graph_metric(model, graph)
-    acts = trace(model, batch, capture=graph.hooks, stop_early=True).acts
+    return saes, batch, metric if metric is not None else graph_metric(model, graph)
+
+
+def _active(model, saes, batch) -> tuple[dict[str, Tensor], Tensor]:
+    """hook -> [pos, d_sae] the clean prompt's active features at non-<bos> positions, and those positions [pos]
+    (what checks ablate; group interventions need neither)."""
+    acts = trace(model, batch, capture=list(saes), stop_early=True).acts
     valid = batch.node_mask()[0]  # [pos]
-    active = {h: (decompose(saes[h], acts[h]).features[0] != 0) & valid[:, None] for h in graph.hooks}
-    return saes, batch, metric, active, valid
+    return {h: (decompose(sae, acts[h]).features[0] != 0) & valid[:, None] for h, sae in saes.items()}, valid
 
 
 def graph_metric(model, graph):
@@ -230,7 +234,8 @@ def check(model, saes, graph, metric=None, *, mode: str = "zero", errors: str = 
     errors: error nodes outside the evaluated set are "keep"-t (never ablated) or "ablate"-d too.
     """
     check_mode(mode, errors)
-    saes, batch, metric, active, valid_pos = _setup(model, saes, graph, metric)
+    saes, batch, metric = _setup(model, saes, graph, metric)
+    active, valid_pos = _active(model, saes, batch)
     values = _values(model, saes, batch, mode, reference)
     kept_f, kept_e = _masks(graph, saes, batch.width, graph.nodes)
     rows = [{}, {}, {}, {}]  # model, empty, graph, complement
@@ -249,7 +254,8 @@ def check_layers(model, saes, graph, metric=None, *, mode: str = "zero", referen
     """Each SAE layer alone (errors kept, other layers untouched), in one batched forward: how much of the
     metric its features carry and how much of that the graph keeps there. See LayerCheck."""
     check_mode(mode)
-    saes, batch, metric, active, _ = _setup(model, saes, graph, metric)
+    saes, batch, metric = _setup(model, saes, graph, metric)
+    active, _ = _active(model, saes, batch)
     values = _values(model, saes, batch, mode, reference)
     kept_f, _ = _masks(graph, saes, batch.width, graph.nodes)
     rows: list[dict] = [{}]  # row 0: nothing ablated
@@ -268,7 +274,7 @@ def ablate_group(model, saes, graph, name: str, metric=None, *, mode: str = "zer
     """
     check_mode(mode)
     members = graph.members(name)
-    saes, batch, metric, _, _ = _setup(model, saes, graph, metric)
+    saes, batch, metric = _setup(model, saes, graph, metric)
     return _intervene(model, saes, batch, metric, members, _values(model, saes, batch, mode, reference), None)
 
 
@@ -277,7 +283,7 @@ def steer_group(model, saes, graph, name: str, factor: float, metric=None) -> fl
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
         raise GraphError(f"factor must be a finite number (0 = zero ablation, 1 = unchanged), got {factor!r}")
     members = graph.members(name)
-    saes, batch, metric, _, _ = _setup(model, saes, graph, metric)
+    saes, batch, metric = _setup(model, saes, graph, metric)
     values = _values(model, saes, batch, "zero", None)
     return _intervene(model, saes, batch, metric, members, values, float(factor))
 
