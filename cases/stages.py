@@ -171,6 +171,7 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
         return None
     try:
         from graphs import build_graph
+        from graphs.html import page
         from graphs.labels import labeler
     except ImportError as exc:
         return Skip("graph", f"graph skipped: graphs.build_graph is not available ({exc})")
@@ -183,10 +184,11 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
     result, stats = _graph_stats(model, saes, g, metric)
     stats["groups"] = _groups(model, saes, g, metric, config.graph.groups)
     cards = labeler(model, saes, explainer).card if explainer.available else None  # tooltips: 3 contexts a card
-    g.to_html(out / "graph.html", check=result, cards=cards)  # faithfulness and completeness in the title
+    text = page(g, check=result, cards=cards)  # faithfulness and completeness in the title
+    (out / "graph.html").write_text(text, encoding="utf-8")  # the page the report also embeds, rendered once
     g.to_json(out / "graph.json")
     stats |= {"html": str(out / "graph.html"), "json": str(out / "graph.json")}
-    return GraphResult(stats, (out / "graph.html").read_text(encoding="utf-8"))
+    return GraphResult(stats, text)
 
 
 def _graph_stats(model, saes: dict, g, metric) -> tuple[Any, dict]:
