@@ -7,8 +7,6 @@ result classes import this module only when a notebook asks them to display, so 
 
 from __future__ import annotations
 
-import html
-
 from graphs.render import render
 
 
@@ -47,10 +45,7 @@ def check(result) -> str:
 
 def frame(page: str, height: int = 860) -> str:
     """A whole offline page inside an iframe (srcdoc), so its scripts and styles stay its own."""
-    return (
-        f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{height}px;border:1px solid #ddd">'
-        "</iframe>"
-    )
+    return render("frame.html.j2", page=page, height=height)
 
 
 def graph(g, max_edges: int = 5000) -> str:
@@ -58,5 +53,5 @@ def graph(g, max_edges: int = 5000) -> str:
     from graphs.html import page
 
     if int(g.edge_mask.sum()) > max_edges:
-        return f"<pre>{html.escape(str(g))}\n(prune it to draw it: g.prune(0.8, 0.98, max_feature_nodes=60))</pre>"
+        return render("pre.html.j2", text=f"{g}\n(prune it to draw it: g.prune(0.8, 0.98, max_feature_nodes=60))")
     return frame(page(g, max_edges=max_edges))
