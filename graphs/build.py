@@ -138,7 +138,7 @@ def build_graph(
         hooks=hooks,
         layers={h: model.hook(h).layer for h in hooks},
         model={"name": model.name, "n_layers": model.n_layers},
-        metric_info=metric_info(metric, clean.metric, m_pos),
+        metric_info=metric_info(metric, clean.metric),
         full_nodes=nodes,
         src=torch.cat(srcs),
         dst=torch.cat(dsts),
@@ -147,7 +147,7 @@ def build_graph(
     )
 
 
-def metric_info(metric, value: float, position: int) -> dict:
+def metric_info(metric, value: float) -> dict:
     """What a graph records about its metric: enough to draw the metric node and, for a logit difference, to
     rebuild the metric from a saved graph (graphs.interventions.graph_metric)."""
     good, bad = getattr(metric, "good", None), getattr(metric, "bad", None)
@@ -160,7 +160,6 @@ def metric_info(metric, value: float, position: int) -> dict:
         "good": good[0] if kind else None,
         "bad": bad[0] if kind else None,
         "position": getattr(metric, "position", -1),
-        "node_position": position,
         "good_id": int(good_ids[0]) if good_ids is not None else None,
     }
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from graphs import groups as _groups
 from graphs.nodes import KINDS, GraphError, GraphNode
-from graphs.prune import cumulative, influence, shares
+from graphs.prune import cumulative, influence, prune, shares
 
 FORMAT = 1  # the on-disk format's version
 META, EDGES = "graph.json", "edges.safetensors"  # the files of a saved graph's folder
@@ -154,8 +154,6 @@ class Graph:
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, **kwargs) -> Graph:
         """A new graph keeping the nodes and edges that carry node_threshold / edge_threshold of the influence
         on the metric (graphs.prune.prune: its keyword arguments and the masks). This graph is unchanged."""
-        from graphs.prune import prune
-
         return prune(self, node_threshold, edge_threshold, **kwargs).graph
 
     def unpruned(self) -> Graph:
