@@ -1,7 +1,9 @@
 """One naming scheme for hook points across model families.
 
-Names are `{kind}.{layer}` with kind in `resid_pre`, `attn_out`, `mlp_out`, `resid_post`, in the spirit of
-TransformerLens. Each name maps to a module of the Hugging Face model and whether the hook reads that
+Names are `{kind}.{layer}` with kind in `resid_pre`, `attn_out`, `resid_mid`, `mlp_in`, `mlp_out`,
+`resid_post`, in the spirit of TransformerLens (`hook_resid_mid`, `mlp.hook_in`). `resid_mid` is the residual
+stream between attention and MLP (the input of the MLP's norm) and `mlp_in` the MLP's normalised input (that
+norm's output): where transcoders read. Each name maps to a module of the Hugging Face model and whether the hook reads that
 module's input or output (and which element, when the output is a tuple). `attn_out`/`mlp_out` are what
 the block adds to the residual stream (after Gemma's post-norms), so resid_post = resid_pre + attn_out +
 mlp_out holds for sequential blocks.
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from attribution.errors import HookError, ModelLoadError
 
-KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")  # execution order inside one block
+KINDS = ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")  # execution order in a block
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,32 @@ class Family:
     final_norm: str
     attn: tuple[str, int | None]  # (sub-module of a block, tuple index) for attn_out
     mlp: tuple[str, int | None]
+    mlp_norm: str  # the norm in front of the MLP: resid_mid is its input, mlp_in its output
+    norms: tuple[str, ...] = ()  # a block's RMS norms, in execution order (frozen in replacement graphs)
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): Gemma 1.0, Llama 0.0
+    qk: tuple[str, ...] = ()  # the attention's query and key projections (detached: frozen patterns)
 
 
 _GEMMA_POSTNORM = Family(
-    "model.layers", "model.norm", ("post_attention_layernorm", None), ("post_feedforward_layernorm", None)
+    "model.layers",
+    "model.norm",
+    ("post_attention_layernorm", None),
+    ("post_feedforward_layernorm", None),
+    "pre_feedforward_layernorm",
+    ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    1.0,
+    ("self_attn.q_proj", "self_attn.k_proj"),
 )
-_LLAMA_LIKE = Family("model.layers", "model.norm", ("self_attn", 0), ("mlp", None))
+_LLAMA_LIKE = Family(
+    "model.layers",
+    "model.norm",
+    ("self_attn", 0),
+    ("mlp", None),
+    "post_attention_layernorm",
+    ("input_layernorm", "post_attention_layernorm"),
+    0.0,
+    ("self_attn.q_proj", "self_attn.k_proj"),
+)
 
 FAMILIES: dict[str, Family] = {
     "gemma3_text": _GEMMA_POSTNORM,
@@ -55,8 +77,10 @@ FAMILIES: dict[str, Family] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
-    "gpt2": Family("transformer.h", "transformer.ln_f", ("attn", 0), ("mlp", None)),
-    "gpt_neox": Family("gpt_neox.layers", "gpt_neox.final_layer_norm", ("attention", 0), ("mlp", None)),
+    "gpt2": Family("transformer.h", "transformer.ln_f", ("attn", 0), ("mlp", None), "ln_2"),
+    "gpt_neox": Family(
+        "gpt_neox.layers", "gpt_neox.final_layer_norm", ("attention", 0), ("mlp", None), "post_attention_layernorm"
+    ),
 }
 
 
@@ -80,6 +104,8 @@ def hook_points(model_type: str, n_layers: int) -> dict[str, HookSpec]:
         for kind, module, io, index in (
             ("resid_pre", block, "input", None),
             ("attn_out", f"{block}.{fam.attn[0]}", "output", fam.attn[1]),
+            ("resid_mid", f"{block}.{fam.mlp_norm}", "input", None),
+            ("mlp_in", f"{block}.{fam.mlp_norm}", "output", None),
             ("mlp_out", f"{block}.{fam.mlp[0]}", "output", fam.mlp[1]),
             ("resid_post", block, "output", None),
         ):

@@ -1,5 +1,9 @@
 """The SAE base class and the architecture registry.
 
+A transcoder is the same dictionary reading one hook and writing another (`target`, e.g. mlp_in.L -> mlp_out.L),
+optionally with a linear skip path (`W_skip`: output = decode(encode(x)) + x @ W_skip); `is_transcoder` tells
+them apart.
+
 All SAEs work in the model's own activation space: a scalar input normalisation used in training is
 folded into the weights when the SAE is saved, so `decode(encode(x))` reconstructs x directly and the
 gradient with respect to feature i is simply `W_dec[i] . dL/dx`.
@@ -47,17 +51,26 @@ class SAE(nn.Module):
         *,
         apply_b_dec_to_input: bool = False,
         dtype: torch.dtype = torch.float32,
+        target: str | None = None,
+        skip: bool = False,
         **extra,
     ):
         super().__init__()
         if d_in < 1 or d_sae < self.min_features:
             raise SAEError(f"d_in and d_sae must be >= 1, got d_in={d_in}, d_sae={d_sae}")
+        if skip and target is None:
+            raise SAEError("a skip path (W_skip) belongs to a transcoder: give the hook it writes, target=...")
+        if target is not None and apply_b_dec_to_input:
+            raise SAEError("a transcoder reads one hook and writes another: b_dec is an output bias, so "
+                           "apply_b_dec_to_input must be False")
         self.hook = hook
+        self.target = target  # the hook a transcoder writes (None: an SAE, which reconstructs `hook`)
         self.apply_b_dec_to_input = apply_b_dec_to_input
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, dtype=dtype))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
+        self.W_skip = nn.Parameter(torch.zeros(d_in, d_in, dtype=dtype)) if skip else None  # [d_in, d_out]
         self.meta: dict = {}  # training statistics and provenance, saved in cfg.json
 
     @property
@@ -67,6 +80,10 @@ class SAE(nn.Module):
     @property
     def d_sae(self) -> int:
         return self.W_enc.shape[1]
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.target is not None
 
     def extra_config(self) -> dict:
         """Architecture-specific scalars saved in cfg.json (e.g. k for TopK)."""
@@ -88,9 +105,14 @@ class SAE(nn.Module):
         """Reconstruction, [..., d_sae] -> [..., d_in]."""
         return f @ self.W_dec + self.b_dec
 
+    def skip(self, x: Tensor) -> Tensor | float:
+        """A transcoder's linear path from its input to its output, [..., d_in] -> [..., d_out] (0 without)."""
+        return 0.0 if self.W_skip is None else x.to(self.W_skip.dtype) @ self.W_skip
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, features): the reconstruction of x (an SAE) or of the target hook (a transcoder)."""
         f = self.encode(x)
-        return self.decode(f), f
+        return self.decode(f) + self.skip(x), f
 
     def check(self, model=None) -> None:
         """Raise SAEError if weights hold NaN/inf, or the SAE does not fit `model`'s hook point."""
@@ -115,7 +137,8 @@ class SAE(nn.Module):
                 )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(hook={self.hook!r}, d_in={self.d_in}, d_sae={self.d_sae})"
+        to = f", target={self.target!r}" + (", skip" if self.W_skip is not None else "") if self.target else ""
+        return f"{type(self).__name__}(hook={self.hook!r}{to}, d_in={self.d_in}, d_sae={self.d_sae})"
 
 
 def build(architecture: str, d_in: int, d_sae: int, hook: str, **kw) -> SAE:

@@ -35,6 +35,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "d_sae": (int,),
     "k": (int, float),
     "hook": (str,),
+    "target": (str,),
+    "skip": (bool,),
     "hook_name": (str,),
     "hook_point": (str,),
     "model_name": (str,),
@@ -74,6 +76,7 @@ def save_sae(sae, path: str | Path) -> Path:
         "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
         "metadata": metadata,
         **sae.extra_config(),
+        **({"target": sae.target, "skip": sae.W_skip is not None} if sae.is_transcoder else {}),
         "meta": sae.meta,
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
@@ -118,6 +121,10 @@ def load_sae(
     weights = _weights(weights, arch, cfg, path)
     d_in, d_sae = _shapes(weights, arch, cfg, path)
     weights = _fold(weights, arch, apply_b_dec, cfg, path, norm_scaling_factor)
+    target = _get(cfg, "target", path)  # a transcoder of ours: the hook it writes
+    if target is not None:
+        apply_b_dec = False
+        extra |= {"target": target, "skip": bool(_get(cfg, "skip", path))}
     sae = build(arch, d_in, d_sae, hook, apply_b_dec_to_input=apply_b_dec, dtype=weights["W_enc"].dtype, **extra)
     sae.load_state_dict({k: weights[k] for k in sae.state_dict()})
     sae.meta = _get(cfg, "meta", path) or {}

@@ -2,7 +2,9 @@
 
 CE loss recovered = (CE(zero-ablated) - CE(with SAE)) / (CE(zero-ablated) - CE(clean)): 1.0 when splicing
 the reconstruction (no error term) costs nothing, 0.0 when it is as bad as zeroing the hook. Both
-interventions touch every position but <bos>, which the SAEs are not trained on.
+interventions touch every position but <bos>, which the SAEs are not trained on. For a transcoder the
+reconstruction is of its target hook (e.g. the MLP's output), from its input hook, and that target is what
+is replaced or zeroed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def evaluate_sae(
     to. Statistics are accumulated on the model's device.
     """
     hook = model.hook(sae.hook).name
+    out = model.hook(sae.target).name if sae.is_transcoder else hook  # where the reconstruction goes
     place(model, sae)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n_pred = 0
@@ -43,14 +46,14 @@ def evaluate_sae(
         n, seq = ids.shape
         batch = Batch.from_ids(ids, model.device)
         with model_autocast(model, dtype):
-            clean = trace(model, batch, capture=[hook])
-            x = clean.acts[hook]  # [n, seq, d_model]; <bos> (position 0) is left as it is in every run
-            f = sae.encode(x[:, 1:])
-            x_hat = sae.decode(f)
+            clean = trace(model, batch, capture=[hook, out])
+            x = clean.acts[out]  # [n, seq, d_model]; <bos> (position 0) is left as it is in every run
+            f = sae.encode(clean.acts[hook][:, 1:])
+            x_hat = sae.decode(f) + sae.skip(clean.acts[hook][:, 1:])
             ce["clean"] += _ce_sum(model, clean.hidden, ids)
             for name, value in (("sae", x_hat), ("zero", torch.zeros_like(x[:, 1:]))):
                 edit = Set(torch.cat([x[:, :1], value.to(x.dtype)], dim=1))
-                ce[name] += _ce_sum(model, trace(model, batch, edits={hook: edit}).hidden, ids)
+                ce[name] += _ce_sum(model, trace(model, batch, edits={out: edit}).hidden, ids)
         x = x[:, 1:].reshape(-1, model.d_model).double()  # the clean activation (upstream of the edit)
         f = f.reshape(-1, sae.d_sae)
         sq_err += (x - x_hat.reshape(-1, model.d_model).double()).pow(2).sum(0)

@@ -149,6 +149,9 @@ class Fitter:
             )
         x = x.to(self.device)
         target = None if target is None else target.to(self.device)
+        if target is not None and sae.W_skip is not None:  # the skip path is fitted beforehand and kept fixed
+            with torch.no_grad():
+                target = target.float() - sae.skip(x).float()
         for name, t in (("activations", x), ("targets", target)):
             if t is not None and not torch.isfinite(t).all():
                 raise NumericalError(
@@ -316,7 +319,7 @@ class Fitter:
 
 def _adam(sae: SAE, lr: float) -> torch.optim.Optimizer:
     """Adam (0.9, 0.999); the fused kernel where the device has one (one pass over each parameter)."""
-    params = list(sae.parameters())
+    params = [p for name, p in sae.named_parameters() if name != "W_skip"]  # a transcoder's skip stays fixed
     try:
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=True)
     except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
@@ -399,6 +402,8 @@ def _init(sae: SAE, x: Tensor, gen: torch.Generator) -> None:
         sae.b_enc.zero_()
         sae.b_dec.copy_(x.mean(0))
     sae.requires_grad_(True)
+    if sae.W_skip is not None:
+        sae.W_skip.requires_grad_(False)
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -1,0 +1,222 @@
+"""Transcoders: per-layer dictionaries that read the MLP's input and write its output, trained like the SAEs.
+
+`default_transcoders(model)` is the replacement graphs' default set: one TopK skip-transcoder per layer,
+reading `resid_mid.L` (the residual stream at the MLP norm's input, as Gemma Scope 2's transcoders) and writing `mlp_out.L` (what the MLP adds to the residual
+stream, after Gemma's post-feedforward norm), all trained from one stream of the default corpus
+(attribution.training.stream), cached like the default SAEs, resumable, evaluated on held-out documents.
+
+The skip path W_skip is the least-squares linear map from input to output, fitted on a first slice of the
+corpus before the dictionary trains on what it leaves (target - x W_skip). It is exact linear algebra, not a
+learned approximation, and in a replacement graph it stays a linear path (no node), so the features only
+need to carry the MLP's nonlinear part.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.cache import digest, locked
+from attribution.errors import AttributionError
+from attribution.saes import build, model_names, save_sae
+from attribution.training import defaults
+
+VERSION = 1  # bump when the recipe changes
+SKIP_TOKENS = 131_072  # tokens the skip path is fitted on (first windows of the stream's order)
+RIDGE = 1e-4  # relative ridge on the skip's normal equations (x's variance scale), against ill-conditioning
+
+
+@dataclass(frozen=True)
+class TranscoderSpec:
+    """The recipe of one default transcoder."""
+
+    layer: int
+    reads: str = "resid_mid"  # the MLP norm's input (as Gemma Scope 2), or "mlp_in" (its output)
+    d_sae: int = 4096
+    k: int = 32
+    skip: bool = True
+    tokens: int = 1_000_000
+    lr: float = 4e-4
+    normalize: str = "dim"
+
+    @property
+    def hook(self) -> str:
+        return f"{self.reads}.{self.layer}"
+
+    @property
+    def target(self) -> str:
+        return f"mlp_out.{self.layer}"
+
+    @property
+    def folder(self) -> str:
+        recipe = digest(
+            {"spec": asdict(self), "corpus": [defaults.CORPUS, defaults.SEQ_LEN, defaults.BATCH_WINDOWS], "v": VERSION}
+        )
+        skip = "-skip" if self.skip else ""
+        return f"tc-{self.hook}-topk{self.d_sae}-k{self.k}{skip}-t{self.tokens / 1e6:g}M-{recipe[:10]}-v{VERSION}"
+
+
+def default_transcoder_specs(model, **overrides) -> dict[str, TranscoderSpec]:
+    """{read hook: recipe} for every layer: 4,096 features at gemma-3-270m's width (6.4 x d_model, rounded)."""
+    width = 2 ** round(math.log2(6.4 * model.d_model))
+    specs = [TranscoderSpec(layer, d_sae=width, **overrides) for layer in range(model.n_layers)]
+    return {model.hook(s.hook).name: s for s in specs}
+
+
+def default_transcoders(model=None, layers=None, *, train: bool = True, progress: bool = True, **overrides) -> dict:
+    """{read hook: transcoder} for `layers` (default: all), training the missing ones from one stream first.
+
+    overrides: recipe fields (reads, d_sae, k, skip, tokens, lr) for another set, cached under its own name.
+    train=False raises instead of training."""
+    from attribution.cache import load_entry
+    from attribution.models.loading import load_model
+
+    model = model if model is not None else load_model()
+    specs = default_transcoder_specs(model, **overrides)
+    if layers is not None:
+        wanted = {model.hook(f"{next(iter(specs.values())).reads}.{int(L)}").name for L in layers}
+        specs = {h: s for h, s in specs.items() if h in wanted}
+    root = defaults.saes_dir(model)
+    folders = {h: root / s.folder for h, s in specs.items()}
+    load = defaults._loader(model)
+    if not train:
+        missing = [h for h in specs if not os.path.lexists(folders[h])]
+        if missing:
+            raise AttributionError(
+                f"default transcoders for {missing} are not built yet; run `python -m attribution transcoders` "
+                "(or call default_transcoders(model)) to train them"
+            )
+        return {h: load(folders[h]) for h in specs}
+    out = {h: t for h in specs if (t := load_entry(folders[h], load)) is not None}
+    missing = [h for h in specs if h not in out]
+    if missing:
+        with locked(*(folders[h] for h in missing)):
+            out |= {h: t for h in missing if (t := load_entry(folders[h], load)) is not None}
+            todo = {h: specs[h] for h in missing if h not in out}
+            if todo:
+                _train(model, todo, folders, load, progress)
+                out |= {h: load(folders[h]) for h in todo}
+    return {h: out[h] for h in specs}
+
+
+def train_transcoder(
+    model,
+    layer: int,
+    *,
+    reads: str = "resid_mid",
+    d_sae: int = 4096,
+    k: int = 32,
+    skip: bool = True,
+    tokens: int = 400_000,
+    lr: float = 4e-4,
+    out: str | Path | None = None,
+    progress: bool = True,
+):
+    """One transcoder for `layer`, reading `reads` (mlp_in or resid_mid) and writing mlp_out, trained on
+    `tokens` tokens of the default corpus and evaluated on its held-out documents; saved to `out` if given."""
+    if reads not in ("mlp_in", "resid_mid"):
+        raise AttributionError(f"a transcoder reads 'mlp_in' or 'resid_mid', got {reads!r}")
+    if not 0 <= layer < model.n_layers:
+        raise AttributionError(f"layer must be in 0..{model.n_layers - 1}, got {layer}")
+    spec = TranscoderSpec(layer, reads, d_sae, k, skip, tokens, lr)
+    tc = _fit(model, {spec.hook: spec}, progress)[spec.hook]
+    if out is not None:
+        save_sae(tc, out)
+    return tc
+
+
+def fit_skip(model, pairs: dict[str, str], windows: Tensor, *, tokens: int = SKIP_TOKENS, progress=True) -> dict:
+    """{read hook: W_skip [d_in, d_out]}: per pair (read hook -> target hook), the least-squares linear map
+    (with an intercept, which the transcoder's b_dec then learns) over the first `tokens` tokens of `windows`
+    (not <bos>, not massive-norm tokens), accumulated in float64."""
+    from attribution.engine import trace
+    from attribution.models.model import Batch
+    from attribution.tokens import OUTLIER, keep_tokens
+
+    if not pairs:
+        return {}
+    d = model.d_model
+    stats = {h: [torch.zeros(d + 1, d + 1, dtype=torch.float64), torch.zeros(d + 1, d, dtype=torch.float64)] for h in pairs}
+    mask_hook = defaults.middle_hook(model)  # the tokens kept are judged where the stream judges them
+    hooks = sorted({*pairs, *pairs.values(), mask_hook}, key=lambda h: model.hooks[h].order)
+    per = defaults.BATCH_WINDOWS
+    n_batches = max(1, min(len(windows) // per, math.ceil(tokens / (per * (windows.shape[1] - 1)))))
+    for i in tqdm(range(n_batches), desc="fitting skip paths", disable=not progress):
+        ids = windows[i * per : (i + 1) * per]
+        with torch.no_grad():
+            acts = trace(model, Batch.from_ids(ids, model.device), capture=hooks, stop_early=True).acts
+        keep = keep_tokens(acts[mask_hook], OUTLIER)
+        for h, t in pairs.items():
+            x, y = acts[h][keep].double().cpu(), acts[t][keep].double().cpu()
+            x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+            stats[h][0] += x1.T @ x1
+            stats[h][1] += x1.T @ y
+    out = {}
+    for h, (xtx, xty) in stats.items():
+        ridge = RIDGE * float(xtx.diagonal()[:-1].mean())
+        reg = torch.eye(d + 1, dtype=torch.float64) * ridge
+        reg[-1, -1] = 0.0  # the intercept is not shrunk
+        out[h] = torch.linalg.solve(xtx + reg, xty)[:-1]  # [d_in, d_out], the intercept dropped
+    return out
+
+
+def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
+    """Train `specs` (which share a token budget) from one stream; each evaluated, none saved."""
+    from attribution.training.evaluate import evaluate_sae
+    from attribution.training.stream import Dictionary, train_dictionaries
+    from attribution.training.trainer import TrainConfig
+
+    tokens = {s.tokens for s in specs.values()}
+    if len(tokens) != 1:
+        raise AttributionError(f"transcoders trained together share one token budget, got {sorted(tokens)}")
+    train_ids, eval_ids = defaults.default_corpus(model, tokens.pop(), progress)
+    skips = fit_skip(model, {h: s.target for h, s in specs.items() if s.skip}, train_ids, progress=progress)
+    dicts = {}
+    for h, s in specs.items():
+        tc = build("topk", model.d_model, s.d_sae, h, k=s.k, target=s.target, skip=s.skip).to(model.device)
+        if s.skip:
+            with torch.no_grad():
+                tc.W_skip.copy_(skips[h].to(tc.W_skip.dtype))
+        cfg = TrainConfig(lr=s.lr, normalize=s.normalize, dead_after_tokens=200_000, log_every=10)
+        dicts[h] = Dictionary(tc, cfg, h, target=s.target)
+    key = digest(sorted(s.folder for s in specs.values()))[:12]
+    train_dictionaries(
+        model,
+        dicts,
+        train_ids,
+        batch_windows=defaults.BATCH_WINDOWS,
+        mask_hook=defaults.middle_hook(model),  # the same tokens kept as the default SAEs'
+        checkpoint=defaults.saes_dir(model) / f"checkpoint-tc-{key}.pt",
+        progress=progress,
+    )
+    out = {}
+    for h, s in specs.items():
+        tc = dicts[h].sae
+        tc.meta["eval"] = evaluate_sae(model, tc, eval_ids, progress=progress)
+        tc.meta["corpus"] = {
+            "source": "English prose (attribution.training.text)" if defaults.CORPUS == "real" else "sampled",
+            "train_tokens": int(train_ids.shape[0] * (defaults.SEQ_LEN - 1)),
+            "skip_tokens": SKIP_TOKENS if s.skip else 0,
+            "seq_len": defaults.SEQ_LEN,
+        }
+        tc.meta["default_spec"] = {"folder": s.folder, "version": VERSION, **asdict(s)}
+        if names := model_names(model):
+            tc.meta["model_name"] = names[0]
+        out[h] = tc
+    return out
+
+
+def _train(model, specs: dict[str, TranscoderSpec], folders: dict[str, Path], load, progress: bool) -> None:
+    from attribution.cache import atomic_write
+
+    for tokens in sorted({s.tokens for s in specs.values()}):
+        group = {h: s for h, s in specs.items() if s.tokens == tokens}
+        for h, tc in _fit(model, group, progress).items():
+            with atomic_write(folders[h], check=load, lock=False) as tmp:  # we hold the folder's lock
+                save_sae(tc, tmp)
