@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 from attribution.errors import AttributionError, check_finite
-from attribution.splice import decompose, prepare_saes, wide
+from attribution.models.frozen import frozen_norm, frozen_qk, norm_scale
+from attribution.models.hooks import KINDS
+from attribution.splice import decompose_acts, prepare_saes, wide
 
 Edit = Callable[[Tensor], Tensor]  # [rows, pos, d_model] -> [rows, pos, d_model], a pure function
 
@@ -39,12 +41,16 @@ class Group:
 
     leaves: hooks where the group's edited rows become gradient leaves (Trace.leaves[(group, hook)]), e.g.
         integrated gradients' interpolations or the replicated activation whose rows edges differentiate.
+    An edit with a `reads` attribute (a hook earlier in the same block) is called as edit(x, read), read being
+    the rows' value at that hook: a transcoder's splice at mlp_out.L reads resid_mid.L.
     """
 
     edits: dict[str, Edit]
     n: int = 1
     source: int = 0
     leaves: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ()  # hooks where a zero leaf is added after the edit: its gradient is the one at
+    # that activation, and (unlike a leaf) gradients still flow upstream through it (replacement graphs)
 
 
 @dataclass
@@ -66,6 +72,7 @@ def trace(
     stop_early: bool = False,
     past: Past | None = None,
     keep_batch: bool = True,
+    freeze: bool | Frozen | dict = False,
 ) -> Trace:
     """Run the model on `batch` with `edits` on every row, the `groups` of rows appended, and `capture`d
     activations kept (with their graph if grad).
@@ -75,14 +82,21 @@ def trace(
     past: run only the tokens from `past.start` on, over the clean prefix's keys and values (see Past).
     keep_batch=False: the groups replace the batch's rows where they join (all at one hook), for callers
         that need no clean row downstream (graph checks, edges): no row is computed that nobody reads.
+    freeze: the replacement model's linearisation (attribution.models.frozen): True holds every norm's
+        factor and attention pattern for gradients (values unchanged); a Frozen (frozen_state) holds them at
+        the clean prompt's values, so that edits run in the replacement model itself.
     """
     edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
     capture = {model.hook(h).name for h in capture}
     groups = [_canonical(model, g, batch.size) for g in groups]
     firsts = [min(g.edits, key=lambda h: model.hooks[h].order) for g in groups]
     joins = [_join_hook(model, h) for h in firsts]
-    names = set(edits) | capture | set(joins) | {h for g in groups for h in g.edits}
+    reads = _reads(model, [edits, *(g.edits for g in groups)])
+    names = set(edits) | capture | set(joins) | {h for g in groups for h in g.edits} | set(reads.values())
+    if freeze is not False:  # every norm and attention pattern of the model is frozen: every block is visited
+        names |= set(model.hooks)
     specs = sorted((model.hooks[h] for h in names), key=lambda s: s.order)
+    steps = _steps(model, specs, freeze is not False)
     joining = {h: [i for i, j in enumerate(joins) if j == h] for h in joins}
     if not keep_batch and len(joining) != 1:
         raise AttributionError("keep_batch=False needs groups that all join at one hook (it replaces the batch there)")
@@ -99,14 +113,23 @@ def trace(
         acts = nnsight.save({})
         leaves = nnsight.save({})
         spans = nnsight.save({})
-        for spec in specs:
+        seen = {}  # hook -> the value that flowed downstream, for edits that read it
+        scales, qks = nnsight.save({}), nnsight.save({})  # frozen_state's capture of the clean factors and q/k
+        mode = {"scales": scales, "qk": qks} if isinstance(freeze, dict) else freeze
+        for spec, frozen in steps:
+            if spec is None:  # a frozen point that is no hook: a block's input norm, a query/key projection
+                _freeze(model, mode, *frozen)
+                continue
             env = model.envoy(spec.module)
+            if frozen is not None:
+                _freeze(model, mode, *frozen)
             x = _get(env, spec)
             new = x
             if spec.name in edits and batch_rows:  # the batch's own rows (before any group joins, only they exist)
-                n = batch_rows
-                new = torch.cat([edits[spec.name](x[:n]), x[n:]]) if n < x.shape[0] else edits[spec.name](x)
-            new = _edit_groups(new, spec.name, groups, firsts, spans, leaves)
+                n, fn = batch_rows, edits[spec.name]
+                read = seen[reads[id(fn)]][:n] if id(fn) in reads else None
+                new = torch.cat([_call(fn, x[:n], read), x[n:]]) if n < x.shape[0] else _call(fn, x, read)
+            new = _edit_groups(new, spec.name, groups, firsts, spans, leaves, seen, reads)
             if spec.name in joining:  # new groups: copies of their source row, edited here if they start here
                 parts = [new if keep_batch else new[:0]]
                 at = parts[0].shape[0]
@@ -114,7 +137,7 @@ def trace(
                     grp = groups[g]
                     rows = new[grp.source : grp.source + 1].expand(grp.n, -1, -1)
                     if firsts[g] == spec.name:
-                        rows = _apply(grp, g, spec.name, rows, leaves)
+                        rows = _apply(grp, g, spec.name, rows, leaves, None)
                     spans[g] = slice(at, at + grp.n)
                     parts.append(rows)
                     at += grp.n
@@ -127,9 +150,14 @@ def trace(
                 _set(env, spec, new)
             if spec.name in capture:
                 acts[spec.name] = new
+            seen[spec.name] = new
         if not stop_early:
+            if freeze is not False:
+                _freeze(model, mode, "norm", model.family.final_norm)
             hidden = model.envoy(model.family.final_norm).output.save()
         tracer.stop()
+    if isinstance(freeze, dict):
+        freeze.update(scales=scales, qk=qks)
     out = Trace(acts, hidden, [spans[g] for g in range(len(groups))], leaves)
     if hidden is not None:
         what = "the model's final hidden state"
@@ -149,9 +177,10 @@ def _canonical(model, group: Group, size: int) -> Group:
         raise AttributionError("a group of rows needs at least one edit (a hook it changes)")
     edits = {model.hook(h).name: fn for h, fn in group.edits.items()}
     leaves = tuple(model.hook(h).name for h in group.leaves)
-    if set(leaves) - set(edits):
-        raise AttributionError(f"leaves at {sorted(set(leaves) - set(edits))} where the group edits nothing")
-    return Group(edits, group.n, group.source, leaves)
+    probes = tuple(model.hook(h).name for h in group.probes)
+    if set(leaves + probes) - set(edits):
+        raise AttributionError(f"leaves at {sorted(set(leaves + probes) - set(edits))} where the group edits nothing")
+    return Group(edits, group.n, group.source, leaves, probes)
 
 
 def _join_hook(model, hook: str) -> str:
@@ -161,7 +190,9 @@ def _join_hook(model, hook: str) -> str:
     return first.name if first.kind in ("resid_pre", "resid_post") else model.hook(f"resid_pre.{first.layer}").name
 
 
-def _edit_groups(x: Tensor, hook: str, groups: list[Group], firsts: list[str], spans: dict, leaves: dict) -> Tensor:
+def _edit_groups(
+    x: Tensor, hook: str, groups: list[Group], firsts: list[str], spans: dict, leaves: dict, seen: dict, reads: dict
+) -> Tensor:
     """x with the edit at `hook` of each group already in the batch applied to its rows, in one concatenation.
     A group whose first edit is at an inner hook (it joined at the block's input) receives there the clean
     source row's value, as if it had joined at that hook."""
@@ -172,22 +203,111 @@ def _edit_groups(x: Tensor, hook: str, groups: list[Group], firsts: list[str], s
     for start, g in mine:
         grp, span = groups[g], spans[g]
         clean = firsts[g] == hook and grp.source < span.start  # its source row is still in the batch
-        rows = x[grp.source : grp.source + 1].repeat(grp.n, 1, 1) if clean else x[span]
-        parts += [x[at:start], _apply(grp, g, hook, rows, leaves)]
+        fn = grp.edits[hook]
+        read = _rows(seen[reads[id(fn)]], grp, span, clean) if id(fn) in reads else None
+        parts += [x[at:start], _apply(grp, g, hook, _rows(x, grp, span, clean), leaves, read)]
         at = span.stop
     parts.append(x[at:])
     return torch.cat(parts)
 
 
-def _apply(grp: Group, g: int, hook: str, rows: Tensor, leaves: dict) -> Tensor:
-    """The group's edit at `hook` on its rows, checked, made a gradient leaf where the group asks."""
-    new = grp.edits[hook](rows).to(rows.dtype)
+def _rows(x: Tensor, grp: Group, span: slice, clean: bool) -> Tensor:
+    """A group's rows of x: its own, or (clean) copies of its source row."""
+    return x[grp.source : grp.source + 1].repeat(grp.n, 1, 1) if clean else x[span]
+
+
+def _apply(grp: Group, g: int, hook: str, rows: Tensor, leaves: dict, read: Tensor | None) -> Tensor:
+    """The group's edit at `hook` on its rows, checked, made a gradient leaf (or given a probe) where the
+    group asks."""
+    new = _call(grp.edits[hook], rows, read).to(rows.dtype)
     if new.shape != rows.shape:
         raise AttributionError(f"an edit at {hook} returned shape {tuple(new.shape)}, expected {tuple(rows.shape)}")
     if hook in grp.leaves:  # its own storage (the rows may be views of one source row)
         new = new.detach().clone().requires_grad_(True)
         leaves[(g, hook)] = new
+    elif hook in grp.probes:
+        probe = torch.zeros_like(new, requires_grad=True)
+        leaves[(g, hook)] = probe
+        new = new + probe
     return new
+
+
+def _call(fn, rows: Tensor, read: Tensor | None) -> Tensor:
+    return fn(rows) if read is None else fn(rows, read)
+
+
+def _reads(model, edit_sets) -> dict[int, str]:
+    """id(edit) -> the hook an edit reads (its `reads` attribute), checked to be earlier in the same block."""
+    out = {}
+    for edits in edit_sets:
+        for hook, fn in edits.items():
+            wanted = getattr(fn, "reads", None)
+            if wanted is None:
+                continue
+            at, read = model.hook(hook), model.hook(wanted)
+            if read.layer != at.layer or read.order >= at.order or at.kind in ("resid_pre",):
+                raise AttributionError(
+                    f"an edit at {at.name} reads {read.name}: an edit may only read a hook earlier in its own block"
+                )
+            out[id(fn)] = read.name
+    return out
+
+
+def _steps(model, specs, freeze: bool) -> list[tuple]:
+    """The points a trace visits in forward order: (hook spec, frozen point to apply first or None), and with
+    freeze the frozen points that are no hook, as (None, point). A point is ("norm", module path) or
+    ("qk", module path, layout)."""
+    if not freeze:
+        return [(s, None) for s in specs]
+    fam = model.family
+    outputs = {s.module for s in specs if s.io == "output"}
+    keyed = []
+    for s in specs:
+        norm = s.io == "output" and any(s.module == f"{fam.layers}.{s.layer}.{n}" for n in fam.norms)
+        keyed.append(((s.layer, 10 * KINDS.index(s.kind)), (s, ("norm", s.module) if norm else None)))
+    for layer in range(model.n_layers):
+        block = f"{fam.layers}.{layer}"
+        for n in fam.norms:  # norms that are no hook's module: the block's input norm, read before attention
+            if f"{block}.{n}" not in outputs:
+                keyed.append(((layer, 5), (None, ("norm", f"{block}.{n}"))))
+        for module, layout in fam.qk:
+            keyed.append(((layer, 6), (None, ("qk", f"{block}.{module}", layout))))
+    return [step for _, step in sorted(keyed, key=lambda kv: kv[0])]
+
+
+@dataclass
+class Frozen:
+    """The clean prompt's norm factors and query/key projections (module path -> [1, pos, 1] or [1, pos, d]),
+    for trace(freeze=...): the replacement model with attention patterns and norms held at these values."""
+
+    scales: dict[str, Tensor]
+    qk: dict[str, Tensor]
+
+
+@torch.no_grad()
+def frozen_state(model, batch) -> Frozen:
+    """Frozen for `batch`'s first row, from one forward of the clean prompt."""
+    keep: dict = {}
+    trace(model, batch, freeze=keep)
+    return Frozen({k: v[:1] for k, v in keep["scales"].items()}, {k: v[:1] for k, v in keep["qk"].items()})
+
+
+def _freeze(model, freeze, what: str, path: str, layout: str | None = None) -> None:
+    """Apply one frozen point: freeze is True (detach), a Frozen (held values) or a dict to capture into."""
+    env, module = model.envoy(path), model.hf.get_submodule(path)
+    held = freeze if isinstance(freeze, Frozen) else None
+    if what == "norm":
+        x = env.input
+        if isinstance(freeze, dict):
+            freeze["scales"][path] = norm_scale(module, x).save()
+        scale = held.scales[path] if held is not None else None
+        env.output = frozen_norm(module, x, model.family.norm_offset, scale)
+    else:
+        out = env.output
+        if isinstance(freeze, dict):
+            freeze["qk"][path] = out.save()
+        clean = held.qk[path] if held is not None else None
+        env.output = frozen_qk(out, layout, model.hf.config.num_attention_heads, clean)
 
 
 # --- standard edits ------------------------------------------------------------------------------
@@ -223,7 +343,9 @@ class Splice:
     (and error terms where `keep_error` is False by `error_value`): x + (f' - f) W_dec + (e' - e).
 
     Exactly x where nothing is replaced; downstream of an upstream edit, the features are those of the
-    input this hook actually receives (graph checks, group ablation and steering, clamping)."""
+    input this hook actually receives (graph checks, group ablation and steering, clamping). A transcoder's
+    splice sits at its target (splice.edit_hook) and reads its input hook: f = encode(read), and the error
+    term e = x - decode(f) - read W_skip."""
 
     sae: object
     keep: Tensor  # [n, pos, d_sae] bool, True = left as computed
@@ -231,14 +353,20 @@ class Splice:
     keep_error: Tensor | None = None  # [n, pos, 1] bool (None: every error term kept)
     error_value: Tensor | None = None  # [d_model]: what replaced error terms become
 
-    def __call__(self, x: Tensor) -> Tensor:
+    @property
+    def reads(self) -> str | None:
+        return self.sae.hook if self.sae.is_transcoder else None
+
+    def __call__(self, x: Tensor, read: Tensor | None = None) -> Tensor:
         sae = self.sae
-        f = sae.encode(x)  # [rows, pos, d_sae]
+        f = sae.encode(x if read is None else read)  # [rows, pos, d_sae]
         new = torch.where(self.keep, f, self.values.to(f.dtype))
         dx = (new - f) @ sae.W_dec  # [rows, pos, d_model]; b_dec cancels
         if self.keep_error is not None and not bool(self.keep_error.all()):
             xw = x.to(wide(x.dtype, sae))  # the error term in the wider dtype, as decompose makes it
             e = xw - sae.decode(f).to(xw.dtype)
+            if read is not None:
+                e = e - sae.skip(read.to(xw.dtype)).to(xw.dtype)
             dx = dx.to(xw.dtype) + torch.where(self.keep_error, e, self.error_value.to(xw.dtype)) - e
         return x + dx.to(x.dtype)
 
@@ -323,11 +451,16 @@ def run_with_saes(model, saes, prompt) -> SplicedRun:
     To change features, give the engine an edit: `trace(model, batch, edits={hook: Splice(...)})`."""
     saes = prepare_saes(model, saes)
     batch = model.tokenize(prompt)
-    tr = trace(model, batch, capture=list(saes))
-    decs = {h: decompose(sae, tr.acts[h]) for h, sae in saes.items()}
+    tr = trace(model, batch, capture=_hooks_of(saes))
+    decs = {h: decompose_acts(sae, tr.acts, h) for h, sae in saes.items()}
     return SplicedRun(
         model.unembed(tr.hidden), {h: d.features for h, d in decs.items()}, {h: d.error for h, d in decs.items()}
     )
+
+
+def _hooks_of(saes: dict) -> list[str]:
+    """Every hook the dictionaries need captured: their inputs, and transcoders' targets."""
+    return list(dict.fromkeys([*saes, *(s.target for s in saes.values() if s.is_transcoder)]))
 
 
 MODES = ("zero", "mean")  # the values ablated nodes take without a corrupted prompt
@@ -347,10 +480,10 @@ def ablation_values(model, saes: dict, batch, mode: str) -> dict[str, tuple[Tens
             )
             for h, s in saes.items()
         }
-    tr = trace(model, batch, capture=list(saes), stop_early=True)
+    tr = trace(model, batch, capture=_hooks_of(saes), stop_early=True)
     mask = batch.node_mask()  # [batch, pos], non-<bos> tokens
     out = {}
     for h, sae in saes.items():
-        d = decompose(sae, tr.acts[h])
+        d = decompose_acts(sae, tr.acts, h)
         out[h] = (d.features[mask].mean(0), d.error[mask].mean(0))
     return out

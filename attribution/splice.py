@@ -61,10 +61,27 @@ class Decomposition:
 
 
 @torch.no_grad()
-def decompose(sae, x: Tensor) -> Decomposition:
+def decompose(sae, x: Tensor, out: Tensor | None = None) -> Decomposition:
+    """x's features and the error term; for a transcoder, of `out` (its target hook's value) from x:
+    out = decode(f) + x W_skip + e."""
     x = x.to(wide(x.dtype, sae))
     f = sae.encode(x)
+    if sae.is_transcoder:
+        if out is None:
+            raise SAEError(f"{sae!r} is a transcoder: its error term needs the value at {sae.target} too")
+        out = out.to(x.dtype)
+        return Decomposition(f, out - (decode(sae, f) + sae.skip(x)).to(x.dtype))
     return Decomposition(f, x - decode(sae, f).to(x.dtype))
+
+
+def decompose_acts(sae, acts: dict, hook: str) -> Decomposition:
+    """decompose with the values a trace captured (for a transcoder its input `hook` and its target)."""
+    return decompose(sae, acts[hook], acts[sae.target] if sae.is_transcoder else None)
+
+
+def edit_hook(model, sae, hook: str) -> str:
+    """Where a splice of `sae` (keyed by its read hook) edits the model: its own hook, or a transcoder's target."""
+    return model.hook(sae.target).name if sae.is_transcoder else hook
 
 
 def wide(dtype: torch.dtype, sae) -> torch.dtype:

@@ -33,6 +33,7 @@ def build_graph(
     error_nodes: int | None = None,
     labels=True,
     max_rows: int | None = None,
+    max_feature_nodes: int | None = None,
     progress: bool = True,
 ) -> Graph:
     """The feature graph of `prompt` for `metric` (e.g. LogitDiff), with SAEs `saes` ({hook: SAE}).
@@ -45,8 +46,17 @@ def build_graph(
     max_rows: downstream nodes per backward pass (None: as many as memory allows, at most 256). A graph that
         cannot fit raises memory.OutOfMemoryError before any work.
     progress: progress bars (feature indexes, edges).
+    Transcoders (one per layer, e.g. default_transcoders(model)) make a replacement graph instead
+    (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first, and
+    candidates, error_nodes and max_rows do not apply.
     The result is unpruned; call .prune() on it.
     """
+    if _transcoders(saes):
+        from graphs.replacement import build_replacement_graph
+
+        return build_replacement_graph(
+            model, saes, prompt, metric, max_feature_nodes=max_feature_nodes, labels=labels, progress=progress
+        )
     start = time.perf_counter()
     if not isinstance(prompt, str):
         raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
@@ -145,6 +155,12 @@ def build_graph(
         weight=torch.cat(ws),
         info=info,
     )
+
+
+def _transcoders(saes) -> bool:
+    """Whether `saes` are transcoders (a replacement graph) rather than residual-stream SAEs."""
+    values = saes.values() if isinstance(saes, dict) else saes if isinstance(saes, (list, tuple)) else []
+    return any(getattr(s, "is_transcoder", False) for s in values)
 
 
 def metric_info(metric, value: float) -> dict:

@@ -5,7 +5,9 @@ the graph's own description when not given) and run the engine (attribution.engi
 
 Every run splices the SAEs at the graph's hooks and recomputes each SAE's features from the input it
 actually receives (so downstream features react to upstream ablations), then replaces the chosen nodes:
-`x' = x + (f' - f) W_dec + (e' - e)`, which is exactly x wherever nothing is replaced.
+`x' = x + (f' - f) W_dec + (e' - e)`, which is exactly x wherever nothing is replaced. Transcoders splice the
+same way at the hook they write (an MLP's output), their features read from their input hook: checks of a
+replacement graph run in the real model, attention and norms live.
 
 The nodes are the clean prompt's active features and error terms at non-<bos> positions. Features that
 were inactive on the clean prompt are not nodes: they are always recomputed, never ablated, so the
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from attribution.engine import MODES, Group, Splice, ablation_values, trace
 from attribution.metrics import LogitDiff, Rows, evaluate
-from attribution.splice import decompose, prepare_saes
+from attribution.splice import edit_hook, prepare_saes, wide
 from graphs.nodes import GraphError
 
 ERRORS = ("keep", "ablate")
@@ -170,7 +172,7 @@ def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], v
                 keep_f[r], keep_e[r, :, 0] = row[h].features, row[h].errors
                 if row[h].values is not None:
                     val_f[r] = row[h].values
-        edits[h] = Splice(saes[h], keep_f, val_f, keep_e, ev)
+        edits[edit_hook(model, saes[h], h)] = Splice(saes[h], keep_f, val_f, keep_e, ev)
     tr = trace(model, batch, groups=[Group(edits, n=n)], keep_batch=False)  # no clean row: none is read
     return evaluate(metric, model, tr.hidden[tr.groups[0]], Rows.copies(0, n)).double()
 
@@ -198,7 +200,9 @@ def _active(model, saes, batch) -> tuple[dict[str, Tensor], Tensor]:
     (what checks ablate; group interventions need neither)."""
     acts = trace(model, batch, capture=list(saes), stop_early=True).acts
     valid = batch.node_mask()[0]  # [pos]
-    return {h: (decompose(sae, acts[h]).features[0] != 0) & valid[:, None] for h, sae in saes.items()}, valid
+    return {
+        h: (sae.encode(acts[h].to(wide(acts[h].dtype, sae)))[0] != 0) & valid[:, None] for h, sae in saes.items()
+    }, valid
 
 
 def graph_metric(model, graph):

@@ -3,10 +3,10 @@
 Names are `{kind}.{layer}` with kind in `resid_pre`, `attn_out`, `resid_mid`, `mlp_in`, `mlp_out`,
 `resid_post`, in the spirit of TransformerLens (`hook_resid_mid`, `mlp.hook_in`). `resid_mid` is the residual
 stream between attention and MLP (the input of the MLP's norm) and `mlp_in` the MLP's normalised input (that
-norm's output): where transcoders read. Each name maps to a module of the Hugging Face model and whether the hook reads that
-module's input or output (and which element, when the output is a tuple). `attn_out`/`mlp_out` are what
-the block adds to the residual stream (after Gemma's post-norms), so resid_post = resid_pre + attn_out +
-mlp_out holds for sequential blocks.
+norm's output): where transcoders read. Each name maps to a module of the Hugging Face model and whether
+the hook reads that module's input or output (and which element, when the output is a tuple).
+`attn_out`/`mlp_out` are what the block adds to the residual stream (after Gemma's post-norms), so
+resid_post = resid_pre + attn_out + mlp_out holds for sequential blocks.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Family:
     mlp_norm: str  # the norm in front of the MLP: resid_mid is its input, mlp_in its output
     norms: tuple[str, ...] = ()  # a block's RMS norms, in execution order (frozen in replacement graphs)
     norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): Gemma 1.0, Llama 0.0
-    qk: tuple[str, ...] = ()  # the attention's query and key projections (detached: frozen patterns)
+    qk: tuple[tuple[str, str], ...] = ()  # (module, layout) of the query/key projections (see models.frozen)
 
 
 _GEMMA_POSTNORM = Family(
@@ -55,7 +55,7 @@ _GEMMA_POSTNORM = Family(
     "pre_feedforward_layernorm",
     ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
     1.0,
-    ("self_attn.q_proj", "self_attn.k_proj"),
+    (("self_attn.q_proj", "all"), ("self_attn.k_proj", "all")),
 )
 _LLAMA_LIKE = Family(
     "model.layers",
@@ -65,7 +65,7 @@ _LLAMA_LIKE = Family(
     "post_attention_layernorm",
     ("input_layernorm", "post_attention_layernorm"),
     0.0,
-    ("self_attn.q_proj", "self_attn.k_proj"),
+    (("self_attn.q_proj", "all"), ("self_attn.k_proj", "all")),
 )
 
 FAMILIES: dict[str, Family] = {
@@ -77,9 +77,25 @@ FAMILIES: dict[str, Family] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
-    "gpt2": Family("transformer.h", "transformer.ln_f", ("attn", 0), ("mlp", None), "ln_2"),
+    "gpt2": Family(
+        "transformer.h",
+        "transformer.ln_f",
+        ("attn", 0),
+        ("mlp", None),
+        "ln_2",
+        ("ln_1", "ln_2"),
+        0.0,
+        (("attn.c_attn", "thirds"),),
+    ),
     "gpt_neox": Family(
-        "gpt_neox.layers", "gpt_neox.final_layer_norm", ("attention", 0), ("mlp", None), "post_attention_layernorm"
+        "gpt_neox.layers",
+        "gpt_neox.final_layer_norm",
+        ("attention", 0),
+        ("mlp", None),
+        "post_attention_layernorm",
+        ("input_layernorm", "post_attention_layernorm"),
+        0.0,
+        (("attention.query_key_value", "heads"),),
     ),
 }
 

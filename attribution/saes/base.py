@@ -61,8 +61,10 @@ class SAE(nn.Module):
         if skip and target is None:
             raise SAEError("a skip path (W_skip) belongs to a transcoder: give the hook it writes, target=...")
         if target is not None and apply_b_dec_to_input:
-            raise SAEError("a transcoder reads one hook and writes another: b_dec is an output bias, so "
-                           "apply_b_dec_to_input must be False")
+            raise SAEError(
+                "a transcoder reads one hook and writes another: b_dec is an output bias, so "
+                "apply_b_dec_to_input must be False"
+            )
         self.hook = hook
         self.target = target  # the hook a transcoder writes (None: an SAE, which reconstructs `hook`)
         self.apply_b_dec_to_input = apply_b_dec_to_input

@@ -1,14 +1,15 @@
 """Transcoders: per-layer dictionaries that read the MLP's input and write its output, trained like the SAEs.
 
 `default_transcoders(model)` is the replacement graphs' default set: one TopK skip-transcoder per layer,
-reading `resid_mid.L` (the residual stream at the MLP norm's input, as Gemma Scope 2's transcoders) and writing `mlp_out.L` (what the MLP adds to the residual
-stream, after Gemma's post-feedforward norm), all trained from one stream of the default corpus
-(attribution.training.stream), cached like the default SAEs, resumable, evaluated on held-out documents.
+reading `resid_mid.L` (the residual stream at the MLP norm's input, as Gemma Scope 2's transcoders do) and
+writing `mlp_out.L` (what the MLP adds to the residual stream, after Gemma's post-feedforward norm), all
+trained from one stream of the default corpus (attribution.training.stream), cached like the default SAEs,
+resumable, evaluated on held-out documents.
 
 The skip path W_skip is the least-squares linear map from input to output, fitted on a first slice of the
 corpus before the dictionary trains on what it leaves (target - x W_skip). It is exact linear algebra, not a
-learned approximation, and in a replacement graph it stays a linear path (no node), so the features only
-need to carry the MLP's nonlinear part.
+learned approximation, and in a replacement graph it stays a linear path (no node), so the features only need
+to carry the MLP's nonlinear part.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def fit_skip(model, pairs: dict[str, str], windows: Tensor, *, tokens: int = SKI
     if not pairs:
         return {}
     d = model.d_model
-    stats = {h: [torch.zeros(d + 1, d + 1, dtype=torch.float64), torch.zeros(d + 1, d, dtype=torch.float64)] for h in pairs}
+    stats = {
+        h: [torch.zeros(d + 1, d + 1, dtype=torch.float64), torch.zeros(d + 1, d, dtype=torch.float64)] for h in pairs
+    }
     mask_hook = defaults.middle_hook(model)  # the tokens kept are judged where the stream judges them
     hooks = sorted({*pairs, *pairs.values(), mask_hook}, key=lambda h: model.hooks[h].order)
     per = defaults.BATCH_WINDOWS

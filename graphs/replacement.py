@@ -1,0 +1,369 @@
+"""Replacement graphs: circuit-tracer's attribution graph with per-layer transcoders, on this library's engine.
+
+The replacement model is the model on this prompt with every MLP replaced by its transcoder's features plus
+an error term (held constant), plus the transcoder's linear skip path, and with every norm's scale and every
+attention pattern frozen (engine.trace(freeze=True)). It is linear in the residual stream, so the edge from
+source s to target t is exact:
+- s adds v_s to the residual stream: a_s W_dec[s] (a feature, at its layer's MLP output), its error vector
+  (an error node), or its embedding (a token, at the input of block 0);
+- t reads the stream with a direction: its encoder column at its transcoder's input (a feature's
+  pre-activation), or the logit difference W_U[good] - W_U[bad] after the frozen final norm (the metric);
+- edge(s -> t) = v_s . d(read_t)/d(v_s), one backward per target row, many rows per backward (the prompt is
+  replicated; each row injects its own target's direction and zero probes at every MLP output collect the
+  gradient per row).
+Features and errors at <bos> are not nodes (their MLP outputs are constants, as in circuit-tracer); the
+<bos> token is. Feature rows are computed in order of estimated influence on the metric and capped by
+`max_feature_nodes`, as circuit-tracer does; features whose rows are not computed are not nodes.
+
+A node's `attribution` is its total effect on the metric through the graph (paths summed, active features
+linear with slope 1, as the graph assumes): exactly the metric change of removing it in the replacement
+model (tests/test_replacement.py checks both that and every edge against interventions).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.engine import Group, trace
+from attribution.splice import decompose, prepare_saes
+from graphs.graph import Graph
+from graphs.labels import labeler
+from graphs.nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
+
+EMBED = "resid_pre.0"
+
+
+@dataclass
+class Held:
+    """A transcoder's MLP output in the replacement model: the clean value less the skip path, held constant,
+    plus the skip path of the input the rows actually receive (a linear path, so gradients flow through it)."""
+
+    const: Tensor  # [1, pos, d_model]
+    tc: object
+    reads: str | None  # the transcoder's input hook (None without a skip path: nothing to read)
+
+    def __call__(self, x: Tensor, read: Tensor | None = None) -> Tensor:
+        out = self.const.to(x.dtype).expand_as(x)
+        return out if read is None else out + self.tc.skip(read).to(x.dtype)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+@dataclass
+class Sources:
+    """Every node that writes to the residual stream, as columns: active features, then errors, then tokens."""
+
+    kind: Tensor  # [n] 0 feature, 1 error, 2 token
+    layer: Tensor  # [n] model layer (-1 for tokens)
+    pos: Tensor  # [n]
+    feature: Tensor  # [n] feature index (-1 for errors and tokens)
+    value: Tensor  # [n] activation (features), |vector| (errors, tokens)
+
+
+def direction(model, metric) -> tuple[Tensor, int]:
+    """The metric as a readout of the final norm's output: (W_U[good] - W_U[bad] [d_model], position)."""
+    good, bad = getattr(metric, "good_ids", None), getattr(metric, "bad_ids", None)
+    if good is None or bad is None or len(good) != 1 or len(bad) != 1:
+        raise GraphError(
+            f"a replacement graph needs a linear metric of the logits, a single logit difference such as "
+            f"LogitDiff(model, ' Sacramento', ' Albany'); got {metric!r}"
+        )
+    W = model.W_U
+    return (W[int(good[0])] - W[int(bad[0])]).detach(), int(getattr(metric, "position", -1))
+
+
+def check_transcoders(model, tcs) -> dict:
+    """{read hook: transcoder}, one per layer and every layer covered (an MLP left in place would put its
+    nonlinearity into the edges)."""
+    tcs = prepare_saes(model, tcs)
+    if not tcs:
+        raise GraphError(
+            "no transcoders given: pass one per layer ({hook: transcoder}), e.g. default_transcoders(model)"
+        )
+    not_tc = [h for h, t in tcs.items() if not t.is_transcoder]
+    if not_tc:
+        raise GraphError(
+            f"{not_tc} hold SAEs, not transcoders; a graph uses residual-stream SAEs or one transcoder per layer"
+        )
+    layers = {}
+    for h, t in tcs.items():
+        spec, out = model.hook(h), model.hook(t.target)
+        if out.kind != "mlp_out" or spec.kind not in ("resid_mid", "mlp_in") or spec.layer != out.layer:
+            raise GraphError(
+                f"transcoder {t!r} must read resid_mid.L or mlp_in.L and write mlp_out.L of the same layer L"
+            )
+        if spec.layer in layers:
+            raise GraphError(f"two transcoders at layer {spec.layer} ({layers[spec.layer]!r} and {h!r}); keep one")
+        layers[spec.layer] = h
+    missing = sorted(set(range(model.n_layers)) - set(layers))
+    if missing:
+        raise GraphError(
+            f"no transcoder for layers {missing}: a replacement graph replaces every MLP (pass all "
+            f"{model.n_layers}, e.g. default_transcoders(model))"
+        )
+    return dict(sorted(tcs.items(), key=lambda kv: model.hooks[kv[0]].layer))
+
+
+def build_replacement_graph(
+    model,
+    tcs,
+    prompt: str,
+    metric,
+    *,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 64,
+    labels=True,
+    progress: bool = True,
+) -> Graph:
+    """The replacement graph of `prompt` for a logit-difference `metric`, with one transcoder per layer.
+
+    max_feature_nodes: feature rows to compute, most influential first (None: every active feature).
+    batch_size: target rows per backward pass (memory grows with it and the prompt's length).
+    """
+    start = time.perf_counter()
+    if not isinstance(prompt, str):
+        raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
+    if batch_size < 1 or (max_feature_nodes is not None and max_feature_nodes < 0):
+        raise GraphError(
+            f"batch_size must be >= 1 and max_feature_nodes >= 0 or None, got {batch_size}, {max_feature_nodes}"
+        )
+    tcs = check_transcoders(model, tcs)
+    hooks = list(tcs)
+    vec, m_pos = direction(model, metric)
+    batch = model.tokenize(prompt)
+    width = batch.width
+    m_pos %= width
+    names = labeler(model, tcs, labels, progress)
+
+    with torch.no_grad():
+        # freeze=True changes no value, except that a float64 model's norms stay in float64 (Hugging Face rounds
+        # them to float32): the replacement model's own clean values, so edges are exact to float64
+        clean = trace(model, batch, capture=[EMBED, *hooks, *(t.target for t in tcs.values())], freeze=True)
+        hidden = clean.hidden[0]
+        logits = model.unembed(hidden[m_pos], torch.cat([metric.good_ids, metric.bad_ids]).to(model.device))
+        value = float(logits[0].double() - logits[1].double())
+        decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
+    src = _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
+    vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src)
+    run = _Replacement(model, tcs, batch, clean.acts, batch_size)
+    n_feat = int((src.kind == 0).sum())
+    cap = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
+    rows = [run.rows(vectors, [("metric", vec, m_pos)])]  # row 0: the metric
+    order: list[int] = []  # source indices of the features whose rows are computed, in row order
+    done = torch.zeros(len(src.kind), dtype=torch.bool)
+    bar = tqdm(total=cap, desc="replacement graph rows", unit="row", disable=not progress)
+    while len(order) < cap:
+        if cap == n_feat:
+            pending = torch.arange(n_feat)
+        else:
+            inf = _influence(torch.cat(rows), torch.tensor([-1, *order]))
+            ranked = inf[:n_feat].argsort(descending=True, stable=True)
+            pending = ranked[~done[ranked]][: min(4 * batch_size, cap - len(order))]
+        for chunk in pending.split(batch_size):
+            targets = []
+            for i in chunk.tolist():
+                layer = int(src.layer[i])
+                targets.append(("feature", tcs[hooks[layer]].W_enc[:, int(src.feature[i])], int(src.pos[i]), layer))
+            rows.append(run.rows(vectors, targets))
+            order += chunk.tolist()
+            done[chunk] = True
+            bar.update(len(chunk))
+    bar.close()
+    A = torch.cat(rows).double()  # [1 + n_rows, n_sources]: row 0 the metric, then features in `order`
+    graph = _assemble(model, tcs, prompt, batch, metric, value, src, A, order, names, m_pos)
+    graph.info.update(
+        build_s=time.perf_counter() - start,
+        replacement=True,
+        max_feature_nodes=max_feature_nodes,
+        active_features=n_feat,
+        token_prob=float(model.unembed(hidden[m_pos]).double().softmax(-1)[int(metric.good_ids[0])]),
+    )
+    return graph
+
+
+def _sources(model, tcs, decs, emb: Tensor, batch) -> Sources:
+    """Active features and error vectors at non-<bos> positions, layer by layer, then every token."""
+    valid = batch.node_mask()[0].cpu()  # [pos], <bos> out
+    kinds, layers, pos, feats, vals = [], [], [], [], []
+    for layer, d in enumerate(decs.values()):
+        f = d.features.cpu() * valid[:, None]  # [pos, d_sae]
+        p, i = f.nonzero(as_tuple=True)
+        kinds.append(torch.zeros(len(p), dtype=torch.long))
+        layers.append(torch.full((len(p),), layer))
+        pos.append(p)
+        feats.append(i)
+        vals.append(f[p, i].double())
+    for layer, d in enumerate(decs.values()):
+        p = valid.nonzero().squeeze(-1)
+        kinds.append(torch.ones(len(p), dtype=torch.long))
+        layers.append(torch.full((len(p),), layer))
+        pos.append(p)
+        feats.append(torch.full((len(p),), -1))
+        vals.append(d.error.cpu()[p].double().norm(dim=-1))
+    p = batch.attention_mask[0].cpu().bool().nonzero().squeeze(-1)  # every token, <bos> included
+    kinds.append(torch.full((len(p),), 2))
+    layers.append(torch.full((len(p),), -1))
+    pos.append(p)
+    feats.append(torch.full((len(p),), -1))
+    vals.append(emb.cpu()[p].double().norm(dim=-1))
+    return Sources(*(torch.cat(x) for x in (kinds, layers, pos, feats, vals)))
+
+
+class _Vectors:
+    """What each source adds to the stream, grouped for the per-row dot products with the gradients."""
+
+    def __init__(self, tcs, decs, emb: Tensor, src: Sources):
+        self.layers = []  # per layer: (feature source idx, pos, W_dec rows * act, error idx, pos, error vectors)
+        for layer, (h, d) in enumerate(decs.items()):
+            tc = tcs[h]
+            fi = ((src.kind == 0) & (src.layer == layer)).nonzero().squeeze(-1)
+            ei = ((src.kind == 1) & (src.layer == layer)).nonzero().squeeze(-1)
+            dev = tc.W_dec.device
+            fv = tc.W_dec[src.feature[fi].to(dev)] * src.value[fi].to(dev, tc.W_dec.dtype)[:, None]
+            ev = d.error[src.pos[ei].to(d.error.device)]  # [n, d_model]
+            self.layers.append((fi, src.pos[fi], fv, ei, src.pos[ei], ev))
+        ti = (src.kind == 2).nonzero().squeeze(-1)
+        self.tokens = (ti, src.pos[ti], emb[src.pos[ti].to(emb.device)])
+        self.n = len(src.kind)
+
+
+class _Replacement:
+    """The replacement model's forward, replicated over `batch_size` rows and kept for many backward passes."""
+
+    def __init__(self, model, tcs, batch, acts: dict, batch_size: int):
+        self.model, self.tcs, self.batch, self.size = model, tcs, batch, batch_size
+        edits = {EMBED: _identity}
+        for h, tc in tcs.items():
+            const = (acts[tc.target] - (tc.skip(acts[h]) if tc.W_skip is not None else 0.0)).detach()
+            edits[tc.target] = Held(const, tc, h if tc.W_skip is not None else None)
+        self.probes = [EMBED, *(t.target for t in tcs.values())]
+        group = Group(edits, n=batch_size, probes=tuple(self.probes))
+        with torch.enable_grad():
+            tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
+        self.reads = {h: tr.acts[h] for h in tcs}  # [rows, pos, d_in], with their graph
+        self.hidden = tr.hidden  # [rows, pos, d_model], after the frozen final norm
+        self.leaves = [tr.leaves[(0, p)] for p in self.probes]
+        self.layer_of = {h: model.hooks[h].layer for h in tcs}
+
+    def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
+        """[len(targets), n_sources] direct effects: each target is ("metric", direction, pos) or
+        ("feature", encoder column, pos, layer)."""
+        n = len(targets)
+        inject = {}
+        for r, t in enumerate(targets):
+            where = self.hidden if t[0] == "metric" else self.reads[list(self.tcs)[t[3]]]
+            key = "metric" if t[0] == "metric" else list(self.tcs)[t[3]]
+            if key not in inject:
+                inject[key] = torch.zeros_like(where)
+            inject[key][r, t[2]] = t[1].to(where.dtype)
+        total = sum(((self.hidden if k == "metric" else self.reads[k]) * v).sum() for k, v in inject.items())
+        with torch.enable_grad():
+            grads = torch.autograd.grad(total, self.leaves, retain_graph=True, allow_unused=True)
+        out = torch.zeros(n, vectors.n, dtype=torch.float64)
+        g_emb = grads[0]
+        ti, tpos, tvec = vectors.tokens
+        if g_emb is not None:
+            out[:, ti] = torch.einsum("bnd,nd->bn", g_emb[:n, tpos].double(), tvec.double()).cpu()
+        for layer, (fi, fpos, fv, ei, epos, ev) in enumerate(vectors.layers):
+            g = grads[1 + layer]
+            if g is None:
+                continue
+            g = g[:n].double()
+            if len(fi):
+                out[:, fi] = torch.einsum("bnd,nd->bn", g[:, fpos.to(g.device)], fv.double()).cpu()
+            if len(ei):
+                out[:, ei] = torch.einsum("bnd,nd->bn", g[:, epos.to(g.device)], ev.double()).cpu()
+        return out
+
+
+def _influence(rows: Tensor, row_source: Tensor) -> Tensor:
+    """Influence on the metric (row 0) of every source through the rows computed so far: circuit-tracer's
+    partial influence (|weights| normalised per row, paths summed). row_source[r] = source index of row r
+    (-1 for the metric)."""
+    norm = rows.abs()
+    norm = norm / norm.sum(1, keepdim=True).clamp_min(1e-300)
+    influence = torch.zeros(rows.shape[1], dtype=torch.float64)
+    weight = torch.zeros(len(rows), dtype=torch.float64)
+    weight[0] = 1.0
+    lookup = torch.full((rows.shape[1] + 1,), -1, dtype=torch.long)
+    lookup[row_source[1:]] = torch.arange(1, len(rows))
+    for _ in range(len(rows) + 1):
+        step = weight @ norm  # [n_sources]
+        if not bool(step.any()):
+            break
+        influence += step
+        weight = torch.zeros(len(rows), dtype=torch.float64)
+        has = lookup[:-1] >= 0
+        weight[lookup[:-1][has]] = step[has]
+    return influence
+
+
+def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor, order, names, m_pos) -> Graph:
+    """The Graph: tokens, the computed features, errors, the metric; edges among them from the rows."""
+    from graphs.build import metric_info
+
+    hooks = list(tcs)
+    tokens = batch.tokens[0]
+    n_src = len(src.kind)
+    keep = torch.zeros(n_src, dtype=torch.bool)
+    keep[torch.tensor(order, dtype=torch.long)] = True
+    keep |= src.kind != 0
+    total = _total_effect(A, src, order)
+    node_of = torch.full((n_src,), -1, dtype=torch.long)
+    nodes: list[GraphNode] = []
+    for i in (src.kind == 2).nonzero().squeeze(-1).tolist():  # tokens first
+        p = int(src.pos[i])
+        node_of[i] = len(nodes)
+        nodes.append(GraphNode(token_id(p), "token", 0, None, p, None, tokens[p], float(src.value[i]), float(total[i])))
+    for layer, h in enumerate(hooks):
+        for i in ((src.layer == layer) & keep & (src.kind != 2)).nonzero().squeeze(-1).tolist():
+            p, f = int(src.pos[i]), int(src.feature[i])
+            node_of[i] = len(nodes)
+            a, t = float(src.value[i]), float(total[i])
+            if src.kind[i] == 0:
+                x = GraphNode(feature_id(h, p, f), "feature", layer + 1, h, p, f, tokens[p], a, t)
+                x.label = names.label(h, f)
+            else:
+                x = GraphNode(error_id(h, p), "error", layer + 1, h, p, None, tokens[p], a, t)
+            nodes.append(x)
+    metric_index = len(nodes)
+    nodes.append(GraphNode(METRIC_ID, "metric", len(hooks) + 1, None, m_pos, None, tokens[m_pos], value, value))
+    targets = torch.tensor([metric_index] + [int(node_of[i]) for i in order], dtype=torch.long)
+    cols = keep.nonzero().squeeze(-1)
+    sub = A[:, cols]  # [rows, kept sources]
+    r, c = sub.nonzero(as_tuple=True)
+    return Graph.scored(
+        prompt=prompt,
+        token_ids=batch.input_ids[0].tolist(),
+        tokens=tokens,
+        hooks=hooks,
+        layers={h: model.hook(h).layer for h in hooks},
+        model={"name": model.name, "n_layers": model.n_layers},
+        metric_info=metric_info(metric, value),
+        full_nodes=nodes,
+        src=node_of[cols[c]],
+        dst=targets[r],
+        weight=sub[r, c],
+        info={},
+    )
+
+
+def _total_effect(A: Tensor, src: Sources, order: list[int]) -> Tensor:
+    """[n_sources] each source's effect on the metric summed over the graph's paths: t_s = A[metric, s] +
+    sum over feature rows r of (t_r / a_r) A[r, s], a_r the row feature's activation (slope 1 when active)."""
+    rows = torch.tensor(order, dtype=torch.long)
+    act = src.value[rows]  # [n_rows]
+    total = A[0].clone()
+    for _ in range(int(src.layer.max()) + 2):  # one more layer of paths each step; a DAG of n_layers rows
+        new = A[0] + (total[rows] / act) @ A[1:]
+        if torch.equal(new, total):
+            break
+        total = new
+    return total
