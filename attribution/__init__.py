@@ -24,7 +24,17 @@ from attribution.find import Match, contrast
 from attribution.metrics import LogitDiff
 from attribution.models import Batch, HookSpec, Model, load_model
 from attribution.nodes import Node
-from attribution.saes import SAE, JumpReLUSAE, ReLUSAE, TopKSAE, WholeActivation, load_sae, save_sae
+from attribution.saes import (
+    SAE,
+    JumpReLUSAE,
+    ReLUSAE,
+    TopKSAE,
+    WholeActivation,
+    load_sae,
+    load_transcoders,
+    save_sae,
+    save_transcoders,
+)
 from attribution.training import TrainConfig, default_saes, train_sae
 
 __all__ = [
@@ -64,9 +74,11 @@ __all__ = [
     "feature_indexes",
     "load_model",
     "load_sae",
+    "load_transcoders",
     "native_bf16",
     "run_with_saes",
     "save_sae",
+    "save_transcoders",
     "trace",
     "train_sae",
 ]
