@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     r.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
                    help="build the feature graph (default: on for multihop, off otherwise)")  # fmt: skip
+    r.add_argument(
+        "--transcoders", default=None, metavar="default|none|PATH",
+        help="a replacement graph beside the SAE graph, with these transcoders (default: 'default' for "
+        "multihop, none otherwise; a folder or release for load_transcoders)",
+    )  # fmt: skip
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = argparse.ArgumentParser(prog="python -m cases", description=__doc__, formatter_class=RAW)
@@ -126,6 +131,8 @@ def config(args: argparse.Namespace, *, model=None, saes=None):
     )
     if args.graph is not None:
         keywords["graph"] = args.graph
+    if args.transcoders is not None:
+        keywords["transcoders"] = None if args.transcoders == "none" else args.transcoders
     if args.case == "emotion":
         return emotion.config(**keywords)
     if args.case == "multihop":

@@ -44,6 +44,7 @@ class Sources:
     model: Any = None  # an attribution.Model, or anything load_model takes; None: the embedded gemma-3-270m
     saes: Any = "default"  # "default", "whole", SAE folder(s), SAE objects or {hook: SAE}
     hooks: tuple[str, ...] | None = None
+    transcoders: Any = None  # a replacement graph beside the SAE graph: "default", a folder/release, {hook: tc}
 
     def __post_init__(self):
         if self.saes is None:
@@ -129,9 +130,11 @@ class GraphOptions:
 
     build: bool = False
     groups: Mapping[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    swaps: Mapping[str, tuple] = field(default_factory=dict)  # group -> (good, bad, positive, negative) prompts
 
     def __post_init__(self):
         object.__setattr__(self, "groups", dict(self.groups or {}))
+        object.__setattr__(self, "swaps", dict(self.swaps or {}))
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class CaseConfig:
         corrupt: str | None = None,
         graph: bool = False,
         groups: Mapping | None = None,
+        transcoders=None,
+        swaps: Mapping | None = None,
         steer: bool | str | tuple[str, int] = True,
         explain: bool = True,
         index_tokens=None,
@@ -176,11 +181,11 @@ class CaseConfig:
         """The config from cases.run's flat keywords (its signature before the config existed)."""
         return cls(
             Question(prompt, good, bad, title),
-            Sources(model, saes, hooks),
+            Sources(model, saes, hooks, transcoders),
             Measure(method, mode, corrupt, n_ablate),
             Output(Path(out), top, cards, explain, index_tokens),
             SteerOptions.choose(steer, tokens=steer_tokens, clamps=clamps),
-            GraphOptions(graph, groups or {}),
+            GraphOptions(graph, groups or {}, swaps or {}),
             progress,
         )
 

@@ -33,15 +33,24 @@ ELSEWHERE = (
     "Houston", "Miami", "Seattle", "Denver", "Buffalo",
 )  # fmt: skip
 CALIFORNIA = tuple([t.format(p) for t in TEMPLATES for p in places] for places in (IN_CALIFORNIA, ELSEWHERE))
+# The paper's swap: California's features replaced by Texas's should move the answer to Austin.
+IN_TEXAS = ("Dallas", "Houston", "San Antonio", "El Paso", "Fort Worth", "Galveston", "Lubbock", "Waco", "Plano")
+NOT_TEXAS = IN_CALIFORNIA[:5] + tuple(p for p in ELSEWHERE if p != "Houston")
+TEXAS = tuple([t.format(p) for t in TEMPLATES for p in places] for places in (IN_TEXAS, NOT_TEXAS))
+SWAPS = {"California": (" Austin", " Sacramento", *TEXAS)}
 
 
-def config(*, out="runs/kobe", graph: bool = True, groups=None, **keywords) -> CaseConfig:
+def config(*, out="runs/kobe", graph: bool = True, groups=None, transcoders="default", swaps=None, **keywords):
     """The multi-hop study's CaseConfig, with the feature graph and its California group (groups=None; pass
-    {} for none, or your own {name: (positive, negative)}); keywords as in CaseConfig.from_keywords."""
+    {} for none, or your own {name: (positive, negative)}), and the replacement graph with the default
+    transcoders beside it (transcoders=None: none) with its California -> Texas swap; keywords as in
+    CaseConfig.from_keywords."""
     groups = {"California": CALIFORNIA} if groups is None else groups
+    swaps = SWAPS if swaps is None else swaps
     return CaseConfig.from_keywords(
-        PROMPT, GOOD, BAD, out=out, graph=graph, groups=groups, title="Multi-hop: Kobe Bryant", **keywords
-    )
+        PROMPT, GOOD, BAD, out=out, graph=graph, groups=groups, transcoders=transcoders, swaps=swaps,
+        title="Multi-hop: Kobe Bryant", **keywords,
+    )  # fmt: skip
 
 
 def run(**keywords) -> Report:

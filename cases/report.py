@@ -107,6 +107,7 @@ class Report:
     cards: list[dict] = field(default_factory=list)
     steering: Steering | None = None
     graph: dict | None = None
+    replacement: dict | None = None  # the replacement graph beside the SAE graph (cases.replacement)
     notes: list[str] = field(default_factory=list)  # observations and skipped sections, in words for a reader
     timings: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
@@ -126,6 +127,8 @@ class Report:
         data.pop("feature_cards")
         if not data["skipped"]:
             data.pop("skipped")
+        if data["replacement"] is None:
+            data.pop("replacement")
         return _strict(data)
 
     def write(self, out: str | Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ from cases.report import FeatureRow, Skip, Steering
 if TYPE_CHECKING:
     from attribution.explain import Explainer
 
-STAGES = ("load model", "SAEs", "attribution", "ablation", "labels", "cards", "steering", "graph")
+STAGES = ("load model", "SAEs", "attribution", "ablation", "labels", "cards", "steering", "graph", "replacement graph")
 
 
 @dataclass
@@ -75,6 +75,8 @@ class GraphResult:
 
     stats: dict
     html: str
+    full: Any = None  # the unpruned graph, and the SAEs it was built with (the replacement stage compares)
+    saes: Any = None
 
 
 def load_model(config: CaseConfig) -> Loaded:
@@ -188,7 +190,7 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
     (out / "graph.html").write_text(text, encoding="utf-8")  # the page the report also embeds, rendered once
     g.to_json(out / "graph.json")
     stats |= {"html": str(out / "graph.html"), "json": str(out / "graph.json")}
-    return GraphResult(stats, text)
+    return GraphResult(stats, text, full, saes)
 
 
 def _graph_stats(model, saes: dict, g, metric) -> tuple[Any, dict]:

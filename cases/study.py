@@ -74,6 +74,13 @@ def run(config: CaseConfig | str, good: str | None = None, bad: str | None = Non
         elif graph is not None:
             report.graph = graph.stats
             report.paths |= {"graph.html": graph.stats["html"], "graph.json": graph.stats["json"]}
+    with clock("replacement graph"):
+        from cases import replacement
+
+        rep = replacement.stage(config, loaded, None if isinstance(graph, Skip) else graph)
+        if rep is not None:
+            report.replacement = rep.stats
+            report.paths |= {"replacement.html": rep.stats["html"], "replacement.json": rep.stats["json"]}
 
     from cases import html
 

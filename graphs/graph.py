@@ -151,6 +151,29 @@ class Graph:
         new.info = dict(self.info)
         return new
 
+    def scores(self, model=None, dictionaries=None, metric=None) -> dict:
+        """circuit-tracer's replacement and completeness scores of the kept graph (pruned features count as
+        error nodes) and of the full graph (graphs.scores); given the model and the SAEs or transcoders the
+        graph was built with, also faithfulness and completeness by real ablation (graphs.check)."""
+        from graphs.scores import graph_scores
+
+        kept, full = graph_scores(self), graph_scores(self, pruned=False)
+        out = {
+            "replacement_score": kept.replacement,
+            "completeness_score": kept.completeness,
+            "full_replacement_score": full.replacement,
+            "full_completeness_score": full.completeness,
+        }
+        if model is not None and dictionaries is not None:
+            from graphs.interventions import check
+
+            result = check(model, dictionaries, self, metric)
+            out |= {
+                "faithfulness": result.faithfulness if result.defined else None,
+                "completeness": result.completeness if result.defined else None,
+            }
+        return out
+
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, **kwargs) -> Graph:
         """A new graph keeping the nodes and edges that carry node_threshold / edge_threshold of the influence
         on the metric (graphs.prune.prune: its keyword arguments and the masks). This graph is unchanged."""

@@ -336,3 +336,46 @@ def group_by_contrast(
         )
     graph.group(name, [(m.hook, m.feature) for m in matches])
     return matches
+
+
+def swap_group(model, saes, graph, name: str, good: str, bad: str, positive, negative, *, top: int = 10) -> dict:
+    """The paper's swap: group `name`'s members zeroed and, at the members' positions, the features that
+    contrast `positive` against `negative` prompts (attribution.find.contrast, the `top` best) set to their
+    mean activation on `positive` prompts. Measured in the real model with logit(good) - logit(bad) (e.g.
+    " Austin" - " Sacramento" for California -> Texas) and the top answer, before and after."""
+    from attribution.find import contrast
+
+    members = graph.members(name)
+    saes, batch, _ = _setup(model, saes, graph, None)
+    found = contrast(model, saes, list(positive), list(negative), top=top, min_score=0.3)
+    if not found:
+        raise GraphError(f"no feature separates the swap's prompts for {name!r}; give more or better-matched prompts")
+    width = batch.width
+    positions = sorted({x.position for x in members})
+    rows: list[dict] = [{}, {}]
+    for h in {x.hook for x in members} | {m.hook for m in found}:
+        d_sae = saes[h].d_sae
+        keep = torch.ones(width, d_sae, dtype=torch.bool)
+        rows[0][h] = RowEdit(keep.clone(), torch.ones(width, dtype=torch.bool))
+        rows[1][h] = RowEdit(keep, torch.ones(width, dtype=torch.bool), torch.zeros(width, d_sae))
+    for x in members:
+        rows[1][x.hook].features[x.position, x.feature] = False
+    for m in found:
+        for p in positions:
+            rows[1][m.hook].features[p, m.feature] = False
+            rows[1][m.hook].values[p, m.feature] = m.mean_positive
+    values = ablation_values(model, saes, batch, "zero")
+    swap = LogitDiff(model, good, bad)
+    diff = run_rows(model, saes, batch, swap, rows, values).tolist()
+    top_id = run_rows(model, saes, batch, lambda logits: logits[:, -1].argmax(-1).double(), rows, values).tolist()
+    answer = [model.tokenizer.decode([int(t)]) for t in top_id]
+    return {
+        "metric": repr(swap),
+        "before": diff[0],
+        "after": diff[1],
+        "change": diff[1] - diff[0],
+        "answer_before": answer[0],
+        "answer_after": answer[1],
+        "features": [str(m) for m in found],
+        "positions": positions,
+    }

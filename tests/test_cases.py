@@ -326,3 +326,30 @@ def test_page_text_is_escaped_by_the_template(report):
     page = html.render(r)
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page and "<script" not in page
     assert "&lt;tok&gt;" in page and "a &amp; &lt;b&gt;" in page and "<tok>" not in page
+
+
+def test_replacement_graph_beside_the_sae_graph(model, saes, tmp_path):
+    from tests.test_replacement import transcoders
+
+    tcs = transcoders(model, "relu")
+    groups = {
+        "after and": (["mary went home and", "john says i want to be alone and"], ["mary went home", "the cat ran"])
+    }
+    swaps = {"after and": (" tired", " happy", ["the cat ran and", "mary went home and"], ["the cat ran", "mary went"])}
+    r = cases.run(PROMPTS[1], " tired", " happy", model=model, saes=saes, out=tmp_path, n_ablate=10, graph=True,
+                  groups=groups, transcoders=tcs, swaps=swaps, explain=False, steer=False, progress=False)  # fmt: skip
+    rp = r.replacement
+    assert rp["active_features"] > 0 and rp["full"]["features"] == rp["active_features"]
+    for g in (rp, rp["sae_graph"]):
+        for x in g["budgets"].values():
+            assert 0 <= x["replacement_score"] <= 1 and 0 <= x["completeness_score"] <= 1
+            assert x["faithfulness"] is None or math.isfinite(x["faithfulness"])
+    assert rp["budgets"][60]["features"] <= 60 and (tmp_path / "replacement.json").exists()
+    found = rp["groups"]["after and"]
+    if "error" not in found:
+        assert math.isfinite(found["ablation"])
+        swap = found.get("swap")
+        assert swap is None or math.isfinite(swap["change"])
+    page = read(r.paths["report.html"])
+    assert "Replacement graph (transcoders)" in page and 'href="replacement.html"' in page
+    assert json.loads(read(tmp_path / "report.json"))["replacement"]["budgets"]["100"]["edges"] >= 0
