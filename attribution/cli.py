@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 JOHN = 'John says, "I want to be alone right now." John feels'
 JOHN_HAPPY = 'John says, "I love to be here right now." John feels'
@@ -72,6 +73,14 @@ def parser() -> argparse.ArgumentParser:
     )
     saes.add_argument("--dead-tokens", type=int, default=1_000_000, help="tokens over which dead features count")
     saes.add_argument("--index", action="store_true", help="also build each SAE's feature index (for explain)")
+    tcs = sub.add_parser(
+        "transcoders",
+        help="train (once) and cache the default transcoders (one per layer, for replacement graphs)",
+        description="Train the default skip-transcoders (one per layer, reading resid_mid, writing mlp_out) if "
+        "they are not cached yet, and print each one's held-out quality.",
+    )
+    tcs.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: gemma-3-270m)")
+    tcs.add_argument("--report", default=None, help="also write the quality table as JSON to this file")
     return p
 
 
@@ -79,6 +88,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.command == "saes":
         return _saes(args)
+    if args.command == "transcoders":
+        return _transcoders(args)
     from attribution import (
         AttributionError,
         LogitDiff,
@@ -196,6 +207,29 @@ def _saes(args) -> int:
             path = save_report(report, saes_dir(model) / "quality.json")
             print(quality_table(report))
             print(f"written to {path}")
+    except AttributionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _transcoders(args) -> int:
+    from attribution import AttributionError, load_model
+    from attribution.compute import machine
+    from attribution.training.transcoders import default_transcoders, quality_rows, quality_table
+
+    try:
+        model = load_model(args.model)
+        t0 = time.perf_counter()
+        tcs = default_transcoders(model)
+        seconds = time.perf_counter() - t0
+        rows = quality_rows(tcs)
+        print(f"default transcoders ({seconds / 60:.1f} min to build or load):")
+        print(quality_table(rows))
+        if args.report:
+            report = {"transcoders": rows, "build": {"seconds": seconds, **machine()}}
+            Path(args.report).write_text(json.dumps(report, indent=1))
+            print(f"written to {args.report}")
     except AttributionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

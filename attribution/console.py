@@ -63,6 +63,11 @@ COMMANDS = {
         "train (once) and cache the default SAEs; --evaluate measures them",
         _attribution("saes"),
     ),
+    "transcoders": Command(
+        "python -m attribution transcoders",
+        "train (once) and cache the default transcoders, for replacement graphs",
+        _attribution("transcoders"),
+    ),
     "case": Command(
         "python -m cases", "run a case study (emotion, multihop, or your own prompt) and write its report", _case
     ),

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OWN_HELP = {
     "run": "usage: python -m attribution run",
     "saes": "usage: python -m attribution saes",
+    "transcoders": "usage: python -m attribution transcoders",
     "case": "usage: python -m cases",
     "bench": "usage: attribution bench",
 }
@@ -95,7 +96,7 @@ def test_arguments_pass_through_unchanged(argv, module, expected, monkeypatch):
 def test_a_missing_or_unknown_command_exits_2_naming_the_choices(argv, capsys):
     assert console.main(argv) == 2
     err = capsys.readouterr().err
-    assert "choose from run, saes, case, bench" in err and "usage: attribution <command>" in err
+    assert "choose from run, saes, transcoders, case, bench" in err and "usage: attribution <command>" in err
 
 
 def test_runs_as_a_process():

@@ -132,6 +132,44 @@ def train_transcoder(
     return tc
 
 
+def quality_rows(tcs: dict) -> list[dict]:
+    """Each transcoder's held-out evaluation (training.evaluate, recorded when it was built) as a table row."""
+    rows = []
+    for h, tc in tcs.items():
+        ev = tc.meta.get("eval", {})
+        rows.append(
+            {
+                "hook": h,
+                "target": tc.target,
+                "d_sae": tc.d_sae,
+                "skip": tc.W_skip is not None,
+                "explained_variance": ev.get("explained_variance"),
+                "ce_loss_recovered": ev.get("ce_loss_recovered"),
+                "l0": ev.get("l0"),
+                "dead_fraction": ev.get("dead_fraction"),
+                "eval_tokens": ev.get("eval_tokens"),
+                "train_tokens": tc.meta.get("corpus", {}).get("train_tokens"),
+            }
+        )
+    return rows
+
+
+def quality_table(rows: list[dict]) -> str:
+    """A markdown table of quality_rows: EV of the MLP output, CE loss recovered with the transcoder spliced in
+    place of the MLP (no error term), L0 and dead features, on held-out documents."""
+
+    def f(x, spec=".3f"):
+        return "n/a" if x is None else format(x, spec)
+
+    lines = ["| layer | reads -> writes | EV (MLP out) | CE rec. | L0 | dead (eval) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['hook'].split('.')[1]} | {r['hook']} -> {r['target']} | {f(r['explained_variance'])} | "
+            f"{f(r['ce_loss_recovered'])} | {f(r['l0'], '.1f')} | {f(r['dead_fraction'], '.1%')} |"
+        )
+    return "\n".join(lines)
+
+
 def fit_skip(model, pairs: dict[str, str], windows: Tensor, *, tokens: int = SKIP_TOKENS, progress=True) -> dict:
     """{read hook: W_skip [d_in, d_out]}: per pair (read hook -> target hook), the least-squares linear map
     (with an intercept, which the transcoder's b_dec then learns) over the first `tokens` tokens of `windows`
