@@ -151,11 +151,14 @@ def build_replacement_graph(
         value = float(logits[0].double() - logits[1].double())
         decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
     src = _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
-    vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src)
-    run = _Replacement(model, tcs, batch, clean.acts, batch_size)
     n_feat = int((src.kind == 0).sum())
     cap = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
-    rows = [run.rows(vectors, [("metric", vec, m_pos)])]  # row 0: the metric
+    store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
+    _check_memory(model, width, batch_size, (cap + 1) * len(src.kind) * (store.itemsize + 8))  # + a float64 copy
+    vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src)
+    run = _Replacement(model, tcs, batch, clean.acts, batch_size, store)
+    A = torch.zeros(cap + 1, len(src.kind), dtype=store)  # [1 + rows, sources]: the metric, then features
+    A[0] = run.rows(vectors, [("metric", vec, m_pos)])[0]
     order: list[int] = []  # source indices of the features whose rows are computed, in row order
     done = torch.zeros(len(src.kind), dtype=torch.bool)
     bar = tqdm(total=cap, desc="replacement graph rows", unit="row", disable=not progress)
@@ -163,7 +166,7 @@ def build_replacement_graph(
         if cap == n_feat:
             pending = torch.arange(n_feat)
         else:
-            inf = _influence(torch.cat(rows), torch.tensor([-1, *order]))
+            inf = _influence(A[: 1 + len(order)].double(), torch.tensor([-1, *order]))
             ranked = inf[:n_feat].argsort(descending=True, stable=True)
             pending = ranked[~done[ranked]][: min(4 * batch_size, cap - len(order))]
         for chunk in pending.split(batch_size):
@@ -171,12 +174,12 @@ def build_replacement_graph(
             for i in chunk.tolist():
                 layer = int(src.layer[i])
                 targets.append(("feature", tcs[hooks[layer]].W_enc[:, int(src.feature[i])], int(src.pos[i]), layer))
-            rows.append(run.rows(vectors, targets))
+            A[1 + len(order) : 1 + len(order) + len(chunk)] = run.rows(vectors, targets)
             order += chunk.tolist()
             done[chunk] = True
             bar.update(len(chunk))
     bar.close()
-    A = torch.cat(rows).double()  # [1 + n_rows, n_sources]: row 0 the metric, then features in `order`
+    A = A.double()
     graph = _assemble(model, tcs, prompt, batch, metric, value, src, A, order, names, m_pos)
     graph.info.update(
         build_s=time.perf_counter() - start,
@@ -186,6 +189,20 @@ def build_replacement_graph(
         token_prob=float(model.unembed(hidden[m_pos]).double().softmax(-1)[int(metric.good_ids[0])]),
     )
     return graph
+
+
+def _check_memory(model, width: int, batch_size: int, rows_bytes: int) -> None:
+    """Fail before any work when the rows (one per computed feature, dense over every source, as
+    circuit-tracer keeps them) and the replicated forward with its graph cannot fit."""
+    from attribution import memory
+
+    forward = memory.forward_bytes(model, batch_size, width, model.n_layers, grad=True)
+    memory.require(
+        rows_bytes + forward,
+        f"a replacement graph on {width} tokens ({memory.size(rows_bytes)} of rows, {memory.size(forward)} for the "
+        f"forward of {batch_size} rows)",
+        "pass a smaller max_feature_nodes (rows) or batch_size (forward), or a shorter prompt.",
+    )
 
 
 def _sources(model, tcs, decs, emb: Tensor, batch) -> Sources:
@@ -237,8 +254,8 @@ class _Vectors:
 class _Replacement:
     """The replacement model's forward, replicated over `batch_size` rows and kept for many backward passes."""
 
-    def __init__(self, model, tcs, batch, acts: dict, batch_size: int):
-        self.model, self.tcs, self.batch, self.size = model, tcs, batch, batch_size
+    def __init__(self, model, tcs, batch, acts: dict, batch_size: int, store: torch.dtype):
+        self.model, self.tcs, self.batch, self.size, self.store = model, tcs, batch, batch_size, store
         edits = {EMBED: _identity}
         for h, tc in tcs.items():
             const = (acts[tc.target] - (tc.skip(acts[h]) if tc.W_skip is not None else 0.0)).detach()
@@ -266,20 +283,20 @@ class _Replacement:
         total = sum(((self.hidden if k == "metric" else self.reads[k]) * v).sum() for k, v in inject.items())
         with torch.enable_grad():
             grads = torch.autograd.grad(total, self.leaves, retain_graph=True, allow_unused=True)
-        out = torch.zeros(n, vectors.n, dtype=torch.float64)
+        out = torch.zeros(n, vectors.n, dtype=self.store)
         g_emb = grads[0]
         ti, tpos, tvec = vectors.tokens
         if g_emb is not None:
-            out[:, ti] = torch.einsum("bnd,nd->bn", g_emb[:n, tpos].double(), tvec.double()).cpu()
+            out[:, ti] = torch.einsum("bnd,nd->bn", g_emb[:n, tpos].double(), tvec.double()).cpu().to(self.store)
         for layer, (fi, fpos, fv, ei, epos, ev) in enumerate(vectors.layers):
             g = grads[1 + layer]
             if g is None:
                 continue
             g = g[:n].double()
             if len(fi):
-                out[:, fi] = torch.einsum("bnd,nd->bn", g[:, fpos.to(g.device)], fv.double()).cpu()
+                out[:, fi] = torch.einsum("bnd,nd->bn", g[:, fpos.to(g.device)], fv.double()).cpu().to(self.store)
             if len(ei):
-                out[:, ei] = torch.einsum("bnd,nd->bn", g[:, epos.to(g.device)], ev.double()).cpu()
+                out[:, ei] = torch.einsum("bnd,nd->bn", g[:, epos.to(g.device)], ev.double()).cpu().to(self.store)
         return out
 
 
