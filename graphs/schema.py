@@ -3,9 +3,14 @@
 The JSON follows circuit-tracer's frontend schema (metadata, qParams, nodes, links), so their viewers open
 it: tokens are "embedding" nodes on layer "E", SAE features "cross layer transcoder" nodes (the type their
 viewer draws as features) on the hook's layer, error terms "mlp reconstruction error" nodes, and the metric a
-"logit" node on layer n_layers + 1 named after the good answer. `feature` is the raw SAE feature index;
-`influence` is the cumulative share, as circuit-tracer writes it; groups go to qParams.supernodes as
-[name, member ids...]. Edge weights are the graph's direct effects.
+"logit" node on layer n_layers + 1 named after the good answer. As circuit-tracer writes them, a feature's
+`feature` is cantor(layer, index) (its viewer unpairs it to label the node "L<layer>/<index>"), its
+node_id "<layer>_<index>_<position>"; `influence` is the cumulative share; the logit node's clerp reads
+`Output "<what>" (p=<probability>)`, which the viewer parses for the label under the node and its order.
+Error nodes are "<layer>_-1_<position>" (circuit-tracer's "0_<layer>_<position>" can equal a layer-0
+feature's id), their clerp "Err: <hook> “<token>”". Groups go to qParams.supernodes as [name, member
+ids...]. Edge weights are the graph's direct effects. metadata.info (ours: the metric, its value, the
+pruning, build time) is a key circuit-tracer's models ignore.
 """
 
 from __future__ import annotations
@@ -17,6 +22,19 @@ from pydantic import BaseModel, ValidationError
 
 from graphs.nodes import GraphError
 
+# --------------------------------------------------------------------------------------------------
+# circuit-tracer 0.5.0's circuit_tracer/frontend/graph_models.py, field by field (names, types, defaults,
+# Node's jsNodeId fallback). tests/fixtures/circuit_tracer_0.5.0_graph_schema.json is its JSON schema, and
+# tests/test_graphs.py checks these classes against it; `python -m bench.circuit_tracer_side_by_side
+# --validate FILE` validates a file with the peer's own classes in its venv.
+# --------------------------------------------------------------------------------------------------
+CIRCUIT_TRACER_VERSION = "0.5.0"
+
+
+def cantor_pairing(x: int, y: int) -> int:
+    """Unique integer encoding of two non-negative integers (circuit-tracer's `_cantor_pairing`)."""
+    return (x + y) * (x + y + 1) // 2 + y
+
 
 class Metadata(BaseModel):
     slug: str
@@ -26,7 +44,6 @@ class Metadata(BaseModel):
     prompt: str
     node_threshold: float | None = None
     schema_version: int | None = 1
-    info: dict | None = None  # ours: metric, its value, pruning settings, build time
 
 
 class QParams(BaseModel):
@@ -52,6 +69,11 @@ class Node(BaseModel):
     influence: float | None = None
     activation: float | None = None
 
+    def __init__(self, **data):
+        if "node_id" in data and "jsNodeId" not in data:
+            data["jsNodeId"] = data["node_id"]
+        super().__init__(**data)
+
 
 class Link(BaseModel):
     source: str
@@ -59,10 +81,22 @@ class Link(BaseModel):
     weight: float
 
 
-class GraphFile(BaseModel):
+class Model(BaseModel):
     metadata: Metadata
     qParams: QParams
     nodes: list[Node]
+    links: list[dict]
+
+
+# --------------------------------------------------------------------------------------------------
+# What we write and load_graph_json checks: circuit-tracer's file, with typed links and our metadata.info.
+# --------------------------------------------------------------------------------------------------
+class GraphMetadata(Metadata):
+    info: dict | None = None  # ours: metric, its value, pruning settings, build time
+
+
+class GraphFile(Model):
+    metadata: GraphMetadata
     links: list[Link]
 
 
@@ -81,16 +115,17 @@ def _node(graph, x) -> Node:
     if x.kind == "metric":
         layer = str(graph.model["n_layers"] + 1)
         vocab = graph.metric_info["good_id"] or 0
+        prob = graph.info.get("token_prob", 0.0)
         return Node(
             node_id=f"{layer}_{vocab}_{x.position}",
             feature=vocab,
             layer=layer,
             ctx_idx=x.position,
             feature_type="logit",
-            token_prob=graph.info.get("token_prob", 0.0),
+            token_prob=prob,
             is_target_logit=True,
             jsNodeId=f"L_{vocab}-{x.position}",
-            clerp=f"{graph.metric} = {graph.metric_value:+.4f}",
+            clerp=f'Output "{_metric_label(graph)}" = {graph.metric_value:+.4f} (p={prob:.3g})',
             influence=1.0,
             activation=x.activation,
         )
@@ -102,11 +137,12 @@ def _node(graph, x) -> Node:
             layer=layer,
             feature_type="mlp reconstruction error",
             jsNodeId=f"{layer}_-1-{x.position}",
+            clerp=f"Err: {x.hook} “{x.token}”",  # else the viewer says "Err: mlp", and ours are the SAE's
             **common,
         )
     return Node(
         node_id=f"{layer}_{x.feature}_{x.position}",
-        feature=x.feature,
+        feature=cantor_pairing(graph.layers[x.hook], x.feature),
         layer=layer,
         feature_type="cross layer transcoder",
         jsNodeId=f"{layer}_{x.feature}-0",
@@ -115,10 +151,18 @@ def _node(graph, x) -> Node:
     )
 
 
+def _metric_label(graph) -> str:
+    """What the logit node stands for, without double quotes (the viewer reads the label between the first
+    two): "good − bad" for a logit difference, else the metric as written."""
+    m = graph.metric_info
+    text = f"{m['good']} − {m['bad']}" if m.get("kind") == "LogitDiff" else graph.metric
+    return text.replace('"', "'")
+
+
 def graph_file(graph, slug: str | None = None) -> GraphFile:
     nodes = {x.id: _node(graph, x) for x in graph.nodes}
     prune = graph.pruning or {}
-    meta = Metadata(
+    meta = GraphMetadata(
         slug=slug or "graph",
         scan=graph.model["name"],
         transcoder_list=graph.hooks,

@@ -124,6 +124,8 @@ def _ratio_figures(label: str, key: str, fmt: str, suf: str) -> list[Figure]:
 FIRST = "bench/results/first_run.json"
 FITPEAK = "bench/results/summary_fit_peak.json"
 SPARSIFY = "bench/results/sparsify.json"
+CT = "bench/results/circuit_tracer_random.json"  # python -m bench.circuit_tracer_side_by_side --random
+CT_ALL = "bench/results/circuit_tracer_random_all.json"  # the same with --max-feature-nodes 100000 --batch-size 64
 FIGURES = [
     Figure(R, "Ours trains {}× faster (median of three", SPARSIFY, ("summary", "paired_speed_ratio"), "{:.2f}"),
     Figure(R, "| sparsify 1.3.3 `Trainer`, signum | {} |", SPARSIFY, (*ROWS, 1, "tokens_per_s"), "{:,.0f}"),
@@ -182,6 +184,15 @@ FIGURES = [
         (*B, "sae_train_topk[auxk_every_step]", "extra_info", "tokens_per_s"),
         hundreds,
     ),
+    # --- docs/benchmarks.md, circuit-tracer's half on random transcoders ------------------------------------------
+    Figure(R, "k 16: {} active features;", CT, ("layout", "n_active_features"), "{:,}"),
+    Figure(R, "it takes {} s for 1,024 feature", CT, ("timings", "attribute_s"), "{:.0f}"),
+    Figure(R, "nodes (batch 32, peak RSS {} GB)", CT, ("memory", "peak_rss_attribute_mb"), lambda v: f"{v / 1024:.1f}"),
+    Figure(R, "and {} s for all of them", CT_ALL, ("timings", "attribute_s"), "{:.0f}"),
+    Figure(R, "(batch 64, peak RSS {} GB;", CT_ALL, ("memory", "peak_rss_attribute_mb"), lambda v: f"{v / 1024:.1f}"),
+    Figure(R, "(load average {} and", CT, ("load_average", 0), "{:.1f}"),
+    Figure(R, "and {} at the", CT_ALL, ("load_average", 0), "{:.1f}"),
+    Figure(R, "logit difference {}, as ours", CT, ("target", "model_logit_diff"), signed(".4f")),
     # --- README, against SAELens: bench/results/saelens.json (and the earlier scalar run) ----------------------
     Figure(R, "**Against SAELens {}**", SAELENS, (*ROWS, 1, "trainer"), version),
     Figure(R, "code on {} held-out activations", SAELENS, ("inputs", "held_out_tokens"), "{:,}"),

@@ -4,6 +4,7 @@ graph is exactly faithful, checks and group ablations equal independent interven
 
 import importlib
 import json
+from pathlib import Path
 
 import networkx as nx
 import pytest
@@ -15,7 +16,7 @@ from graphs import GraphError, ablate_group, build_graph, check, check_layers, g
 from graphs.edges import clean_pass
 from graphs.labels import labeler
 from graphs.prune import influence
-from graphs.schema import GraphFile
+from graphs.schema import CIRCUIT_TRACER_VERSION, GraphFile, Metadata, Model, Node, cantor_pairing
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -476,6 +477,25 @@ def test_json_follows_the_graph_schema(setup, tmp_path):
     logit = next(n for n in parsed.nodes if n.feature_type == "logit")
     assert logit.is_target_logit and 0 < logit.token_prob < 1 and logit.layer == "4"
     assert parsed.qParams.supernodes[0][0] == "pair" and len(parsed.qParams.supernodes[0]) == 3
+    # what circuit-tracer's own models and viewer need: its Model validates it, every node key is one of its
+    # Node's and metadata.info the only extra key; the viewer reads the logit's clerp as Output "label"
+    # (p=...) and unpairs a feature's `feature` into (layer, index)
+    assert Model.model_validate(loaded).model_dump()["nodes"] == [n.model_dump() for n in parsed.nodes]
+    assert {k for n in loaded["nodes"] for k in n} == set(Node.model_fields)
+    assert set(loaded["metadata"]) - set(Metadata.model_fields) == {"info"}
+    assert logit.clerp.startswith('Output "sad − happy"') and float(logit.clerp.split("(p=")[1].split(")")[0]) > 0
+    for x in g.nodes:
+        if x.kind == "feature":
+            node = parsed.nodes[ids.index(f"{g.layers[x.hook]}_{x.feature}_{x.position}")]
+            assert node.feature == cantor_pairing(g.layers[x.hook], x.feature)
+
+
+def test_json_models_mirror_circuit_tracer():
+    """graphs.schema's Metadata, QParams, Node, Link and Model are circuit-tracer's (its JSON schema, taken
+    from its graph_models in its venv, is the fixture; python -m bench.circuit_tracer_side_by_side --validate
+    compares them there)."""
+    fixture = Path(__file__).parent / "fixtures" / f"circuit_tracer_{CIRCUIT_TRACER_VERSION}_graph_schema.json"
+    assert Model.model_json_schema() == json.loads(fixture.read_text())
 
 
 def test_networkx_has_every_node_edge_and_attribute(setup):
