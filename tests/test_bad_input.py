@@ -201,9 +201,9 @@ CASES = [
     ),
     ("metric-position-str", Att, ["position must be", "-1"], lambda s: LogitDiff(s.m, "sad", "happy", position="last")),
     # --- hooks ----------------------------------------------------------------------------------------
-    ("hook-unknown-kind", Hoo, ["unknown hook point 'resid_mid.1'", "resid_post.1"], lambda s: s.m.hook("resid_mid.1")),
+    ("hook-unknown-kind", Hoo, ["unknown hook point 'attn_in.1'", "resid_post.1"], lambda s: s.m.hook("attn_in.1")),
     ("hook-layer-out-of-range", Hoo, ["unknown hook point", r"layer in 0\.\.2"], lambda s: s.m.hook("resid_post.3")),
-    ("hook-tl-unknown-kind", Hoo, ["unknown hook point", "resid_post"], lambda s: s.m.hook("blocks.1.hook_resid_mid")),
+    ("hook-tl-unknown-kind", Hoo, ["unknown hook point", "resid_post"], lambda s: s.m.hook("blocks.1.hook_attn_in")),
     (
         "hook-tl-layer-out-of-range",
         Hoo,
@@ -215,8 +215,8 @@ CASES = [
     (
         "attribute-unknown-hook",
         Hoo,
-        ["unknown hook point 'mlp_in.1'"],
-        lambda s: attribute(s.m, {"mlp_in.1": s.saes[H]}, P, s.metric),
+        ["unknown hook point 'attn_in.1'"],
+        lambda s: attribute(s.m, {"attn_in.1": s.saes[H]}, P, s.metric),
     ),
     ("group-without-edit", Att, ["at least one edit"], lambda s: trace(s.m, s.m.tokenize(P), groups=[Group({})])),
     (
