@@ -190,7 +190,7 @@ def load_transcoders(folder: Path, dtype):
         lazy_encoder=False,
         lazy_decoder=False,
     )
-    k = cfg.get("k")
+    k = cfg.get("k", (cfg.get("attribution") or {}).get("k"))  # ours: save_transcoders records it there
     if k is not None:
         ks = k if isinstance(k, list) else [k] * len(tcs)
         for tc, kk in zip(tcs, ks):

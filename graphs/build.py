@@ -47,16 +47,17 @@ def build_graph(
         cannot fit raises memory.OutOfMemoryError before any work.
     progress: progress bars (feature indexes, edges).
     Transcoders (one per layer, e.g. default_transcoders(model)) make a replacement graph instead
-    (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first, and
-    candidates, error_nodes and max_rows do not apply.
+    (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first, max_rows
+    is its target rows per backward pass (default 64), and candidates and error_nodes do not apply.
     The result is unpruned; call .prune() on it.
     """
     if _transcoders(saes):
         from graphs.replacement import build_replacement_graph
 
         return build_replacement_graph(
-            model, saes, prompt, metric, max_feature_nodes=max_feature_nodes, labels=labels, progress=progress
-        )
+            model, saes, prompt, metric, max_feature_nodes=max_feature_nodes, batch_size=max_rows or 64,
+            labels=labels, progress=progress,
+        )  # fmt: skip
     start = time.perf_counter()
     if not isinstance(prompt, str):
         raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")

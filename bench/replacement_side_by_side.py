@@ -1,0 +1,211 @@
+"""Replacement graphs side by side with circuit-tracer 0.5.0: the same transcoders, model, prompt and target.
+
+    python -m bench.replacement_side_by_side [--max-feature-nodes N] [--batch-size B] [--out DIR]
+
+1. Our default transcoders (or --transcoders, a folder load_transcoders reads) are exported in circuit-tracer's
+   format (attribution.save_transcoders); both sides then read that same folder.
+2. circuit-tracer's attribute() runs in its own venv (bench.circuit_tracer_side_by_side: its half, timed, its
+   peak RSS over the call) on gemma-3-270m from our converted folder.
+3. Ours runs in a fresh process of this project's python (this file with --ours): build_graph with the same
+   max_feature_nodes and batch size, timed, peak RSS over the call.
+4. Compared: the active features; every edge both graphs have, and the top 1,000 edges of circuit-tracer's
+   graph by |weight| (relative difference); the unpruned graphs' replacement and completeness scores
+   (ours: graphs.scores; theirs: compute_graph_scores); time and peak memory, ours / theirs.
+Writes bench/results/replacement_side_by_side.json (or --result).
+
+Known differences, measured rather than hidden: circuit-tracer's TopK keeps the k largest pre-activations
+whatever their sign (ours is relu after the top k, so a negative one is inactive), and it has error nodes at
+<bos> with zero vectors (ours has none there); both only add nodes without edges or drop them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "replacement_side_by_side.json"
+PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
+GOOD, BAD = " Sacramento", " Albany"
+
+
+def _rss_mb(key: str = "VmHWM") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ours(args) -> None:
+    """Our half, in its own process: build the replacement graph, time it and its peak RSS, save it."""
+    from safetensors.torch import save_file
+
+    from attribution import LogitDiff, load_model
+    from attribution.saes.transcoders import load_transcoders
+    from graphs import build_graph
+    from graphs.scores import graph_scores
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model()
+    tcs = load_transcoders(args.transcoders, model=model)
+    metric = LogitDiff(model, args.good, args.bad)
+    before = _rss_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    t = time.perf_counter()
+    g = build_graph(model, tcs, args.prompt, metric, labels=False, progress=False,
+                    max_feature_nodes=args.max_feature_nodes, max_rows=args.batch_size)  # fmt: skip
+    seconds = time.perf_counter() - t
+    peak = _rss_mb()
+    s = graph_scores(g, pruned=False)
+    nodes = [[x.kind, x.layer - 1, x.position, -1 if x.feature is None else x.feature] for x in g.full_nodes]
+    save_file(
+        {"src": g.src.contiguous(), "dst": g.dst.contiguous(), "weight": g.weight.contiguous()},
+        str(Path(args.out) / "edges.safetensors"),
+    )
+    result = {
+        "nodes": nodes,
+        "metric": g.metric_value,
+        "active_features": g.info["active_features"],
+        "scores": {"replacement": s.replacement, "completeness": s.completeness},
+        "timings": {"build_graph_s": seconds},
+        "memory": {"rss_before_mb": before, "peak_rss_build_mb": peak},
+        "threads": torch.get_num_threads(),
+    }
+    (Path(args.out) / "result.json").write_text(json.dumps(result))
+
+
+def compare(ours_dir: Path, peer_dir: Path) -> dict:
+    """Nodes matched by identity (feature: layer, position, index; error: layer, position; token: position)."""
+    from safetensors.torch import load_file
+
+    mine = json.loads((ours_dir / "result.json").read_text())
+    e = load_file(str(ours_dir / "edges.safetensors"))
+    peer = json.loads((peer_dir / "result.json").read_text())
+    t = load_file(str(peer_dir / "graph.safetensors"))
+    lay = peer["layout"]
+    n_f, n_e = lay["n_features"], lay["n_errors"]
+    keys = [("feature", *map(int, r)) for r in t["features"].tolist()]
+    keys += [("error", int(a), int(b), -1) for a, b in t["errors"].tolist()]
+    keys += [("token", -1, p, -1) for p in range(lay["n_tokens"])]
+    keys += [("metric", -1, -1, -1)] * lay["n_logits"]
+    my_keys = [
+        ("metric", -1, -1, -1) if k == "metric" else (k, layer if k != "token" else -1, p, f)
+        for k, layer, p, f in mine["nodes"]
+    ]
+    A = t["adjacency"].double()  # [target, source]
+    peer_edges = {}
+    nz = A.nonzero().tolist()
+    for r, c in nz:
+        peer_edges[(keys[r], keys[c])] = float(A[r, c])
+    my_edges = {
+        (my_keys[d], my_keys[s]): w for s, d, w in zip(e["src"].tolist(), e["dst"].tolist(), e["weight"].tolist())
+    }
+    common = set(my_edges) & set(peer_edges)
+    rel = lambda a, b: abs(a - b) / max(abs(a), abs(b), 1e-12)  # noqa: E731
+    diffs = sorted(rel(my_edges[k], peer_edges[k]) for k in common)
+    top = sorted(peer_edges, key=lambda k: -abs(peer_edges[k]))[:1000]
+    top_diff = [rel(my_edges.get(k, 0.0), peer_edges[k]) for k in top]
+    my_feats = {k for k in my_keys if k[0] == "feature"}
+    their_feats = set(keys[:n_f])
+    my_active = mine["active_features"]
+    return {
+        "feature_nodes": {"ours": len(my_feats), "theirs": n_f, "common": len(my_feats & their_feats)},
+        "active_features": {"ours": my_active, "theirs": lay["n_active_features"]},
+        "edges": {
+            "ours": len(my_edges),
+            "theirs": len(peer_edges),
+            "common": len(common),
+            "median_rel_diff": diffs[len(diffs) // 2] if diffs else None,
+            "max_rel_diff": diffs[-1] if diffs else None,
+            "top1000_max_rel_diff": max(top_diff),
+            "top1000_within_1e-3": sum(d <= 1e-3 for d in top_diff),
+            "top1000_missing_in_ours": sum(k not in my_edges for k in top),
+        },
+        "scores": {"ours": mine["scores"], "theirs": peer["scores"]["unpruned"]},
+        "metric": {"ours": mine["metric"], "theirs": peer["target"]["model_logit_diff"]},
+        "time_s": {"ours": mine["timings"]["build_graph_s"], "theirs": peer["timings"]["attribute_s"]},
+        "peak_rss_mb": {"ours": mine["memory"]["peak_rss_build_mb"], "theirs": peer["memory"]["peak_rss_attribute_mb"]},
+        "rss_before_mb": {"ours": mine["memory"]["rss_before_mb"], "theirs": peer["memory"]["rss_before_attribute_mb"]},
+        "threads": {"ours": mine["threads"], "theirs": peer["settings"]["threads"]},
+        "error_nodes": {"theirs": n_e},
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--transcoders", default=None, help="a transcoder folder (default: default_transcoders)")
+    ap.add_argument("--max-feature-nodes", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="/tmp/replacement-side-by-side")
+    ap.add_argument("--result", default=str(RESULT))
+    ap.add_argument("--prompt", default=PROMPT)
+    ap.add_argument("--good", default=GOOD)
+    ap.add_argument("--bad", default=BAD)
+    ap.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.ours:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        ours(args)
+        return 0
+    from attribution import load_model
+    from attribution.compute import machine
+    from attribution.saes.transcoders import load_transcoders, save_transcoders
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model()
+    if args.transcoders:
+        tcs = load_transcoders(args.transcoders, model=model)
+    else:
+        from attribution.training.transcoders import default_transcoders
+
+        tcs = default_transcoders(model, train=False)
+    folder = save_transcoders(tcs, out / "transcoders")
+    del model, tcs
+    common = ["--max-feature-nodes", str(args.max_feature_nodes), "--batch-size", str(args.batch_size)]
+    common += ["--prompt", args.prompt, "--good", args.good, "--bad", args.bad, "--threads", str(args.threads)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = {}
+    for side in ("theirs", "ours"):  # one at a time: two cores, and each side's peak memory is its own
+        t = time.perf_counter()
+        if side == "ours":
+            cmd = [sys.executable, "-m", "bench.replacement_side_by_side", "--ours", "--transcoders", str(folder)]
+            subprocess.check_call(cmd + common + ["--out", str(out / "ours")], cwd=ROOT, env=env)
+        else:
+            cmd = [sys.executable, "-m", "bench.circuit_tracer_side_by_side", "--transcoders", str(folder)]
+            subprocess.check_call(cmd + common + ["--out", str(out / "theirs"), "--no-graph-json"], cwd=ROOT, env=env)
+        runs[side] = time.perf_counter() - t
+    result = compare(out / "ours", out / "theirs")
+    result["ratios"] = {
+        "time_ours_over_theirs": result["time_s"]["ours"] / result["time_s"]["theirs"],
+        "peak_rss_ours_over_theirs": result["peak_rss_mb"]["ours"] / result["peak_rss_mb"]["theirs"],
+        "added_rss_ours_over_theirs": (result["peak_rss_mb"]["ours"] - result["rss_before_mb"]["ours"])
+        / max(1.0, result["peak_rss_mb"]["theirs"] - result["rss_before_mb"]["theirs"]),
+    }
+    result["settings"] = {
+        "max_feature_nodes": args.max_feature_nodes,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "prompt": args.prompt,
+        "good": args.good,
+        "bad": args.bad,
+    }
+    result["machine"] = machine()
+    result["load_average"] = os.getloadavg()
+    result["subprocess_s"] = runs
+    Path(args.result).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
