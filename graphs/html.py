@@ -86,7 +86,8 @@ def _colour(kind: str, sign: float) -> dict:
 
 
 def _node(graph, x, top: float, cards, column: int) -> dict:
-    name = _name(x)
+    name = _name(x)  # drawn on the graph
+    full = x.label or {"error": f"error term at {x.hook}", "token": f"token {name}"}.get(x.kind, name)  # the panel's
     card = cards(x.hook, x.feature) if (x.kind == "feature" and cards is not None) else None
     facts = [
         ("kind", {"feature": "SAE feature", "error": "SAE error term", "token": "input token"}.get(x.kind, x.kind)),
@@ -99,16 +100,17 @@ def _node(graph, x, top: float, cards, column: int) -> dict:
     ]
     if x.kind == "metric":
         facts.insert(1, ("metric", f"{graph.metric} = {graph.metric_value:+.4f}"))
-    head = render("graph_node.html.j2", title=x.label or name, facts=facts, card=card, members=[])
+    head = render("graph_node.html.j2", title=full, facts=facts, card=card, members=[])
     label = f"{graph.metric}\n{graph.metric_value:+.3f}" if x.kind == "metric" else name
     return {
         "id": x.id,
         "kind": x.kind,
         "row": x.layer,
         "col": column,
-        "name": x.label or name,
+        "name": full,
+        "where": f"{x.hook} · pos {x.position}" if x.hook else f"pos {x.position}",
         "label": label,
-        "title": _tooltip(x, x.label or name),
+        "title": _tooltip(x, full),
         "size": _size(x.kind, x.influence, top),
         "shape": SHAPES.get(x.kind, "dot"),
         "color": _colour(x.kind, x.attribution),
@@ -132,6 +134,7 @@ def _aggregate(nid: str, kind: str, name: str, members: list, top: float, row: i
         "row": row,
         "col": column,
         "name": name,
+        "where": why,
         "label": name,
         "title": title,
         "size": _size(kind, inf, top),
@@ -222,6 +225,7 @@ def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edg
             "prune it first, e.g. graph.prune(0.8, 0.98, max_feature_nodes=60), or pass max_edges=None"
         )
     kinds = [x.kind for x in graph.nodes]
+    drawn = data(graph, collapse_groups=collapse_groups, cards=cards)
     legend = [
         (f"background:{POS}", "feature raising the metric"),
         (f"background:{NEG}", "feature lowering it"),
@@ -237,10 +241,10 @@ def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edg
         counts=f"{kinds.count('feature')} features, {kinds.count('error')} error nodes, {n_edges} edges",
         check=check.summary() if check is not None else None,
         legend=legend,
-        has_groups=bool(graph.groups),
+        has_groups=any(n["kind"] == "group" for n in drawn["nodes"]),  # a group with a kept member
         has_errors="error" in kinds,
         collapse_groups=collapse_groups,
-        data=data(graph, collapse_groups=collapse_groups, cards=cards),
+        data=drawn,
         vis_js=Markup(_vis("vis-network.min.js")),
         vis_css=Markup(_vis("vis-network.css")),
     )
