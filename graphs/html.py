@@ -31,6 +31,7 @@ LABEL_PX = 130  # the widest label drawn on the graph, in pixels at the page's 1
 POS, NEG = "#2f6fb0", "#d0393b"
 COLOURS = {"token": "#eeeeee", "error": "#9a9a9a", "errors": "#9a9a9a", "metric": "#f2a93b", "group": "#8a5cc2"}
 SHAPES = {"token": "box", "metric": "diamond", "group": "hexagon"}
+KIND_NAMES = {"feature": "dictionary feature", "error": "error term (what the dictionary misses)", "token": "token"}
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -90,7 +91,7 @@ def _node(graph, x, top: float, cards, column: int) -> dict:
     full = x.label or {"error": f"error term at {x.hook}", "token": f"token {name}"}.get(x.kind, name)  # the panel's
     card = cards(x.hook, x.feature) if (x.kind == "feature" and cards is not None) else None
     facts = [
-        ("kind", {"feature": "SAE feature", "error": "SAE error term", "token": "input token"}.get(x.kind, x.kind)),
+        ("kind", KIND_NAMES.get(x.kind, x.kind)),
         *([("hook", f"{x.hook} (row {x.layer})")] if x.hook else []),
         *([("feature", f"#{x.feature}")] if x.feature is not None else []),
         ("position", f"{x.position} {x.token!r}"),
@@ -162,7 +163,7 @@ def data(graph, *, collapse_groups: bool = True, cards=None) -> dict:
             rows.setdefault(x.layer, []).append(x)
     for row, members in sorted(rows.items()):
         hook, name = members[0].hook, f"{len(members)} error" + "s" * (len(members) > 1)
-        why = f"SAE error terms at {hook}, all positions"
+        why = f"error terms at {hook}, all positions"
         agg = _aggregate(f"errors:{hook}", "errors", name, members, top, row, errors_col, why)
         out.append(agg)
         for m in members:
@@ -229,7 +230,7 @@ def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edg
     legend = [
         (f"background:{POS}", "feature raising the metric"),
         (f"background:{NEG}", "feature lowering it"),
-        (f"background:{COLOURS['error']}", "SAE error terms"),
+        (f"background:{COLOURS['error']}", "error terms (one node per row, or per position)"),
         (f"background:{COLOURS['group']}", "group (supernode)"),
         (f"background:{COLOURS['token']};border:1px solid #999", "input token"),
         (f"background:{COLOURS['metric']}", "metric"),

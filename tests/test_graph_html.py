@@ -393,3 +393,25 @@ def test_transcoder_sized_graph_reads_without_overlap(browser, tmp_path):
     screenshot(browser, tmp_path / "transcoders-errors.png")
     assert browser.evaluate("graphPage.shownEdges().filter((e) => e.smooth.enabled).length") > 0
     offline_and_clean(browser)
+
+
+def test_replacement_graph_reads_without_overlap(browser, tmp_path):
+    """A real replacement graph (per-layer transcoders on a tiny model, edges from any earlier layer to any
+    later one, an error node per layer and position) pruned to its top features: no overlap, error rows
+    collapsed at first, and edges that skip rows drawn."""
+    from graphs.replacement import build_replacement_graph
+    from tests.test_replacement import transcoders
+
+    m = tiny_model("gemma3")
+    labels = lambda h, f: f"transcoder feature {f} at {h}"  # noqa: E731
+    g = build_replacement_graph(m, transcoders(m), PROMPTS[0], LogitDiff(m, "sad", "happy"), labels=labels)
+    g = g.prune(0.9, 0.98, max_feature_nodes=60)
+    rows = {x.id: x.layer for x in g.nodes}
+    assert any(rows[e.target] - rows[e.source] > 1 for e in g.edges)  # the graph has edges that skip rows
+    path: Path = g.to_html(tmp_path / "replacement.html")
+    open_page(browser, path)
+    assert browser.evaluate(VISIBLE) == visible_count(g, errors=False, groups_open=True)
+    no_overlap(browser, ["", "graphPage.setErrors(true)"])
+    assert browser.evaluate("graphPage.shownEdges().filter((e) => e.smooth.enabled).length") > 0
+    screenshot(browser, tmp_path / "replacement.png")
+    offline_and_clean(browser)
