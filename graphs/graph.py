@@ -292,9 +292,10 @@ class Graph:
         cards=None,
         max_edges: int | None = 5000,
     ) -> Path:
-        """Offline interactive HTML (pyvis). check: a graphs.interventions.Check shown in the title; cards:
-        fn(hook, feature) -> FeatureCard for the tooltips; groups drawn as one node each unless
-        collapse_groups=False; more than max_edges edges is refused (prune first). See graphs.html."""
+        """Offline interactive HTML (vis-network, inlined). check: a graphs.interventions.Check shown in the title;
+        cards: fn(hook, feature) -> FeatureCard for the side panel of a clicked feature; groups drawn as one node
+        each (opened by double-click) unless collapse_groups=False; more than max_edges edges is refused (prune
+        first). See graphs.html."""
         from graphs.html import to_html
 
         return to_html(

@@ -1,27 +1,37 @@
-"""Interactive HTML with pyvis that opens offline: vis-network's JS and CSS are inlined from the pyvis
-package into our own template (pyvis's template links bootstrap and vis from CDNs even with "in_line").
+"""The graph's interactive page: one offline HTML file, vis-network inlined from the pyvis package.
 
-Layout is fixed, physics off: x = token position (several nodes of one cell spread sideways), y = SAE layer
-(tokens along the bottom, the metric on top). Size = influence; colour = node type and sign of the node's
-attribution (blue raises the metric, red lowers it); edge width = the edge's share of its target's input,
-colour = its sign. A feature's tooltip holds its card (label, frequency, top contexts, promoted tokens) whenever
-the labeller gives one: the same template as the case-study report's cards.
+Python gathers what the page draws (graphs.templates: graph.html.j2, its script graph.js.j2 and style
+graph.css.j2, each node's panel card graph_node.html.j2, all autoescaped); the page lays it out in the browser:
+
+- x by token position, y by layer row (tokens at the bottom, the metric on top). A cell holding several nodes
+  wraps them into lines, and a column is as wide as its widest cell's line, so no two nodes or labels overlap:
+  labels are measured with the canvas at the page's font (12 px) and cut to LABEL_PX (the full label is in
+  the side panel). Rows are as tall as their tallest cell.
+- Error nodes are collapsed by default into one node per layer row (its influence and attribution the sums of
+  its members', its edges the sums of theirs), drawn in a column right of the last token; a checkbox shows them
+  per position. Groups (graph.groups, supernodes) are drawn as one node each (collapse_groups) and open or close
+  by double-click, by the panel's button, or all at once by a checkbox.
+- Clicking a node shows its card in the side panel (label, kind, hook, position, activation, attribution,
+  influence; for features the labeller's card: top contexts, interval shares, promoted tokens) and its
+  strongest inputs and outputs, each a link to that node; its edges are drawn on top, the others faded.
+
+Size = influence; colour = node type and sign of the node's attribution (blue raises the metric, red lowers
+it); edge width = the edge's share of its target's input, colour = its sign; edges that skip rows are curved.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
 from pathlib import Path
 
 from graphs.nodes import GraphError
 from graphs.render import render
-from graphs.template import TEMPLATE
 
-COL, ROW, GAP = 120, 130, 46  # pixels: least width of a token column, a layer row, between nodes of a cell
+LABEL_PX = 130  # the widest label drawn on the graph, in pixels at the page's 12 px font
 POS, NEG = "#2f6fb0", "#d0393b"
-COLOURS = {"token": "#eeeeee", "error": "#9a9a9a", "metric": "#f2a93b", "group": "#8a5cc2"}
+COLOURS = {"token": "#eeeeee", "error": "#9a9a9a", "errors": "#9a9a9a", "metric": "#f2a93b", "group": "#8a5cc2"}
+SHAPES = {"token": "box", "metric": "diamond", "group": "hexagon"}
+KIND_NAMES = {"feature": "dictionary feature", "error": "error term (what the dictionary misses)", "token": "token"}
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -29,142 +39,162 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha:.2f})"
 
 
-def _short(text: str, n: int = 18) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def _one_line(text: str) -> str:
+    """A label on one line (vis-network splits labels at newlines)."""
+    return " ".join(text.split()) if any(c in text for c in "\n\r\t") else text
 
 
-def _tooltip(graph, x, cards) -> str:
-    head = html.escape(x.label) if x.label else {"feature": f"feature {x.feature}"}.get(x.kind, x.kind)
+def _token_text(token: str) -> str:
+    return token.replace("\n", "⏎").replace("\t", "⇥") if token.strip() else repr(token)
+
+
+def _name(x) -> str:
+    if x.kind == "token":
+        return _token_text(x.token)
+    if x.kind == "error":
+        return "err"
+    if x.kind == "metric":
+        return "metric"
+    return _one_line(x.label) if x.label else f"f{x.feature}"
+
+
+def _tooltip(x, name: str) -> str:
+    """Plain text (vis-network shows a string title as text, so nothing in it is parsed as HTML)."""
     where = f"{x.hook} · " if x.hook else ""
-    lines = [
-        f"<b>{head}</b>",
-        f"{where}pos {x.position} {html.escape(repr(x.token))}" + (f" · f{x.feature}" if x.feature is not None else ""),
-        f"activation {x.activation:.3g} · attribution {x.attribution:+.3g} · influence {x.influence:.3g}",
-    ]
-    if x.kind == "feature":
-        card = cards(x.hook, x.feature) if cards is not None else None
-        if card is not None:  # the card the report shows, in its compact form (graphs/templates/card.html.j2)
-            lines.append(render("card.html.j2", card=card, compact=True))
-    return "<br>".join(lines)
+    feature = f" · f{x.feature}" if x.feature is not None else ""
+    return (
+        f"{name}\n{where}pos {x.position} {x.token!r}{feature}\n"
+        f"activation {x.activation:.3g} · attribution {x.attribution:+.3g} · influence {x.influence:.3g}\n"
+        "click for its card and strongest edges"
+    )
 
 
-def _layout(nodes) -> tuple[dict[str, tuple[float, float]], set[str]]:
-    """x by token position, y by row (tokens at the bottom); a crowded cell wraps onto two lines and
-    widens its column, so that no two nodes overlap. Also the nodes to label above (every other one)."""
-    cells: dict[tuple[int, int], list] = {}
-    for x in nodes:
-        cells.setdefault((x.layer, x.position), []).append(x)
-    per_line = {cell: math.ceil(len(m) / (1 if len(m) <= 5 else 2)) for cell, m in cells.items()}
-    width: dict[int, float] = {}
-    for (_, pos), k in per_line.items():
-        width[pos] = max(width.get(pos, COL), k * GAP + GAP)
-    left, x0 = 0.0, {}
-    for pos in sorted(width):
-        x0[pos] = left + width[pos] / 2
-        left += width[pos]
-    xy, above = {}, set()
-    for (row, pos), members in cells.items():
-        members.sort(key=lambda n: (-n.influence, n.id))
-        k = per_line[(row, pos)]
-        for j, x in enumerate(members):
-            line, col = divmod(j, k)
-            n_line = min(k, len(members) - line * k)
-            xy[x.id] = (x0[pos] + (col - (n_line - 1) / 2) * GAP, -row * ROW + line * GAP)
-            if col % 2 == 1:
-                above.add(x.id)
-    return xy, above
+def _size(kind: str, influence: float, top: float) -> float:
+    return {"token": 12.0, "metric": 16.0}.get(kind, 5 + 11 * math.sqrt(min(max(influence, 0.0) / top, 1.0)))
 
 
-def _vis_nodes(graph, collapse_groups: bool, cards):
-    """(pyvis node dicts, node id -> drawn id) for the kept graph, groups drawn as one node each."""
-    nodes = graph.nodes
-    xy, above = _layout(nodes)
-    top = max((x.influence for x in nodes if x.kind in ("feature", "error")), default=1.0) or 1.0
-    drawn = {x.id: x.id for x in nodes}
-    out = []
-    if collapse_groups:
-        for name, ids in graph.groups.items():
-            members = [graph.node(i) for i in ids if i in drawn and drawn[i] == i]
-            if not members:
-                continue
-            gid = f"group:{name}"
-            for m in members:
-                drawn[m.id] = gid
-            inf = sum(m.influence for m in members)
-            sign = sum(m.attribution for m in members)
-            tip = f"<b>{html.escape(name)}</b> (group of {len(members)})<br>" + "<br>".join(
-                f"{html.escape(m.label or f'f{m.feature}')} · {m.hook} pos {m.position}" for m in members
-            )
-            cx = sum(xy[m.id][0] for m in members) / len(members)
-            cy = sum(xy[m.id][1] for m in members) / len(members)
-            out.append(
-                _vis_node(gid, _short(name), tip, cx, cy, 8 + 14 * math.sqrt(min(inf / top, 1.0)), "group", sign)
-            )
-    for x in nodes:
-        if drawn[x.id] != x.id:
-            continue
-        size = {"token": 14, "metric": 24}.get(x.kind, 5 + 16 * math.sqrt(max(x.influence, 0.0) / top))
-        label = {
-            "token": x.token,
-            "metric": f"{graph.metric}\n{graph.metric_value:+.3f}",
-            "error": "err",
-        }.get(x.kind, _short(x.label) if x.label else f"f{x.feature}")
-        up = x.kind in ("feature", "error") and x.id in above
-        out.append(_vis_node(x.id, label, _tooltip(graph, x, cards), *xy[x.id], size, x.kind, x.attribution, up))
-    return out, drawn
-
-
-def _vis_node(nid, label, title, x, y, size, kind, sign, above: bool = False) -> dict:
-    colour = COLOURS.get(kind) or (POS if sign >= 0 else NEG)
-    border = POS if sign >= 0 else NEG
-    shape = {"token": "box", "metric": "diamond", "group": "hexagon"}.get(kind, "dot")
-    font = {"size": 13 if kind in ("token", "metric") else 10, "color": "#222"}
-    if above:  # every other node of a line labelled above it, so neighbours' labels do not collide
-        font["vadjust"] = -(2 * size + 16)
+def _colour(kind: str, sign: float) -> dict:
+    fill = COLOURS.get(kind) or (POS if sign >= 0 else NEG)
+    border = (POS if sign >= 0 else NEG) if kind in ("error", "errors", "group", "metric") else fill
+    if kind == "token":
+        border = "#999999"
     return {
-        "id": nid,
-        "label": label,
-        "title": title,
-        "x": x,
-        "y": y,
-        "size": size,
-        "shape": shape,
-        "color": {
-            "background": colour,
-            "border": border if kind in ("error", "group", "metric") else colour,
-            "highlight": {"background": colour, "border": "#111"},
-            "hover": {"background": colour, "border": "#111"},
-        },
-        "borderWidth": 2,
-        "font": font,
-        "kind": kind,
+        "background": fill,
+        "border": border,
+        "highlight": {"background": fill, "border": "#111111"},
+        "hover": {"background": fill, "border": "#111111"},
     }
 
 
-def _vis_edges(graph, drawn: dict[str, str]) -> list[dict]:
-    merged: dict[tuple[str, str], list[float]] = {}
-    for e in graph.edges:
-        key = (drawn[e.source], drawn[e.target])
-        if key[0] == key[1]:
-            continue  # inside a group
-        w = merged.setdefault(key, [0.0, 0.0])
-        w[0] += e.weight
-        w[1] += math.copysign(e.share, e.weight)
-    out = []
-    for (s, t), (weight, share) in merged.items():
-        a = min(abs(share), 1.0)
-        colour = _rgba(POS if weight >= 0 else NEG, 0.2 + 0.7 * a)
-        out.append(
-            {
-                "from": s,
-                "to": t,
-                "width": 0.5 + 7 * a,
-                "color": {"color": colour, "highlight": colour, "hover": colour},
-                "title": f"weight {weight:+.4g} · {100 * a:.1f}% of the target's input",
-                "arrows": "to",
-            }
-        )
-    return out
+def _node(graph, x, top: float, cards, column: int) -> dict:
+    name = _name(x)  # drawn on the graph
+    full = x.label or {"error": f"error term at {x.hook}", "token": f"token {name}"}.get(x.kind, name)  # the panel's
+    card = cards(x.hook, x.feature) if (x.kind == "feature" and cards is not None) else None
+    facts = [
+        ("kind", KIND_NAMES.get(x.kind, x.kind)),
+        *([("hook", f"{x.hook} (row {x.layer})")] if x.hook else []),
+        *([("feature", f"#{x.feature}")] if x.feature is not None else []),
+        ("position", f"{x.position} {x.token!r}"),
+        ("activation", f"{x.activation:.4g}"),
+        ("attribution", f"{x.attribution:+.4g}"),
+        ("influence", f"{x.influence:.4g}"),
+    ]
+    if x.kind == "metric":
+        facts.insert(1, ("metric", f"{graph.metric} = {graph.metric_value:+.4f}"))
+    head = render("graph_node.html.j2", title=full, facts=facts, card=card, members=[])
+    label = f"{graph.metric}\n{graph.metric_value:+.3f}" if x.kind == "metric" else name
+    return {
+        "id": x.id,
+        "kind": x.kind,
+        "row": x.layer,
+        "col": column,
+        "name": full,
+        "where": f"{x.hook} · pos {x.position}" if x.hook else f"pos {x.position}",
+        "label": label,
+        "title": _tooltip(x, full),
+        "size": _size(x.kind, x.influence, top),
+        "shape": SHAPES.get(x.kind, "dot"),
+        "color": _colour(x.kind, x.attribution),
+        "influence": x.influence,
+        "head": head,
+    }
+
+
+def _aggregate(nid: str, kind: str, name: str, members: list, top: float, row: int, column: int, why: str) -> dict:
+    """One node standing for several (a layer's error nodes, a group): influence and attribution summed."""
+    inf = sum(m.influence for m in members)
+    attr = sum(m.attribution for m in members)
+    facts = [("kind", why), ("members", str(len(members))), ("attribution (sum)", f"{attr:+.4g}")]
+    facts.append(("influence (sum)", f"{inf:.4g}"))
+    rows = [{"id": m.id, "text": f"{_name(m)} · {m.hook} pos {m.position} {m.token!r}"} for m in members]
+    head = render("graph_node.html.j2", title=name, facts=facts, card=None, members=rows)
+    title = f"{name}\n{why}: {len(members)} nodes\nattribution {attr:+.3g} · influence {inf:.3g}\nclick for details"
+    return {
+        "id": nid,
+        "kind": kind,
+        "row": row,
+        "col": column,
+        "name": name,
+        "where": why,
+        "label": name,
+        "title": title,
+        "size": _size(kind, inf, top),
+        "shape": SHAPES.get(kind, "dot"),
+        "color": _colour(kind, attr),
+        "influence": inf,
+        "head": head,
+        "members": [m.id for m in members],
+    }
+
+
+def data(graph, *, collapse_groups: bool = True, cards=None) -> dict:
+    """What the page draws, as JSON-ready data: rows, columns (token positions, then the errors' column),
+    nodes (the graph's, one per layer row for its error nodes, one per group) and the kept edges."""
+    nodes = graph.nodes
+    top = max((x.influence for x in nodes if x.kind in ("feature", "error")), default=1.0) or 1.0
+    positions = sorted({x.position for x in nodes})
+    errors_col = (positions[-1] + 1) if positions else 1
+    out = [_node(graph, x, top, cards, x.position) for x in nodes]
+    by_id = {n["id"]: n for n in out}
+
+    rows: dict[int, list] = {}
+    for x in nodes:
+        if x.kind == "error":
+            rows.setdefault(x.layer, []).append(x)
+    for row, members in sorted(rows.items()):
+        hook, name = members[0].hook, f"{len(members)} error" + "s" * (len(members) > 1)
+        why = f"error terms at {hook}, all positions"
+        agg = _aggregate(f"errors:{hook}", "errors", name, members, top, row, errors_col, why)
+        out.append(agg)
+        for m in members:
+            by_id[m.id]["agg"] = agg["id"]
+
+    for name, ids in graph.groups.items():
+        members = [graph.node(i) for i in ids if i in by_id and "group" not in by_id[i]]
+        if not members:
+            continue
+        lead = max(members, key=lambda m: (m.influence, m.id))  # drawn in its strongest member's cell
+        agg = _aggregate(f"group:{name}", "group", name, members, top, lead.layer, lead.position, "group (supernode)")
+        out.append(agg)
+        for m in members:
+            by_id[m.id]["group"] = agg["id"]
+
+    tokens = {x.position: _token_text(x.token) for x in nodes if x.kind == "token"}
+    columns = [{"col": p, "name": tokens.get(p, "")} for p in positions]
+    if rows:
+        columns.append({"col": errors_col, "name": "errors"})
+    names = ["tokens", *graph.hooks, "metric"]
+    edges = [[e.source, e.target, e.weight, e.share] for e in graph.edges]
+    return {
+        "rows": names,
+        "columns": columns,
+        "nodes": out,
+        "edges": edges,
+        "collapse_groups": collapse_groups,
+        "label_px": LABEL_PX,
+        "pos": POS,
+        "neg": NEG,
+    }
 
 
 def to_html(
@@ -177,8 +207,8 @@ def to_html(
     max_edges: int | None = 5000,
 ) -> Path:
     """The graph's offline page written to `path`. check: a graphs.interventions.Check to show in the title
-    (None: none); cards: fn(hook, feature) -> FeatureCard or None (an explainer's card method), shown in
-    feature tooltips."""
+    (None: none); cards: fn(hook, feature) -> FeatureCard or None (an explainer's card method), shown in the
+    side panel of a clicked feature."""
     path = Path(path)
     text = page(graph, collapse_groups=collapse_groups, check=check, cards=cards, max_edges=max_edges)
     path.write_text(text, encoding="utf-8")
@@ -187,7 +217,7 @@ def to_html(
 
 def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edges: int | None = 5000) -> str:
     """The graph's offline page as a string (see to_html)."""
-    from pyvis.network import Network
+    from markupsafe import Markup
 
     n_edges = int(graph.edge_mask.sum())
     if max_edges is not None and n_edges > max_edges:
@@ -195,56 +225,34 @@ def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edg
             f"the graph has {n_edges} edges to draw, more than max_edges={max_edges} (a browser slows to a crawl); "
             "prune it first, e.g. graph.prune(0.8, 0.98, max_feature_nodes=60), or pass max_edges=None"
         )
-    net = Network(height="820px", width="100%", directed=True, cdn_resources="in_line")
-    net.templateEnv = _environment()
-    net.path = "graph.html"
-    nodes, drawn = _vis_nodes(graph, collapse_groups, cards)
-    for n in nodes:
-        net.add_node(n.pop("id"), **n)
-    for e in _vis_edges(graph, drawn):
-        net.add_edge(e.pop("from"), e.pop("to"), **e)
-    net.options = {
-        "physics": {"enabled": False},
-        "interaction": {"hover": True, "tooltipDelay": 80, "navigationButtons": False},
-        "edges": {"smooth": False, "arrows": {"to": {"scaleFactor": 0.4}}},
-        "nodes": {"fixed": {"x": False, "y": False}},
-    }
-    text = net.generate_html(name="graph.html")
-    rows = [{"y": 0, "name": "tokens"}]
-    rows += [{"y": -(i + 1) * ROW, "name": h} for i, h in enumerate(graph.hooks)]
-    rows += [{"y": -(len(graph.hooks) + 1) * ROW, "name": "metric"}]
-    text = text.replace("/*ROWS*/[]", json.dumps(rows).replace("</", "<\\/"))
-    return text.replace("<!--TITLE-->", _title(graph, check)).replace("<!--LEGEND-->", _legend())
-
-
-def _title(graph, check) -> str:
-    parts = [f"metric {html.escape(graph.metric)} = {graph.metric_value:+.3f}"]
     kinds = [x.kind for x in graph.nodes]
-    parts.append(f"{kinds.count('feature')} features, {kinds.count('error')} error nodes")
-    if check is not None:
-        parts.append(html.escape(check.summary()))
-    return f"<h2>{html.escape(graph.prompt)}</h2><div class='sub'>{' · '.join(parts)}</div>"
-
-
-def _legend() -> str:
-    items = [
+    drawn = data(graph, collapse_groups=collapse_groups, cards=cards)
+    legend = [
         (f"background:{POS}", "feature raising the metric"),
         (f"background:{NEG}", "feature lowering it"),
-        (f"background:{COLOURS['error']}", "SAE error term"),
+        (f"background:{COLOURS['error']}", "error terms (one node per row, or per position)"),
         (f"background:{COLOURS['group']}", "group (supernode)"),
         (f"background:{COLOURS['token']};border:1px solid #999", "input token"),
         (f"background:{COLOURS['metric']}", "metric"),
     ]
-    rows = "".join(f"<span><span class='sw' style='{s}'></span>{t}</span>" for s, t in items)
-    return (
-        f"<div id='legend'><b>Legend</b>{rows}<span>size: influence on the metric</span>"
-        f"<span>edge width: share of the target's input (blue +, red −)</span></div>"
+    return render(
+        "graph.html.j2",
+        prompt=graph.prompt,
+        metric=f"{graph.metric} = {graph.metric_value:+.3f}",
+        counts=f"{kinds.count('feature')} features, {kinds.count('error')} error nodes, {n_edges} edges",
+        check=check.summary() if check is not None else None,
+        legend=legend,
+        has_groups=any(n["kind"] == "group" for n in drawn["nodes"]),  # a group with a kept member
+        has_errors="error" in kinds,
+        collapse_groups=collapse_groups,
+        data=drawn,
+        vis_js=Markup(_vis("vis-network.min.js")),
+        vis_css=Markup(_vis("vis-network.css")),
     )
 
 
-def _environment():
+def _vis(name: str) -> str:
+    """A file of the vis-network build that pyvis ships (inlined: the page fetches nothing)."""
     import pyvis
-    from jinja2 import ChoiceLoader, DictLoader, Environment, FileSystemLoader
 
-    lib = Path(pyvis.__file__).parent / "templates"
-    return Environment(loader=ChoiceLoader([DictLoader({"graph.html": TEMPLATE}), FileSystemLoader(str(lib))]))
+    return (Path(pyvis.__file__).parent / "templates" / "lib" / "vis-9.1.2" / name).read_text(encoding="utf-8")
