@@ -131,8 +131,8 @@ def trace(
                 new = torch.cat([_call(fn, x[:n], read), x[n:]]) if n < x.shape[0] else _call(fn, x, read)
             new = _edit_groups(new, spec.name, groups, firsts, spans, leaves, seen, reads)
             if spec.name in joining:  # new groups: copies of their source row, edited here if they start here
-                parts = [new if keep_batch else new[:0]]
-                at = parts[0].shape[0]
+                parts = [new] if keep_batch else []  # not new[:0]: it would tie the groups to the batch's graph
+                at = new.shape[0] if keep_batch else 0
                 for g in joining[spec.name]:
                     grp = groups[g]
                     rows = new[grp.source : grp.source + 1].expand(grp.n, -1, -1)
@@ -141,7 +141,7 @@ def trace(
                     spans[g] = slice(at, at + grp.n)
                     parts.append(rows)
                     at += grp.n
-                new = torch.cat(parts)
+                new = torch.cat(parts) if len(parts) > 1 else parts[0]
                 batch_rows = batch_rows if keep_batch else 0  # replaced by the groups
             if grad and spec.name in capture and not new.requires_grad:
                 # model weights are frozen, so the first captured activation becomes the graph's leaf
@@ -205,10 +205,13 @@ def _edit_groups(
         clean = firsts[g] == hook and grp.source < span.start  # its source row is still in the batch
         fn = grp.edits[hook]
         read = _rows(seen[reads[id(fn)]], grp, span, clean) if id(fn) in reads else None
-        parts += [x[at:start], _apply(grp, g, hook, _rows(x, grp, span, clean), leaves, read)]
+        if start > at:  # an empty slice of x would still tie the result to x's graph (a backward of zeros)
+            parts.append(x[at:start])
+        parts.append(_apply(grp, g, hook, _rows(x, grp, span, clean), leaves, read))
         at = span.stop
-    parts.append(x[at:])
-    return torch.cat(parts)
+    if at < x.shape[0]:
+        parts.append(x[at:])
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _rows(x: Tensor, grp: Group, span: slice, clean: bool) -> Tensor:

@@ -73,6 +73,7 @@ def ours(args) -> None:
     result = {
         "nodes": nodes,
         "metric": g.metric_value,
+        "d_model": model.d_model,
         "active_features": g.info["active_features"],
         "scores": {"replacement": s.replacement, "completeness": s.completeness},
         "timings": {"build_graph_s": seconds},
@@ -113,6 +114,16 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
     diffs = sorted(rel(my_edges[k], peer_edges[k]) for k in common)
     top = sorted(peer_edges, key=lambda k: -abs(peer_edges[k]))[:1000]
     top_diff = [rel(my_edges.get(k, 0.0), peer_edges[k]) for k in top]
+    # token edges: circuit-tracer multiplies the gradient at the embedding module's output by the raw embedding
+    # row, but Gemma 3's embedding module scales rows by sqrt(d_model) (what the model adds); their ratio
+    tok = [my_edges[k] / peer_edges[k] for k in common if k[1][0] == "token" and peer_edges[k] != 0]
+    tok_ratio = sorted(tok)[len(tok) // 2] if tok else None
+    other = [rel(my_edges[k], peer_edges[k]) for k in common if k[1][0] != "token"]
+    top_other = [k for k in top if k[1][0] != "token"]
+    fixed = A.clone()
+    first_token = n_f + n_e
+    if tok_ratio:
+        fixed[:, first_token : first_token + lay["n_tokens"]] *= tok_ratio
     my_feats = {k for k in my_keys if k[0] == "feature"}
     their_feats = set(keys[:n_f])
     my_active = mine["active_features"]
@@ -129,7 +140,22 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
             "top1000_within_1e-3": sum(d <= 1e-3 for d in top_diff),
             "top1000_missing_in_ours": sum(k not in my_edges for k in top),
         },
-        "scores": {"ours": mine["scores"], "theirs": peer["scores"]["unpruned"]},
+        "token_edges": {
+            "median_ratio_ours_over_theirs": tok_ratio,
+            "sqrt_d_model": mine["d_model"] ** 0.5,
+        },
+        "edges_not_from_tokens": {
+            "common": len(other),
+            "max_rel_diff": max(other) if other else None,
+            "median_rel_diff": sorted(other)[len(other) // 2] if other else None,
+            "top1000_not_from_tokens": len(top_other),
+            "top1000_within_1e-3": sum(rel(my_edges.get(k, 0.0), peer_edges[k]) <= 1e-3 for k in top_other),
+        },
+        "scores": {
+            "ours": mine["scores"],
+            "theirs": peer["scores"]["unpruned"],
+            "theirs_tokens_scaled": dict(zip(("replacement", "completeness"), _scores(fixed, n_f, n_e, lay))),
+        },
         "metric": {"ours": mine["metric"], "theirs": peer["target"]["model_logit_diff"]},
         "time_s": {"ours": mine["timings"]["build_graph_s"], "theirs": peer["timings"]["attribute_s"]},
         "peak_rss_mb": {"ours": mine["memory"]["peak_rss_build_mb"], "theirs": peer["memory"]["peak_rss_attribute_mb"]},
@@ -137,6 +163,25 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
         "threads": {"ours": mine["threads"], "theirs": peer["settings"]["threads"]},
         "error_nodes": {"theirs": n_e},
     }
+
+
+def _scores(A, n_f: int, n_e: int, lay: dict) -> tuple[float, float]:
+    """circuit-tracer's compute_graph_scores on an adjacency matrix in its node order (logit weight 1)."""
+    N = A.abs()
+    N = N / N.sum(1, keepdim=True).clamp_min(1e-10)
+    w = torch.zeros(len(A), dtype=torch.float64)
+    w[-lay["n_logits"] :] = 1.0
+    inf, cur = torch.zeros_like(w), w @ N
+    for _ in range(len(A)):
+        if not bool(cur.any()):
+            break
+        inf += cur
+        cur = cur @ N
+    tokens = inf[n_f + n_e : n_f + n_e + lay["n_tokens"]].sum()
+    errors = inf[n_f : n_f + n_e].sum()
+    out = inf + w
+    complete = ((1 - N[:, n_f : n_f + n_e].sum(1)) * out).sum() / out.sum()
+    return float(tokens / (tokens + errors)), float(complete)
 
 
 def main(argv=None) -> int:

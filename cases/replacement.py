@@ -95,13 +95,17 @@ def summary(graph, pruned: bool = True) -> dict:
     kinds = [x.kind for x in nodes]
     s = graph_scores(graph, pruned=pruned)
     edges = int(graph.edge_mask.sum()) if pruned else len(graph.src)
-    return {
+    out = {
         "features": kinds.count("feature"),
         "errors": kinds.count("error"),
         "edges": edges,
         "replacement_score": s.replacement,
         "completeness_score": s.completeness,
     }
+    if pruned:  # the other reading of a pruned graph's scores: dropped features removed, not counted as errors
+        r = graph_scores(graph, dropped="removed")
+        out |= {"replacement_score_removed": r.replacement, "completeness_score_removed": r.completeness}
+    return out
 
 
 def _budget(model, dictionaries, full, metric, budget: int) -> dict:

@@ -155,7 +155,7 @@ def build_replacement_graph(
     cap = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
     store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
     _check_memory(model, width, batch_size, (cap + 1) * len(src.kind) * (store.itemsize + 8))  # + a float64 copy
-    vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src)
+    vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     run = _Replacement(model, tcs, batch, clean.acts, batch_size, store)
     A = torch.zeros(cap + 1, len(src.kind), dtype=store)  # [1 + rows, sources]: the metric, then features
     A[0] = run.rows(vectors, [("metric", vec, m_pos)])[0]
@@ -234,18 +234,27 @@ def _sources(model, tcs, decs, emb: Tensor, batch) -> Sources:
 
 
 class _Vectors:
-    """What each source adds to the stream, grouped for the per-row dot products with the gradients."""
+    """What each source adds to the stream, laid out for the per-row dot products with the gradients: per
+    layer, the active features padded per position ([pos, k, d_model]: one small batched matmul per backward,
+    not a gather of [rows, features, d_model]), and the error and token vectors per position."""
 
-    def __init__(self, tcs, decs, emb: Tensor, src: Sources):
-        self.layers = []  # per layer: (feature source idx, pos, W_dec rows * act, error idx, pos, error vectors)
+    def __init__(self, tcs, decs, emb: Tensor, src: Sources, width: int):
+        self.layers = []  # per layer: (columns [pos, k] (-1 pad), vectors [pos, k, d], error columns, vectors)
         for layer, (h, d) in enumerate(decs.items()):
             tc = tcs[h]
             fi = ((src.kind == 0) & (src.layer == layer)).nonzero().squeeze(-1)
             ei = ((src.kind == 1) & (src.layer == layer)).nonzero().squeeze(-1)
-            dev = tc.W_dec.device
-            fv = tc.W_dec[src.feature[fi].to(dev)] * src.value[fi].to(dev, tc.W_dec.dtype)[:, None]
+            pos = src.pos[fi]
+            k = int(torch.bincount(pos, minlength=width).max()) if len(fi) else 0
+            cols = torch.full((width, k), -1, dtype=torch.long)
+            vecs = torch.zeros(width, k, tc.W_dec.shape[1], dtype=tc.W_dec.dtype, device=tc.W_dec.device)
+            slot = torch.zeros(width, dtype=torch.long)
+            for i, p in zip(fi.tolist(), pos.tolist()):
+                cols[p, slot[p]] = i
+                vecs[p, slot[p]] = tc.W_dec[int(src.feature[i])] * float(src.value[i])
+                slot[p] += 1
             ev = d.error[src.pos[ei].to(d.error.device)]  # [n, d_model]
-            self.layers.append((fi, src.pos[fi], fv, ei, src.pos[ei], ev))
+            self.layers.append((cols, vecs, ei, src.pos[ei], ev))
         ti = (src.kind == 2).nonzero().squeeze(-1)
         self.tokens = (ti, src.pos[ti], emb[src.pos[ti].to(emb.device)])
         self.n = len(src.kind)
@@ -287,17 +296,24 @@ class _Replacement:
         g_emb = grads[0]
         ti, tpos, tvec = vectors.tokens
         if g_emb is not None:
-            out[:, ti] = torch.einsum("bnd,nd->bn", g_emb[:n, tpos].double(), tvec.double()).cpu().to(self.store)
-        for layer, (fi, fpos, fv, ei, epos, ev) in enumerate(vectors.layers):
+            out[:, ti] = _dots(g_emb[:n, tpos.to(g_emb.device)], tvec).to(self.store)
+        for layer, (cols, vecs, ei, epos, ev) in enumerate(vectors.layers):
             g = grads[1 + layer]
             if g is None:
                 continue
-            g = g[:n].double()
-            if len(fi):
-                out[:, fi] = torch.einsum("bnd,nd->bn", g[:, fpos.to(g.device)], fv.double()).cpu().to(self.store)
+            g = g[:n]
+            if cols.numel():  # [pos, rows, d] x [pos, d, k] -> [pos, rows, k]
+                vals = torch.bmm(g.transpose(0, 1), vecs.to(g.dtype).transpose(1, 2)).permute(1, 0, 2).cpu()
+                used = cols >= 0
+                out[:, cols[used]] = vals[:, used].to(self.store)
             if len(ei):
-                out[:, ei] = torch.einsum("bnd,nd->bn", g[:, epos.to(g.device)], ev.double()).cpu().to(self.store)
+                out[:, ei] = _dots(g[:, epos.to(g.device)], ev).to(self.store)
         return out
+
+
+def _dots(g: Tensor, vecs: Tensor) -> Tensor:
+    """[rows, n, d] . [n, d] -> [rows, n] on the CPU, in the gradients' dtype (float64 for a float64 model)."""
+    return torch.einsum("bnd,nd->bn", g, vecs.to(g.dtype)).cpu()
 
 
 def _influence(rows: Tensor, row_source: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ of removing the node with downstream features linear, and the scores follow circ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -174,6 +175,10 @@ def test_pruning_keeps_tokens_and_metric_and_scores_match_the_definitions():
     assert s.replacement == pytest.approx(rep, rel=1e-9) and s.completeness == pytest.approx(comp, rel=1e-9)
     sp = graph_scores(p)
     assert 0 <= sp.replacement <= s.replacement + 1e-12 and 0 <= sp.completeness <= 1
+    # "removed": circuit-tracer's formulas on the pruned adjacency (dropped nodes' and edges' weights zeroed)
+    kept = p.edge_mask & p.node_mask[p.src] & p.node_mask[p.dst]
+    masked = dataclasses.replace(g, weight=torch.where(kept, g.weight, torch.zeros_like(g.weight)))
+    assert graph_scores(p, dropped="removed") == pytest.approx(_reference_scores(masked), rel=1e-9)
 
 
 def _reference_scores(g):
