@@ -84,7 +84,8 @@ def ours(args) -> None:
 
 
 def compare(ours_dir: Path, peer_dir: Path) -> dict:
-    """Nodes matched by identity (feature: layer, position, index; error: layer, position; token: position)."""
+    """Nodes matched by identity (feature: layer, position, index; error: layer, position; token: position); our
+    edges laid into circuit-tracer's dense [target, source] order and compared entry by entry."""
     from safetensors.torch import load_file
 
     mine = json.loads((ours_dir / "result.json").read_text())
@@ -92,64 +93,54 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
     peer = json.loads((peer_dir / "result.json").read_text())
     t = load_file(str(peer_dir / "graph.safetensors"))
     lay = peer["layout"]
-    n_f, n_e = lay["n_features"], lay["n_errors"]
+    n_f, n_e, n_t = lay["n_features"], lay["n_errors"], lay["n_tokens"]
     keys = [("feature", *map(int, r)) for r in t["features"].tolist()]
     keys += [("error", int(a), int(b), -1) for a, b in t["errors"].tolist()]
-    keys += [("token", -1, p, -1) for p in range(lay["n_tokens"])]
+    keys += [("token", -1, p, -1) for p in range(n_t)]
     keys += [("metric", -1, -1, -1)] * lay["n_logits"]
+    index = {k: i for i, k in enumerate(keys)}
     my_keys = [
         ("metric", -1, -1, -1) if k == "metric" else (k, layer if k != "token" else -1, p, f)
         for k, layer, p, f in mine["nodes"]
     ]
-    A = t["adjacency"].double()  # [target, source]
-    peer_edges = {}
-    nz = A.nonzero().tolist()
-    for r, c in nz:
-        peer_edges[(keys[r], keys[c])] = float(A[r, c])
-    my_edges = {
-        (my_keys[d], my_keys[s]): w for s, d, w in zip(e["src"].tolist(), e["dst"].tolist(), e["weight"].tolist())
-    }
-    common = set(my_edges) & set(peer_edges)
-    rel = lambda a, b: abs(a - b) / max(abs(a), abs(b), 1e-12)  # noqa: E731
-    diffs = sorted(rel(my_edges[k], peer_edges[k]) for k in common)
-    top = sorted(peer_edges, key=lambda k: -abs(peer_edges[k]))[:1000]
-    top_diff = [rel(my_edges.get(k, 0.0), peer_edges[k]) for k in top]
-    # token edges: circuit-tracer multiplies the gradient at the embedding module's output by the raw embedding
-    # row, but Gemma 3's embedding module scales rows by sqrt(d_model) (what the model adds); their ratio
-    tok = [my_edges[k] / peer_edges[k] for k in common if k[1][0] == "token" and peer_edges[k] != 0]
-    tok_ratio = sorted(tok)[len(tok) // 2] if tok else None
-    other = [rel(my_edges[k], peer_edges[k]) for k in common if k[1][0] != "token"]
-    top_other = [k for k in top if k[1][0] != "token"]
+    to_peer = torch.tensor([index.get(k, -1) for k in my_keys])
+    A = t["adjacency"].double()  # [target, source], circuit-tracer's order
+    M = torch.zeros_like(A)  # ours, in the same order
+    s_idx, d_idx = to_peer[e["src"]], to_peer[e["dst"]]
+    mapped = (s_idx >= 0) & (d_idx >= 0)
+    M[d_idx[mapped], s_idx[mapped]] = e["weight"][mapped]
+    both = (M != 0) & (A != 0)
+    rel = (M - A).abs() / torch.maximum(M.abs(), A.abs()).clamp_min(1e-12)
+    token_cols = torch.zeros_like(both)
+    token_cols[:, n_f + n_e : n_f + n_e + n_t] = True
+    ratio = (M[both & token_cols] / A[both & token_cols]).median().item() if bool((both & token_cols).any()) else None
+    other = rel[both & ~token_cols]
+    top = A.abs().flatten().topk(1000).indices
+    top_rel, top_missing = rel.flatten()[top], (M.flatten()[top] == 0)
+    top_other = ~token_cols.flatten()[top]
     fixed = A.clone()
-    first_token = n_f + n_e
-    if tok_ratio:
-        fixed[:, first_token : first_token + lay["n_tokens"]] *= tok_ratio
+    if ratio:
+        fixed[:, n_f + n_e : n_f + n_e + n_t] *= ratio
     my_feats = {k for k in my_keys if k[0] == "feature"}
-    their_feats = set(keys[:n_f])
-    my_active = mine["active_features"]
     return {
-        "feature_nodes": {"ours": len(my_feats), "theirs": n_f, "common": len(my_feats & their_feats)},
-        "active_features": {"ours": my_active, "theirs": lay["n_active_features"]},
+        "feature_nodes": {"ours": len(my_feats), "theirs": n_f, "common": len(my_feats & set(keys[:n_f]))},
+        "active_features": {"ours": mine["active_features"], "theirs": lay["n_active_features"]},
         "edges": {
-            "ours": len(my_edges),
-            "theirs": len(peer_edges),
-            "common": len(common),
-            "median_rel_diff": diffs[len(diffs) // 2] if diffs else None,
-            "max_rel_diff": diffs[-1] if diffs else None,
-            "top1000_max_rel_diff": max(top_diff),
-            "top1000_within_1e-3": sum(d <= 1e-3 for d in top_diff),
-            "top1000_missing_in_ours": sum(k not in my_edges for k in top),
+            "ours": len(e["src"]),
+            "theirs": int((A != 0).sum()),
+            "common": int(both.sum()),
+            "ours_between_nodes_they_lack": int((~mapped).sum()),
+            "median_rel_diff": rel[both].median().item(),
+            "top1000_within_1e-3": int((top_rel <= 1e-3).sum()),
+            "top1000_missing_in_ours": int(top_missing.sum()),
         },
-        "token_edges": {
-            "median_ratio_ours_over_theirs": tok_ratio,
-            "sqrt_d_model": mine["d_model"] ** 0.5,
-        },
+        "token_edges": {"median_ratio_ours_over_theirs": ratio, "sqrt_d_model": mine["d_model"] ** 0.5},
         "edges_not_from_tokens": {
-            "common": len(other),
-            "max_rel_diff": max(other) if other else None,
-            "median_rel_diff": sorted(other)[len(other) // 2] if other else None,
-            "top1000_not_from_tokens": len(top_other),
-            "top1000_within_1e-3": sum(rel(my_edges.get(k, 0.0), peer_edges[k]) <= 1e-3 for k in top_other),
+            "common": int(other.numel()),
+            "median_rel_diff": other.median().item() if other.numel() else None,
+            "p99_rel_diff": other.quantile(0.99).item() if other.numel() else None,
+            "top1000_not_from_tokens": int(top_other.sum()),
+            "top1000_within_1e-3": int(((top_rel <= 1e-3) & top_other).sum()),
         },
         "scores": {
             "ours": mine["scores"],
@@ -195,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--good", default=GOOD)
     ap.add_argument("--bad", default=BAD)
+    ap.add_argument("--reuse-theirs", action="store_true", help="keep circuit-tracer's result already in --out")
     ap.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -221,6 +213,8 @@ def main(argv=None) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = {}
     for side in ("theirs", "ours"):  # one at a time: two cores, and each side's peak memory is its own
+        if side == "theirs" and args.reuse_theirs and (out / "theirs" / "result.json").exists():
+            continue
         t = time.perf_counter()
         if side == "ours":
             cmd = [sys.executable, "-m", "bench.replacement_side_by_side", "--ours", "--transcoders", str(folder)]
