@@ -183,7 +183,6 @@ def build_replacement_graph(
             done[chunk] = True
             bar.update(len(chunk))
     bar.close()
-    A = A.double()
     graph = _assemble(model, tcs, prompt, batch, metric, value, src, A, order, names, m_pos)
     graph.info.update(
         build_s=time.perf_counter() - start,
@@ -376,9 +375,14 @@ def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor,
     metric_index = len(nodes)
     nodes.append(GraphNode(METRIC_ID, "metric", len(hooks) + 1, None, m_pos, None, tokens[m_pos], value, value))
     targets = torch.tensor([metric_index] + [int(node_of[i]) for i in order], dtype=torch.long)
-    cols = keep.nonzero().squeeze(-1)
-    sub = A[:, cols]  # [rows, kept sources]
-    r, c = sub.nonzero(as_tuple=True)
+    srcs, dsts, weights = [], [], []
+    for start in range(0, len(A), 512):  # in chunks of rows: no dense copy, no [E, 2] index of the whole matrix
+        r, c = A[start : start + 512].nonzero(as_tuple=True)
+        ok = keep[c]
+        r, c = r[ok], c[ok]
+        srcs.append(node_of[c])
+        dsts.append(targets[start + r])
+        weights.append(A[start + r, c].double())
     return Graph.scored(
         prompt=prompt,
         token_ids=batch.input_ids[0].tolist(),
@@ -388,9 +392,9 @@ def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor,
         model={"name": model.name, "n_layers": model.n_layers},
         metric_info=metric_info(metric, value),
         full_nodes=nodes,
-        src=node_of[cols[c]],
-        dst=targets[r],
-        weight=sub[r, c],
+        src=torch.cat(srcs),
+        dst=torch.cat(dsts),
+        weight=torch.cat(weights),
         info={},
     )
 
@@ -400,9 +404,9 @@ def _total_effect(A: Tensor, src: Sources, order: list[int]) -> Tensor:
     sum over feature rows r of (t_r / a_r) A[r, s], a_r the row feature's activation (slope 1 when active)."""
     rows = torch.tensor(order, dtype=torch.long)
     act = src.value[rows]  # [n_rows]
-    total = A[0].clone()
+    total = A[0].double()
     for _ in range(int(src.layer.max()) + 2):  # one more layer of paths each step; a DAG of n_layers rows
-        new = A[0] + (total[rows] / act) @ A[1:]
+        new = A[0].double() + ((total[rows] / act).to(A.dtype) @ A[1:]).double()
         if torch.equal(new, total):
             break
         total = new
