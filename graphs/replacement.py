@@ -183,6 +183,7 @@ def build_replacement_graph(
             done[chunk] = True
             bar.update(len(chunk))
     bar.close()
+    del run, vectors  # the replicated forward and its graph are done with: free them before the edges are laid out
     graph = _assemble(model, tcs, prompt, batch, metric, value, src, A, order, names, m_pos)
     graph.info.update(
         build_s=time.perf_counter() - start,
