@@ -126,7 +126,109 @@ FITPEAK = "bench/results/summary_fit_peak.json"
 SPARSIFY = "bench/results/sparsify.json"
 CT = "bench/results/circuit_tracer_random.json"  # python -m bench.circuit_tracer_side_by_side --random
 CT_ALL = "bench/results/circuit_tracer_random_all.json"  # the same with --max-feature-nodes 100000 --batch-size 64
+KR = "cases/results/kobe_replacement/report.json"  # python -m cases multihop --out cases/results/kobe_replacement
+RP = ("replacement",)
+SBS = "bench/results/replacement_side_by_side.json"  # python -m bench.replacement_side_by_side (2,048 features)
+SBS_ALL = "bench/results/replacement_side_by_side_all.json"  # the same with --max-feature-nodes 100000
+WHY = "bench/results/replacement_why.json"  # python -m bench.replacement_why
+TC_ROW = "| transcoders, ≤ 100 features | 100 | 192 | {} |"
 FIGURES = [
+    Figure(R, "against the residual-SAE graph's | **{}** /", KR, (*RP, "budgets", "100", "faithfulness"), "{:.3f}"),
+    Figure(
+        R,
+        "| transcoders, ≤ 100 features | 100 | 192 | 0.227 | 0.529 | **{}** |",
+        KR,
+        (*RP, "budgets", "100", "faithfulness"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(R, TC_ROW.format("{}") + " 0.529", KR, (*RP, "budgets", "100", "replacement_score"), "{:.3f}"),
+    Figure(R, "| 100 | 192 | 0.227 | {} |", KR, (*RP, "budgets", "100", "completeness_score"), "{:.3f}"),
+    Figure(
+        R,
+        "| its replacement / completeness scores (targets ≥ 0.5 / ≥ 0.8: not met, and why) | **{}** /",
+        KR,
+        (*RP, "budgets", "100", "replacement_score"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(
+        R,
+        "(targets ≥ 0.5 / ≥ 0.8: not met, and why) | **0.227** / **{}** |",
+        KR,
+        (*RP, "budgets", "100", "completeness_score"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(
+        R,
+        "| transcoders, ≤ 60 features | 60 | 190 | 0.222 | 0.515 | {} |",
+        KR,
+        (*RP, "budgets", "60", "faithfulness"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(
+        R,
+        "| residual SAEs, ≤ 100 features | 100 | 88 | 0.118 | 0.376 | {} |",
+        KR,
+        (*RP, "sae_graph", "budgets", "100", "faithfulness"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(
+        R,
+        "| residual SAEs, ≤ 60 features | 60 | 88 | 0.110 | 0.323 | {} |",
+        KR,
+        (*RP, "sae_graph", "budgets", "60", "faithfulness"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(R, "| transcoders, full | 7488 | 234 | {} |", KR, (*RP, "full", "replacement_score"), "{:.3f}"),
+    Figure(
+        R, "| residual SAEs, full | 1280 | 130 | {} |", KR, (*RP, "sae_graph", "full", "replacement_score"), "{:.3f}"
+    ),  # fmt: skip
+    Figure(
+        R,
+        "the transcoder graph at ≤ 100 features scores {} /",
+        KR,
+        (*RP, "budgets", "100", "replacement_score_removed"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(
+        R,
+        "build time ratio; top 1,000 edges within 1e-3 | **{}**;",
+        SBS_ALL,
+        ("ratios", "time_ours_over_theirs"),
+        "{:.2f}",
+    ),  # fmt: skip
+    Figure(R, "| **0.31**; **{}** of 1,000 |", SBS_ALL, ("edges", "top1000_within_1e-3")),
+    Figure(R, "| graph build, ours / theirs | **{} s** /", SBS_ALL, ("time_s", "ours"), "{:.1f}"),
+    Figure(R, "| graph build, ours / theirs | **14.9 s** / {} s", SBS_ALL, ("time_s", "theirs"), "{:.1f}"),
+    Figure(R, "| feature nodes in both | **{}** of 7,488 |", SBS_ALL, ("feature_nodes", "common")),
+    Figure(R, "of 7,488 | {} of 2,048", SBS, ("feature_nodes", "common")),
+    Figure(R, "| the same, circuit-tracer | {} /", SBS_ALL, ("scores", "theirs", "replacement"), "{:.3f}"),
+    Figure(
+        R,
+        "| the same, circuit-tracer with its token edges scaled by √640 | {} /",
+        SBS_ALL,
+        ("scores", "theirs_tokens_scaled", "replacement"),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(R, "(median ratio {}, √640", SBS_ALL, ("token_edges", "median_ratio_ours_over_theirs"), "{:.4f}"),
+    Figure(
+        R,
+        "the build adds more to the process than\ncircuit-tracer's attribute() does ({}×",
+        SBS_ALL,
+        ("ratios", "added_rss_ours_over_theirs"),
+        "{:.2f}",
+    ),  # fmt: skip
+    Figure(R, "| peak RSS over the build, ours / theirs | {} MB", SBS_ALL, ("peak_rss_mb", "ours"), "{:.0f}"),
+    Figure(R, "**Error nodes carry {} of the influence on the metric", WHY, ("error_influence",), "{:.3f}"),
+    Figure(R, "the tokens {}** (the full graph's", WHY, ("token_influence",), "{:.3f}"),
+    Figure(
+        R,
+        "layers\n  0-3, whose transcoders explain 0.76-0.97 of their MLP's variance, hold {} of it",
+        WHY,
+        ("error_influence_layers_0_3",),
+        "{:.3f}",
+    ),  # fmt: skip
+    Figure(R, "top next token is ` Kobe` (p = {})", WHY, ("model_top_tokens", 0, 1), "{:.3f}"),
+    Figure(R, "` Sacramento` has p = {} and", WHY, ("p_good",), "{:.1e}"),
     Figure(R, "Ours trains {}× faster (median of three", SPARSIFY, ("summary", "paired_speed_ratio"), "{:.2f}"),
     Figure(R, "| sparsify 1.3.3 `Trainer`, signum | {} |", SPARSIFY, (*ROWS, 1, "tokens_per_s"), "{:,.0f}"),
     Figure(R, "per-dimension normalisation | {} | 0.740", SPARSIFY, (*ROWS, 0, "tokens_per_s"), "{:,.0f}"),
@@ -484,3 +586,10 @@ def test_every_docs_page_is_linked_from_the_front_page_and_every_link_resolves()
         assert image in links[FRONT]
         data = (ROOT / image).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) < 300_000, image
+
+
+def test_transcoder_quality_table_is_the_committed_report():
+    from attribution.training.transcoders import quality_table
+
+    rows = json.loads(_read("bench/results/default_transcoders_quality.json"))["transcoders"]
+    assert quality_table(rows) in _read("docs/replacement.md")
