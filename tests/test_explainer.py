@@ -94,13 +94,13 @@ def test_the_reports_graph_shows_the_reports_cards_in_its_tooltips(model, saes, 
     r = cases.run(PROMPTS[1], " tired", " happy", model=model, saes=saes, out=tmp_path / "r", n_ablate=10, cards=2,
                   graph=True, index_tokens=ids, steer=False, progress=False)  # fmt: skip
     page = Path(r.paths["graph.html"]).read_text(encoding="utf-8")
-    nodes = json.loads(re.search(r"var rawNodes = (\[.*?\]);\n", page).group(1))
-    feats = [n for n in nodes if n["kind"] == "feature"]
-    assert feats and all("feature-card" in n["title"] and "fires on" in n["title"] for n in feats)
-    assert all("promotes" in n["title"] and 'class="ctx"' in n["title"] for n in feats)
+    nodes = json.loads(re.search(r"var GRAPH = (\{.*?\});</script>", page, re.S).group(1))["nodes"]
+    feats = [n for n in nodes if n["kind"] == "feature"]  # each one's side-panel card is in its "head"
+    assert feats and all("feature-card" in n["head"] and "fires on" in n["head"] for n in feats)
+    assert all("promotes" in n["head"] and 'class="ctx"' in n["head"] for n in feats)
     # each tooltip's card is the feature's own, from the index the report's tables were labelled from
     indexes = feature_indexes(model, saes, tokens=ids, progress=False)
     for n in feats:
-        hook, f = re.search(r"(resid_post\.\d) #(\d+): ", n["title"]).groups()
-        assert f"fires on {indexes[hook].frequency(int(f)):.3%} of" in n["title"]
+        hook, f = re.search(r"(resid_post\.\d) #(\d+): ", n["head"]).groups()
+        assert f"fires on {indexes[hook].frequency(int(f)):.3%} of" in n["head"]
     assert "feature-card" in Path(r.paths["report.html"]).read_text(encoding="utf-8")

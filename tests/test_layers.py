@@ -19,8 +19,8 @@ LAYERS = [
     (1, r"attribution\.engine$"),
     (2, r"attribution\.(attribute|ablate|compare|find)$"),
     (2, r"attribution\.(explain|training)(\..*)?$"),
-    (3, r"graphs\.(nodes|graph|prune|groups|edges|build|interventions|labels)$"),
-    (4, r"graphs\.(render|html|template|schema|notebook)$"),
+    (3, r"graphs\.(nodes|graph|prune|groups|edges|build|replacement|scores|interventions|labels)$"),
+    (4, r"graphs\.(render|html|schema|notebook)$"),
     (4, r"cases(\..*)?$"),
     (5, r"attribution\.(cli|console|__main__)$"),
     (5, r"(attribution|graphs)$"),  # the package facades
