@@ -140,7 +140,7 @@ FIGURES = [
         KR,
         (*RP, "budgets", "100", "faithfulness"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(R, TC_ROW.format("{}") + " 0.529", KR, (*RP, "budgets", "100", "replacement_score"), "{:.3f}"),
     Figure(R, "| 100 | 192 | 0.227 | {} |", KR, (*RP, "budgets", "100", "completeness_score"), "{:.3f}"),
     Figure(
@@ -149,53 +149,53 @@ FIGURES = [
         KR,
         (*RP, "budgets", "100", "replacement_score"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(
         R,
         "(targets ≥ 0.5 / ≥ 0.8: not met, and why) | **0.227** / **{}** |",
         KR,
         (*RP, "budgets", "100", "completeness_score"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(
         R,
         "| transcoders, ≤ 60 features | 60 | 190 | 0.222 | 0.515 | {} |",
         KR,
         (*RP, "budgets", "60", "faithfulness"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(
         R,
         "| residual SAEs, ≤ 100 features | 100 | 88 | 0.118 | 0.376 | {} |",
         KR,
         (*RP, "sae_graph", "budgets", "100", "faithfulness"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(
         R,
         "| residual SAEs, ≤ 60 features | 60 | 88 | 0.110 | 0.323 | {} |",
         KR,
         (*RP, "sae_graph", "budgets", "60", "faithfulness"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(R, "| transcoders, full | 7488 | 234 | {} |", KR, (*RP, "full", "replacement_score"), "{:.3f}"),
     Figure(
         R, "| residual SAEs, full | 1280 | 130 | {} |", KR, (*RP, "sae_graph", "full", "replacement_score"), "{:.3f}"
-    ),  # fmt: skip
+    ),
     Figure(
         R,
         "the transcoder graph at ≤ 100 features scores {} /",
         KR,
         (*RP, "budgets", "100", "replacement_score_removed"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(
         R,
         "build time ratio; top 1,000 edges within 1e-3 | **{}**;",
         SBS_ALL,
         ("ratios", "time_ours_over_theirs"),
         "{:.2f}",
-    ),  # fmt: skip
+    ),
     Figure(R, "| **0.31**; **{}** of 1,000 |", SBS_ALL, ("edges", "top1000_within_1e-3")),
     Figure(R, "| graph build, ours / theirs | **{} s** /", SBS_ALL, ("time_s", "ours"), "{:.1f}"),
     Figure(R, "| graph build, ours / theirs | **14.9 s** / {} s", SBS_ALL, ("time_s", "theirs"), "{:.1f}"),
@@ -208,7 +208,7 @@ FIGURES = [
         SBS_ALL,
         ("scores", "theirs_tokens_scaled", "replacement"),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(R, "(median ratio {}, √640", SBS_ALL, ("token_edges", "median_ratio_ours_over_theirs"), "{:.4f}"),
     Figure(
         R,
@@ -216,7 +216,7 @@ FIGURES = [
         SBS_ALL,
         ("ratios", "added_rss_ours_over_theirs"),
         "{:.2f}",
-    ),  # fmt: skip
+    ),
     Figure(R, "| peak RSS over the build, ours / theirs | {} MB", SBS_ALL, ("peak_rss_mb", "ours"), "{:.0f}"),
     Figure(R, "**Error nodes carry {} of the influence on the metric", WHY, ("error_influence",), "{:.3f}"),
     Figure(R, "the tokens {}** (the full graph's", WHY, ("token_influence",), "{:.3f}"),
@@ -226,7 +226,7 @@ FIGURES = [
         WHY,
         ("error_influence_layers_0_3",),
         "{:.3f}",
-    ),  # fmt: skip
+    ),
     Figure(R, "top next token is ` Kobe` (p = {})", WHY, ("model_top_tokens", 0, 1), "{:.3f}"),
     Figure(R, "` Sacramento` has p = {} and", WHY, ("p_good",), "{:.1e}"),
     Figure(R, "Ours trains {}× faster (median of three", SPARSIFY, ("summary", "paired_speed_ratio"), "{:.2f}"),

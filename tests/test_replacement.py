@@ -246,7 +246,7 @@ def test_transcoders_reading_the_normalised_mlp_input(fam):
     g = build_replacement_graph(m, tcs, PROMPTS[0], metric, labels=False, progress=False, batch_size=5)
     sources, values = removal_runs(m, tcs, g, metric, linear=False)
     weights = {(e.source, e.target): e.weight for e in g.edges}
-    for t in ["metric"] + [x.id for x in g.full_nodes if x.kind == "feature"][:40]:
+    for t in ["metric", *[x.id for x in g.full_nodes if x.kind == "feature"][:40]]:
         effect = values[t][0] - values[t][1:]
         claimed = torch.tensor([weights.get((s.id, t), 0.0) for s in sources], dtype=torch.float64)
         torch.testing.assert_close(claimed, effect, atol=1e-10 * float(effect.abs().max()), rtol=1e-8)
