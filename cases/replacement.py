@@ -29,6 +29,7 @@ def stage(config, loaded, graph_result) -> ReplacementResult | None:
     """Build, prune, score, check and export the replacement graph (None when no transcoders are configured)."""
     if config.sources.transcoders is None:
         return None
+    from cases.stages import contrast_groups
     from graphs import build_graph
     from graphs.html import page
     from graphs.labels import labeler
@@ -49,7 +50,7 @@ def stage(config, loaded, graph_result) -> ReplacementResult | None:
         "full": summary(full, pruned=False),
         "budgets": {b: _budget(model, tcs, full, metric, b) for b in BUDGETS},
         "top": [_row(x) for x in g.top(15)],
-        "groups": _groups(model, tcs, g, metric, config.graph.groups, config.graph.swaps),
+        "groups": contrast_groups(model, tcs, g, metric, config.graph.groups, config.graph.swaps),
     }
     if graph_result is not None and getattr(graph_result, "full", None) is not None:
         saes, sae_full = graph_result.saes, graph_result.full
@@ -131,27 +132,3 @@ def _row(x) -> dict:
         "attribution": x.attribution,
         "label": x.label,
     }
-
-
-def _groups(model, tcs, g, metric, groups: dict, swaps: dict) -> dict:
-    """Each contrast group as graph nodes, ablated together; and its swap for another group's features."""
-    from graphs import GraphError, ablate_group, group_by_contrast
-    from graphs.interventions import swap_group
-
-    found = {}
-    for name, (positive, negative) in groups.items():
-        try:
-            matches = group_by_contrast(model, tcs, g, name, positive, negative)
-        except GraphError as exc:
-            found[name] = {"error": str(exc)}
-            continue
-        members = [g.node(i) for i in g.groups[name]]
-        found[name] = {
-            "features": [str(m) for m in matches[:8]],
-            "nodes": len(members),
-            "kept": sum(g.kept(x.id) for x in members),
-            "ablation": ablate_group(model, tcs, g, name, metric),
-        }
-        if name in swaps:
-            found[name]["swap"] = swap_group(model, tcs, g, name, *swaps[name])
-    return found

@@ -184,7 +184,7 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
     full = build_graph(model, saes, prompt, metric, labels=labels, progress=config.progress)
     g = full.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=60)  # 60: a graph a reader can follow
     result, stats = _graph_stats(model, saes, g, metric)
-    stats["groups"] = _groups(model, saes, g, metric, config.graph.groups)
+    stats["groups"] = contrast_groups(model, saes, g, metric, config.graph.groups)
     cards = labeler(model, saes, explainer).card if explainer.available else None  # tooltips: 3 contexts a card
     text = page(g, check=result, cards=cards)  # faithfulness and completeness in the title
     (out / "graph.html").write_text(text, encoding="utf-8")  # the page the report also embeds, rendered once
@@ -219,9 +219,11 @@ def _graph_stats(model, saes: dict, g, metric) -> tuple[Any, dict]:
     }
 
 
-def _groups(model, saes: dict, g, metric, groups: dict) -> dict:
-    """Each group found by contrast and ablated as one unit, or the error that says why none was found."""
+def contrast_groups(model, saes: dict, g, metric, groups: dict, swaps: dict | None = None) -> dict:
+    """Each group found by contrast and ablated as one unit (or the error that says why none was found), and
+    swapped for another group's features where `swaps` names it (graphs.interventions.swap_group)."""
     from graphs import GraphError, ablate_group, group_by_contrast
+    from graphs.interventions import swap_group
 
     found = {}
     for name, (positive, negative) in groups.items():
@@ -237,6 +239,8 @@ def _groups(model, saes: dict, g, metric, groups: dict) -> dict:
             "kept": sum(g.kept(x.id) for x in members),
             "ablation": ablate_group(model, saes, g, name, metric),  # zero ablation of every member at once
         }
+        if swaps and name in swaps:
+            found[name]["swap"] = swap_group(model, saes, g, name, *swaps[name])
     return found
 
 

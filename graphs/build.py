@@ -143,13 +143,7 @@ def build_graph(
     ws.append(last_attr[into_metric])
     info = {"build_s": time.perf_counter() - start, "candidates": candidates, "token_prob": _prob(model, metric, clean)}
     return Graph.scored(
-        prompt=prompt,
-        token_ids=batch.input_ids[0].tolist(),
-        tokens=tokens,
-        hooks=hooks,
-        layers={h: model.hook(h).layer for h in hooks},
-        model={"name": model.name, "n_layers": model.n_layers},
-        metric_info=metric_info(metric, clean.metric),
+        **described(model, prompt, batch, hooks, metric, clean.metric),
         full_nodes=nodes,
         src=torch.cat(srcs),
         dst=torch.cat(dsts),
@@ -162,6 +156,19 @@ def _transcoders(saes) -> bool:
     """Whether `saes` are transcoders (a replacement graph) rather than residual-stream SAEs."""
     values = saes.values() if isinstance(saes, dict) else saes if isinstance(saes, (list, tuple)) else []
     return any(getattr(s, "is_transcoder", False) for s in values)
+
+
+def described(model, prompt: str, batch, hooks: list[str], metric, value: float) -> dict:
+    """A graph's description of its prompt, dictionaries, model and metric (Graph fields), whatever built it."""
+    return {
+        "prompt": prompt,
+        "token_ids": batch.input_ids[0].tolist(),
+        "tokens": batch.tokens[0],
+        "hooks": hooks,
+        "layers": {h: model.hook(h).layer for h in hooks},
+        "model": {"name": model.name, "n_layers": model.n_layers},
+        "metric_info": metric_info(metric, value),
+    }
 
 
 def metric_info(metric, value: float) -> dict:

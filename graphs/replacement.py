@@ -347,7 +347,7 @@ def _influence(rows: Tensor, row_source: Tensor) -> Tensor:
 
 def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor, order, names, m_pos) -> Graph:
     """The Graph: tokens, the computed features, errors, the metric; edges among them from the rows."""
-    from graphs.build import metric_info
+    from graphs.build import described
 
     hooks = list(tcs)
     tokens = batch.tokens[0]
@@ -385,13 +385,7 @@ def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor,
         dsts.append(targets[start + r])
         weights.append(A[start + r, c].double())
     return Graph.scored(
-        prompt=prompt,
-        token_ids=batch.input_ids[0].tolist(),
-        tokens=tokens,
-        hooks=hooks,
-        layers={h: model.hook(h).layer for h in hooks},
-        model={"name": model.name, "n_layers": model.n_layers},
-        metric_info=metric_info(metric, value),
+        **described(model, prompt, batch, hooks, metric, value),
         full_nodes=nodes,
         src=torch.cat(srcs),
         dst=torch.cat(dsts),
