@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from attribution.edits import Add, Set, Splice  # noqa: F401  (the standard edits, re-exported)
 from attribution.errors import AttributionError, check_finite
 from attribution.models.frozen import frozen_norm, frozen_qk, norm_scale
 from attribution.models.hooks import KINDS
-from attribution.splice import decompose_acts, prepare_saes, wide
+from attribution.splice import decompose_acts, prepare_saes
 
 Edit = Callable[[Tensor], Tensor]  # [rows, pos, d_model] -> [rows, pos, d_model], a pure function
 
@@ -311,67 +312,6 @@ def _freeze(model, freeze, what: str, path: str, layout: str | None = None) -> N
             freeze["qk"][path] = out.save()
         clean = held.qk[path] if held is not None else None
         env.output = frozen_qk(out, layout, model.hf.config.num_attention_heads, clean)
-
-
-# --- standard edits ------------------------------------------------------------------------------
-
-
-@dataclass
-class Add:
-    """Row r gets vec[r] added at position pos[r]: one node's ablation ((target - f_i) W_dec[i], or
-    target - e for an error node) or a steering vector."""
-
-    pos: Tensor  # [n] long
-    vec: Tensor  # [n, d_model]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        x = x.clone()
-        x[torch.arange(len(self.pos)), self.pos] += self.vec.to(x.dtype)
-        return x
-
-
-@dataclass
-class Set:
-    """The rows' activation replaced by `value` (broadcast to the rows): a reconstruction, or zeros."""
-
-    value: Tensor  # [rows or 1, pos, d_model]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self.value.to(x.dtype).expand_as(x)
-
-
-@dataclass
-class Splice:
-    """Encode the rows' actual input with `sae` and replace the features where `keep` is False by `values`
-    (and error terms where `keep_error` is False by `error_value`): x + (f' - f) W_dec + (e' - e).
-
-    Exactly x where nothing is replaced; downstream of an upstream edit, the features are those of the
-    input this hook actually receives (graph checks, group ablation and steering, clamping). A transcoder's
-    splice sits at its target (splice.edit_hook) and reads its input hook: f = encode(read), and the error
-    term e = x - decode(f) - read W_skip."""
-
-    sae: object
-    keep: Tensor  # [n, pos, d_sae] bool, True = left as computed
-    values: Tensor  # [n, pos, d_sae] (or broadcastable): what replaced features become
-    keep_error: Tensor | None = None  # [n, pos, 1] bool (None: every error term kept)
-    error_value: Tensor | None = None  # [d_model]: what replaced error terms become
-
-    @property
-    def reads(self) -> str | None:
-        return self.sae.hook if self.sae.is_transcoder else None
-
-    def __call__(self, x: Tensor, read: Tensor | None = None) -> Tensor:
-        sae = self.sae
-        f = sae.encode(x if read is None else read)  # [rows, pos, d_sae]
-        new = torch.where(self.keep, f, self.values.to(f.dtype))
-        dx = (new - f) @ sae.W_dec  # [rows, pos, d_model]; b_dec cancels
-        if self.keep_error is not None and not bool(self.keep_error.all()):
-            xw = x.to(wide(x.dtype, sae))  # the error term in the wider dtype, as decompose makes it
-            e = xw - sae.decode(f).to(xw.dtype)
-            if read is not None:
-                e = e - sae.skip(read.to(xw.dtype)).to(xw.dtype)
-            dx = dx.to(xw.dtype) + torch.where(self.keep_error, e, self.error_value.to(xw.dtype)) - e
-        return x + dx.to(x.dtype)
 
 
 # --- the clean prefix ------------------------------------------------------------------------------

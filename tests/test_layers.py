@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # layer of each module, by the first pattern its dotted name matches (a package's __init__ is a facade that
 # re-exports its own modules: it sits at the top of its package)
 LAYERS = [
-    (0, r"attribution\.(errors|compute|memory|cache|tokens|metrics|nodes|splice)$"),
+    (0, r"attribution\.(errors|compute|memory|cache|tokens|metrics|nodes|splice|edits)$"),
     (0, r"attribution\.(models|saes)(\..*)?$"),
     (1, r"attribution\.engine$"),
     (2, r"attribution\.(attribute|ablate|compare|find)$"),
