@@ -72,3 +72,22 @@ def test_quick_dictionary_serves_the_middle_hook_until_the_full_set_is_built(mod
     (full,) = sources.resolve_saes(model, "default", ["middle"], progress=False).values()
     assert full.d_sae == defaults.default_specs(model)["resid_post.1"].d_sae and not full.meta["default_spec"]["quick"]
     assert "quick" not in capsys.readouterr().err
+
+
+def test_default_transcoders_train_once_then_load(model, monkeypatch):
+    import attribution.training.transcoders as transcoders
+
+    with pytest.raises(AttributionError, match="python -m attribution transcoders"):
+        transcoders.default_transcoders(model, train=False)
+    tcs = transcoders.default_transcoders(model, progress=False, tokens=8_000, d_sae=64, k=8)
+    assert list(tcs) == [f"resid_mid.{L}" for L in range(model.n_layers)]
+    for hook, tc in tcs.items():
+        assert tc.is_transcoder and tc.target == hook.replace("resid_mid", "mlp_out") and tc.W_skip is not None
+        assert tc.meta["eval"]["l0"] <= 8
+
+    def no_training(*a, **k):
+        raise AssertionError("cached default transcoders should not be retrained")
+
+    monkeypatch.setattr(transcoders, "_train", no_training)
+    again = transcoders.default_transcoders(model, [1], progress=False, tokens=8_000, d_sae=64, k=8)
+    assert torch.equal(again["resid_mid.1"].W_dec, tcs["resid_mid.1"].W_dec)

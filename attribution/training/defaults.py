@@ -169,9 +169,12 @@ def index_tokens(model, n_tokens: int = 65_536, progress: bool = True):
     return train[: max(1, -(-n_tokens // (train.shape[1] - 1)))]
 
 
-def _build_missing(model, specs: dict[str, DefaultSpec], folders: dict[str, Path], load, progress: bool) -> dict:
+def _build_missing(model, specs: dict, folders: dict[str, Path], load, progress: bool, train=None) -> dict:
     """{hook: SAE}: the cached ones loaded, the missing ones trained together (one stream per token budget)
-    under their folders' locks, so two processes wanting them train them once."""
+    under their folders' locks, so two processes wanting them train them once. train(model, specs, folders,
+    tokens, load, progress) trains and saves one budget's group (default: the default SAEs' _train; the
+    default transcoders pass theirs)."""
+    train = _train if train is None else train
     from attribution.cache import load_entry
 
     out = {h: s for h in specs if (s := load_entry(folders[h], load)) is not None}
@@ -182,7 +185,7 @@ def _build_missing(model, specs: dict[str, DefaultSpec], folders: dict[str, Path
             todo = [h for h in missing if h not in out]
             for tokens in sorted({specs[h].tokens for h in todo}):
                 group = {h: specs[h] for h in todo if specs[h].tokens == tokens}
-                _train(model, group, folders, tokens, load, progress)
+                train(model, group, folders, tokens, load, progress)
                 out |= {h: load(folders[h]) for h in group}
     return {h: out[h] for h in specs}
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.cache import digest, locked
+from attribution.cache import digest
 from attribution.errors import AttributionError
 from attribution.saes import build, model_names, save_sae
 from attribution.training import defaults
@@ -66,7 +66,8 @@ class TranscoderSpec:
 def default_transcoder_specs(model, **overrides) -> dict[str, TranscoderSpec]:
     """{read hook: recipe} for every layer: 4,096 features at gemma-3-270m's width (6.4 x d_model, rounded)."""
     width = 2 ** round(math.log2(6.4 * model.d_model))
-    specs = [TranscoderSpec(layer, d_sae=width, **overrides) for layer in range(model.n_layers)]
+    recipe = {"d_sae": width, **overrides}  # an override of d_sae wins over the default width
+    specs = [TranscoderSpec(layer, **recipe) for layer in range(model.n_layers)]
     return {model.hook(s.hook).name: s for s in specs}
 
 
@@ -75,7 +76,6 @@ def default_transcoders(model=None, layers=None, *, train: bool = True, progress
 
     overrides: recipe fields (reads, d_sae, k, skip, tokens, lr) for another set, cached under its own name.
     train=False raises instead of training."""
-    from attribution.cache import load_entry
     from attribution.models.loading import load_model
 
     model = model if model is not None else load_model()
@@ -94,16 +94,7 @@ def default_transcoders(model=None, layers=None, *, train: bool = True, progress
                 "(or call default_transcoders(model)) to train them"
             )
         return {h: load(folders[h]) for h in specs}
-    out = {h: t for h in specs if (t := load_entry(folders[h], load)) is not None}
-    missing = [h for h in specs if h not in out]
-    if missing:
-        with locked(*(folders[h] for h in missing)):
-            out |= {h: t for h in missing if (t := load_entry(folders[h], load)) is not None}
-            todo = {h: specs[h] for h in missing if h not in out}
-            if todo:
-                _train(model, todo, folders, load, progress)
-                out |= {h: load(folders[h]) for h in todo}
-    return {h: out[h] for h in specs}
+    return defaults._build_missing(model, specs, folders, load, progress, train=_train)
 
 
 def train_transcoder(
@@ -253,11 +244,10 @@ def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
     return out
 
 
-def _train(model, specs: dict[str, TranscoderSpec], folders: dict[str, Path], load, progress: bool) -> None:
+def _train(model, specs: dict[str, TranscoderSpec], folders: dict[str, Path], tokens: int, load, progress) -> None:
+    """Train and save one token budget's transcoders (defaults._build_missing holds their folders' locks)."""
     from attribution.cache import atomic_write
 
-    for tokens in sorted({s.tokens for s in specs.values()}):
-        group = {h: s for h, s in specs.items() if s.tokens == tokens}
-        for h, tc in _fit(model, group, progress).items():
-            with atomic_write(folders[h], check=load, lock=False) as tmp:  # we hold the folder's lock
-                save_sae(tc, tmp)
+    for h, tc in _fit(model, specs, progress).items():
+        with atomic_write(folders[h], check=load, lock=False) as tmp:  # we hold the folder's lock
+            save_sae(tc, tmp)
