@@ -141,7 +141,11 @@ def build_graph(
     srcs.append(last.index[into_metric])
     dsts.append(torch.full((int(into_metric.sum()),), metric_index))
     ws.append(last_attr[into_metric])
-    info = {"build_s": time.perf_counter() - start, "candidates": candidates, "token_prob": _prob(model, metric, clean)}
+    info = {
+        "build_s": time.perf_counter() - start,
+        "candidates": candidates,
+        "token_prob": prob(model, metric, clean.hidden),
+    }
     return Graph.scored(
         **described(model, prompt, batch, hooks, metric, clean.metric),
         full_nodes=nodes,
@@ -212,11 +216,12 @@ def _metric_position(metric, width: int) -> int:
 
 
 @torch.no_grad()
-def _prob(model, metric, clean) -> float:
-    """Probability of the metric's good answer at its position (0 for metrics without one)."""
+def prob(model, metric, hidden) -> float:
+    """Probability of the metric's good answer at its position, from the prompt's final-norm states [pos,
+    d_model] (0 for metrics without one)."""
     good = getattr(metric, "good_ids", None)
     if good is None:
         return 0.0
-    pos = _metric_position(metric, clean.hidden.shape[0])
-    logits = model.unembed(clean.hidden[pos]).double()  # [vocab]
+    pos = _metric_position(metric, hidden.shape[0])
+    logits = model.unembed(hidden[pos]).double()  # [vocab]
     return float(logits.softmax(-1)[int(good[0])])

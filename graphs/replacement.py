@@ -30,10 +30,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.engine import Group, trace
+from attribution.metrics import Rows, evaluate
 from attribution.splice import decompose, prepare_saes
+from graphs.build import described, prob
 from graphs.graph import Graph
 from graphs.labels import labeler
 from graphs.nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
+from graphs.prune import influence, shares
 
 EMBED = "resid_pre.0"
 
@@ -150,15 +153,14 @@ def build_replacement_graph(
         # freeze=True changes no value, except that a float64 model's norms stay in float64 (Hugging Face rounds
         # them to float32): the replacement model's own clean values, so edges are exact to float64
         clean = trace(model, batch, capture=[EMBED, *hooks, *(t.target for t in tcs.values())], freeze=True)
-        hidden = clean.hidden[0]
-        logits = model.unembed(hidden[m_pos], torch.cat([metric.good_ids, metric.bad_ids]).to(model.device))
-        value = float(logits[0].double() - logits[1].double())
+        value = float(evaluate(metric, model, clean.hidden, Rows.copies(0, 1))[0])
         decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
     src = _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
     n_feat = int((src.kind == 0).sum())
     cap = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
     store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
-    _check_memory(model, width, batch_size, (cap + 1) * len(src.kind) * (store.itemsize + 8))  # + a float64 copy
+    # + 8 bytes an entry: the float64 copy the influence ranking makes of the rows when they are capped
+    _check_memory(model, width, batch_size, (cap + 1) * len(src.kind) * (store.itemsize + 8))
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     run = _Replacement(model, tcs, batch, clean.acts, batch_size, store)
     A = torch.zeros(cap + 1, len(src.kind), dtype=store)  # [1 + rows, sources]: the metric, then features
@@ -190,7 +192,7 @@ def build_replacement_graph(
         replacement=True,
         max_feature_nodes=max_feature_nodes,
         active_features=n_feat,
-        token_prob=float(model.unembed(hidden[m_pos]).double().softmax(-1)[int(metric.good_ids[0])]),
+        token_prob=prob(model, metric, clean.hidden[0]),
     )
     return graph
 
@@ -268,7 +270,7 @@ class _Replacement:
     """The replacement model's forward, replicated over `batch_size` rows and kept for many backward passes."""
 
     def __init__(self, model, tcs, batch, acts: dict, batch_size: int, store: torch.dtype):
-        self.model, self.tcs, self.batch, self.size, self.store = model, tcs, batch, batch_size, store
+        self.hooks, self.store = list(tcs), store
         edits = {EMBED: _identity}
         for h, tc in tcs.items():
             const = (acts[tc.target] - (tc.skip(acts[h]) if tc.W_skip is not None else 0.0)).detach()
@@ -276,14 +278,13 @@ class _Replacement:
             spec = model.hooks[h]
             if spec.kind == "resid_mid":  # the MLP's output is replaced: its input needs no graph (~10x the memory)
                 edits[model.hook(f"mlp_in.{spec.layer}").name] = _detached
-        self.probes = [EMBED, *(t.target for t in tcs.values())]
-        group = Group(edits, n=batch_size, probes=tuple(self.probes))
+        probes = (EMBED, *(t.target for t in tcs.values()))
+        group = Group(edits, n=batch_size, probes=probes)
         with torch.enable_grad():
             tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
         self.reads = {h: tr.acts[h] for h in tcs}  # [rows, pos, d_in], with their graph
         self.hidden = tr.hidden  # [rows, pos, d_model], after the frozen final norm
-        self.leaves = [tr.leaves[(0, p)] for p in self.probes]
-        self.layer_of = {h: model.hooks[h].layer for h in tcs}
+        self.leaves = [tr.leaves[(0, p)] for p in probes]
 
     def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
         """[len(targets), n_sources] direct effects: each target is ("metric", direction, pos) or
@@ -291,8 +292,8 @@ class _Replacement:
         n = len(targets)
         inject = {}
         for r, t in enumerate(targets):
-            where = self.hidden if t[0] == "metric" else self.reads[list(self.tcs)[t[3]]]
-            key = "metric" if t[0] == "metric" else list(self.tcs)[t[3]]
+            key = "metric" if t[0] == "metric" else self.hooks[t[3]]
+            where = self.hidden if key == "metric" else self.reads[key]
             if key not in inject:
                 inject[key] = torch.zeros_like(where)
             inject[key][r, t[2]] = t[1].to(where.dtype)
@@ -325,30 +326,18 @@ def _dots(g: Tensor, vecs: Tensor) -> Tensor:
 
 def _influence(rows: Tensor, row_source: Tensor) -> Tensor:
     """Influence on the metric (row 0) of every source through the rows computed so far: circuit-tracer's
-    partial influence (|weights| normalised per row, paths summed). row_source[r] = source index of row r
-    (-1 for the metric)."""
-    norm = rows.abs()
-    norm = norm / norm.sum(1, keepdim=True).clamp_min(1e-300)
-    influence = torch.zeros(rows.shape[1], dtype=torch.float64)
-    weight = torch.zeros(len(rows), dtype=torch.float64)
-    weight[0] = 1.0
-    lookup = torch.full((rows.shape[1] + 1,), -1, dtype=torch.long)
-    lookup[row_source[1:]] = torch.arange(1, len(rows))
-    for _ in range(len(rows) + 1):
-        step = weight @ norm  # [n_sources]
-        if not bool(step.any()):
-            break
-        influence += step
-        weight = torch.zeros(len(rows), dtype=torch.float64)
-        has = lookup[:-1] >= 0
-        weight[lookup[:-1][has]] = step[has]
-    return influence
+    partial influence, i.e. graphs.prune.influence on the rows as edges (source -> the row's node: the metric
+    for row 0, else the feature whose row it is). row_source[r] = source index of row r (-1 for the metric)."""
+    n = rows.shape[1]
+    node = row_source.clone()
+    node[0] = n  # the metric: one node past the sources
+    r, c = rows.nonzero(as_tuple=True)
+    dst = node[r]
+    return influence(c, dst, shares(dst, rows[r, c], n + 1), n + 1, n)[:n]
 
 
 def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor, order, names, m_pos) -> Graph:
     """The Graph: tokens, the computed features, errors, the metric; edges among them from the rows."""
-    from graphs.build import described
-
     hooks = list(tcs)
     tokens = batch.tokens[0]
     n_src = len(src.kind)
