@@ -48,8 +48,7 @@ def evaluate_sae(
         with model_autocast(model, dtype):
             clean = trace(model, batch, capture=[hook, out])
             x = clean.acts[out]  # [n, seq, d_model]; <bos> (position 0) is left as it is in every run
-            f = sae.encode(clean.acts[hook][:, 1:])
-            x_hat = sae.decode(f) + sae.skip(clean.acts[hook][:, 1:])
+            x_hat, f = sae(clean.acts[hook][:, 1:])  # decode(encode(x)), plus a transcoder's skip path
             ce["clean"] += _ce_sum(model, clean.hidden, ids)
             for name, value in (("sae", x_hat), ("zero", torch.zeros_like(x[:, 1:]))):
                 edit = Set(torch.cat([x[:, :1], value.to(x.dtype)], dim=1))
