@@ -42,13 +42,14 @@ def stage(config, loaded, graph_result) -> ReplacementResult | None:
     names = labeler(model, tcs, config.output.explain, config.progress)
     full = build_graph(model, tcs, prompt, metric, labels=names, progress=config.progress)
     built = time.perf_counter() - start
-    g = full.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=max(BUDGETS))
+    budgets = _budgets(model, tcs, full, metric)
+    g, result = budgets[max(BUDGETS)]  # the page shows the largest budget's graph and its check
     stats = {
         "transcoders": describe(tcs),
         "build_s": round(built, 2),
         "active_features": full.info["active_features"],
         "full": summary(full, pruned=False),
-        "budgets": {b: _budget(model, tcs, full, metric, b) for b in BUDGETS},
+        "budgets": {b: _stats(*pair) for b, pair in budgets.items()},
         "top": [_row(x) for x in g.top(15)],
         "groups": contrast_groups(model, tcs, g, metric, config.graph.groups, config.graph.swaps),
     }
@@ -56,12 +57,10 @@ def stage(config, loaded, graph_result) -> ReplacementResult | None:
         saes, sae_full = graph_result.saes, graph_result.full
         stats["sae_graph"] = {
             "full": summary(sae_full, pruned=False),
-            "budgets": {b: _budget(model, saes, sae_full, metric, b) for b in BUDGETS},
+            "budgets": {b: _stats(*pair) for b, pair in _budgets(model, saes, sae_full, metric).items()},
         }
     cards = names.card if config.output.explain else None
-    from graphs import check
-
-    text = page(g, check=check(model, tcs, g, metric), cards=cards)
+    text = page(g, check=result, cards=cards)
     (out / "replacement.html").write_text(text, encoding="utf-8")
     g.to_json(out / "replacement.json")
     stats |= {"html": str(out / "replacement.html"), "json": str(out / "replacement.json")}
@@ -109,12 +108,19 @@ def summary(graph, pruned: bool = True) -> dict:
     return out
 
 
-def _budget(model, dictionaries, full, metric, budget: int) -> dict:
-    """The graph pruned to at most `budget` features: its scores and its faithfulness by real ablation."""
+def _budgets(model, dictionaries, full, metric) -> dict:
+    """{budget: (the graph pruned to at most that many features, its check by real ablation)}."""
     from graphs import check
 
-    g = full.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=budget)
-    result = check(model, dictionaries, g, metric)
+    out = {}
+    for b in BUDGETS:
+        g = full.prune(node_threshold=0.8, edge_threshold=0.98, max_feature_nodes=b)
+        out[b] = g, check(model, dictionaries, g, metric)
+    return out
+
+
+def _stats(g, result) -> dict:
+    """A pruned graph's scores and its faithfulness by real ablation."""
     return summary(g) | {
         "faithfulness": float(result.faithfulness) if result.defined else None,
         "completeness_ablation": float(result.completeness) if result.defined else None,
