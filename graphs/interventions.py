@@ -292,18 +292,23 @@ def steer_group(model, saes, graph, name: str, factor: float, metric=None) -> fl
     return _intervene(model, saes, batch, metric, members, values, float(factor))
 
 
-def _intervene(model, saes, batch, metric, members, values, factor: float | None) -> float:
+def _pair(saes, hooks, width: int, values) -> list[dict]:
+    """Two rows that keep everything at `hooks`: the clean one, and one to edit, whose replaced features take
+    `values` (each hook's ablation value) unless set."""
     rows: list[dict] = [{}, {}]
+    for h in hooks:
+        keep = torch.ones(width, saes[h].d_sae, dtype=torch.bool)
+        rows[0][h] = RowEdit(keep.clone(), torch.ones(width, dtype=torch.bool))
+        rows[1][h] = RowEdit(keep, torch.ones(width, dtype=torch.bool), values[h][0].repeat(width, 1))
+    return rows
+
+
+def _intervene(model, saes, batch, metric, members, values, factor: float | None) -> float:
+    rows = _pair(saes, {x.hook for x in members}, batch.width, values)
     for x in members:
-        h = x.hook
-        if h not in rows[1]:
-            width, d_sae = batch.width, saes[h].d_sae
-            keep = torch.ones(width, d_sae, dtype=torch.bool)
-            rows[1][h] = RowEdit(keep, torch.ones(width, dtype=torch.bool), values[h][0].repeat(width, 1))
-            rows[0][h] = RowEdit(keep.clone(), torch.ones(width, dtype=torch.bool))
-        rows[1][h].features[x.position, x.feature] = False
+        rows[1][x.hook].features[x.position, x.feature] = False
         if factor is not None:
-            rows[1][h].values[x.position, x.feature] = factor * x.activation
+            rows[1][x.hook].values[x.position, x.feature] = factor * x.activation
     m = run_rows(model, saes, batch, metric, rows, values)
     return float(m[1] - m[0])
 
@@ -350,21 +355,15 @@ def swap_group(model, saes, graph, name: str, good: str, bad: str, positive, neg
     found = contrast(model, saes, list(positive), list(negative), top=top, min_score=0.3)
     if not found:
         raise GraphError(f"no feature separates the swap's prompts for {name!r}; give more or better-matched prompts")
-    width = batch.width
     positions = sorted({x.position for x in members})
-    rows: list[dict] = [{}, {}]
-    for h in {x.hook for x in members} | {m.hook for m in found}:
-        d_sae = saes[h].d_sae
-        keep = torch.ones(width, d_sae, dtype=torch.bool)
-        rows[0][h] = RowEdit(keep.clone(), torch.ones(width, dtype=torch.bool))
-        rows[1][h] = RowEdit(keep, torch.ones(width, dtype=torch.bool), torch.zeros(width, d_sae))
+    values = ablation_values(model, saes, batch, "zero")
+    rows = _pair(saes, {x.hook for x in members} | {m.hook for m in found}, batch.width, values)
     for x in members:
         rows[1][x.hook].features[x.position, x.feature] = False
     for m in found:
         for p in positions:
             rows[1][m.hook].features[p, m.feature] = False
             rows[1][m.hook].values[p, m.feature] = m.mean_positive
-    values = ablation_values(model, saes, batch, "zero")
     swap = LogitDiff(model, good, bad)
     diff = run_rows(model, saes, batch, swap, rows, values).tolist()
     top_id = run_rows(model, saes, batch, lambda logits: logits[:, -1].argmax(-1).double(), rows, values).tolist()
