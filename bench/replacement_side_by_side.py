@@ -30,17 +30,12 @@ from pathlib import Path
 
 import torch
 
+from bench.circuit_tracer_side_by_side import _peak_rss_reset, _rss_mb  # the peer's side measures the same way
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "replacement_side_by_side.json"
 PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
 GOOD, BAD = " Sacramento", " Albany"
-
-
-def _rss_mb(key: str = "VmHWM") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def ours(args) -> None:
@@ -58,7 +53,7 @@ def ours(args) -> None:
     tcs = load_transcoders(args.transcoders, model=model)
     metric = LogitDiff(model, args.good, args.bad)
     before = _rss_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
+    _peak_rss_reset()  # the peak from here on is the build's
     t = time.perf_counter()
     g = build_graph(model, tcs, args.prompt, metric, labels=False, progress=False,
                     max_feature_nodes=args.max_feature_nodes, max_rows=args.batch_size)  # fmt: skip
