@@ -190,6 +190,23 @@ def random_sae(model: Model, hook: str, d_sae: int = 64, arch: str = "relu", see
     return sae.requires_grad_(False)
 
 
+ARCHS = {"relu": {}, "jumprelu": {}, "topk": {"k": 6}}
+
+
+def random_transcoders(model: Model, arch: str = "relu", skip: bool = True, reads: str = "resid_mid", seed: int = 0):
+    """One random transcoder per layer (reads -> mlp_out.L), features firing sparsely as random_sae's, with a
+    random skip path."""
+    out = {}
+    g = torch.Generator().manual_seed(seed + 100)
+    for L in range(model.n_layers):
+        tc = random_sae(model, f"{reads}.{L}", 48, arch, seed=seed + L, target=f"mlp_out.{L}", skip=skip, **ARCHS[arch])
+        if skip:
+            with torch.no_grad():
+                tc.W_skip.copy_(0.2 * torch.randn(model.d_model, model.d_model, generator=g, dtype=model.dtype))
+        out[tc.hook] = tc
+    return out
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param

@@ -329,7 +329,7 @@ def test_page_text_is_escaped_by_the_template(report):
 
 
 def test_replacement_graph_beside_the_sae_graph(model, saes, tmp_path):
-    from tests.test_replacement import transcoders
+    from tests.conftest import random_transcoders as transcoders
 
     tcs = transcoders(model, "relu")
     groups = {

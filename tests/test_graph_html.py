@@ -400,7 +400,7 @@ def test_replacement_graph_reads_without_overlap(browser, tmp_path):
     later one, an error node per layer and position) pruned to its top features: no overlap, error rows
     collapsed at first, and edges that skip rows drawn."""
     from graphs.replacement import build_replacement_graph
-    from tests.test_replacement import transcoders
+    from tests.conftest import random_transcoders as transcoders
 
     m = tiny_model("gemma3")
     labels = lambda h, f: f"transcoder feature {f} at {h}"  # noqa: E731

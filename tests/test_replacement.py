@@ -17,23 +17,10 @@ from attribution.splice import decompose
 from graphs import build_graph
 from graphs.replacement import EMBED, build_replacement_graph, direction
 from graphs.scores import graph_scores
-from tests.conftest import PROMPTS, random_sae, tiny_model
+from tests.conftest import ARCHS, PROMPTS, tiny_model
+from tests.conftest import random_transcoders as transcoders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-ARCHS = {"relu": {}, "jumprelu": {}, "topk": {"k": 6}}
-
-
-def transcoders(model, arch="relu", skip=True, reads="resid_mid", seed=0):
-    out = {}
-    g = torch.Generator().manual_seed(seed + 100)
-    for L in range(model.n_layers):
-        tc = random_sae(model, f"{reads}.{L}", 48, arch, seed=seed + L, target=f"mlp_out.{L}", skip=skip, **ARCHS[arch])
-        if skip:
-            with torch.no_grad():
-                tc.W_skip.copy_(0.2 * torch.randn(model.d_model, model.d_model, generator=g, dtype=model.dtype))
-        out[tc.hook] = tc
-    return out
 
 
 @dataclass
