@@ -1,7 +1,7 @@
 """SAE files: fidelity to SAELens on folders SAELens itself wrote, and clear errors for bad files.
 
 tests/fixtures/saelens/ holds tiny SAEs saved by SAELens with SAELens's own encode/decode outputs
-(bench/saelens_fixtures.py, run in SAELens's venv, regenerates them), so this checks against SAELens without
+(bench/peers/saelens_fixtures.py, run in SAELens's venv, regenerates them), so this checks against SAELens without
 installing it.
 """
 

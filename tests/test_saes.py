@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from attribution import SAEError, load_sae, save_sae
-from attribution.saes import REGISTRY, build
+from attribution.saes import REGISTRY, Options, TopKOptions, build
 from tests.conftest import random_sae, tiny_model
 
 
@@ -36,6 +36,19 @@ def test_topk_respects_k(model):
     assert ((f != 0).sum(-1) <= 3).all() and ((f != 0).sum(-1) == 3).any()
     with pytest.raises(SAEError, match="k <= d_sae"):
         build("topk", 4, 8, "resid_post.0", k=9)
+
+
+def test_architecture_options_are_typed():
+    sae = build("topk", 8, 16, "resid_post.0", options=TopKOptions(k=3))
+    assert sae.k == 3 and sae.options == TopKOptions(3) and sae.extra_config() == {"k": 3}
+    assert build("topk", 8, 16, "resid_post.0", k=4).options == TopKOptions(4)  # by name, as before
+    assert build("relu", 8, 16, "resid_post.0").extra_config() == {}
+    with pytest.raises(SAEError, match=r"relu SAE has no option \['k'\]"):
+        build("relu", 8, 16, "resid_post.0", k=3)
+    with pytest.raises(SAEError, match="takes TopKOptions"):
+        build("topk", 8, 16, "resid_post.0", options=Options())
+    with pytest.raises(SAEError, match="not both"):
+        build("topk", 8, 16, "resid_post.0", options=TopKOptions(3), k=3)
 
 
 def test_jumprelu_threshold(model):

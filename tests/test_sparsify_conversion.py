@@ -1,5 +1,6 @@
-"""bench/sparsify_side_by_side.py's conversion of a sparsify TopK SparseCoder into our TopKSAE, on random weights
-shaped like sparsify's (no sparsify install needed: its eager forward is a few lines, written out below)."""
+"""The sparsify format (attribution.saes.formats.sparsify, which bench/peers/sparsify_side_by_side.py uses): a sparsify
+TopK SparseCoder converted into our TopKSAE, on random weights shaped like sparsify's (no sparsify install needed:
+its eager forward is a few lines, written out below)."""
 
 import json
 
@@ -8,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from attribution import load_sae
 from attribution.errors import SAEError
-from bench.sparsify_side_by_side import convert, from_sparsify
+from attribution.saes.formats.sparsify import convert, from_sparsify
 
 D_IN, D_SAE, K = 16, 64, 4
 
@@ -44,6 +46,11 @@ def test_converted_sae_computes_their_forward(tmp_path):
     x_hat, f = sae(x)
     torch.testing.assert_close(x_hat, their_forward(state, x), rtol=1e-5, atol=1e-5)
     assert int((f != 0).sum(-1).max()) <= K
+    loaded = load_sae(tmp_path, hook="blocks.9.hook_resid_post")  # load_sae finds the format; its cfg names no hook
+    assert loaded.hook == "resid_post.9"
+    torch.testing.assert_close(loaded(x)[0], x_hat, rtol=0, atol=0)
+    with pytest.raises(SAEError, match=r"sparsify SAE.*pass hook="):
+        load_sae(tmp_path)
 
 
 def test_other_sparse_coders_are_refused():

@@ -1,7 +1,7 @@
 """Transcoder files: Gemma Scope 2, circuit-tracer and SAELens folders written here from raw tensors, loaded,
 and compared with outputs computed independently from those tensors in each format's own orientation; the
 circuit-tracer export round trip; the offline release error; and an error that names the fix for each bad input.
-bench/circuit_tracer_files.py checks the export against circuit-tracer itself (in its own venv)."""
+bench/peers/circuit_tracer_files.py checks the export against circuit-tracer itself (in its own venv)."""
 
 import json
 import sys

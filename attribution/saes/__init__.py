@@ -1,12 +1,13 @@
-"""Sparse autoencoders: one file per architecture behind a registry, the SAELens on-disk format, and transcoder
-sets (Gemma Scope 2, circuit-tracer and SAELens folders)."""
+"""Sparse autoencoders: one file per architecture behind a registry (with its typed options), and one file per
+on-disk format (attribution.saes.formats: ours, SAELens, Gemma Scope 2, circuit-tracer, sparsify) behind
+load_sae / save_sae and load_transcoders / save_transcoders."""
 
 from attribution.saes import jumprelu, relu, topk  # noqa: F401  (register the architectures)
-from attribution.saes.base import REGISTRY, SAE, build
+from attribution.saes.base import REGISTRY, SAE, Options, build
 from attribution.saes.io import SAEWarning, load_sae, model_names, save_sae
 from attribution.saes.jumprelu import JumpReLUSAE
 from attribution.saes.relu import ReLUSAE
-from attribution.saes.topk import TopKSAE
+from attribution.saes.topk import TopKOptions, TopKSAE
 from attribution.saes.transcoders import load_transcoders, save_transcoders
 from attribution.saes.whole import WholeActivation
 
@@ -14,8 +15,10 @@ __all__ = [
     "REGISTRY",
     "SAE",
     "JumpReLUSAE",
+    "Options",
     "ReLUSAE",
     "SAEWarning",
+    "TopKOptions",
     "TopKSAE",
     "WholeActivation",
     "build",

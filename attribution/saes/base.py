@@ -11,12 +11,23 @@ gradient with respect to feature i is simply `W_dec[i] . dL/dx`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
 from attribution.errors import SAEError
 
 REGISTRY: dict[str, type[SAE]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """An architecture's own hyper-parameters, typed (none here; TopK's `TopKOptions` has k). Saved in cfg.json
+    beside the fields every SAE has, and the architecture's `Options` class checks what `build` is given."""
+
+
+COMMON = ("apply_b_dec_to_input", "dtype", "target", "skip")  # what every architecture takes (SAE.__init__)
 
 
 def register(name: str):
@@ -42,6 +53,7 @@ class SAE(nn.Module):
 
     architecture = "base"
     min_features = 1  # WholeActivation, the featureless dictionary, sets 0
+    Options: type[Options] = Options  # the architecture's typed hyper-parameters
 
     def __init__(
         self,
@@ -53,9 +65,13 @@ class SAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         target: str | None = None,
         skip: bool = False,
-        **extra,
+        options: Options | None = None,
     ):
         super().__init__()
+        options = type(self).Options() if options is None else options
+        if type(options) is not type(self).Options:
+            raise SAEError(f"a {self.architecture} SAE takes {type(self).Options.__name__}, got {options!r}")
+        self.options = options
         if d_in < 1 or d_sae < self.min_features:
             raise SAEError(f"d_in and d_sae must be >= 1, got d_in={d_in}, d_sae={d_sae}")
         if skip and target is None:
@@ -88,8 +104,8 @@ class SAE(nn.Module):
         return self.target is not None
 
     def extra_config(self) -> dict:
-        """Architecture-specific scalars saved in cfg.json (e.g. k for TopK)."""
-        return {}
+        """Architecture-specific scalars saved in cfg.json (e.g. k for TopK): its options."""
+        return dataclasses.asdict(self.options)
 
     def pre_acts(self, x: Tensor) -> Tensor:  # [..., d_in] -> [..., d_sae]
         if self.apply_b_dec_to_input:
@@ -143,9 +159,21 @@ class SAE(nn.Module):
         return f"{type(self).__name__}(hook={self.hook!r}{to}, d_in={self.d_in}, d_sae={self.d_sae})"
 
 
-def build(architecture: str, d_in: int, d_sae: int, hook: str, **kw) -> SAE:
+def build(architecture: str, d_in: int, d_sae: int, hook: str, *, options: Options | None = None, **kw) -> SAE:
+    """An SAE of a registered architecture. `kw`: what every SAE takes (apply_b_dec_to_input, dtype, target,
+    skip) and the architecture's options by name (`k=32` for topk), or those as one typed `options=`."""
     try:
         cls = REGISTRY[architecture]
     except KeyError:
         raise SAEError(f"unknown SAE architecture {architecture!r}; known: {sorted(REGISTRY)}") from None
-    return cls(d_in, d_sae, hook, **kw)
+    named = {k: kw.pop(k) for k in list(kw) if k not in COMMON}
+    if named:
+        if options is not None:
+            raise SAEError(f"give a {architecture} SAE's options either as options= or by name, not both: {named}")
+        fields = [f.name for f in dataclasses.fields(cls.Options)]
+        unknown = sorted(set(named) - set(fields))
+        if unknown:
+            takes = f"only {fields}" if fields else "none"
+            raise SAEError(f"a {architecture} SAE has no option {unknown}; its options are {takes}.")
+        options = cls.Options(**named)
+    return cls(d_in, d_sae, hook, options=options, **kw)
