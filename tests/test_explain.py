@@ -9,7 +9,7 @@ from markupsafe import escape
 from attribution import SAEError, WholeActivation, explain, feature_index, trace
 from attribution.errors import AttributionError
 from attribution.models.model import Batch
-from graphs.render import render
+from pages.render import render
 from tests.conftest import random_sae, tiny_model
 
 
@@ -140,12 +140,12 @@ def test_predictions_at_top_contexts_and_evidence(setup):
 
 
 def test_index_text_options(parts, monkeypatch):
-    from attribution.training import text
+    from attribution.training import corpus
 
     ex = sys.modules["attribution.explain.index"]
     model, tokens = parts
     calls = []
-    monkeypatch.setattr(text, "real_tokens", lambda m, split, **kw: calls.append((split, kw)) or tokens)
+    monkeypatch.setattr(corpus, "real_tokens", lambda m, split, **kw: calls.append((split, kw)) or tokens)
     assert ex.index_text(model, "real", n_tokens=1000, progress=False) is tokens
     assert calls == [("train", {"seq_len": 128, "max_tokens": 1127, "progress": False})]
     with pytest.raises(AttributionError, match="'real' or None"):

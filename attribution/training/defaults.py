@@ -149,7 +149,7 @@ def default_corpus(model, tokens: int = 2_000_000, progress: bool = True):
     most `tokens` tokens, and windows of held-out text no default SAE trains on."""
     per = SEQ_LEN - 1
     if CORPUS == "real":
-        from attribution.training.text import real_tokens
+        from attribution.training.corpus import real_tokens
 
         train = real_tokens(model, "train", seq_len=SEQ_LEN, max_tokens=tokens, progress=progress)
         held = real_tokens(model, "heldout", seq_len=SEQ_LEN, max_tokens=EVAL_WINDOWS * per, progress=False)

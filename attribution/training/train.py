@@ -8,10 +8,10 @@ from torch import Tensor
 
 from attribution.errors import AttributionError
 from attribution.saes import build, model_names, save_sae
-from attribution.training.activations import cached_activations
-from attribution.training.corpus import sample_tokens, text_tokens
+from attribution.training.activation_cache import cached_activations
+from attribution.training.corpus import real_tokens, sample_tokens, text_tokens
 from attribution.training.evaluate import evaluate_sae
-from attribution.training.text import parse_spec, real_tokens
+from attribution.training.text import parse_spec
 from attribution.training.trainer import TrainConfig, fit
 
 
