@@ -9,7 +9,7 @@ from attribution.ablate import Ablation, ablate
 from attribution.attribute import Attribution, attribute
 from attribution.compare import Agreement, compare
 from attribution.compute import compute_dtype, native_bf16
-from attribution.engine import SplicedRun, run_with_saes, trace
+from attribution.engine import trace
 from attribution.errors import (
     AttributionError,
     CacheError,
@@ -35,7 +35,8 @@ from attribution.saes import (
     save_sae,
     save_transcoders,
 )
-from attribution.training import TrainConfig, default_saes, train_sae
+from attribution.spliced import SplicedRun, run_with_saes
+from attribution.training import TrainConfig, default_saes, default_transcoders, train_sae
 
 __all__ = [
     "SAE",
@@ -69,6 +70,7 @@ __all__ = [
     "compute_dtype",
     "contrast",
     "default_saes",
+    "default_transcoders",
     "explain",
     "feature_index",
     "feature_indexes",
@@ -82,3 +84,7 @@ __all__ = [
     "trace",
     "train_sae",
 ]
+
+# Last: register the pages that draw these results (attribution.display). pages imports nothing heavy at
+# import time, and nothing below the facades imports pages.
+import pages  # noqa: F401

@@ -19,10 +19,10 @@ class Agreement:
     relative_error: float  # sum |attr - effect| / sum |effect|
 
     def _repr_html_(self) -> str:
-        """A small table in a notebook (graphs.notebook, imported only when shown)."""
-        from graphs.notebook import agreement
+        """A small table in a notebook (drawn by pages, through attribution.display)."""
+        from attribution import display
 
-        return agreement(self)
+        return display.notebook("agreement", self)
 
     def __str__(self) -> str:
         tk = ", ".join(f"top-{k} {v:.0%}" for k, v in self.top_k.items())

@@ -150,10 +150,10 @@ class NodeTable:
             )
 
     def _repr_html_(self) -> str:
-        """The top nodes as a table in a notebook (graphs.notebook, imported only when shown)."""
-        from graphs.notebook import node_table
+        """The top nodes as a table in a notebook (drawn by pages, through attribution.display)."""
+        from attribution import display
 
-        return node_table(self)
+        return display.notebook("node_table", self)
 
     def top_values(self, k: int | None = 10, **kw) -> Tensor:
         """The values of `top(k, **kw)`, as a tensor in the same order."""

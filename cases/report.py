@@ -107,7 +107,7 @@ class Report:
     cards: list[dict] = field(default_factory=list)
     steering: Steering | None = None
     graph: dict | None = None
-    replacement: dict | None = None  # the replacement graph beside the SAE graph (cases.replacement)
+    replacement: dict | None = None  # the replacement graph beside the SAE graph (cases.replacement_stage)
     notes: list[str] = field(default_factory=list)  # observations and skipped sections, in words for a reader
     timings: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
@@ -148,10 +148,9 @@ class Report:
 
     def _repr_html_(self) -> str:
         """The report page in an iframe, in a notebook (its graph linked, not embedded)."""
-        from cases.html import render
-        from graphs.notebook import frame
+        from attribution import display
 
-        return frame(render(self), height=900)
+        return display.notebook("report", self)
 
     def __str__(self) -> str:
         a = self.agreement

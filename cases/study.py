@@ -75,19 +75,21 @@ def run(config: CaseConfig | str, good: str | None = None, bad: str | None = Non
             report.graph = graph.stats
             report.paths |= {"graph.html": graph.stats["html"], "graph.json": graph.stats["json"]}
     with clock("replacement graph"):
-        from cases import replacement
+        from cases import replacement_stage
 
-        rep = replacement.stage(config, loaded, None if isinstance(graph, Skip) else graph)
+        rep = replacement_stage.stage(config, loaded, None if isinstance(graph, Skip) else graph)
         if rep is not None:
             report.replacement = rep.stats
             report.paths |= {"replacement.html": rep.stats["html"], "replacement.json": rep.stats["json"]}
 
-    from cases import html
+    from pages import report_page
 
     report.write(out)
     report.paths["report.html"] = str(out / "report.html")
     report.timings = clock.times | {"total": round(time.perf_counter() - clock.t0, 3)}
-    html.write(report, out / "report.html", graph_html=None if graph is None or isinstance(graph, Skip) else graph.html)
+    report_page.write(
+        report, out / "report.html", graph_html=None if graph is None or isinstance(graph, Skip) else graph.html
+    )
     report.write(out)  # again, so report.json holds the final timings and paths
     bar.close()
     return report

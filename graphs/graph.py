@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from graphs import groups as _groups
-from graphs.nodes import KINDS, GraphError, GraphNode
+from graphs.graph_nodes import KINDS, GraphError, GraphNode
 from graphs.prune import cumulative, influence, prune, shares
 
 FORMAT = 1  # the on-disk format's version
@@ -136,10 +136,10 @@ class Graph:
         return "\n".join([repr(self), *(str(x) for x in self.top(15, kind=None))])
 
     def _repr_html_(self) -> str:
-        """The graph's offline page in an iframe, in a notebook (graphs.notebook, imported only when shown)."""
-        from graphs.notebook import graph
+        """The graph's offline page in an iframe, in a notebook (drawn by pages, through attribution.display)."""
+        from attribution import display
 
-        return graph(self)
+        return display.notebook("graph", self)
 
     def copy(self) -> Graph:
         """An independent copy (nodes, masks, groups)."""
@@ -295,10 +295,10 @@ class Graph:
         """Offline interactive HTML (vis-network, inlined). check: a graphs.interventions.Check shown in the title;
         cards: fn(hook, feature) -> FeatureCard for the side panel of a clicked feature; groups drawn as one node
         each (opened by double-click) unless collapse_groups=False; more than max_edges edges is refused (prune
-        first). See graphs.html."""
-        from graphs.html import to_html
+        first). Drawn by pages.graph_page (through attribution.display: graphs never import pages)."""
+        from attribution import display
 
-        return to_html(
+        return display.renderer("graph_page")(
             self, _writable(path), collapse_groups=collapse_groups, check=check, cards=cards, max_edges=max_edges
         )
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attribution.engine import MODES, Group, Splice, ablation_values, trace
+from attribution.engine import Group, Splice, trace
 from attribution.metrics import LogitDiff, Rows, evaluate
 from attribution.splice import edit_hook, prepare_saes, wide
-from graphs.nodes import GraphError
+from attribution.spliced import MODES, ablation_values
+from graphs.graph_nodes import GraphError
 
 ERRORS = ("keep", "ablate")
 
@@ -78,9 +79,10 @@ class Check:
         return 1.0 - (self.complement - self.empty) / self._span()
 
     def _repr_html_(self) -> str:
-        from graphs.notebook import check
+        """A small table in a notebook (drawn by pages, through attribution.display)."""
+        from attribution import display
 
-        return check(self)
+        return display.notebook("check", self)
 
     def summary(self) -> str:
         """The scores and how they were measured, without the raw metric values."""

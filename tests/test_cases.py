@@ -14,7 +14,7 @@ import torch
 
 import cases
 from attribution import LogitDiff, ablate, attribute, compare
-from cases.cli import main
+from cases.command import main
 from cases.steer import steer
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
@@ -298,8 +298,9 @@ def test_config_reads_and_checks_values_before_any_model():
 
 
 def test_skipped_stages_are_data_the_page_reads(model, saes, report, tmp_path):
-    from cases import html, stages
+    from cases import stages
     from cases.report import Skip
+    from pages import report_page as html
 
     assert set(report.skipped) == {"labels", "cards"} and "steering" not in report.skipped
     assert json.loads(read(report.paths["report.json"]))["skipped"] == report.skipped
@@ -318,7 +319,7 @@ def test_skipped_stages_are_data_the_page_reads(model, saes, report, tmp_path):
 
 
 def test_page_text_is_escaped_by_the_template(report):
-    from cases import html
+    from pages import report_page as html
 
     r = copy.copy(report)
     r.title, r.prompt = "<b>bold</b>", 'say "<script>alert(1)</script>"'

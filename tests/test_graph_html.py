@@ -26,8 +26,8 @@ import torch
 from attribution import LogitDiff
 from graphs import build_graph, check
 from graphs.graph import Graph
-from graphs.html import LABEL_PX, data
-from graphs.nodes import METRIC_ID, GraphNode, error_id, feature_id, token_id
+from graphs.graph_nodes import METRIC_ID, GraphNode, error_id, feature_id, token_id
+from pages.graph_page import LABEL_PX, data
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,8 @@ import torch
 from markupsafe import escape
 
 from attribution import LogitDiff, ablate, attribute, compare, explain, feature_indexes
-from graphs import build_graph, check, notebook
+from graphs import build_graph, check
+from pages import notebook
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,5 @@
 """A feature's card: its top contexts, the whole activation distribution, logit-lens tokens, neighbours and
-label, as plain data. Rendering is the caller's (graphs/templates/card.html.j2 for HTML).
+label, as plain data. Rendering is the caller's (pages/templates/card.html.j2 for HTML).
 
 A feature is more than its top examples, so every card also carries a histogram of its activations by
 interval with the share of all its firings in each. Everything but the per-token activations in the card's
@@ -53,10 +53,10 @@ class FeatureCard:
     n_tokens: int  # how many tokens the index covers
 
     def _repr_html_(self) -> str:
-        """The card as the report shows it, in a notebook (graphs.notebook, imported only when shown)."""
-        from graphs.notebook import card
+        """The card as the report shows it, in a notebook (drawn by pages, through attribution.display)."""
+        from attribution import display
 
-        return card(self)
+        return display.notebook("card", self)
 
     def to_dict(self) -> dict:
         return asdict(self)

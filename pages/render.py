@@ -1,4 +1,4 @@
-"""The one HTML approach: jinja2 templates in graphs/templates/, autoescaped, rendered offline.
+"""The one HTML approach: jinja2 templates in pages/templates/, autoescaped, rendered offline.
 
 Every page and fragment (the case-study report, feature cards, the graph page's text) is a template here;
 values are escaped by jinja2, never by hand. `render("card.html.j2", card=card)` returns the HTML string.
@@ -14,7 +14,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 @cache
 def environment():
-    """The shared jinja2 Environment: templates from graphs/templates/, HTML autoescaped, strict undefined."""
+    """The shared jinja2 Environment: templates from pages/templates/, HTML autoescaped, strict undefined."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     env = Environment(
@@ -28,5 +28,5 @@ def environment():
 
 
 def render(name: str, /, **context) -> str:
-    """Template `name` (a file in graphs/templates/) rendered with `context`, autoescaped."""
+    """Template `name` (a file in pages/templates/) rendered with `context`, autoescaped."""
     return environment().get_template(name).render(**context)

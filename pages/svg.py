@@ -1,6 +1,6 @@
 """Inline SVG charts drawn by hand, so the report needs no plotting library and no network.
 
-This module computes the geometry; graphs/templates/report_chart.svg.j2 draws it, jinja2 escaping every label.
+This module computes the geometry; pages/templates/report_chart.svg.j2 draws it, jinja2 escaping every label.
 No xmlns attribute: inline SVG in HTML5 does not need one, and the page then holds no URL at all.
 """
 

@@ -2,7 +2,7 @@
 
 The page is for a researcher deciding whether to trust the result, so each estimate sits beside its
 measured ablation effect, and every section that could not be produced says why (from `Report.skipped`)
-instead of going blank. The markup is graphs/templates/report.html.j2, rendered by graphs.render with
+instead of going blank. The markup is pages/templates/report.html.j2, rendered by pages.render with
 autoescape; this module only computes what the template shows (colours, bar widths, formatted numbers).
 The graph (multi-hop) is the graph package's own offline page, embedded with <iframe srcdoc> so this file
 stays self-contained; the same page is also written beside it as graph.html.
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cases.report import FeatureRow, Report
-from cases.svg import scatter
+from pages.render import render as template
+from pages.svg import scatter
+
+if TYPE_CHECKING:  # the data it draws (cases sits above pages; only the type names are used here)
+    from cases.report import FeatureRow, Report
 
 GRAPH_HIDDEN = ("html", "json", "check", "layers", "groups")  # report.graph keys not in the stats line
 _ATTR_NOTE = (
@@ -37,8 +41,6 @@ def write(report: Report, path: str | Path, *, graph_html: str | None = None) ->
 
 def render(report: Report, *, graph_html: str | None = None) -> str:
     """The page's HTML. graph_html: the graph's own page, embedded in an iframe (None: a link only)."""
-    from graphs.render import render as template
-
     r = report
     return template(
         "report.html.j2",

@@ -1,13 +1,14 @@
 """Results in a Jupyter notebook: the HTML behind each result's `_repr_html_`.
 
 Attribution and Ablation tables, agreement, feature cards, graphs (their offline page in an iframe) and
-case-study reports render here, through the same templates the pages use (graphs.render, autoescaped). The
-result classes import this module only when a notebook asks them to display, so computing never loads it.
+case-study reports render here, through the same templates the pages use (pages.render, autoescaped). The
+result classes reach these functions through attribution.display (registered by pages/__init__.py), so no
+lower layer imports this module.
 """
 
 from __future__ import annotations
 
-from graphs.render import render
+from pages.render import render
 
 
 def node_table(table, k: int = 10) -> str:
@@ -50,8 +51,15 @@ def frame(page: str, height: int = 860) -> str:
 
 def graph(g, max_edges: int = 5000) -> str:
     """A Graph's offline page in an iframe (or, when it has too many edges to draw, its summary)."""
-    from graphs.html import page
+    from pages.graph_page import page
 
     if int(g.edge_mask.sum()) > max_edges:
         return render("pre.html.j2", text=f"{g}\n(prune it to draw it: g.prune(0.8, 0.98, max_feature_nodes=60))")
     return frame(page(g, max_edges=max_edges))
+
+
+def report(r) -> str:
+    """A case-study report's page in an iframe (its graph linked, not embedded)."""
+    from pages.report_page import render as report_html
+
+    return frame(report_html(r), height=900)

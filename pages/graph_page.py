@@ -1,6 +1,6 @@
 """The graph's interactive page: one offline HTML file, vis-network inlined from the pyvis package.
 
-Python gathers what the page draws (graphs.templates: graph.html.j2, its script graph.js.j2 and style
+Python gathers what the page draws (pages/templates: graph.html.j2, its script graph.js.j2 and style
 graph.css.j2, each node's panel card graph_node.html.j2, all autoescaped); the page lays it out in the browser:
 
 - x by token position, y by layer row (tokens at the bottom, the metric on top). A cell holding several nodes
@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from graphs.nodes import GraphError
-from graphs.render import render
+from graphs.graph_nodes import GraphError
+from pages.render import render
 
 LABEL_PX = 130  # the widest label drawn on the graph, in pixels at the page's 12 px font
 POS, NEG = "#2f6fb0", "#d0393b"
