@@ -1,6 +1,6 @@
 """circuit-tracer's own graph viewer, offline, on our graph JSON, checked in headless Chromium.
 
-    python -m bench.circuit_tracer_viewer kobe.json [more.json ...] [--out /tmp/ct_viewer] [--serve]
+    python -m bench.peers.circuit_tracer_viewer kobe.json [more.json ...] [--out /tmp/ct_viewer] [--serve]
 
 circuit-tracer 0.5.0's frontend (frontend/assets in its wheel; `circuit_tracer.frontend.local_server.serve`)
 loads its libraries from the network. index.html and feature-view.html load six scripts:
@@ -28,9 +28,12 @@ Not served, and what breaks without it: npy_v0.js only reads .npy files, which o
 (the graph page never calls it); the live-reload client nothing. At run time the graph page fetches feature
 examples when a feature is hovered or clicked (the right-hand "feature detail" panel): from the Hugging Face
 hub repository named by the graph's `metadata.scan`, or ./features/<scan>/<index>.json through its
-feature-file host, or <scan>/<index>.json when scan starts with "./". Our graphs have no such files (the
-scan is our model's name), so that panel stays empty offline; the graph, its links, the node list and the
-subgraph draw without it.
+feature-file host, or <scan>/<index>.json when scan starts with "./". graphs.viewer_features writes our
+feature indexes in that layout (top contexts, activation histogram and percentiles, frequency, logit-lens
+tokens; labels as the nodes' clerps): the graph JSON with scan "./data/features/<slug>" and one file per
+feature node, <data>/features/<slug>/<cantor(layer, index)>.json. Staged here when found (--features DIR, or
+features/<slug>/ beside the graph file), into the data folder, the graph's scan pointed at them; without
+them the panel stays empty offline, and the graph, its links, the node list and the subgraph draw anyway.
 
 Layout, as circuit-tracer's server expects: the graph JSON files and graph-metadata.json ({"graphs":
 [metadata, ...]}, what `circuit_tracer.frontend.utils.add_graph_metadata` writes) in one data folder served
@@ -38,8 +41,11 @@ under both /data/ and /graph_data/, the assets at /. Served by python's http.ser
 
 The check (default): headless Chromium with every host but 127.0.0.1 unresolvable opens index.html?slug=...,
 waits for the link graph, counts its nodes (`text.node` in the link graph's SVG) against the JSON's, clicks
-the most influential feature, takes a screenshot (--out/<slug>.png) and lists console errors and requests
-that left the machine. Chromium is Debian's `chromium`; npm fetches the packages once into --npm-cache.
+the first feature node, and where its feature file was staged waits for the feature-detail panel to draw its
+examples and checks them against the file (as many example rows as the file has, each row's text its
+tokens joined, one histogram bar per bin, the title's percentile and frequency), hovers the title so the
+histogram shows, takes a screenshot (--out/<slug>.png) and lists console errors and requests that left the
+machine. Chromium is Debian's `chromium`; npm fetches the packages once into --npm-cache.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from graphs.viewer_features import FEATURES, SCAN
 
 VENV = Path(os.environ.get("CT_VENV", "/work/ct-venv"))
 NPM_CACHE = Path(os.environ.get("CT_VIEWER_NPM", "/tmp/ct-viewer-npm"))
@@ -107,7 +115,7 @@ def find_assets(venv: Path = VENV) -> Path:
     if r is None or r.returncode != 0:
         raise SystemExit(
             f"circuit-tracer is not importable from {venv}: create it with "
-            "`python -m bench.circuit_tracer_side_by_side --install`, or pass --assets"
+            "`python -m bench.peers.circuit_tracer_side_by_side --install`, or pass --assets"
         )
     return Path(r.stdout.strip())
 
@@ -153,9 +161,18 @@ def rewrite(html: str, depth: int = 0) -> tuple[str, list[str]]:
     return REMOTE_SCRIPT.sub(sub, html), dropped
 
 
-def stage(graphs: list[Path], out: Path, assets: Path, cache: Path = NPM_CACHE) -> dict:
-    """out/site: the assets with local libraries; out/data: the graphs and graph-metadata.json.
-    Returns {"site", "data", "slugs", "dropped"} (dropped: the remote script URLs left out)."""
+def feature_folder(graph: Path, slug: str, features: Path | None = None) -> Path | None:
+    """The folder of the graph's feature files (<cantor>.json, graphs.viewer_features): `features`/<slug>
+    or `features`/features/<slug> when given, else features/<slug> beside the graph file; None if absent."""
+    tries = [features / slug, features / FEATURES / slug] if features else [Path(graph).parent / FEATURES / slug]
+    return next((f for f in tries if f.is_dir() and any(f.glob("*.json"))), None)
+
+
+def stage(graphs: list[Path], out: Path, assets: Path, cache: Path = NPM_CACHE, features: Path | None = None) -> dict:
+    """out/site: the assets with local libraries; out/data: the graphs, graph-metadata.json and the graphs'
+    feature files (data/features/<slug>/, found by feature_folder; the staged graph's scan points at them).
+    Returns {"site", "data", "slugs", "dropped", "features"} (dropped: the remote script URLs left out;
+    features: {slug: {"from", "files", "scan_was"}} for the graphs whose feature files were staged)."""
     site, data = out / "site", out / "data"
     shutil.rmtree(site, ignore_errors=True)
     shutil.copytree(assets, site)
@@ -170,14 +187,20 @@ def stage(graphs: list[Path], out: Path, assets: Path, cache: Path = NPM_CACHE) 
         dropped.update(gone)
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    metas = []
+    metas, staged = [], {}
     for path in graphs:
         graph = json.loads(Path(path).read_text())
         slug = graph["metadata"]["slug"]
+        found = feature_folder(Path(path), slug, features)
+        if found is not None:
+            shutil.copytree(found, data / FEATURES / slug)
+            was, graph["metadata"]["scan"] = graph["metadata"]["scan"], SCAN.format(slug=slug)
+            staged[slug] = {"from": str(found), "files": len(list(found.glob("*.json"))), "scan_was": was}
         (data / f"{slug}.json").write_text(json.dumps(graph))
         metas.append(graph["metadata"])
     (data / "graph-metadata.json").write_text(json.dumps({"graphs": metas}, indent=1))
-    return {"site": site, "data": data, "slugs": [m["slug"] for m in metas], "dropped": sorted(dropped)}
+    slugs = [m["slug"] for m in metas]
+    return {"site": site, "data": data, "slugs": slugs, "dropped": sorted(dropped), "features": staged}
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -251,8 +274,69 @@ def _errors(events: list[dict]) -> list[str]:
     return out
 
 
-def check(url: str, n_nodes: int, png: Path, width: int = 1600, height: int = 1000, click: bool = True) -> dict:
-    """Open `url` in headless Chromium and report what the viewer drew (see the module docstring)."""
+# what the feature-detail panel drew for the clicked feature (feature_examples/init-feature-examples-list.js:
+# one div.ctx-container per example in .feature-example-list, its tokens as span.token in div.text-wrapper,
+# equal neighbours merged; render-act-histogram.js: one rect.bar per bin in .histogram-placeholder)
+PANEL = """(() => {
+  const p = document.querySelector('.feature-detail')
+  if (!p) return null
+  const all = s => [...p.querySelectorAll(s)]
+  return {
+    rows: all('.feature-example-list .ctx-container').length,
+    texts: all('.feature-example-list .ctx-container .text-wrapper').map(e => e.textContent),
+    tokens: all('.feature-example-list span.token').length,
+    groups: all('.feature-example-list .quantile-title').map(e => e.textContent.trim()),
+    predictions: all('.feature-example-logits span.token').length,
+    bars: all('.histogram-placeholder rect.bar').length,
+    title: ((p.querySelector('.feature-title') || {}).innerText || '').trim(),
+    label: ((p.querySelector('.pp-clerp') || {}).innerText || '').trim(),
+  }
+})()"""
+
+
+def _examples(tools, expected: dict, timeout: float = 20) -> dict:
+    """Wait for the panel to draw the clicked feature's examples, then compare them with its file."""
+    drawn, end = tools.evaluate(PANEL) or {}, time.monotonic() + timeout
+    while time.monotonic() < end and not (drawn.get("rows") and drawn.get("bars") and "pct" in drawn["title"]):
+        time.sleep(0.25)
+        drawn = tools.evaluate(PANEL) or {}
+    examples = [e for q in expected["examples_quantiles"] for e in q["examples"]]
+    want = ["".join(e["tokens"]) for e in examples]
+    return {
+        **drawn,
+        "texts": drawn.get("texts", [])[:3],
+        "rows_in_file": len(examples),
+        "tokens_in_file": sum(len(e["tokens"]) for e in examples),
+        "bins_in_file": len(expected["histogram"]),
+        "texts_match": drawn.get("texts") == want,
+        "ok": bool(examples)
+        and drawn.get("rows") == len(examples)
+        and drawn.get("texts") == want
+        and drawn.get("bars") == len(expected["histogram"])
+        and "pct" in drawn.get("title", "")
+        and "Freq:" in drawn.get("title", ""),
+    }
+
+
+def _mouse(tools, x: float, y: float, click: bool = True) -> None:
+    kinds = ("mouseMoved", "mousePressed", "mouseReleased") if click else ("mouseMoved",)
+    for kind in kinds:
+        extra = {"button": "left", "clickCount": 1} if kind != "mouseMoved" else {}
+        tools.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, **extra)
+
+
+def check(
+    url: str,
+    n_nodes: int,
+    png: Path,
+    width: int = 1600,
+    height: int = 1000,
+    click: bool = True,
+    features: Path | None = None,
+) -> dict:
+    """Open `url` in headless Chromium and report what the viewer drew (see the module docstring).
+    features: the staged folder of this graph's feature files; then the clicked feature's examples are
+    checked against its file (result["clicked"]["examples"], with "ok")."""
     with tempfile.TemporaryDirectory() as profile:
         proc, tools = _chromium(Path(profile), width, height)
         try:
@@ -278,25 +362,43 @@ def check(url: str, n_nodes: int, png: Path, width: int = 1600, height: int = 10
                     "(() => { const n = [...document.querySelectorAll('.link-graph svg text.node')]"
                     ".find(e => e.__data__ && e.__data__.feature_type == 'cross layer transcoder');"
                     " if (!n) return null; const r = n.getBoundingClientRect();"
-                    " return {x: r.x + r.width / 2, y: r.y + r.height / 2, id: n.__data__.nodeId}; })()"
+                    " return {x: r.x + r.width / 2, y: r.y + r.height / 2, id: n.__data__.nodeId,"
+                    " feature: n.__data__.featureIndex}; })()"
                 )
                 if xy:
-                    for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-                        extra = {"button": "left", "clickCount": 1} if kind != "mouseMoved" else {}
-                        tools.send("Input.dispatchMouseEvent", type=kind, x=xy["x"], y=xy["y"], **extra)
+                    _mouse(tools, xy["x"], xy["y"])
                     time.sleep(1.5)
                     clicked = {
                         "node": xy["id"],
+                        "feature": xy["feature"],
                         "detail_title": tools.evaluate(
                             "(document.querySelector('.feature-detail .feature-title') || {}).innerText || ''"
                         ),
                     }
+                    file = features / f"{xy['feature']}.json" if features else None
+                    if file is not None:
+                        clicked["feature_file"] = str(file)
+                        clicked["examples"] = _examples(tools, json.loads(file.read_text()))
+                        # the pointer onto the panel's title: the activation histogram shows, the click stays
+                        title = tools.evaluate(
+                            "(() => { const t = document.querySelector('.feature-detail .feature-title');"
+                            " if (!t) return null; const r = t.getBoundingClientRect();"
+                            " return {x: r.x + 20, y: r.y + r.height / 2}; })()"
+                        )
+                        if title:
+                            _mouse(tools, title["x"], title["y"], click=False)
+                            time.sleep(0.5)
             shot = tools.send("Page.captureScreenshot", format="png")
             png.parent.mkdir(parents=True, exist_ok=True)
             png.write_bytes(base64.b64decode(shot["data"]))
             requests = [
                 e["params"]["request"]["url"] for e in tools.events if e.get("method") == "Network.requestWillBeSent"
             ]
+            feature_requests = {  # every feature file the page asked for, with the status it got
+                e["params"]["response"]["url"]: e["params"]["response"]["status"]
+                for e in tools.events
+                if e.get("method") == "Network.responseReceived" and "/features/" in e["params"]["response"]["url"]
+            }
             errors = _errors(tools.events)
             return {
                 "url": url,
@@ -306,6 +408,7 @@ def check(url: str, n_nodes: int, png: Path, width: int = 1600, height: int = 10
                 "errors_on_load": errors[:loaded],
                 "errors_after_click": errors[loaded:],
                 "clicked": clicked,
+                "feature_requests": feature_requests,
                 "remote_requests": sorted({u for u in requests if not u.startswith(("http://127.0.0.1", "data:"))}),
                 "screenshot": str(png),
             }
@@ -325,16 +428,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--venv", default=str(VENV), help="the peer's venv, to find its assets (default %(default)s)")
     ap.add_argument("--assets", default=None, help="circuit-tracer's frontend/assets folder (default: the venv's)")
     ap.add_argument("--npm-cache", default=str(NPM_CACHE), help="where npm packs the libraries (default %(default)s)")
+    ap.add_argument(
+        "--features",
+        default=None,
+        help="folder of the graphs' feature files, <slug>/<feature>.json (graphs.viewer_features; default: "
+        "features/<slug>/ beside each graph file, when there)",
+    )
     ap.add_argument("--serve", action="store_true", help="serve until Ctrl-C instead of checking in Chromium")
     ap.add_argument("--port", type=int, default=0, help="port (default: any free one; 8032 is circuit-tracer's)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     assets = Path(args.assets) if args.assets else find_assets(Path(args.venv))
-    staged = stage([Path(g) for g in args.graphs], out, assets, Path(args.npm_cache))
+    features = Path(args.features) if args.features else None
+    staged = stage([Path(g) for g in args.graphs], out, assets, Path(args.npm_cache), features)
     server = serve(staged["site"], staged["data"], args.port)
     port = server.server_address[1]
     print(f"serving {staged['site']} (data {staged['data']}) at http://127.0.0.1:{port}/")
     print("remote scripts left out:", *staged["dropped"], sep="\n  ")
+    for slug in staged["slugs"]:
+        found = staged["features"].get(slug)
+        print(
+            f"{slug}: {found['files']} feature files from {found['from']}"
+            if found
+            else f"{slug}: no feature files (write them with graphs.viewer_features.write_viewer_features)"
+        )
     if args.serve:
         try:
             while True:
@@ -344,15 +461,23 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path, slug in zip(args.graphs, staged["slugs"]):
         n = len(json.loads(Path(path).read_text())["nodes"])
-        r = check(f"http://127.0.0.1:{port}/index.html?slug={slug}", n, out / f"{slug}.png")
+        folder = staged["data"] / FEATURES / slug if slug in staged["features"] else None
+        r = check(f"http://127.0.0.1:{port}/index.html?slug={slug}", n, out / f"{slug}.png", features=folder)
         results.append(r)
         print(json.dumps(r, indent=1))
     server.shutdown()
-    (out / "check.json").write_text(json.dumps({"dropped": staged["dropped"], "results": results}, indent=1))
+    summary = {"dropped": staged["dropped"], "features": staged["features"], "results": results}
+    (out / "check.json").write_text(json.dumps(summary, indent=1))
     ok = all(r["nodes_drawn"] > 0 and not r["errors_on_load"] for r in results)
+    # where a graph's feature files were staged, its clicked feature must show its examples, without errors
+    ok &= all(
+        (r["clicked"] or {}).get("examples", {}).get("ok") and not r["errors_after_click"]
+        for r, slug in zip(results, staged["slugs"])
+        if slug in staged["features"]
+    )
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())
