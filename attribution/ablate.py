@@ -13,17 +13,19 @@ hook is computed once, not once per ablation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution import memory
-from attribution.engine import Add, Group, Past, ablation_values, trace
+from attribution.engine import Add, Group, Past, trace
 from attribution.errors import AttributionError
 from attribution.metrics import Rows, evaluate
 from attribution.nodes import Node, NodeTable, as_key
 from attribution.splice import Decomposition, decompose, prepare_saes
+from attribution.spliced import ablation_values
 
 MODES = ("zero", "mean", "patch")
 
@@ -46,6 +48,15 @@ class Ablation(NodeTable):
         return "\n".join(lines)
 
 
+class Key(NamedTuple):
+    """One node to ablate: feature -1 is the error term."""
+
+    prompt: int
+    hook: str
+    position: int
+    feature: int
+
+
 def ablate(
     model,
     saes,
@@ -66,16 +77,7 @@ def ablate(
     batch_size: ablations per forward pass (None: as many as memory allows, at most 64). A request that
     cannot fit raises memory.OutOfMemoryError before any work.
     """
-    if mode not in MODES:
-        raise AttributionError(f"unknown ablation mode {mode!r}; choose one of {MODES}")
-    if mode == "patch" and corrupt is None:
-        raise AttributionError("mode='patch' needs corrupt='...' to patch values from")
-    if batch_size is not None and batch_size < 1:
-        raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(nodes, (str, Node)) or (isinstance(nodes, tuple) and nodes and not isinstance(nodes[0], tuple)):
-        raise AttributionError(
-            f"nodes must be a list of nodes (or an Attribution), got {nodes!r}; wrap a single node in a list"
-        )
+    _check_options(mode, corrupt, batch_size, nodes)
     saes = prepare_saes(model, saes)
     batch = model.tokenize(prompt)
     keys = [
@@ -90,72 +92,94 @@ def ablate(
         if mode == "mean"
         else None
     )
-
     hooks = list(saes)
-    order = sorted(range(len(keys)), key=lambda n: (keys[n][0], model.hooks[keys[n][1]].order, keys[n][2:]))
-    result = Ablation(hooks=hooks, tokens=batch.tokens, mode=mode)
-    effect = torch.zeros(len(keys), dtype=torch.float64)
-    ablated = torch.zeros(len(keys), dtype=torch.float64)
-    activation = torch.zeros(len(keys), dtype=torch.float64)
-    metrics = torch.zeros(batch.size, dtype=torch.float64)
-    n_chunks = sum(-(-sum(1 for k in keys if k[0] == b) // batch_size) for b in range(batch.size))
+    order = sorted(range(len(keys)), key=lambda n: (keys[n].prompt, model.hooks[keys[n].hook].order, keys[n][2:]))
+    out = _Out(*(torch.zeros(len(keys), dtype=torch.float64) for _ in range(3)), torch.zeros(batch.size).double())
+    n_chunks = sum(-(-sum(1 for k in keys if k.prompt == b) // batch_size) for b in range(batch.size))
     bar = tqdm(total=len(keys), desc="ablations", disable=not progress or n_chunks <= 1, leave=False)
     for b in range(batch.size):
-        mine = [n for n in order if keys[n][0] == b]
-        if not mine:
-            continue
-        one = batch.select(b)
-        used = sorted({keys[n][1] for n in mine}, key=lambda h: model.hooks[h].order)
-        clean = trace(model, one, capture=used)
-        at = {h: sorted({keys[n][2] for n in mine if keys[n][1] == h}) for h in used}  # positions with nodes
-        dec = {h: _at_positions(saes[h], clean.acts[h], at[h]) for h in used}
-        cdec = None
-        if cbatch is not None:
-            ctr = trace(model, cbatch.select(b), capture=used)
-            cdec = {h: _at_positions(saes[h], ctr.acts[h], at[h]) for h in used}
-        # chunks by position (latest first), so each chunk runs only the tokens from its earliest node on
-        by_pos = sorted(mine, key=lambda n: -keys[n][2])
-        rank = {n: i for i, n in enumerate(mine)}
-        pasts: dict[int, Past] = {}  # chunks starting at the same token share one prefix forward
-        for start in range(0, len(by_pos), batch_size):
-            chunk = sorted(by_pos[start : start + batch_size], key=rank.__getitem__)
-            first = _first_position(metric, min(keys[n][2] for n in chunk), one.width)
-            deltas: dict[str, tuple[list[int], list[int], list[Tensor]]] = {}  # hook -> nodes, positions, deltas
-            for n in chunk:
-                _, h, pos, feat = keys[n]
-                delta, act = _delta(
-                    saes[h], dec[h], cdec[h] if cdec else None, means[h] if means else None, pos, feat, mode
-                )
-                mine_h = deltas.setdefault(h, ([], [], []))
-                mine_h[0].append(n)
-                mine_h[1].append(pos - first)
-                mine_h[2].append(delta)
-                activation[n] = act
-            if first > 0 and first not in pasts:
-                pasts[first] = Past(model, one, first)
-            past = pasts.get(first)
-            hooks_here = sorted(deltas, key=lambda h: model.hooks[h].order)
-            groups = [
-                Group({h: Add(torch.tensor(deltas[h][1]), torch.stack(deltas[h][2]))}, n=len(deltas[h][0]))
-                for h in hooks_here
-            ]
-            tr = trace(model, one, groups=groups, past=past)
-            rows = Rows(torch.full((tr.hidden.shape[0],), b), torch.full((tr.hidden.shape[0],), -first))
-            m = evaluate(metric, model, tr.hidden, rows).detach().double().cpu()
-            for h, span in zip(hooks_here, tr.groups):
-                ablated[deltas[h][0]] = m[span]
-                effect[deltas[h][0]] = m[0] - m[span]
-            metrics[b] = m[0]
-            bar.update(len(chunk))
+        mine = [n for n in order if keys[n].prompt == b]
+        if mine:
+            cprompt = cbatch.select(b) if cbatch is not None else None
+            _ablate_prompt(model, saes, metric, keys, mine, batch.select(b), b, cprompt, means, mode, batch_size, out)
+            bar.update(len(mine))
     bar.close()
-    result.prompt = torch.tensor([k[0] for k in keys])
-    result.hook_idx = torch.tensor([hooks.index(k[1]) for k in keys])
-    result.position = torch.tensor([k[2] for k in keys])
-    result.feature = torch.tensor([k[3] for k in keys])
-    result.activation = activation
+    result = Ablation(hooks=hooks, tokens=batch.tokens, mode=mode)
+    result.prompt = torch.tensor([k.prompt for k in keys])
+    result.hook_idx = torch.tensor([hooks.index(k.hook) for k in keys])
+    result.position = torch.tensor([k.position for k in keys])
+    result.feature = torch.tensor([k.feature for k in keys])
+    result.activation = out.activation
     result.gradient = torch.full((len(keys),), float("nan"))
-    result.value, result.ablated, result.metric = effect, ablated, metrics
+    result.value, result.ablated, result.metric = out.effect, out.ablated, out.metrics
     return result
+
+
+class _Out(NamedTuple):
+    """What ablate fills in, one entry per node (per prompt for metrics)."""
+
+    effect: Tensor
+    ablated: Tensor
+    activation: Tensor
+    metrics: Tensor
+
+
+def _check_options(mode, corrupt, batch_size, nodes) -> None:
+    if mode not in MODES:
+        raise AttributionError(f"unknown ablation mode {mode!r}; choose one of {MODES}")
+    if mode == "patch" and corrupt is None:
+        raise AttributionError("mode='patch' needs corrupt='...' to patch values from")
+    if batch_size is not None and batch_size < 1:
+        raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(nodes, (str, Node)) or (isinstance(nodes, tuple) and nodes and not isinstance(nodes[0], tuple)):
+        raise AttributionError(
+            f"nodes must be a list of nodes (or an Attribution), got {nodes!r}; wrap a single node in a list"
+        )
+
+
+def _ablate_prompt(model, saes, metric, keys, mine, one, b, cprompt, means, mode, batch_size, out: _Out) -> None:
+    """Ablate prompt b's nodes `mine` (indices into keys), in chunks of batch_size rows per forward pass."""
+    used = sorted({keys[n].hook for n in mine}, key=lambda h: model.hooks[h].order)
+    clean = trace(model, one, capture=used)
+    at = {h: sorted({keys[n].position for n in mine if keys[n].hook == h}) for h in used}  # positions with nodes
+    dec = {h: _at_positions(saes[h], clean.acts[h], at[h]) for h in used}
+    cdec = None
+    if cprompt is not None:
+        ctr = trace(model, cprompt, capture=used)
+        cdec = {h: _at_positions(saes[h], ctr.acts[h], at[h]) for h in used}
+    # chunks by position (latest first), so each chunk runs only the tokens from its earliest node on
+    by_pos = sorted(mine, key=lambda n: -keys[n].position)
+    rank = {n: i for i, n in enumerate(mine)}
+    pasts: dict[int, Past] = {}  # chunks starting at the same token share one prefix forward
+    for start in range(0, len(by_pos), batch_size):
+        chunk = sorted(by_pos[start : start + batch_size], key=rank.__getitem__)
+        first = _first_position(metric, min(keys[n].position for n in chunk), one.width)
+        deltas: dict[str, tuple[list[int], list[int], list[Tensor]]] = {}  # hook -> nodes, positions, deltas
+        for n in chunk:
+            k = keys[n]
+            delta, act = _delta(
+                saes[k.hook], dec[k.hook], cdec[k.hook] if cdec else None, means[k.hook] if means else None,
+                k.position, k.feature, mode,
+            )  # fmt: skip
+            mine_h = deltas.setdefault(k.hook, ([], [], []))
+            mine_h[0].append(n)
+            mine_h[1].append(k.position - first)
+            mine_h[2].append(delta)
+            out.activation[n] = act
+        if first > 0 and first not in pasts:
+            pasts[first] = Past(model, one, first)
+        hooks_here = sorted(deltas, key=lambda h: model.hooks[h].order)
+        groups = [
+            Group({h: Add(torch.tensor(deltas[h][1]), torch.stack(deltas[h][2]))}, n=len(deltas[h][0]))
+            for h in hooks_here
+        ]
+        tr = trace(model, one, groups=groups, past=pasts.get(first))
+        rows = Rows(torch.full((tr.hidden.shape[0],), b), torch.full((tr.hidden.shape[0],), -first))
+        m = evaluate(metric, model, tr.hidden, rows).detach().double().cpu()
+        for h, span in zip(hooks_here, tr.groups):
+            out.ablated[deltas[h][0]] = m[span]
+            out.effect[deltas[h][0]] = m[0] - m[span]
+        out.metrics[b] = m[0]
 
 
 def _first_position(metric, earliest: int, width: int) -> int:
@@ -169,7 +193,7 @@ def _first_position(metric, earliest: int, width: int) -> int:
 def _rows_per_pass(model, saes, keys, batch, requested: int | None, patch: bool) -> int:
     """Ablations per forward pass that fit in memory (the longest prompt decides), checked before any work."""
     per_row, fixed = pass_bytes(model, saes, keys, batch, patch)
-    pos = max(batch.lengths[k[0]] for k in keys)
+    pos = max(batch.lengths[k.prompt] for k in keys)
     return memory.chunk_rows(
         requested, per_row, fixed, what=f"ablation on {pos} tokens", arg="batch_size=", most=min(64, len(keys))
     )
@@ -177,8 +201,9 @@ def _rows_per_pass(model, saes, keys, batch, requested: int | None, patch: bool)
 
 def pass_bytes(model, saes, keys, batch, patch: bool) -> tuple[int, int]:
     """(bytes per ablation row, bytes fixed per pass): rows' working set; decompositions and the clean row."""
-    pos = max(batch.lengths[k[0]] for k in keys)
-    at = {(k[1], k[2]) for k in keys}  # decompositions are made at node positions only
+    keys = [Key(*k) for k in keys]
+    pos = max(batch.lengths[k.prompt] for k in keys)
+    at = {(k.hook, k.position) for k in keys}  # decompositions are made at node positions only
     dense = sum(saes[h].d_sae * 4 * 3 + model.d_model * 4 * 2 for h, _ in at)
     row = memory.forward_bytes(model, 1, pos, 1, grad=False)
     return row + pos * model.d_model * 4 * 3, dense * (2 if patch else 1) + row
@@ -223,4 +248,4 @@ def _check_key(key, model, saes, batch):
         raise AttributionError(f"node position {pos} is outside prompt {prompt} ({batch.lengths[prompt]} tokens)")
     if feat >= saes[name].d_sae:
         raise AttributionError(f"feature {feat} does not exist: the SAE at {name} has {saes[name].d_sae}")
-    return (prompt, name, pos, feat)
+    return Key(prompt, name, pos, feat)

@@ -216,7 +216,7 @@ def _saes(args) -> int:
 def _transcoders(args) -> int:
     from attribution import AttributionError, load_model
     from attribution.compute import machine
-    from attribution.training.transcoders import default_transcoders, quality_rows, quality_table
+    from attribution.training.transcoder_defaults import default_transcoders, quality_rows, quality_table
 
     try:
         model = load_model(args.model)

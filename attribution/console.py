@@ -22,9 +22,9 @@ def _attribution(command: str) -> Callable[[list[str]], int]:
 
 
 def _case(args: list[str]) -> int:
-    from cases import cli
+    from cases import command
 
-    return cli.main(args)
+    return command.main(args)
 
 
 def _bench(args: list[str]) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,7 +32,6 @@ from attribution.edits import Add, Set, Splice  # noqa: F401  (the standard edit
 from attribution.errors import AttributionError, check_finite
 from attribution.models.frozen import frozen_norm, frozen_qk, norm_scale
 from attribution.models.hooks import KINDS
-from attribution.splice import decompose_acts, prepare_saes
 
 Edit = Callable[[Tensor], Tensor]  # [rows, pos, d_model] -> [rows, pos, d_model], a pure function
 
@@ -87,20 +87,8 @@ def trace(
         factor and attention pattern for gradients (values unchanged); a Frozen (frozen_state) holds them at
         the clean prompt's values, so that edits run in the replacement model itself.
     """
-    edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
-    capture = {model.hook(h).name for h in capture}
-    groups = [_canonical(model, g, batch.size) for g in groups]
-    firsts = [min(g.edits, key=lambda h: model.hooks[h].order) for g in groups]
-    joins = [_join_hook(model, h) for h in firsts]
-    reads = _reads(model, [edits, *(g.edits for g in groups)])
-    names = set(edits) | capture | set(joins) | {h for g in groups for h in g.edits} | set(reads.values())
-    if freeze is not False:  # every norm and attention pattern of the model is frozen: every block is visited
-        names |= set(model.hooks)
-    specs = sorted((model.hooks[h] for h in names), key=lambda s: s.order)
-    steps = _steps(model, specs, freeze is not False)
-    joining = {h: [i for i, j in enumerate(joins) if j == h] for h in joins}
-    if not keep_batch and len(joining) != 1:
-        raise AttributionError("keep_batch=False needs groups that all join at one hook (it replaces the batch there)")
+    plan = _plan(model, batch, groups, edits, capture, freeze, keep_batch)
+    edits, capture, groups, firsts, reads = plan.edits, plan.capture, plan.groups, plan.firsts, plan.reads
     inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
     ids = batch.input_ids
     if past is not None:
@@ -117,7 +105,7 @@ def trace(
         seen = {}  # hook -> the value that flowed downstream, for edits that read it
         scales, qks = nnsight.save({}), nnsight.save({})  # frozen_state's capture of the clean factors and q/k
         mode = {"scales": scales, "qk": qks} if isinstance(freeze, dict) else freeze
-        for spec, frozen in steps:
+        for spec, frozen in plan.steps:
             if spec is None:  # a frozen point that is no hook: a block's input norm, a query/key projection
                 _freeze(model, mode, *frozen)
                 continue
@@ -131,18 +119,8 @@ def trace(
                 read = seen[reads[id(fn)]][:n] if id(fn) in reads else None
                 new = torch.cat([_call(fn, x[:n], read), x[n:]]) if n < x.shape[0] else _call(fn, x, read)
             new = _edit_groups(new, spec.name, groups, firsts, spans, leaves, seen, reads)
-            if spec.name in joining:  # new groups: copies of their source row, edited here if they start here
-                parts = [new] if keep_batch else []  # not new[:0]: it would tie the groups to the batch's graph
-                at = new.shape[0] if keep_batch else 0
-                for g in joining[spec.name]:
-                    grp = groups[g]
-                    rows = new[grp.source : grp.source + 1].expand(grp.n, -1, -1)
-                    if firsts[g] == spec.name:
-                        rows = _apply(grp, g, spec.name, rows, leaves, None)
-                    spans[g] = slice(at, at + grp.n)
-                    parts.append(rows)
-                    at += grp.n
-                new = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if spec.name in plan.joining:
+                new = _join(new, spec.name, plan, spans, leaves, keep_batch)
                 batch_rows = batch_rows if keep_batch else 0  # replaced by the groups
             if grad and spec.name in capture and not new.requires_grad:
                 # model weights are frozen, so the first captured activation becomes the graph's leaf
@@ -159,13 +137,61 @@ def trace(
         tracer.stop()
     if isinstance(freeze, dict):
         freeze.update(scales=scales, qk=qks)
-    out = Trace(acts, hidden, [spans[g] for g in range(len(groups))], leaves)
     if hidden is not None:
-        what = "the model's final hidden state"
-        if model.dtype == torch.float16:  # gemma-3-270m overflows float16 (NaN at the end)
-            what += " (float16 holds at most 65504 and some models' activations exceed it: load it in bfloat16)"
-        check_finite(hidden.detach(), what)
-    return out
+        _check_hidden(model, hidden)
+    return Trace(acts, hidden, [spans[g] for g in range(len(groups))], leaves)
+
+
+class _Plan(NamedTuple):
+    """What a trace does at which hook, worked out before it runs."""
+
+    edits: dict  # hook -> the edit on the batch's own rows
+    capture: set  # hooks whose activations are kept
+    groups: list  # the groups, hook names canonical
+    firsts: list  # each group's first edited hook
+    joining: dict  # hook -> indices of the groups that join the batch there
+    reads: dict  # id(edit) -> the hook whose downstream value it reads
+    steps: list  # (HookSpec or None, frozen point or None), in forward order
+
+
+def _plan(model, batch, groups, edits, capture, freeze, keep_batch) -> _Plan:
+    edits = {model.hook(h).name: fn for h, fn in (edits or {}).items()}
+    capture = {model.hook(h).name for h in capture}
+    groups = [_canonical(model, g, batch.size) for g in groups]
+    firsts = [min(g.edits, key=lambda h: model.hooks[h].order) for g in groups]
+    joins = [_join_hook(model, h) for h in firsts]
+    reads = _reads(model, [edits, *(g.edits for g in groups)])
+    names = set(edits) | capture | set(joins) | {h for g in groups for h in g.edits} | set(reads.values())
+    if freeze is not False:  # every norm and attention pattern of the model is frozen: every block is visited
+        names |= set(model.hooks)
+    specs = sorted((model.hooks[h] for h in names), key=lambda s: s.order)
+    joining = {h: [i for i, j in enumerate(joins) if j == h] for h in joins}
+    if not keep_batch and len(joining) != 1:
+        raise AttributionError("keep_batch=False needs groups that all join at one hook (it replaces the batch there)")
+    return _Plan(edits, capture, groups, firsts, joining, reads, _steps(model, specs, freeze is not False))
+
+
+def _join(new, name: str, plan: _Plan, spans, leaves, keep_batch: bool):
+    """The groups that join at `name`: copies of their source row, edited here if they start here, appended
+    to the batch's rows (or replacing them, keep_batch=False)."""
+    parts = [new] if keep_batch else []  # not new[:0]: it would tie the groups to the batch's graph
+    at = new.shape[0] if keep_batch else 0
+    for g in plan.joining[name]:
+        grp = plan.groups[g]
+        rows = new[grp.source : grp.source + 1].expand(grp.n, -1, -1)
+        if plan.firsts[g] == name:
+            rows = _apply(grp, g, name, rows, leaves, None)
+        spans[g] = slice(at, at + grp.n)
+        parts.append(rows)
+        at += grp.n
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _check_hidden(model, hidden) -> None:
+    what = "the model's final hidden state"
+    if model.dtype == torch.float16:  # gemma-3-270m overflows float16 (NaN at the end)
+        what += " (float16 holds at most 65504 and some models' activations exceed it: load it in bfloat16)"
+    check_finite(hidden.detach(), what)
 
 
 def _canonical(model, group: Group, size: int) -> Group:
@@ -374,59 +400,3 @@ def _set(env, spec, x):
     else:
         old = env.output
         env.output = (*old[: spec.index], x, *old[spec.index + 1 :])
-
-
-# --- spliced runs and ablation values --------------------------------------------------------------
-
-
-@dataclass
-class SplicedRun:
-    logits: Tensor  # [batch, pos, vocab], left-padded like Model.tokenize
-    features: dict[str, Tensor]  # hook -> [batch, pos, d_sae]
-    errors: dict[str, Tensor]  # hook -> [batch, pos, d_model]
-
-
-@torch.no_grad()
-def run_with_saes(model, saes, prompt) -> SplicedRun:
-    """The prompt with SAEs spliced in, x = decode(f) + e: the logits (the plain model's, since the error
-    term e = x - decode(f) completes every activation) and each SAE's features and error terms.
-
-    To change features, give the engine an edit: `trace(model, batch, edits={hook: Splice(...)})`."""
-    saes = prepare_saes(model, saes)
-    batch = model.tokenize(prompt)
-    tr = trace(model, batch, capture=_hooks_of(saes))
-    decs = {h: decompose_acts(sae, tr.acts, h) for h, sae in saes.items()}
-    return SplicedRun(
-        model.unembed(tr.hidden), {h: d.features for h, d in decs.items()}, {h: d.error for h, d in decs.items()}
-    )
-
-
-def _hooks_of(saes: dict) -> list[str]:
-    """Every hook the dictionaries need captured: their inputs, and transcoders' targets."""
-    return list(dict.fromkeys([*saes, *(s.target for s in saes.values() if s.is_transcoder)]))
-
-
-MODES = ("zero", "mean")  # the values ablated nodes take without a corrupted prompt
-
-
-@torch.no_grad()
-def ablation_values(model, saes: dict, batch, mode: str) -> dict[str, tuple[Tensor, Tensor]]:
-    """hook -> (feature values [d_sae], error values [d_model]) that ablated nodes are set to: zeros, or each
-    feature's and error term's mean over the non-<bos> tokens of `batch` (the reference prompts)."""
-    if mode not in MODES:
-        raise AttributionError(f"unknown ablation mode {mode!r} for reference values; choose one of {MODES}")
-    if mode == "zero":
-        return {
-            h: (
-                torch.zeros(s.d_sae, dtype=s.W_dec.dtype, device=model.device),
-                torch.zeros(model.d_model, dtype=model.dtype, device=model.device),
-            )
-            for h, s in saes.items()
-        }
-    tr = trace(model, batch, capture=_hooks_of(saes), stop_early=True)
-    mask = batch.node_mask()  # [batch, pos], non-<bos> tokens
-    out = {}
-    for h, sae in saes.items():
-        d = decompose_acts(sae, tr.acts, h)
-        out[h] = (d.features[mask].mean(0), d.error[mask].mean(0))
-    return out

@@ -2,7 +2,7 @@
 
 Runs pytest-benchmark on every bench/test_*.py (test_graph.py included when present) with
 `--benchmark-json=bench/results/benchmarks.json`, then writes bench/results/summary.json and
-bench/results/ratios.md (see bench/report.py). Extra arguments go to pytest, e.g.
+bench/results/ratios.md (see bench/ratios.py). Extra arguments go to pytest, e.g.
 `python -m bench -k "not ig"`. `--report-only` rewrites the report from the last JSON; `--threads N` sets
 torch's thread count (on a machine shared with other jobs, 1 thread gives steadier ratios than
 oversubscribed cores).
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import report
+from bench import ratios as report
 
 ROOT = Path(__file__).resolve().parent.parent
 

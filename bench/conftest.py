@@ -1,4 +1,4 @@
-"""Shared fixtures, and the ratio table printed at the end of a run (defined once, in bench/report.py).
+"""Shared fixtures, and the ratio table printed at the end of a run (defined once, in bench/ratios.py).
 
 Run everything: `python -m bench` (writes bench/results/). One file: `python -m pytest bench/test_sae.py`.
 Every benchmark in bench/test_*.py is picked up by the report by its name; no registration is needed.
@@ -15,7 +15,7 @@ import torch
 
 from attribution import LogitDiff, attribute, compute, load_model
 from attribution.saes import build
-from bench import report
+from bench import ratios as report
 
 LOAD_AT_START = os.getloadavg()
 REFERENCE_ROUNDS = 5

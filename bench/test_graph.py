@@ -1,7 +1,7 @@
 """Graph construction on the default model: the 20-token Kobe prompt, random TopK SAEs (8,192 features,
 k = 32) at the default graph layers resid_post 0, 2, 4, 6, 8, 9, 10, 12, 14, 16 (10 SAE layers).
 
-Target (issue 4): <= 60 s on the 2-core CPU (bench/report.py applies it to every benchmark here). Peak
+Target (issue 4): <= 60 s on the 2-core CPU (bench/ratios.py applies it to every benchmark here). Peak
 memory is reported in extra_info: the process's resident set sampled every 10 ms during the build (torch's
 CPU allocations are invisible to tracemalloc), as the peak and as its rise over the resident set before.
 The first (cold) build's rise includes paging in the model's memory-mapped weights (the full unembedding

@@ -1,5 +1,5 @@
 import sys
 
-from cases.cli import main
+from cases.command import main
 
 sys.exit(main())

@@ -173,8 +173,8 @@ def graph(config: CaseConfig, loaded: Loaded, saes: dict, labelled: Labelled) ->
         return None
     try:
         from graphs import build_graph
-        from graphs.html import page
-        from graphs.labels import labeler
+        from graphs.labeler import labeler
+        from pages.graph_page import page
     except ImportError as exc:
         return Skip("graph", f"graph skipped: graphs.build_graph is not available ({exc})")
     out, explainer = config.output.out, labelled.explainer

@@ -11,13 +11,16 @@ graph JSON and networkx.
     p.to_html("kobe.html"); p.to_json("kobe.json"); nx_graph = p.to_networkx()
     load_graph_json("kobe.json")            # validate a graph JSON (ours or circuit-tracer's): names the bad field
 
-Modules: build (candidates, assembling), edges (batched backward passes), graph (the data), prune
-(influence; a pure function), interventions (checks, group ablation and steering: they take the model),
-groups, labels (attribution.explain), html + template + render (pages), schema (JSON, networkx).
+Modules: build (SAE graphs: candidates, nodes, edges), replacement (transcoder graphs), describe (what every
+graph records), edges (batched backward passes), graph (the data), prune (influence; a pure function),
+scores, interventions (checks, group ablation, steering and swaps: they take the model), groups, labeler
+(attribution.explain), graph_nodes (node kinds and ids), schema (circuit-tracer's graph JSON, networkx),
+viewer_features (its viewer's feature files). Pages are drawn above this package, in pages/.
 """
 
 from graphs.build import build_graph
 from graphs.graph import Edge, Graph
+from graphs.graph_nodes import GraphError, GraphNode
 from graphs.interventions import (
     Check,
     LayerCheck,
@@ -27,7 +30,6 @@ from graphs.interventions import (
     group_by_contrast,
     steer_group,
 )
-from graphs.nodes import GraphError, GraphNode
 from graphs.prune import Pruned, prune
 from graphs.schema import load_graph_json
 

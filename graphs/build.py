@@ -17,10 +17,21 @@ from tqdm.auto import tqdm
 from attribution import memory
 from attribution.attribute import grad_x_act
 from attribution.splice import prepare_saes
+from graphs.describe import described, metric_position, prob
 from graphs.edges import EMBED, Side, blocks_between, clean_pass, direct_edges, readouts, row_bytes
 from graphs.graph import Graph
-from graphs.labels import labeler
-from graphs.nodes import METRIC_ID, GraphError, GraphNode, check_residual, error_id, feature_id, token_id
+from graphs.graph_nodes import METRIC_ID, GraphError, GraphNode, check_residual, error_id, feature_id, token_id
+from graphs.labeler import labeler
+
+
+class _SAEOnly(int):
+    """The default of an option that only residual-SAE graphs have: its value, and known to be the default."""
+
+    def __repr__(self) -> str:
+        return f"{int(self)} (SAE graphs only)"
+
+
+CANDIDATES = _SAEOnly(128)
 
 
 def build_graph(
@@ -29,7 +40,7 @@ def build_graph(
     prompt: str,
     metric,
     *,
-    candidates: int | None = 128,
+    candidates: int | None = CANDIDATES,
     error_nodes: int | None = None,
     labels=True,
     max_rows: int | None = None,
@@ -38,20 +49,28 @@ def build_graph(
 ) -> Graph:
     """The feature graph of `prompt` for `metric` (e.g. LogitDiff), with SAEs `saes` ({hook: SAE}).
 
-    candidates: feature nodes per SAE layer, by |attribution| (None: every active feature).
+    candidates: feature nodes per SAE layer, by |attribution| (None: every active feature; default 128).
     error_nodes: error nodes per SAE layer, by |attribution| (None: one per position). Each node is one
         backward row, so on long prompts this and `candidates` set the cost.
     labels: True (attribution.explain), {hook: FeatureIndex}, False, fn(hook, feature) -> str, or a labeller
-        (see graphs.labels).
+        (see graphs.labeler).
     max_rows: downstream nodes per backward pass (None: as many as memory allows, at most 256). A graph that
         cannot fit raises memory.OutOfMemoryError before any work.
     progress: progress bars (feature indexes, edges).
     Transcoders (one per layer, e.g. default_transcoders(model)) make a replacement graph instead
-    (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first, max_rows
-    is its target rows per backward pass (default 64), and candidates and error_nodes do not apply.
-    The result is unpruned; call .prune() on it.
+    (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first, and max_rows
+    is its target rows per backward pass (default 64); candidates and error_nodes are refused there (it
+    ranks feature rows by influence and keeps every error node). The result is unpruned; call .prune() on it.
     """
     if _transcoders(saes):
+        given = [f"{k}={v!r}" for k, v in (("candidates", candidates), ("error_nodes", error_nodes))
+                 if v is not None and not isinstance(v, _SAEOnly)]  # fmt: skip
+        if given:
+            raise GraphError(
+                f"{', '.join(given)}: a replacement graph (transcoders) does not choose nodes per layer by "
+                "attribution; it ranks feature rows by influence on the metric and keeps one error node per layer "
+                "and position. Cap its feature rows with max_feature_nodes=N instead."
+            )
         from graphs.replacement import build_replacement_graph
 
         return build_replacement_graph(
@@ -59,14 +78,7 @@ def build_graph(
             labels=labels, progress=progress,
         )  # fmt: skip
     start = time.perf_counter()
-    if not isinstance(prompt, str):
-        raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
-    if candidates is not None and candidates < 1:
-        raise GraphError(f"candidates must be >= 1 (features per layer) or None for all, got {candidates}")
-    if error_nodes is not None and error_nodes < 0:
-        raise GraphError(f"error_nodes must be >= 0 (error nodes per layer) or None for all, got {error_nodes}")
-    if max_rows is not None and max_rows < 1:
-        raise GraphError(f"max_rows must be >= 1, got {max_rows}")
+    _check_options(prompt, candidates, error_nodes, max_rows)
     saes = prepare_saes(model, saes)
     if not saes:
         raise GraphError("no SAEs given: pass {hook: SAE} for residual-stream hooks, e.g. resid_post.L")
@@ -76,6 +88,50 @@ def build_graph(
     fixed = _check_memory(model, saes, batch.width, max_rows)
     names = labeler(model, saes, labels, progress)
     clean, grads = clean_pass(model, saes, batch, metric)
+    nodes, sides, last_attr = _nodes(saes, batch, clean, grads, candidates, error_nodes, names)
+    m_pos = metric_position(metric, batch.width)
+    nodes.append(
+        GraphNode(METRIC_ID, "metric", len(hooks) + 1, None, m_pos, None, batch.tokens[0][m_pos], clean.metric,
+                  clean.metric)
+    )  # fmt: skip
+    src, dst, weight = _edges(model, batch, sides, last_attr, len(nodes) - 1, max_rows, fixed, progress)
+    info = {
+        "build_s": time.perf_counter() - start,
+        "candidates": None if candidates is None else int(candidates),
+        "token_prob": prob(model, metric, clean.hidden),
+    }
+    return Graph.scored(
+        **described(model, prompt, batch, hooks, metric, clean.metric),
+        full_nodes=nodes,
+        src=src,
+        dst=dst,
+        weight=weight,
+        info=info,
+    )
+
+
+def _check_options(prompt, candidates, error_nodes, max_rows) -> None:
+    if not isinstance(prompt, str):
+        raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
+    if candidates is not None and candidates < 1:
+        raise GraphError(f"candidates must be >= 1 (features per layer) or None for all, got {candidates}")
+    if error_nodes is not None and error_nodes < 0:
+        raise GraphError(f"error_nodes must be >= 0 (error nodes per layer) or None for all, got {error_nodes}")
+    if max_rows is not None and max_rows < 1:
+        raise GraphError(f"max_rows must be >= 1, got {max_rows}")
+
+
+def _top(values: torch.Tensor, k: int | None) -> torch.Tensor | None:
+    """Indices of the k largest |values|, in their original order (None: keep all)."""
+    if k is None or len(values) <= k:
+        return None
+    return values.abs().argsort(descending=True, stable=True)[:k].sort().values
+
+
+def _nodes(saes, batch, clean, grads, candidates, error_nodes, names):
+    """The graph's nodes (tokens, then per SAE layer its candidate features and error nodes) and, per layer,
+    the Sides the edges need: what each node adds to the residual stream (up) and its readout (down).
+    Returns (nodes, [(hook, up, down)], attributions of the last layer's nodes)."""
     columns = grad_x_act(saes, grads, batch, batch.node_mask(), clean.decs)  # the nodes' attributions
     tokens = batch.tokens[0]
     # rule: node bookkeeping (indices, positions, attributions, edges) lives on the CPU; activations,
@@ -94,22 +150,22 @@ def build_graph(
     ]
     sides = [(EMBED, Side(torch.tensor(ids), positions, emb[positions]), None)]
     last_attr = None
-    for row, h in enumerate(hooks, 1):
+    for row, h in enumerate(saes, 1):
         sae, dec = saes[h], clean.decs[h]
         f, e = dec.features[0].double(), dec.error[0].double()  # [pos, d_sae], [pos, d_model]
         W_dec = sae.W_dec.double()
         feats, errs = columns[row - 1]  # active features at node positions, then one error node per position
         t, i, attr = feats["position"].cpu(), feats["feature"].cpu(), feats["value"].cpu()
-        if candidates is not None and len(attr) > candidates:
-            top = attr.abs().argsort(descending=True, stable=True)[:candidates].sort().values
+        top = _top(attr, candidates)
+        if top is not None:
             t, i, attr = t[top], i[top], attr[top]
         ids = [
             add(GraphNode(feature_id(h, p, k), "feature", row, h, p, k, tokens[p], float(f[p, k]), float(a)))
             for p, k, a in zip(t.tolist(), i.tolist(), attr.tolist())
         ]
         at, err_attr = errs["position"].cpu(), errs["value"].cpu()  # [n_pos]
-        if error_nodes is not None and len(at) > error_nodes:
-            top = err_attr.abs().argsort(descending=True, stable=True)[:error_nodes].sort().values
+        top = _top(err_attr, error_nodes)
+        if top is not None:
             at, err_attr = at[top.to(at.device)], err_attr[top]
         ids += [
             add(GraphNode(error_id(h, p), "error", row, h, p, None, tokens[p], float(e[p].norm()), float(a)))
@@ -124,11 +180,12 @@ def build_graph(
                 nodes[n].label = names.label(h, nodes[n].feature)
         sides.append((h, Side(torch.tensor(ids), pos, up), Side(torch.tensor(ids), pos, down)))
         last_attr = torch.cat([attr, err_attr])
+    return nodes, sides, last_attr
 
-    m_pos = _metric_position(metric, batch.width)
-    metric_index = add(
-        GraphNode(METRIC_ID, "metric", len(hooks) + 1, None, m_pos, None, tokens[m_pos], clean.metric, clean.metric)
-    )
+
+def _edges(model, batch, sides, last_attr, metric_index, max_rows, fixed, progress):
+    """(src, dst, weight): direct edges between consecutive layers' nodes (one batched backward per chunk),
+    then the last layer's attributions as its edges into the metric."""
     srcs, dsts, ws = [], [], []
     pairs = list(itertools.pairwise(sides))
     for (up_hook, up, _), (down_hook, _, down) in tqdm(pairs, desc="edges", disable=not progress, leave=False):
@@ -141,55 +198,13 @@ def build_graph(
     srcs.append(last.index[into_metric])
     dsts.append(torch.full((int(into_metric.sum()),), metric_index))
     ws.append(last_attr[into_metric])
-    info = {
-        "build_s": time.perf_counter() - start,
-        "candidates": candidates,
-        "token_prob": prob(model, metric, clean.hidden),
-    }
-    return Graph.scored(
-        **described(model, prompt, batch, hooks, metric, clean.metric),
-        full_nodes=nodes,
-        src=torch.cat(srcs),
-        dst=torch.cat(dsts),
-        weight=torch.cat(ws),
-        info=info,
-    )
+    return torch.cat(srcs), torch.cat(dsts), torch.cat(ws)
 
 
 def _transcoders(saes) -> bool:
     """Whether `saes` are transcoders (a replacement graph) rather than residual-stream SAEs."""
     values = saes.values() if isinstance(saes, dict) else saes if isinstance(saes, (list, tuple)) else []
     return any(getattr(s, "is_transcoder", False) for s in values)
-
-
-def described(model, prompt: str, batch, hooks: list[str], metric, value: float) -> dict:
-    """A graph's description of its prompt, dictionaries, model and metric (Graph fields), whatever built it."""
-    return {
-        "prompt": prompt,
-        "token_ids": batch.input_ids[0].tolist(),
-        "tokens": batch.tokens[0],
-        "hooks": hooks,
-        "layers": {h: model.hook(h).layer for h in hooks},
-        "model": {"name": model.name, "n_layers": model.n_layers},
-        "metric_info": metric_info(metric, value),
-    }
-
-
-def metric_info(metric, value: float) -> dict:
-    """What a graph records about its metric: enough to draw the metric node and, for a logit difference, to
-    rebuild the metric from a saved graph (graphs.interventions.graph_metric)."""
-    good, bad = getattr(metric, "good", None), getattr(metric, "bad", None)
-    good_ids = getattr(metric, "good_ids", None)
-    kind = type(metric).__name__ if good is not None and bad is not None and len(good) == 1 else None
-    return {
-        "repr": repr(metric),
-        "value": value,
-        "kind": kind,
-        "good": good[0] if kind else None,
-        "bad": bad[0] if kind else None,
-        "position": getattr(metric, "position", -1),
-        "good_id": int(good_ids[0]) if good_ids is not None else None,
-    }
 
 
 def kept_bytes(model, saes: dict, width: int) -> int:
@@ -208,20 +223,3 @@ def _check_memory(model, saes: dict, width: int, max_rows: int | None) -> int:
     per_row = row_bytes(model, width, blocks)
     memory.chunk_rows(max_rows, per_row, kept, what=f"graph edges on {width} tokens", arg="max_rows=", most=256)
     return kept
-
-
-def _metric_position(metric, width: int) -> int:
-    pos = getattr(metric, "position", -1)
-    return pos % width
-
-
-@torch.no_grad()
-def prob(model, metric, hidden) -> float:
-    """Probability of the metric's good answer at its position, from the prompt's final-norm states [pos,
-    d_model] (0 for metrics without one)."""
-    good = getattr(metric, "good_ids", None)
-    if good is None:
-        return 0.0
-    pos = _metric_position(metric, hidden.shape[0])
-    logits = model.unembed(hidden[pos]).double()  # [vocab]
-    return float(logits.softmax(-1)[int(good[0])])

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 
 from attribution.models.hooks import canonical
-from graphs.nodes import GraphError, GraphNode, feature_id
+from graphs.graph_nodes import GraphError, GraphNode, feature_id
 
 
 def resolve(graph, members: Iterable) -> list[str]:

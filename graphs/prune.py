@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from graphs.nodes import GraphError
+from graphs.graph_nodes import GraphError
 
 RANKS = ("influence", "attribution")
 

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from attribution.engine import Group, trace
 from attribution.metrics import Rows, evaluate
 from attribution.splice import decompose, prepare_saes
-from graphs.build import described, prob
+from graphs.describe import described, prob
 from graphs.graph import Graph
-from graphs.labels import labeler
-from graphs.nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
+from graphs.graph_nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
+from graphs.labeler import labeler
 from graphs.prune import influence, shares
 
 EMBED = "resid_pre.0"

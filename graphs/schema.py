@@ -20,12 +20,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from graphs.nodes import GraphError
+from graphs.graph_nodes import GraphError
 
 # --------------------------------------------------------------------------------------------------
 # circuit-tracer 0.5.0's circuit_tracer/frontend/graph_models.py, field by field (names, types, defaults,
 # Node's jsNodeId fallback). tests/fixtures/circuit_tracer_0.5.0_graph_schema.json is its JSON schema, and
-# tests/test_graphs.py checks these classes against it; `python -m bench.circuit_tracer_side_by_side
+# tests/test_graphs.py checks these classes against it; `python -m bench.peers.circuit_tracer_side_by_side
 # --validate FILE` validates a file with the peer's own classes in its venv.
 # --------------------------------------------------------------------------------------------------
 CIRCUIT_TRACER_VERSION = "0.5.0"

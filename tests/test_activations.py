@@ -7,7 +7,7 @@ from attribution import trace
 from attribution.models.model import Batch
 from attribution.saes import build
 from attribution.training import TrainConfig, fit
-from attribution.training.activations import collect, open_cache
+from attribution.training.activation_cache import collect, open_cache
 from tests.conftest import tiny_model
 
 HOOKS = ["resid_post.2", "resid_post.0"]

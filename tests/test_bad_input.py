@@ -693,7 +693,7 @@ def test_attribution_cli_bad_input_exits_2_before_loading(capsys, argv, words):
     ],
 )
 def test_cases_cli_bad_input_exits_2(s, capsys, argv, words):
-    from cases.cli import main
+    from cases.command import main
 
     args = ["run", "--prompt", P, "--good", "sad", "--bad", "happy", "--out", str(s.tmp / "cli"), "--quiet"]
     assert main([*args, "--no-explain", *argv], model=s.m, saes=s.saes) == 2

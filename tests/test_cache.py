@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 import attribution.training.defaults as defaults
 from attribution import CacheError, default_saes, feature_index
 from attribution.cache import atomic_write, model_fingerprint, sae_fingerprint, tensor_digest
-from attribution.training.activations import cached_activations
+from attribution.training.activation_cache import cached_activations
 from attribution.training.corpus import sample_tokens
 from tests.conftest import random_sae, tiny_model
 

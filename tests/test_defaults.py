@@ -75,7 +75,7 @@ def test_quick_dictionary_serves_the_middle_hook_until_the_full_set_is_built(mod
 
 
 def test_default_transcoders_train_once_then_load(model, monkeypatch):
-    import attribution.training.transcoders as transcoders
+    import attribution.training.transcoder_defaults as transcoders
 
     with pytest.raises(AttributionError, match="python -m attribution transcoders"):
         transcoders.default_transcoders(model, train=False)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench import device_smoke
+from attribution import smoke as device_smoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

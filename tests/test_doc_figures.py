@@ -5,8 +5,8 @@ between pages without its row changing, but must be quoted once among them all),
 one `{}` where the figure goes (or, with `regex=True`, a regular expression whose one group is the figure,
 every match of it checked), the source file, the key path into its JSON and the format the document uses.
 A rerun that changes a result then fails here until the prose is updated, instead of leaving the docs
-quoting the previous run. bench/results/ratios.md is generated, so it is checked by regenerating it from
-summary.json (bench/report.py).
+quoting the previous run. bench/results/ratios.md is generated, so bench/test_ratios.py checks it by
+regenerating it from summary.json (bench/ratios.py).
 
 To wire in a case study once its report is committed, add rows such as
     Figure(DOCS, "` sad` − ` happy` = {} |", "cases/results/emotion/report.json", ("metric",), signed(".3f"))
@@ -22,8 +22,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-
-from bench import report
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = "bench/results/summary.json"
@@ -124,13 +122,13 @@ def _ratio_figures(label: str, key: str, fmt: str, suf: str) -> list[Figure]:
 FIRST = "bench/results/first_run.json"
 FITPEAK = "bench/results/summary_fit_peak.json"
 SPARSIFY = "bench/results/sparsify.json"
-CT = "bench/results/circuit_tracer_random.json"  # python -m bench.circuit_tracer_side_by_side --random
+CT = "bench/results/circuit_tracer_random.json"  # python -m bench.peers.circuit_tracer_side_by_side --random
 CT_ALL = "bench/results/circuit_tracer_random_all.json"  # the same with --max-feature-nodes 100000 --batch-size 64
 KR = "cases/results/kobe_replacement/report.json"  # python -m cases multihop --out cases/results/kobe_replacement
 RP = ("replacement",)
-SBS = "bench/results/replacement_side_by_side.json"  # python -m bench.replacement_side_by_side (2,048 features)
+SBS = "bench/results/replacement_side_by_side.json"  # python -m bench.peers.replacement_side_by_side (2,048 features)
 SBS_ALL = "bench/results/replacement_side_by_side_all.json"  # the same with --max-feature-nodes 100000
-WHY = "bench/results/replacement_why.json"  # python -m bench.replacement_why
+WHY = "bench/results/replacement_why.json"  # python -m studies.replacement_why
 TC_ROW = "| transcoders, ≤ 100 features | 100 | 192 | {} |"
 FIGURES = [
     Figure(R, "against the residual-SAE graph's | **{}** /", KR, (*RP, "budgets", "100", "faithfulness"), "{:.3f}"),
@@ -459,7 +457,7 @@ FIGURES = [
     Figure(FRONT, "not met, and why) | **{}** |", MULTIHOP, ("graph", "faithfulness"), "{:.3f}"),
     # --- docstrings ---------------------------------------------------------------------------------------------
     Figure(
-        "bench/saelens_side_by_side.py",
+        "bench/peers/saelens_side_by_side.py",
         r"Measured with sae-lens (\S+) \(",
         SAELENS,
         (*ROWS, 1, "trainer"),
@@ -516,20 +514,6 @@ def test_every_figure_is_quoted_once_where_the_table_says():
             assert sum(_read(doc).count(quoted) for doc in _docs(fig.doc)) == 1, quoted
 
 
-def test_ratios_md_is_what_the_report_makes_of_summary_json():
-    """ratios.md is generated (bench/report.py): regenerating it from the committed summary.json gives it back
-    byte for byte, so every figure in it is the summary's; `python -m bench.report --from-summary` redoes it."""
-    summary = json.loads(_read(SUMMARY))
-    assert report.markdown(summary) == _read("bench/results/ratios.md")
-
-
-def test_summary_json_embeds_the_committed_saelens_run():
-    """summary.json carries a copy of saelens.json's summary (the side-by-side is its own run): it must be the
-    committed run's, or ratios.md quotes a run the README no longer does."""
-    summary = json.loads(_read(SUMMARY))
-    assert summary["saelens_side_by_side"] == report.side_by_side(ROOT / SAELENS)
-
-
 @pytest.mark.parametrize("path", [QUALITY, QUALITY_V2])
 def test_readme_quality_table_is_the_committed_quality_report(path):
     """The default SAEs' tables (v3, and v2 beside it) are quality_table() of the committed reports."""
@@ -550,22 +534,22 @@ def test_readme_run_rows_are_those_of_run_json():
 
 
 def test_readme_california_table_is_the_committed_search():
-    """The contrast-search table (v2 beside v3) is bench.california.table() of the committed results."""
-    from bench.california import table
+    """The contrast-search table (v2 beside v3) is studies.california.table() of the committed results."""
+    from studies.california import table
 
     assert _quoting(table(json.loads(_read("bench/results/california.json"))))
 
 
 def test_readme_curve_table_is_the_committed_curve():
-    """The middle SAE's quality-against-tokens table is bench.sae_curve.table() of the committed curve."""
-    from bench.sae_curve import table
+    """The middle SAE's quality-against-tokens table is studies.sae_curve.table() of the committed curve."""
+    from studies.sae_curve import table
 
     assert _quoting(table(json.loads(_read("bench/results/default_saes_curve.json"))))
 
 
 def test_readme_label_tables_are_the_committed_measurement():
     """The label-evidence table (v2 beside v3) and the emotion features' labels come from label_evidence.json."""
-    from bench.label_evidence import emotion_table, table
+    from studies.label_evidence import emotion_table, table
 
     results = json.loads(_read("bench/results/label_evidence.json"))
     assert _quoting(table(results)) and _quoting(emotion_table(results, "v3"))
@@ -589,7 +573,7 @@ def test_every_docs_page_is_linked_from_the_front_page_and_every_link_resolves()
 
 
 def test_transcoder_quality_table_is_the_committed_report():
-    from attribution.training.transcoders import quality_table
+    from attribution.training.transcoder_defaults import quality_table
 
     rows = json.loads(_read("bench/results/default_transcoders_quality.json"))["transcoders"]
     assert quality_table(rows) in _read("docs/replacement.md")

@@ -15,7 +15,7 @@ import cases
 from attribution import explain as explain_fn
 from attribution import feature_indexes
 from attribution.explain import Explainer
-from graphs.labels import labeler
+from graphs.labeler import labeler
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from attribution import AttributionError, LogitDiff, WholeActivation, ablate, at
 from attribution.metrics import Rows, evaluate
 from graphs import GraphError, ablate_group, build_graph, check, check_layers, group_by_contrast, steer_group
 from graphs.edges import clean_pass
-from graphs.html import data as html_data
-from graphs.labels import labeler
+from graphs.labeler import labeler
 from graphs.prune import influence
 from graphs.schema import CIRCUIT_TRACER_VERSION, GraphFile, Metadata, Model, Node, cantor_pairing
+from pages.graph_page import data as html_data
 from tests.conftest import PROMPTS, random_sae, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -493,7 +493,7 @@ def test_json_follows_the_graph_schema(setup, tmp_path):
 
 def test_json_models_mirror_circuit_tracer():
     """graphs.schema's Metadata, QParams, Node, Link and Model are circuit-tracer's (its JSON schema, taken
-    from its graph_models in its venv, is the fixture; python -m bench.circuit_tracer_side_by_side --validate
+    from its graph_models in its venv, is the fixture; python -m bench.peers.circuit_tracer_side_by_side --validate
     compares them there)."""
     fixture = Path(__file__).parent / "fixtures" / f"circuit_tracer_{CIRCUIT_TRACER_VERSION}_graph_schema.json"
     assert Model.model_json_schema() == json.loads(fixture.read_text())

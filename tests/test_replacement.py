@@ -14,7 +14,7 @@ import torch
 from attribution import LogitDiff
 from attribution.engine import Group, Splice, frozen_state, trace
 from attribution.splice import decompose
-from graphs import build_graph
+from graphs import GraphError, build_graph
 from graphs.replacement import EMBED, build_replacement_graph, direction
 from graphs.scores import graph_scores
 from tests.conftest import ARCHS, PROMPTS, tiny_model
@@ -222,6 +222,10 @@ def test_build_graph_dispatches_and_refuses_bad_sets():
         build_graph(m, partial, PROMPTS[0], metric, labels=False, progress=False)
     with pytest.raises(Exception, match="single logit difference"):
         build_replacement_graph(m, tcs, PROMPTS[0], lambda logits: logits[..., 0], labels=False, progress=False)
+    # options that only residual-SAE graphs have are refused, not silently ignored; their defaults pass
+    for option in ({"candidates": 8}, {"error_nodes": 2}, {"candidates": None, "error_nodes": 0}):
+        with pytest.raises(GraphError, match="max_feature_nodes"):
+            build_graph(m, tcs, PROMPTS[0], metric, labels=False, progress=False, **option)
 
 
 @pytest.mark.parametrize("fam", ["gemma3", "llama"])

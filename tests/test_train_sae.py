@@ -40,7 +40,7 @@ def test_train_sae_end_to_end(model, tmp_path, monkeypatch):
     def no_collect(*a, **k):
         raise AssertionError("the activation cache should have been reused")
 
-    monkeypatch.setattr("attribution.training.activations.collect", no_collect)
+    monkeypatch.setattr("attribution.training.activation_cache.collect", no_collect)
     train_sae(model, "resid_post.1", tokens=6000, d_sae=64, k=8, seq_len=16, config=cfg, progress=False)
 
 

@@ -1,9 +1,9 @@
 """Graphs side by side with circuit-tracer 0.5.0: its venv, its schema check, and its half of the run.
 
-    python -m bench.circuit_tracer_side_by_side --install                  # create the peer's venv
-    python -m bench.circuit_tracer_side_by_side --validate kobe.json ...   # our graph JSON vs its models
-    python -m bench.circuit_tracer_side_by_side --random [--out DIR]       # its attribute() on random transcoders
-    python -m bench.circuit_tracer_side_by_side --transcoders DIR [--out DIR]
+    python -m bench.peers.circuit_tracer_side_by_side --install                  # create the peer's venv
+    python -m bench.peers.circuit_tracer_side_by_side --validate kobe.json ...   # our graph JSON vs its models
+    python -m bench.peers.circuit_tracer_side_by_side --random [--out DIR]       # its attribute() on random transcoders
+    python -m bench.peers.circuit_tracer_side_by_side --transcoders DIR [--out DIR]
 
 circuit-tracer runs in its own virtualenv (default /work/ct-venv, or $CT_VENV), never in the project's
 environment: it pins transformers <= 4.57.3 and pulls transformer-lens. The recipe (REQUIREMENTS):
@@ -110,7 +110,8 @@ def ensure_venv(venv: Path = VENV, install: bool = False) -> Path | None:
     if problems:
         print(f"the circuit-tracer venv {venv} is not usable:", *problems, sep="\n  ", file=sys.stderr)
         print(
-            f"create it with `python -m bench.circuit_tracer_side_by_side --install` (or: python -m venv {venv} && "
+            f"create it with `python -m bench.peers.circuit_tracer_side_by_side --install` "
+            f"(or: python -m venv {venv} && "
             f"{venv}/bin/pip install {' '.join(repr(r) if '<' in r else r for r in REQUIREMENTS)})",
             file=sys.stderr,
         )
@@ -400,7 +401,7 @@ def write_random_transcoders(
         names.append(f"layer_{layer}.safetensors")
         save_file(tensors, str(folder / names[-1]))
     lines = [
-        "# random weights for trying the pipeline (bench/circuit_tracer_side_by_side.py --random)",
+        "# random weights for trying the pipeline (bench/peers/circuit_tracer_side_by_side.py --random)",
         "model_kind: transcoder_set",
         f"feature_input_hook: {feature_input_hook}",
         f"feature_output_hook: {feature_output_hook}",
@@ -546,5 +547,5 @@ if __name__ == "__main__":
     if "--worker" in sys.argv:  # run as a file in the peer's venv: keep bench/'s modules off its path
         sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())

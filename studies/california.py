@@ -1,6 +1,6 @@
 """Is there a California feature? The contrast search of the multi-hop study, default SAEs v2 beside v3.
 
-    python -m bench.california [--out bench/results/california.json]
+    python -m studies.california [--out bench/results/california.json]
 
 For each set of default SAEs in the cache (v2: trained on 120k tokens the model sampled itself; v3: on 2M
 tokens of English prose), `attribution.contrast` ranks every feature by how much more often it fires at the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 PER_LAYER = 3
 
 

@@ -1,10 +1,10 @@
 """Replacement graphs side by side with circuit-tracer 0.5.0: the same transcoders, model, prompt and target.
 
-    python -m bench.replacement_side_by_side [--max-feature-nodes N] [--batch-size B] [--out DIR]
+    python -m bench.peers.replacement_side_by_side [--max-feature-nodes N] [--batch-size B] [--out DIR]
 
 1. Our default transcoders (or --transcoders, a folder load_transcoders reads) are exported in circuit-tracer's
    format (attribution.save_transcoders); both sides then read that same folder.
-2. circuit-tracer's attribute() runs in its own venv (bench.circuit_tracer_side_by_side: its half, timed, its
+2. circuit-tracer's attribute() runs in its own venv (bench.peers.circuit_tracer_side_by_side: its half, timed, its
    peak RSS over the call) on gemma-3-270m from our converted folder.
 3. Ours runs in a fresh process of this project's python (this file with --ours): build_graph with the same
    max_feature_nodes and batch size, timed, peak RSS over the call.
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from bench.circuit_tracer_side_by_side import _peak_rss_reset, _rss_mb  # the peer's side measures the same way
+from bench.peers.circuit_tracer_side_by_side import _peak_rss_reset, _rss_mb  # the peer's side measures the same way
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULT = ROOT / "bench" / "results" / "replacement_side_by_side.json"
 PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
 GOOD, BAD = " Sacramento", " Albany"
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     if args.transcoders:
         tcs = load_transcoders(args.transcoders, model=model)
     else:
-        from attribution.training.transcoders import default_transcoders
+        from attribution.training.transcoder_defaults import default_transcoders
 
         tcs = default_transcoders(model, train=False)
     folder = save_transcoders(tcs, out / "transcoders")
@@ -212,10 +212,10 @@ def main(argv=None) -> int:
             continue
         t = time.perf_counter()
         if side == "ours":
-            cmd = [sys.executable, "-m", "bench.replacement_side_by_side", "--ours", "--transcoders", str(folder)]
+            cmd = [sys.executable, "-m", "bench.peers.replacement_side_by_side", "--ours", "--transcoders", str(folder)]
             subprocess.check_call(cmd + common + ["--out", str(out / "ours")], cwd=ROOT, env=env)
         else:
-            cmd = [sys.executable, "-m", "bench.circuit_tracer_side_by_side", "--transcoders", str(folder)]
+            cmd = [sys.executable, "-m", "bench.peers.circuit_tracer_side_by_side", "--transcoders", str(folder)]
             subprocess.check_call(cmd + common + ["--out", str(out / "theirs"), "--no-graph-json"], cwd=ROOT, env=env)
         runs[side] = time.perf_counter() - t
     result = compare(out / "ours", out / "theirs")

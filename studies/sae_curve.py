@@ -1,6 +1,6 @@
 """What more data buys: a default SAE's quality against the tokens it has trained on.
 
-    python -m bench.sae_curve [--hook resid_post.9] [--out bench/results/default_saes_curve.json]
+    python -m studies.sae_curve [--hook resid_post.9] [--out bench/results/default_saes_curve.json]
 
 The default SAEs train streamed (attribution.training.stream): every batch is text they have not seen, so
 the explained variance and L0 of each batch, measured before the step that trains on it, are held-out
@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
 def main(argv=None) -> int:

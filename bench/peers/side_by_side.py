@@ -1,6 +1,6 @@
 """What the SAE-training side-by-sides share: the inputs, our run, the common evaluation and the result file.
 
-Used by bench/saelens_side_by_side.py (SAELens) and bench/sparsify_side_by_side.py (EleutherAI's sparsify),
+Used by bench/peers/saelens_side_by_side.py (SAELens) and bench/peers/sparsify_side_by_side.py (EleutherAI's sparsify),
 so both compare a peer against the same `fit` run on the same activations in the same batch order, and
 score both SAEs with the same code. Imports only the standard library at the top: the peers' workers, which
 run in their own virtualenvs, import `timed` and `speed` from here.
@@ -19,7 +19,7 @@ STEPS, BATCH, LR = 100, 4096, 4e-4
 PAIR_STEPS = 12
 DEAD_AFTER_TOKENS = 1_000_000
 N_EVAL = 8192
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 ROW_KEYS = ("trainer", "tokens_per_s", "median_step_tokens_per_s", "explained_variance", "mse", "l0")
 ROW_KEYS += ("dead_fraction", "ce_loss_recovered")
 
@@ -289,7 +289,7 @@ def write_report(result: dict, file: str, peer: str, pairs: list, theirs: list, 
     own forward's EV beside ours of its weights (`loaded`: how they came into our SAE class)."""
     import json
 
-    from bench.report import side_table
+    from bench.ratios import side_table
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / file).write_text(json.dumps(result, indent=2) + "\n")

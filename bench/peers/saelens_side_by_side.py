@@ -1,6 +1,6 @@
 """SAE training side by side: our `attribution.training.fit` and SAELens's `SAETrainer`, same activations.
 
-    python -m bench.saelens_side_by_side [--steps 100] [--precision bf16|fp32] [--normalize dim|scalar] [--no-ce]
+    python -m bench.peers.saelens_side_by_side [--steps 100] [--precision bf16|fp32] [--normalize dim|scalar] [--no-ce]
 
 The same architecture (TopK, d_in 640, d_sae 8,192, k 32), the same batches in the same order (batch 4,096),
 the same step count, learning rate (4e-4, Adam 0.9/0.999), schedule (1% warm-up, linear decay to zero over
@@ -50,14 +50,14 @@ VARIANTS = {"default": "", "mean_init": ", b_dec = data mean at start"}
 
 
 # --------------------------------------------------------------------------------------------------
-# The SAELens side. Runs in the SAELens venv: imports nothing from this project but bench/side_by_side.py
+# The SAELens side. Runs in the SAELens venv: imports nothing from this project but bench/peers/side_by_side.py
 # (standard library only).
 # --------------------------------------------------------------------------------------------------
 def worker(work: Path, steps: int, precision: str, threads: int | None, variant: str, tag: str = "") -> None:
     import sae_lens
     import torch
 
-    from bench.side_by_side import BATCH, DEAD_AFTER_TOKENS, LR, speed, timed
+    from bench.peers.side_by_side import BATCH, DEAD_AFTER_TOKENS, LR, speed, timed
 
     if threads:
         torch.set_num_threads(threads)
@@ -137,7 +137,7 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
 # Our side, in the project's environment.
 # --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from bench.side_by_side import (
+    from bench.peers.side_by_side import (
         BATCH,
         PAIR_STEPS,
         RESULTS,
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if "--worker" in sys.argv:  # run as a file in the SAELens venv: keep bench/'s modules off its path,
         sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-        sys.path.append(str(Path(__file__).resolve().parent.parent))  # but bench.side_by_side importable
+        sys.path.append(str(Path(__file__).resolve().parents[2]))  # but bench.peers.side_by_side importable
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Why the Kobe replacement graph misses its targets: where the error nodes' influence sits, layer by layer,
 beside each transcoder's held-out quality, and what the model itself predicts.
 
-    python -m bench.replacement_why   # writes bench/results/replacement_why.json (about a minute on 2 cores)
+    python -m studies.replacement_why   # writes bench/results/replacement_why.json (about a minute on 2 cores)
 
 Per layer: the influence on the metric (graphs.prune.influence, circuit-tracer's) of the layer's feature
 nodes and of its error nodes in the full graph, the transcoder's explained variance and CE loss recovered on
@@ -17,7 +17,7 @@ import torch
 
 from attribution import LogitDiff, load_model
 from attribution.engine import trace
-from attribution.training.transcoders import default_transcoders
+from attribution.training.transcoder_defaults import default_transcoders
 from graphs import build_graph
 from graphs.scores import graph_scores
 

@@ -1,8 +1,8 @@
 """Device smoke test: attribution, ablation, a graph and a few training steps on a device, against the CPU.
 
-    python -m bench.device_smoke --device cuda          # a GPU against the CPU (float32 and its native dtype)
-    python -m bench.device_smoke --device cpu           # the CPU in low precision against the CPU in float64
-    python -m bench.device_smoke --dtypes float32,float16 --families gpt2 --no-default-model
+    python -m attribution.smoke --device cuda          # a GPU against the CPU (float32 and its native dtype)
+    python -m attribution.smoke --device cpu           # the CPU in low precision against the CPU in float64
+    python -m attribution.smoke --dtypes float32,float16 --families gpt2 --no-default-model
 
 Tiny random models of every family run as CPU float64 (the reference) and on the device in each dtype;
 the default model (when its conversion is already cached, or with --default-model) runs as CPU float32
@@ -133,7 +133,7 @@ def _train(acts: torch.Tensor, device, steps: int, dtype) -> float:
 
 
 def smoke(args) -> list[dict]:
-    from tests.conftest import tiny_hf
+    from attribution.models.tiny import tiny_hf
 
     device = torch.device(args.device)
     rows = []
@@ -239,7 +239,7 @@ def table(rows: list[dict], device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.device_smoke", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m attribution.smoke", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", default=None, help="comma-separated model dtypes (default: float32 + native)")
     ap.add_argument("--families", default=",".join(FAMILIES), help="tiny model families (empty: none)")

@@ -1,7 +1,7 @@
 """How much of the Kobe metric do SAE features carry, by SAE site? A measurement behind docs/graphs.md.
 
-    python -m bench.kobe_sites --site resid_post     # the default SAEs (residual stream, every other block)
-    python -m bench.kobe_sites --site mlp_out        # MLP outputs of the same blocks, same recipe (trained once)
+    python -m studies.kobe_sites --site resid_post     # the default SAEs (residual stream, every other block)
+    python -m studies.kobe_sites --site mlp_out        # MLP outputs of the same blocks, same recipe (trained once)
 
 For each site it prints, with error terms kept and features recomputed downstream (graphs.interventions):
 - the metric with every active feature at one layer zero-ablated (what that layer's features carry);
@@ -28,7 +28,7 @@ def site_saes(model, site: str, progress: bool = True) -> dict:
     from attribution import default_saes, load_sae
     from attribution.cache import build_once, cache_dir, model_fingerprint
     from attribution.saes import save_sae
-    from attribution.training.activations import cached_activations
+    from attribution.training.activation_cache import cached_activations
     from attribution.training.defaults import default_corpus, default_specs, fit_spec
 
     if site == "resid_post":
@@ -55,7 +55,8 @@ def site_saes(model, site: str, progress: bool = True) -> dict:
 @torch.no_grad()
 def measure(model, saes: dict, prompt: str = PROMPT, good: str = " Sacramento", bad: str = " Albany") -> dict:
     from attribution import LogitDiff, attribute
-    from attribution.engine import ablation_values, trace
+    from attribution.engine import trace
+    from attribution.spliced import ablation_values
     from graphs.interventions import RowEdit, run_rows
 
     metric = LogitDiff(model, good, bad)

@@ -1,9 +1,9 @@
 """SAE training side by side: our `attribution.training.fit` and EleutherAI's sparsify `Trainer`, same activations.
 
-    python -m bench.sparsify_side_by_side [--steps 100] [--precision bf16|fp32] [--variants signum,adam] [--no-ce]
+    python -m bench.peers.sparsify_side_by_side [--steps 100] [--precision bf16|fp32] [--variants signum,adam] [--no-ce]
 
 The same inputs, batch order, architecture (TopK, d_in 640, d_sae 8,192, k 32), batch (4,096 tokens) and step
-count as bench/saelens_side_by_side.py, whose helpers (bench/side_by_side.py) prepare the activations, train
+count as bench/peers/saelens_side_by_side.py, whose helpers (bench/peers/side_by_side.py) prepare the activations, train
 ours with the same TrainConfig (Adam 4e-4, 1% warm-up, linear decay over the last 20%, per-dimension
 normalisation, AuxK 1/32) and score both SAEs with the same code.
 
@@ -26,8 +26,9 @@ Variants: `signum` (its default: SignSGD in a schedule-free wrapper, momentum 0.
 constant) and `adam` (its torch Adam: lr 2e-4 / sqrt(d_sae / 2^14), linear decay to 0).
 
 Its checkpoint (`sae.safetensors`: encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec;
-the encoder's input is x - b_dec) is loaded into our `TopKSAE` by `from_sparsify`, and the script asserts that
-our encode/decode equals its own forward on the held-out activations to 1e-5 (relative to their scale).
+the encoder's input is x - b_dec) is loaded into our `TopKSAE` by the library's sparsify reader
+(`attribution.saes.formats.sparsify.from_sparsify`, what `load_sae(folder, hook=...)` uses), and the script asserts
+that our encode/decode equals its own forward on the held-out activations to 1e-5 (relative to their scale).
 It runs in its own virtualenv (default /tmp/sparsify-venv; `--install` creates it with
 `pip install eai-sparsify torch==2.13.0`), never in the project's environment. Writes
 bench/results/sparsify.json (the shape of saelens.json) and prints the comparison table.
@@ -52,7 +53,7 @@ TOLERANCE = 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
-# sparsify's side. Runs in its venv: imports nothing from this project but bench/side_by_side.py (stdlib only).
+# sparsify's side. Runs in its venv: imports nothing from this project but bench/peers/side_by_side.py (stdlib only).
 # --------------------------------------------------------------------------------------------------
 def worker(work: Path, steps: int, precision: str, threads: int | None, variant: str, tag: str = "") -> None:
     import sparsify
@@ -60,7 +61,7 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
     from safetensors.torch import load_file, save_file
     from sparsify import SaeConfig, SparseCoder, TrainConfig, Trainer
 
-    from bench.side_by_side import speed
+    from bench.peers.side_by_side import speed
 
     if threads:
         torch.set_num_threads(threads)
@@ -144,34 +145,6 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
 # --------------------------------------------------------------------------------------------------
 # Our side, in the project's environment.
 # --------------------------------------------------------------------------------------------------
-def convert(state: dict, cfg: dict, hook: str):
-    """A sparsify TopK `SparseCoder`'s state dict and cfg.json as our `TopKSAE` (the same function)."""
-    import torch
-
-    from attribution.errors import SAEError
-    from attribution.saes import build
-
-    if cfg.get("activation", "topk") != "topk" or cfg.get("transcode") or state.get("W_skip") is not None:
-        raise SAEError("only sparsify's plain TopK autoencoders convert (no groupmax, transcoder or skip)")
-    w = state["encoder.weight"]  # [d_sae, d_in], as nn.Linear stores it; the encoder reads x - b_dec
-    sae = build("topk", w.shape[1], w.shape[0], hook, k=int(cfg["k"]), apply_b_dec_to_input=True)
-    with torch.no_grad():
-        sae.W_enc.copy_(w.T)
-        sae.b_enc.copy_(state["encoder.bias"])
-        sae.W_dec.copy_(state["W_dec"])  # [d_sae, d_in]: rows are latents, our layout
-        sae.b_dec.copy_(state["b_dec"])
-    return sae
-
-
-def from_sparsify(folder: Path, hook: str):
-    """Our TopKSAE from a folder sparsify saved (cfg.json + sae.safetensors)."""
-    from safetensors.torch import load_file
-
-    return convert(
-        load_file(str(Path(folder) / "sae.safetensors")), json.loads((folder / "cfg.json").read_text()), hook
-    )
-
-
 def conversion_check(sae, x, forward: dict) -> dict:
     """Our encode/decode of the converted weights against sparsify's own forward on the same inputs."""
     import torch
@@ -190,7 +163,7 @@ def conversion_check(sae, x, forward: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench import side_by_side as common
+    from bench.peers import side_by_side as common
 
     steps, batch, pair = common.STEPS, common.BATCH, common.PAIR_STEPS
 
@@ -220,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import load_file
 
     from attribution.saes import save_sae
+    from attribution.saes.formats.sparsify import from_sparsify
     from bench.data import HOOK
 
     cpu = common.cpu_kind()
@@ -278,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if "--worker" in sys.argv:  # run as a file in sparsify's venv: keep bench/'s modules off its path,
         sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-        sys.path.append(str(Path(__file__).resolve().parent.parent))  # but bench.side_by_side importable
+        sys.path.append(str(Path(__file__).resolve().parents[2]))  # but bench.peers.side_by_side importable
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())

@@ -1,12 +1,12 @@
 """How often is a label's logit-lens token evidence? And what do the emotion study's top features read as?
 
-    python -m bench.label_evidence                    # both texts: the sampled corpus and real text
-    python -m bench.label_evidence --corpus real      # one of them (the other's entry in the file is kept)
+    python -m studies.label_evidence                    # both texts: the sampled corpus and real text
+    python -m studies.label_evidence --corpus real      # one of them (the other's entry in the file is kept)
 
 For each version of the default SAEs in the cache (--versions; all hooks, one shared pass per text), each
 index over the first 65,536 tokens of:
 - sampled: the corpus the v2 default SAEs were trained on (120k tokens the model sampled itself), its head;
-- real: the real-text training split (attribution.training.text.real_tokens: Brown, State of the Union,
+- real: the real-text training split (attribution.training.corpus.real_tokens: Brown, State of the Union,
   Moby-Dick).
 Per hook: the share of alive features whose logit-lens promoted token (of those in the indexed text: the old
 label's `→ x`) is evidence, i.e. among the model's top attribution.explain.lens.N_NEXT next-token predictions at
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-OUT = Path(__file__).resolve().parent / "results" / "label_evidence.json"
+OUT = Path(__file__).resolve().parents[1] / "bench" / "results" / "label_evidence.json"
 N_TOKENS = 65_536
 THRESHOLDS = (0.05, 0.125, 0.25, 0.5, 0.75)
 SAMPLED = (120_000, 128)  # the sampled corpus the v2 default SAEs trained on: tokens, sequence length
@@ -131,13 +131,13 @@ def measure(model, saes: dict, corpus: str, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.label_evidence", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m studies.label_evidence", description=__doc__.split("\n")[0])
     p.add_argument("--corpus", choices=("real", "sampled", "both"), default="both")
     p.add_argument("--versions", default="v2,v3", help="default SAE versions in the cache to measure (v2,v3)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     from attribution import load_model
-    from bench.california import sets
+    from studies.california import sets
 
     model = load_model()
     found = sets(model)

@@ -1,7 +1,7 @@
 """How exact is the emotion study's steering in float32? The engine's clamp (x + (f' - f) W_dec, engine.Splice)
 against the former splice (decode(f') + e), both against float64.
 
-    python -m bench.steering_precision        # writes bench/results/steering_precision.json
+    python -m studies.steering_precision        # writes bench/results/steering_precision.json
 
 The four rows of `python -m cases emotion`'s steering panel (unedited, clamp 0, 5x, 10x max of feature 2366 of
 the middle SAE, from position 14 on), the metric logit(" sad") - logit(" happy") at step 0, computed in float64
@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from bench.report import RESULTS
+from bench.ratios import RESULTS
 
 PROMPT = 'John says, "I want to be alone right now." John feels'
 FEATURE, START, HOOK = 2366, 14, "resid_post.9"

@@ -1,7 +1,7 @@
 """Transcoder files both ways with circuit-tracer itself: does it read what `save_transcoders` writes, and do
 we read what it writes and what it reads (Gemma Scope 2's params.safetensors)?
 
-    python -m bench.circuit_tracer_files [--venv /tmp/ctv]
+    python -m bench.peers.circuit_tracer_files [--venv /tmp/ctv]
 
 circuit-tracer pins nnsight 0.6 and transformers 4, so it runs in its own virtualenv (default /tmp/ctv):
 

@@ -1,9 +1,9 @@
 """Tiny SAE folders written by SAELens itself, with SAELens's own encode/decode outputs, for tests/test_sae_files.py.
 
-Regenerate (deterministic; a few seconds) with the SAELens venv that bench/saelens_side_by_side.py uses:
+Regenerate (deterministic; a few seconds) with the SAELens venv that bench/peers/saelens_side_by_side.py uses:
 
     python3 -m venv /tmp/saelens-venv && /tmp/saelens-venv/bin/pip install sae-lens torch==2.13.0
-    /tmp/saelens-venv/bin/python bench/saelens_fixtures.py          # writes tests/fixtures/saelens/<name>/
+    /tmp/saelens-venv/bin/python bench/peers/saelens_fixtures.py          # writes tests/fixtures/saelens/<name>/
 
 Runs only in that venv and imports nothing from this project, so the tests compare our `load_sae` against
 SAELens's reading of the same files without installing SAELens (it pulls transformer-lens and pins of its
@@ -31,7 +31,7 @@ from pathlib import Path
 
 D_IN, D_SAE, K = 16, 32, 4
 HOOK, MODEL_NAME = "blocks.1.hook_resid_post", "tiny-test-model"
-OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "saelens"
+OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "saelens"
 
 
 def _randomize(sae, gen, *, spread_norms: bool = False) -> None:

@@ -31,8 +31,8 @@ def stage(config, loaded, graph_result) -> ReplacementResult | None:
         return None
     from cases.stages import contrast_groups
     from graphs import build_graph
-    from graphs.html import page
-    from graphs.labels import labeler
+    from graphs.labeler import labeler
+    from pages.graph_page import page
 
     model, prompt, metric = loaded.model, config.question.prompt, loaded.metric
     tcs = load(config.sources.transcoders, model, config.progress)
@@ -73,7 +73,7 @@ def load(spec, model, progress: bool) -> dict:
     if isinstance(spec, dict):
         return spec
     if spec == "default":
-        from attribution.training.transcoders import default_transcoders
+        from attribution.training.transcoder_defaults import default_transcoders
 
         return default_transcoders(model, progress=progress)
     from attribution.saes.transcoders import load_transcoders

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from attribution.explain import Explainer
-from graphs.nodes import GraphError
+from graphs.graph_nodes import GraphError
 
 TOOLTIP_CONTEXTS = 3  # contexts per card an Explainer made here computes: a tooltip shows 3, each costs a forward
 

@@ -16,8 +16,8 @@ Conventions a benchmark can use in `benchmark.extra_info`:
   machine's load between benchmarks run minutes apart. Targets are judged on the local ratio when both
   sides have a reference.
 
-Usage: python -m bench.report [bench/results/benchmarks.json] [--out bench/results]
-       python -m bench.report --from-summary    (after `python -m bench.saelens_side_by_side`: no rerun needed)
+Usage: python -m bench.ratios [bench/results/benchmarks.json] [--out bench/results]
+       python -m bench.ratios --from-summary    (after `python -m bench.peers.saelens_side_by_side`: no rerun needed)
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def summarize(entries: list[dict], *, machine: dict | None = None, commit: dict 
 
 
 def side_by_side(path: Path = RESULTS / "saelens.json") -> dict | None:
-    """The summary of bench/saelens_side_by_side.py's last run, as the report embeds it (None if never run)."""
+    """The summary of bench/peers/saelens_side_by_side.py's last run, as the report embeds it (None if never run)."""
     if not path.exists():
         return None
     side = json.loads(path.read_text())
@@ -227,7 +227,7 @@ def markdown(summary: dict) -> str:
     side = summary.get("saelens_side_by_side")
     if side:
         when = f"{side.get('datetime') or '?'}, {side.get('threads')} thread(s), {side.get('steps')} steps"
-        lines += ["", f"SAE training side by side (bench/saelens_side_by_side.py, its own run: {when}):", ""]
+        lines += ["", f"SAE training side by side (bench/peers/saelens_side_by_side.py, its own run: {when}):", ""]
         lines.append(side_table(side))
         speeds = [f"{side['speed_ratio_ours_over_saelens']:.2f} (wall time of the {side.get('steps')}-step runs)"]
         if side.get("paired_speed_ratio"):
