@@ -3,6 +3,7 @@
   python -m cases emotion --out runs/emotion        John ... feels: sad vs happy
   python -m cases multihop --out runs/kobe          Kobe Bryant -> Sacramento vs Albany, with the graph
   python -m cases run --prompt "The capital of Texas is" --good " Austin" --bad " Dallas" --out runs/mine
+  python -m cases suite --out runs/suite          a suite of two-hop prompts: graphs, supernodes, suppression, swaps
 
 Each writes report.html (open it in a browser; it needs no network), report.json with every number, and
 CSV tables (top_attribution.csv, top_activation.csv, steering.csv) into --out.
@@ -12,6 +13,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr saying what and how to fix i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -72,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = argparse.ArgumentParser(prog="python -m cases", description=__doc__, formatter_class=RAW)
-    sub = p.add_subparsers(dest="case", required=True, metavar="{emotion,multihop,run}")
+    sub = p.add_subparsers(dest="case", required=True, metavar="{emotion,multihop,run,suite}")
     from cases import emotion, multihop
 
     for name, case, what in (
@@ -89,7 +91,33 @@ def parser() -> argparse.ArgumentParser:
     own.add_argument("--good", required=True, help="answer counted positively, one token (mind the leading space)")
     own.add_argument("--bad", required=True, help="answer counted negatively, one token")
     own.add_argument("--title", default="Case study", help="the report's title")
+    suite_parser(sub)
     return p
+
+
+def suite_parser(sub) -> None:
+    """`suite`: a JSONL suite of multi-hop prompts (cases.suite)."""
+    from cases.suite_prompts import TWO_HOP
+
+    s = sub.add_parser(
+        "suite", help="a suite of multi-hop prompts: graphs, supernodes, suppression and swaps, one report",
+        description="Every prompt of --prompts checked against the model; for each two-hop prompt it answers "
+        "top-1: the feature graph, supernodes found by contrast across the suite, the intermediate group "
+        "suppressed and swapped for another prompt's; DIR/report.html, DIR/report.json, DIR/graphs/.",
+        formatter_class=RAW,
+    )  # fmt: skip
+    s.add_argument("--prompts", default=str(TWO_HOP), help="JSONL suite file (default: the shipped two-hop suite)")
+    s.add_argument("--out", default="runs/suite", help="output folder (default: runs/suite)")
+    s.add_argument("--model", default=None, help="model (default: the embedded gemma-3-270m)")
+    s.add_argument("--saes", action="append", default=None, metavar="PATH|default",
+                   help="SAE folders, or 'default' (the project's SAEs; default)")  # fmt: skip
+    s.add_argument("--hooks", default=None, help="comma-separated hooks of the SAEs to use (default: all)")
+    s.add_argument("--check", action="store_true", help="only check the prompts against the model and print it")
+    s.add_argument("--only", action="append", default=[], metavar="ID", help="run only this prompt (repeatable)")
+    s.add_argument("--max-features", type=int, default=100, help="feature nodes kept per graph (default: 100)")
+    s.add_argument("--min-score", type=float, default=0.5, help="a supernode's contrast score (default: 0.5)")
+    s.add_argument("--no-labels", action="store_true", help="no feature labels (no feature indexes built)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv=None, *, model=None, saes=None) -> int:
@@ -99,6 +127,8 @@ def main(argv=None, *, model=None, saes=None) -> int:
     from cases.study import run
 
     try:
+        if args.case == "suite":
+            return suite(args, model=model, saes=saes)
         report = run(config(args, model=model, saes=saes))
     except AttributionError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -144,3 +174,32 @@ def _saes(values: list[str] | None):
     if not values:
         return "default"
     return values[0] if len(values) == 1 and values[0] in ("default", "whole") else values
+
+
+def suite(args: argparse.Namespace, *, model=None, saes=None) -> int:
+    """`python -m cases suite`: check the prompts (--check), or run the whole suite and print its summary."""
+    from cases.sources import resolve_model, resolve_saes
+    from cases.suite import SuiteOptions, run_suite
+    from cases.suite_prompts import check, load_suite
+
+    prompts = load_suite(args.prompts)
+    model = resolve_model(model if model is not None else args.model, progress=not args.quiet)
+    if args.check:
+        answered = check(model, prompts)
+        for p, a in zip(prompts, answered):
+            mark = "top-1" if a.top1 else f"rank {a.answer_rank} (top {a.top!r} {a.top_p:.2f})"
+            print(f"{p.id:32s} {p.answer!r:14s} p={a.answer_p:.3f}  {mark}")
+        two = [a for p, a in zip(prompts, answered) if p.hops >= 2]
+        print(f"{sum(a.top1 for a in two)} of {len(two)} two-hop prompts and "
+              f"{sum(a.top1 for p, a in zip(prompts, answered) if p.hops < 2)} of {len(prompts) - len(two)} one-hop "
+              "controls are answered top-1")  # fmt: skip
+        return 0
+    hooks = args.hooks.split(",") if args.hooks else None
+    dicts = resolve_saes(model, saes if saes is not None else _saes(args.saes), hooks, quick=False,
+                         progress=not args.quiet)  # fmt: skip
+    options = SuiteOptions(max_features=args.max_features, min_score=args.min_score, labels=not args.no_labels,
+                           progress=not args.quiet, only=args.only)  # fmt: skip
+    report = run_suite(model, dicts, args.prompts, args.out, options)
+    print(json.dumps(report["summary"], indent=1))
+    print(f"wrote {args.out}/report.html and report.json")
+    return 0

@@ -154,10 +154,12 @@ def check_mode(mode: str, errors: str = "keep") -> None:
 
 
 @torch.no_grad()
-def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], values: dict) -> Tensor:
+def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], values: dict, *, freeze=False) -> Tensor:
     """The metric [rows] where row r applies rows[r] (a hook missing from a row: keep all), as one engine
     group: its rows replace the prompt's row at the first hook any row edits, and each hook splices its SAE
-    with the rows' stacked masks (a row that keeps everything at a hook passes it through exactly, x + 0)."""
+    with the rows' stacked masks (a row that keeps everything at a hook passes it through exactly, x + 0).
+    freeze: an engine.Frozen of the clean prompt runs the rows in the replacement model (attention patterns
+    and norm scales held at the clean prompt's), False in the real model."""
     hooks = sorted({h for row in rows for h in row}, key=lambda h: model.hooks[h].order)
     if not hooks:
         raise GraphError("nothing to intervene on")
@@ -175,14 +177,14 @@ def run_rows(model, saes: dict, batch, metric, rows: list[dict[str, RowEdit]], v
                 if row[h].values is not None:
                     val_f[r] = row[h].values
         edits[edit_hook(model, saes[h], h)] = Splice(saes[h], keep_f, val_f, keep_e, ev)
-    tr = trace(model, batch, groups=[Group(edits, n=n)], keep_batch=False)  # no clean row: none is read
+    tr = trace(model, batch, groups=[Group(edits, n=n)], keep_batch=False, freeze=freeze)  # no clean row is read
     return evaluate(metric, model, tr.hidden[tr.groups[0]], Rows.copies(0, n)).double()
 
 
 # --- a graph's checks ---------------------------------------------------------------------------------
 
 
-def _setup(model, saes, graph, metric):
+def graph_setup(model, saes, graph, metric):
     """The SAEs at the graph's hooks, the prompt's batch and the metric, checked against the graph."""
     saes = prepare_saes(model, saes)
     missing = [h for h in graph.hooks if h not in saes]
@@ -240,7 +242,7 @@ def check(model, saes, graph, metric=None, *, mode: str = "zero", errors: str = 
     errors: error nodes outside the evaluated set are "keep"-t (never ablated) or "ablate"-d too.
     """
     check_mode(mode, errors)
-    saes, batch, metric = _setup(model, saes, graph, metric)
+    saes, batch, metric = graph_setup(model, saes, graph, metric)
     active, valid_pos = _active(model, saes, batch)
     values = _values(model, saes, batch, mode, reference)
     kept_f, kept_e = _masks(graph, saes, batch.width, graph.nodes)
@@ -260,7 +262,7 @@ def check_layers(model, saes, graph, metric=None, *, mode: str = "zero", referen
     """Each SAE layer alone (errors kept, other layers untouched), in one batched forward: how much of the
     metric its features carry and how much of that the graph keeps there. See LayerCheck."""
     check_mode(mode)
-    saes, batch, metric = _setup(model, saes, graph, metric)
+    saes, batch, metric = graph_setup(model, saes, graph, metric)
     active, _ = _active(model, saes, batch)
     values = _values(model, saes, batch, mode, reference)
     kept_f, _ = _masks(graph, saes, batch.width, graph.nodes)
@@ -280,7 +282,7 @@ def ablate_group(model, saes, graph, name: str, metric=None, *, mode: str = "zer
     """
     check_mode(mode)
     members = graph.members(name)
-    saes, batch, metric = _setup(model, saes, graph, metric)
+    saes, batch, metric = graph_setup(model, saes, graph, metric)
     return _intervene(model, saes, batch, metric, members, _values(model, saes, batch, mode, reference), None)
 
 
@@ -289,12 +291,12 @@ def steer_group(model, saes, graph, name: str, factor: float, metric=None) -> fl
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
         raise GraphError(f"factor must be a finite number (0 = zero ablation, 1 = unchanged), got {factor!r}")
     members = graph.members(name)
-    saes, batch, metric = _setup(model, saes, graph, metric)
+    saes, batch, metric = graph_setup(model, saes, graph, metric)
     values = _values(model, saes, batch, "zero", None)
     return _intervene(model, saes, batch, metric, members, values, float(factor))
 
 
-def _pair(saes, hooks, width: int, values) -> list[dict]:
+def pair_rows(saes, hooks, width: int, values) -> list[dict]:
     """Two rows that keep everything at `hooks`: the clean one, and one to edit, whose replaced features take
     `values` (each hook's ablation value) unless set."""
     rows: list[dict] = [{}, {}]
@@ -306,7 +308,7 @@ def _pair(saes, hooks, width: int, values) -> list[dict]:
 
 
 def _intervene(model, saes, batch, metric, members, values, factor: float | None) -> float:
-    rows = _pair(saes, {x.hook for x in members}, batch.width, values)
+    rows = pair_rows(saes, {x.hook for x in members}, batch.width, values)
     for x in members:
         rows[1][x.hook].features[x.position, x.feature] = False
         if factor is not None:
@@ -353,13 +355,13 @@ def swap_group(model, saes, graph, name: str, good: str, bad: str, positive, neg
     from attribution.find import contrast
 
     members = graph.members(name)
-    saes, batch, _ = _setup(model, saes, graph, None)
+    saes, batch, _ = graph_setup(model, saes, graph, None)
     found = contrast(model, saes, list(positive), list(negative), top=top, min_score=0.3)
     if not found:
         raise GraphError(f"no feature separates the swap's prompts for {name!r}; give more or better-matched prompts")
     positions = sorted({x.position for x in members})
     values = ablation_values(model, saes, batch, "zero")
-    rows = _pair(saes, {x.hook for x in members} | {m.hook for m in found}, batch.width, values)
+    rows = pair_rows(saes, {x.hook for x in members} | {m.hook for m in found}, batch.width, values)
     for x in members:
         rows[1][x.hook].features[x.position, x.feature] = False
     for m in found:

@@ -1,0 +1,248 @@
+"""A suite of multi-hop prompts, end to end: which the model answers, each one's graph, its supernodes found
+by contrast across the suite, the hop proven by intervention, and the graph the prompts share.
+
+    python -m cases suite --prompts cases/suites/two_hop.jsonl --out runs/suite
+    attribution case suite --prompts FILE --out DIR
+
+For every prompt the model answers top-1 (cases.suite_prompts.check): the feature graph for logit(answer) -
+logit(counterfactual), pruned to at most `max_features` features, with circuit-tracer's scores and
+faithfulness by real ablation; supernodes (graphs.supernodes): the intermediate entity (features that fire on
+the suite's prompts sharing it, read at any token, and not on the others) and two output groups ("says
+French": the last token of prompts answered " French" against prompts answered otherwise; "says a language":
+prompts whose answer is a language against the others); suppression of the intermediate group and, where the
+line names one, the swap for another prompt's group (graphs.hop), in the real and in the replacement model.
+Writes DIR/report.json ({"prompts": [...], "aggregate": {...}}, docs/case-studies.md has the schema),
+DIR/report.html, and per prompt DIR/graphs/<id>.html and .json.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from attribution.errors import NumericalError
+from attribution.metrics import LogitDiff
+from cases.suite_prompts import SuitePrompt, check, load_suite
+from graphs.aggregate import aggregate
+from graphs.build import build_graph
+from graphs.hop import suppress, swap
+from graphs.supernodes import Contrast, supernodes
+
+SCALES = (1.0, 2.0, 4.0)  # the swap's injection scales tried, smallest first
+
+
+@dataclass
+class SuiteOptions:
+    max_features: int = 100  # feature nodes kept by pruning (circuit-tracer's max_feature_nodes)
+    min_score: float = 0.5  # a supernode's features separate its prompts by at least this share
+    max_group: int = 40  # features per supernode
+    inhibit: float = -1.0  # the second suppression: members set to this multiple of their activation
+    scales: tuple[float, ...] = SCALES
+    candidates: int | None = 128  # build_graph's feature candidates per layer
+    labels: bool = True  # feature labels (feature indexes over real text; False for tiny models)
+    progress: bool = True
+    only: list[str] = field(default_factory=list)  # run only these ids (and the donors their swaps need)
+    require_top1: bool = True  # build graphs only for prompts the model answers top-1
+
+
+def target_kind(p: SuitePrompt) -> str:
+    """What the answer is ("language", "currency", "country", ...): the relation's last element."""
+    return (p.relation or "answer").split("->")[-1].strip() or "answer"
+
+
+def contrasts(p: SuitePrompt, suite: list[SuitePrompt]) -> dict[str, Contrast]:
+    """The suite's prompt sets that define p's supernodes: its intermediate entity, its answer, its answer's kind."""
+    out = {}
+    if p.intermediate:
+        pos = [q.prompt for q in suite if q.intermediate == p.intermediate]
+        neg = [q.prompt for q in suite if q.intermediate and q.intermediate != p.intermediate]
+        if neg:
+            out[p.intermediate] = Contrast(pos, neg, "any", "intermediate", "not_last")
+    pos = [q.prompt for q in suite if q.answer == p.answer]
+    neg = [q.prompt for q in suite if q.answer != p.answer and target_kind(q) == target_kind(p)]
+    if neg:
+        out[f"says{p.answer}"] = Contrast(pos, neg, "last", "output", "last")
+    kind = target_kind(p)
+    pos = [q.prompt for q in suite if target_kind(q) == kind]
+    neg = [q.prompt for q in suite if target_kind(q) != kind]
+    if neg:
+        out[f"says a {kind}"] = Contrast(pos, neg, "last", "output", "last")
+    return out
+
+
+def run_suite(
+    model, saes, prompts: list[SuitePrompt] | str | Path, out: str | Path, options: SuiteOptions | None = None
+):
+    """Run the suite and write its report; returns the report as a dict (what report.json holds)."""
+    from pages import suite_page
+
+    options = options or SuiteOptions()
+    suite = load_suite(prompts) if isinstance(prompts, str | Path) else list(prompts)
+    out = Path(out)
+    (out / "graphs").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    answered = {a.id: a for a in check(model, suite)}
+    by_id = {p.id: p for p in suite}
+    wanted = _wanted(suite, options.only)
+    todo = [p for p in suite if p.id in wanted and p.hops >= 2 and (answered[p.id].top1 or not options.require_top1)]
+    rows = {p.id: _row(p, answered[p.id]) for p in suite}
+    graphs = {}
+    bar = tqdm(todo, desc="suite graphs", disable=not options.progress)
+    for p in bar:
+        bar.set_postfix_str(p.id)
+        graphs[p.id] = _graph(model, saes, p, suite, options, rows[p.id], out)
+    for p in tqdm(todo, desc="suite interventions", disable=not options.progress):
+        _interventions(model, saes, p, by_id, graphs, suite, options, rows[p.id])
+    shared = aggregate(graphs).shared(2) if graphs else None
+    report = {
+        "suite": str(prompts) if isinstance(prompts, str | Path) else None,
+        "model": model.name,
+        "dictionaries": list(saes) if isinstance(saes, dict) else None,
+        "options": {k: v for k, v in vars(options).items() if k != "progress"},
+        "prompts": list(rows.values()),
+        "summary": summary(list(rows.values())),
+        "aggregate": shared.to_dict() if shared is not None else None,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False, default=_jsonable))
+    suite_page.write(report, out / "report.html", shared)
+    return report
+
+
+def _wanted(suite, only) -> set[str]:
+    if not only:
+        return {p.id for p in suite}
+    by_id = {p.id: p for p in suite}
+    wanted = set(only)
+    wanted |= {by_id[i].swap["from"] for i in only if i in by_id and by_id[i].swap}
+    return wanted
+
+
+def _row(p: SuitePrompt, a) -> dict:
+    return {
+        "id": p.id, "prompt": p.prompt, "answer": p.answer, "counterfactual": p.counterfactual,
+        "intermediate": p.intermediate, "relation": p.relation, "hops": p.hops,
+        "answer_p": a.answer_p, "answer_rank": a.answer_rank, "top": a.top, "top_p": a.top_p,
+        "metric": a.metric, "answered": a.top1,
+    }  # fmt: skip
+
+
+def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict, out: Path):
+    metric = LogitDiff(model, p.answer, p.counterfactual)
+    g = build_graph(model, saes, p.prompt, metric, candidates=options.candidates, labels=options.labels,
+                    progress=False)  # fmt: skip
+    pruned = g.prune(0.8, 0.98, max_feature_nodes=options.max_features)
+    scores = pruned.scores(model, saes, metric)
+    found = supernodes(model, saes, pruned, contrasts(p, suite), min_score=options.min_score,
+                       max_features=options.max_group, kept_only=False)  # fmt: skip
+    row["graph"] = {
+        "features": sum(x.kind == "feature" for x in pruned.nodes),
+        "candidates": sum(x.kind == "feature" for x in pruned.full_nodes),
+        **scores,
+        "html": f"graphs/{p.id}.html",
+        "json": f"graphs/{p.id}.json",
+    }
+    row["supernodes"] = [s.to_dict() | {"kept": sum(pruned.kept(i) for i in s.members)} for s in found]
+    row["intermediate_found"] = bool(p.intermediate) and any(s.name == p.intermediate for s in found)
+    pruned.to_html(out / "graphs" / f"{p.id}.html", max_edges=None)
+    pruned.to_json(out / "graphs" / f"{p.id}.json", slug=p.id)
+    return pruned
+
+
+def _answers(p: SuitePrompt, suite) -> list[str]:
+    """Every answer of the suite of p's kind (all languages for a language question)."""
+    return list(dict.fromkeys(q.answer for q in suite if target_kind(q) == target_kind(p)))
+
+
+def _interventions(model, saes, p: SuitePrompt, by_id, graphs, suite, options: SuiteOptions, row: dict) -> None:
+    g = graphs[p.id]
+    answers = _answers(p, suite)
+    if not row.get("intermediate_found"):
+        row["suppress"] = {"group": p.intermediate, "error": "no intermediate group was found in this graph"}
+    else:
+        s = suppress(model, saes, g, p.intermediate, answers=answers)
+        row["suppress"] = {"group": p.intermediate, "members": len(g.groups[p.intermediate])} | s.to_dict()
+        s = suppress(model, saes, g, p.intermediate, answers=answers, factor=options.inhibit)
+        row["inhibit"] = {"group": p.intermediate, "factor": options.inhibit} | s.to_dict()
+    if p.swap is None:
+        return
+    donor_id, expect = p.swap["from"], p.swap["expect"]
+    base = {"from": donor_id, "expect": expect}
+    donor = by_id[donor_id]
+    if donor_id not in graphs:
+        row["swap"] = base | {"error": f"the donor {donor_id!r} has no graph (the model does not answer it top-1)"}
+        return
+    if not row.get("intermediate_found") or donor.intermediate not in graphs[donor_id].groups:
+        row["swap"] = base | {"error": "the intermediate group was not found in this graph or in the donor's"}
+        return
+    tried, diverged = [], []
+    for scale in options.scales:
+        try:
+            o = swap(model, saes, g, p.intermediate, graphs[donor_id], donor.intermediate, scale=scale,
+                     answers=[*answers, expect])  # fmt: skip
+        except NumericalError as exc:  # the injection overflowed the model: larger scales would too
+            diverged.append({"scale": scale, "error": str(exc)})
+            break
+        tried.append((scale, o))
+        if o.answers[expect]["rank_after"] == 0:
+            break
+    if not tried:
+        row["swap"] = base | {"error": "every scale diverged", "diverged": diverged}
+        return
+    scale, o = min(tried, key=lambda t: (t[1].answers[expect]["rank_after"], t[0]))
+    e = o.answers[expect]
+    row["swap"] = base | {
+        "group": p.intermediate, "with": donor.intermediate, "scale": scale,
+        "expect_rank_before": e["rank_before"], "expect_rank_after": e["rank_after"],
+        "expect_p_before": e["p_before"], "expect_p_after": e["p_after"],
+        "tried": [{"scale": s, "expect_rank_after": t.answers[expect]["rank_after"],
+                   "expect_p_after": t.answers[expect]["p_after"]} for s, t in tried],
+        "diverged": diverged,
+    } | o.to_dict()  # fmt: skip
+
+
+def summary(rows: list[dict]) -> dict:
+    """The suite's acceptance figures: how many prompts pass, and how often each experiment works."""
+    two = [r for r in rows if r["hops"] >= 2]
+    built = [r for r in two if "graph" in r]
+    sup = [r["suppress"] for r in built if "metric_after" in r.get("suppress", {})]
+    inh = [r["inhibit"] for r in built if "metric_after" in r.get("inhibit", {})]
+    swaps = [r["swap"] for r in built if "swap" in r]
+    done = [s for s in swaps if "expect_rank_after" in s]
+
+    def median(xs):
+        xs = [x for x in xs if x is not None]
+        return statistics.median(xs) if xs else None
+
+    return {
+        "prompts": len(rows),
+        "two_hop": len(two),
+        "two_hop_answered": sum(r["answered"] for r in two),
+        "controls": len(rows) - len(two),
+        "controls_answered": sum(r["answered"] for r in rows if r["hops"] < 2),
+        "graphs": len(built),
+        "intermediate_found": sum(bool(r.get("intermediate_found")) for r in built),
+        "suppressed": len(sup),
+        "suppress_halves_metric": sum(s["metric_after"] <= 0.5 * s["metric_before"] for s in sup),
+        "inhibited": len(inh),
+        "inhibit_halves_metric": sum(s["metric_after"] <= 0.5 * s["metric_before"] for s in inh),
+        "median_suppress_drop": median([s["drop"] for s in sup]),
+        "median_inhibit_drop": median([s["drop"] for s in inh]),
+        "swaps_defined": len(swaps),
+        "swaps_run": len(done),
+        "swap_top1": sum(s["expect_rank_after"] == 0 for s in done),
+        "median_replacement_score": median([r["graph"]["replacement_score"] for r in built]),
+        "median_completeness_score": median([r["graph"]["completeness_score"] for r in built]),
+        "median_faithfulness": median([r["graph"].get("faithfulness") for r in built]),
+    }
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")

@@ -1,0 +1,156 @@
+"""The multi-hop suite on tiny models: prompts as data, supernodes found by contrast (a planted feature is
+found, and only it), suppression and swaps equal the interventions they describe, the aggregate graph counts
+prompts, and the suite command writes the report its schema promises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attribution import LogitDiff
+from attribution.engine import trace
+from cases import command
+from cases.suite import SuiteOptions, contrasts, run_suite
+from cases.suite_prompts import TWO_HOP, SuiteError, SuitePrompt, check, load_suite
+from graphs import build_graph
+from graphs.aggregate import aggregate
+from graphs.hop import suppress, swap
+from graphs.interventions import ablate_group
+from graphs.supernodes import Contrast, supernodes
+from tests.conftest import random_sae, tiny_model
+
+HOOKS = ("resid_post.0", "resid_post.1")
+MARK = "kobe"  # the word the planted feature stands for
+WITH = ["the capital of state where kobe played basketball is", "kobe bryant played basketball", "john says kobe"]
+WITHOUT = ["the capital of state where mary went home is", "mary went home and felt tired", "john says i want"]
+PLANTED = 7  # the feature index at resid_post.0 that fires on MARK and nowhere else
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A tiny model and SAEs at two layers, with feature PLANTED at resid_post.0 firing on MARK's token only."""
+    m = tiny_model("gemma3")
+    saes = {h: random_sae(m, h, seed=i) for i, h in enumerate(HOOKS)}
+    batch = m.tokenize(WITH + WITHOUT)
+    x = trace(m, batch, capture=[HOOKS[0]], stop_early=True).acts[HOOKS[0]]  # [prompts, pos, d]
+    ids = batch.input_ids
+    on = x[ids == m.tokenizer.convert_tokens_to_ids(MARK)]
+    off = x[(ids != m.tokenizer.convert_tokens_to_ids(MARK)) & batch.node_mask()]
+    d = on.mean(0) - off.mean(0)
+    d = d / d.norm()
+    lo, hi = float((off @ d).max()), float((on @ d).min())
+    assert hi > lo, "the word's residual must be separable for the test to mean anything"
+    sae = saes[HOOKS[0]]
+    with torch.no_grad():
+        sae.W_enc[:, PLANTED] = d
+        sae.b_enc[PLANTED] = -(lo + hi) / 2
+    return m, saes
+
+
+def _graph(m, saes, prompt=WITH[0]):
+    metric = LogitDiff(m, "sad", "happy")
+    return build_graph(m, saes, prompt, metric, candidates=None, labels=False, progress=False)
+
+
+def test_the_planted_feature_is_the_group_found_and_nothing_else(setup):
+    m, saes = setup
+    g = _graph(m, saes)
+    found = supernodes(m, saes, g, {"Kobe": Contrast(WITH, WITHOUT, "any")}, min_score=1.0, kept_only=False)
+    assert [s.name for s in found] == ["Kobe"]
+    members = [g.node(i) for i in found[0].members]
+    position = g.tokens.index(MARK)
+    assert {(x.hook, x.feature, x.position) for x in members} == {(HOOKS[0], PLANTED, position)}
+    assert g.groups["Kobe"] == found[0].members and "100% of 3 prompt(s)" in found[0].label
+    # where= picks the prompt's positions: the word is not the last token, so "last" finds no node of it
+    assert supernodes(m, saes, g, {"K": Contrast(WITH, WITHOUT, "any", where="not_last")}, min_score=1.0)
+    assert supernodes(m, saes, g, {"K2": Contrast(WITH, WITHOUT, "any", where="last")}, min_score=1.0) == []
+    # no feature separates a set of prompts from itself: no group, not an empty one
+    none = supernodes(m, saes, g, {"nothing": Contrast(WITH, WITH, "any")}, min_score=0.5)
+    assert none == [] and "nothing" not in g.groups
+
+
+def test_suppression_and_swap_are_the_interventions_they_describe(setup):
+    m, saes = setup
+    g = _graph(m, saes)
+    g.group("Kobe", [(HOOKS[0], PLANTED)])
+    out = suppress(m, saes, g, "Kobe", answers=["sad", "happy"])
+    assert out.metric_after - out.metric_before == pytest.approx(ablate_group(m, saes, g, "Kobe"), abs=1e-9)
+    assert out.replacement_before == pytest.approx(out.metric_before, rel=1e-6)  # frozen at the clean values
+    same = suppress(m, saes, g, "Kobe", factor=1.0, answers=["sad"])  # each member at its own activation
+    assert same.metric_after == pytest.approx(same.metric_before, abs=1e-9)
+    assert same.replacement_after == pytest.approx(same.replacement_before, rel=1e-6)
+    assert same.answers["sad"]["rank_after"] == same.answers["sad"]["rank_before"]
+    # the group swapped for itself (one member, its own activation at its own position) changes nothing
+    back = swap(m, saes, g, "Kobe", g, "Kobe", answers=["sad"])
+    assert back.metric_after == pytest.approx(back.metric_before, abs=1e-9) and back.positions == [g.tokens.index(MARK)]
+    # scaled up, the injected feature moves the metric by what a plain engine edit of the same value does
+    big = swap(m, saes, g, "Kobe", g, "Kobe", scale=3.0)
+    assert big.metric_after != pytest.approx(big.metric_before, abs=1e-6)
+
+
+def test_the_aggregate_counts_the_prompts_that_share_each_node(setup):
+    m, saes = setup
+    graphs = {i: _graph(m, saes, p).prune(0.8, 0.98) for i, p in enumerate(WITH[:2])}
+    agg = aggregate(graphs)
+    for key, node in agg.nodes.items():
+        if key == "metric":
+            continue
+        holders = [i for i, g in graphs.items() if any(f"{x.hook} f{x.feature}" == key for x in g.nodes)]
+        assert node.prompts == holders
+    shared = agg.shared(2)
+    assert all(len(n.prompts) == 2 for k, n in shared.nodes.items() if k != "metric")
+    assert all(len(e.prompts) == 2 for e in shared.edges)
+
+
+def test_suite_files_are_checked_line_by_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    for text, message in (
+        ('{"id": "a", "prompt": "p"}', r"\['answer', 'counterfactual'\] missing"),
+        ('{"id": "a", "prompt": "p", "answer": " x", "counterfactual": " y", "colour": 1}', "unknown field"),
+        ('{"id": "a", "prompt": "p", "answer": " x", "counterfactual": " y", "swap": {"from": "zz"}}', "swap must"),
+        ('{"id": "a", "prompt": "p", "answer": " x", "counterfactual": " y", "swap": {"from": "b", "expect": " y"}}',
+         "no id of this suite"),
+        ("not json", "is not JSON"),
+    ):
+        bad.write_text(text + "\n")
+        with pytest.raises(SuiteError, match=message):
+            load_suite(bad)
+    shipped = load_suite(TWO_HOP)
+    assert len([p for p in shipped if p.hops >= 2]) >= 20 and len({p.relation for p in shipped if p.hops >= 2}) >= 3
+    assert sum(p.swap is not None for p in shipped) >= 10
+
+
+def test_the_suite_writes_its_report_and_the_command_checks_prompts(setup, tmp_path, capsys):
+    m, saes = setup
+    suite = [
+        SuitePrompt("kobe_sad", WITH[0] + " john feels", " sad", " happy", "Kobe", None, "a -> b -> mood"),
+        SuitePrompt("kobe_two", WITH[1] + " john feels", " sad", " happy", "Kobe", {"from": "mary", "expect": " happy"},
+                    "a -> b -> mood"),  # fmt: skip
+        SuitePrompt("mary", WITHOUT[1] + " john feels", " happy", " sad", "Mary", None, "a -> b -> mood"),
+        SuitePrompt("control", "john feels", " sad", " happy", None, None, "b -> mood", hops=1),
+    ]
+    # every answer here is a mood: no prompt of another kind to contrast "says a mood" with, so no such group
+    assert set(contrasts(suite[0], suite)) == {"Kobe", "says sad"}
+    options = SuiteOptions(labels=False, progress=False, require_top1=False, min_score=0.6)
+    report = run_suite(m, saes, suite, tmp_path, options)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["summary"] == report["summary"] and set(saved) >= {"prompts", "aggregate", "summary"}
+    rows = {r["id"]: r for r in saved["prompts"]}
+    for key in ("id", "answer_p", "metric", "graph", "supernodes", "suppress"):
+        assert key in rows["kobe_sad"], key
+    assert set(rows["kobe_sad"]["graph"]) >= {"features", "replacement_score", "completeness_score", "faithfulness"}
+    assert rows["kobe_sad"]["intermediate_found"] and rows["kobe_sad"]["suppress"]["group"] == "Kobe"
+    assert "graph" not in rows["control"]  # one-hop controls are checked, not graphed
+    swap_row = rows["kobe_two"]["swap"]
+    assert swap_row["from"] == "mary" and swap_row["expect"] == " happy"
+    assert "expect_rank_after" in swap_row or "error" in swap_row
+    assert (tmp_path / "graphs" / "kobe_sad.html").is_file() and "Multi-hop suite" in (tmp_path / "report.html").read_text()
+    answered = check(m, suite)
+    assert [a.id for a in answered] == [p.id for p in suite] and all(0 <= a.answer_p <= 1 for a in answered)
+    jsonl = tmp_path / "suite.jsonl"
+    jsonl.write_text("\n".join(json.dumps(p.to_dict()) for p in suite) + "\n")
+    assert command.main(["suite", "--prompts", str(jsonl), "--check", "--quiet"], model=m) == 0
+    out = capsys.readouterr().out
+    assert "of 3 two-hop prompts and" in out and "of 1 one-hop controls are answered top-1" in out
