@@ -130,6 +130,31 @@ SBS = "bench/results/replacement_side_by_side.json"  # python -m bench.peers.rep
 SBS_ALL = "bench/results/replacement_side_by_side_all.json"  # the same with --max-feature-nodes 100000
 WHY = "bench/results/replacement_why.json"  # python -m studies.replacement_why
 TC_ROW = "| transcoders, ≤ 100 features | 100 | 192 | {} |"
+SUITE = "cases/results/suite/report.json"  # python -m cases suite --out cases/results/suite
+SUITE_WHY = "bench/results/suite_why.json"  # python -m studies.suite_why cases/results/suite/report.json
+
+
+def _suite(text: str, key: str, fmt="{}") -> Figure:
+    """A figure of the suite report's summary."""
+    return Figure(R, text, SUITE, ("summary", key), fmt)
+
+
+SUITE_FIGURES = [
+    _suite("| graphs whose intermediate group was found by contrast | **{} / 31** |", "intermediate_found"),
+    _suite("| swaps that make the expected answer the top-1 next token | **{} / 29** |", "swap_top1"),
+    _suite("halves the logit difference | **{} / 31** (median drop", "suppress_halves_metric"),
+    _suite("(median drop {}%) | ≥ 80%: not met |", "median_suppress_drop", percent),
+    _suite("its activation) halves it | **{} / 31** (median drop", "inhibit_halves_metric"),
+    _suite("(median drop {}%) | |", "median_inhibit_drop", percent),
+    _suite("pruned to ≤ 100 features | **{}** / 0.35 |", "median_replacement_score", "{:.2f}"),
+    _suite("| **0.11** / {} | (Gemma-2-2B CLTs", "median_completeness_score", "{:.2f}"),
+    _suite("faithfulness of the pruned graph by real ablation | **{}** |", "median_faithfulness", "{:.2f}"),
+    _suite("swaps that make the other answer top-1 | **31** of 31; **31** of 31; **{}** of 29 |", "swap_top1"),
+    Figure(R, "active feature removes a median {}% of the logit", SUITE_WHY, ("median_drop", "all_features"), percent),
+    Figure(R, "logit difference ({} of 31 prompts halved)", SUITE_WHY, ("halves", "all_features")),
+    Figure(R, "the error terms alone {}%: the features", SUITE_WHY, ("median_drop", "all_errors"), percent),
+    Figure(R, "the suite's prompts share (median {}%)", SUITE_WHY, ("median_drop", "group"), percent),
+]
 FIGURES = [
     Figure(R, "against the residual-SAE graph's | **{}** /", KR, (*RP, "budgets", "100", "faithfulness"), "{:.3f}"),
     Figure(
@@ -488,6 +513,9 @@ def _lookup(data, key: tuple):
     for k in key:
         data = data[k]
     return data
+
+
+FIGURES += SUITE_FIGURES
 
 
 @pytest.mark.parametrize("fig", FIGURES, ids=lambda f: f"{f.doc}:{f.text[:40]}")

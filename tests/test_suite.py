@@ -110,8 +110,10 @@ def test_suite_files_are_checked_line_by_line(tmp_path):
         ('{"id": "a", "prompt": "p"}', r"\['answer', 'counterfactual'\] missing"),
         ('{"id": "a", "prompt": "p", "answer": " x", "counterfactual": " y", "colour": 1}', "unknown field"),
         ('{"id": "a", "prompt": "p", "answer": " x", "counterfactual": " y", "swap": {"from": "zz"}}', "swap must"),
-        ('{"id": "a", "prompt": "p", "answer": " x", "counterfactual": " y", "swap": {"from": "b", "expect": " y"}}',
-         "no id of this suite"),
+        (
+            '{"id": "a", "prompt": "p", "answer": " x", "counterfactual": " y", "swap": {"from": "b", "expect": " y"}}',
+            "no id of this suite",
+        ),
         ("not json", "is not JSON"),
     ):
         bad.write_text(text + "\n")
@@ -124,10 +126,10 @@ def test_suite_files_are_checked_line_by_line(tmp_path):
 
 def test_the_suite_writes_its_report_and_the_command_checks_prompts(setup, tmp_path, capsys):
     m, saes = setup
+    swap_to = {"from": "mary", "expect": " happy"}
     suite = [
         SuitePrompt("kobe_sad", WITH[0] + " john feels", " sad", " happy", "Kobe", None, "a -> b -> mood"),
-        SuitePrompt("kobe_two", WITH[1] + " john feels", " sad", " happy", "Kobe", {"from": "mary", "expect": " happy"},
-                    "a -> b -> mood"),  # fmt: skip
+        SuitePrompt("kobe_two", WITH[1] + " john feels", " sad", " happy", "Kobe", swap_to, "a -> b -> mood"),
         SuitePrompt("mary", WITHOUT[1] + " john feels", " happy", " sad", "Mary", None, "a -> b -> mood"),
         SuitePrompt("control", "john feels", " sad", " happy", None, None, "b -> mood", hops=1),
     ]
@@ -146,7 +148,8 @@ def test_the_suite_writes_its_report_and_the_command_checks_prompts(setup, tmp_p
     swap_row = rows["kobe_two"]["swap"]
     assert swap_row["from"] == "mary" and swap_row["expect"] == " happy"
     assert "expect_rank_after" in swap_row or "error" in swap_row
-    assert (tmp_path / "graphs" / "kobe_sad.html").is_file() and "Multi-hop suite" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "graphs" / "kobe_sad.html").is_file()
+    assert "Multi-hop suite" in (tmp_path / "report.html").read_text()
     answered = check(m, suite)
     assert [a.id for a in answered] == [p.id for p in suite] and all(0 <= a.answer_p <= 1 for a in answered)
     jsonl = tmp_path / "suite.jsonl"
