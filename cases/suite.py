@@ -149,7 +149,8 @@ def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict,
     }
     row["supernodes"] = [s.to_dict() | {"kept": sum(pruned.kept(i) for i in s.members)} for s in found]
     row["intermediate_found"] = bool(p.intermediate) and any(s.name == p.intermediate for s in found)
-    pruned.to_html(out / "graphs" / f"{p.id}.html", max_edges=None)
+    drawn = pruned.with_nodes(pruned.groups[p.intermediate]) if row["intermediate_found"] else pruned
+    drawn.to_html(out / "graphs" / f"{p.id}.html", max_edges=None)  # the intermediate group drawn, pruned or not
     pruned.to_json(out / "graphs" / f"{p.id}.json", slug=p.id)
     return pruned
 

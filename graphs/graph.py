@@ -151,6 +151,20 @@ class Graph:
         new.info = dict(self.info)
         return new
 
+    def with_nodes(self, ids) -> Graph:
+        """A copy that also keeps the nodes `ids` (e.g. a group's members that pruning dropped, so a page draws
+        the group) and every edge between them and the kept nodes. The pruning's record is unchanged: scores
+        describe the pruned graph, this copy is for drawing."""
+        new = self.copy()
+        added = torch.zeros_like(self.node_mask)
+        for i in ids:
+            self.node(i)  # a clear error for an unknown id
+            added[self._index[i]] = True
+        added &= ~self.node_mask
+        new.node_mask |= added
+        new.edge_mask |= (added[self.src] & new.node_mask[self.dst]) | (added[self.dst] & new.node_mask[self.src])
+        return new
+
     def scores(self, model=None, dictionaries=None, metric=None) -> dict:
         """circuit-tracer's replacement and completeness scores of the kept graph (pruned features count as
         error nodes) and of the full graph (graphs.scores); given the model and the SAEs or transcoders the

@@ -71,6 +71,20 @@ def test_the_planted_feature_is_the_group_found_and_nothing_else(setup):
     assert none == [] and "nothing" not in g.groups
 
 
+def test_a_pruned_group_can_be_drawn_with_its_edges(setup):
+    m, saes = setup
+    full = _graph(m, saes)
+    pruned = full.prune(0.5, 0.9, max_feature_nodes=1)
+    hidden = [x.id for x in full.full_nodes if x.kind == "feature" and not pruned.kept(x.id)][:3]
+    drawn = pruned.with_nodes(hidden)
+    assert all(drawn.kept(i) for i in hidden) and not any(pruned.kept(i) for i in hidden)
+    kept = {x.id for x in drawn.nodes}
+    edges = {(e.source, e.target) for e in drawn.edges}
+    expected = {(e.source, e.target) for e in full.edges if e.source in kept and e.target in kept}
+    assert {(s, t) for s, t in expected if s in hidden or t in hidden} <= edges <= expected
+    assert drawn.pruning == pruned.pruning and pruned.edge_mask.sum() <= drawn.edge_mask.sum()
+
+
 def test_suppression_and_swap_are_the_interventions_they_describe(setup):
     m, saes = setup
     g = _graph(m, saes)
