@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from attribution.errors import AttributionError
+from attribution.errors import AttributionError, TokenizationError
 
 SUITES = Path(__file__).resolve().parent / "suites"
 TWO_HOP = SUITES / "two_hop.jsonl"  # the suite shipped with the library (its version is in each line's id set)
@@ -113,12 +113,11 @@ def _prompt(obj, where: str) -> SuitePrompt:
 
 
 def answer_id(model, text: str, where: str = "") -> int:
-    """The single token `text` is (with its leading space), or an error saying how it splits."""
-    ids = model.tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        pieces = [model.tokenizer.decode([i]) for i in ids]
-        raise SuiteError(f"{where}{text!r} is {len(ids)} tokens {pieces} for this model; an answer must be one token")
-    return ids[0]
+    """The single token `text` is (Model.token_id: one token, in the vocabulary), the error naming the line."""
+    try:
+        return model.token_id(text)
+    except TokenizationError as exc:
+        raise SuiteError(f"{where}{exc}") from None
 
 
 @torch.no_grad()
@@ -135,15 +134,4 @@ def check(model, prompts: list[SuitePrompt], *, batch_size: int = 16) -> list[An
             top = int(lg.argmax())
             answer = (p.id, float(pr[a]), int((lg > lg[a]).sum()), float(lg[a] - lg[b]))
             out.append(Answered(*answer, model.tokenizer.decode([top]), float(pr[top])))
-    return out
-
-
-def ranks(model, logits: torch.Tensor, answers: list[str]) -> dict[str, dict]:
-    """{answer: {"rank", "p"}} of each candidate answer in one next-token distribution [vocab]."""
-    logits = logits.double()
-    probs = logits.softmax(-1)
-    out = {}
-    for a in dict.fromkeys(answers):
-        i = answer_id(model, a)
-        out[a] = {"rank": int((logits > logits[i]).sum()), "p": float(probs[i])}
     return out

@@ -23,6 +23,7 @@ import torch
 
 from attribution.engine import frozen_state
 from attribution.errors import NumericalError
+from attribution.metrics import evaluate
 from attribution.spliced import ablation_values
 from graphs.graph_nodes import GraphError
 from graphs.interventions import graph_setup, pair_rows, run_rows
@@ -118,18 +119,24 @@ def swap(
     return out
 
 
+class _LastLogits:
+    """The metric, evaluated as usual, that also keeps each row's next-token logits [rows, vocab]: one
+    forward pass gives both."""
+
+    def __init__(self, metric):
+        self.metric, self.logits = metric, None
+
+    def from_hidden(self, model, hidden, rows):
+        self.logits = model.unembed(hidden[:, -1]).double()
+        return evaluate(self.metric, model, hidden, rows)
+
+
 @torch.no_grad()
 def _measure(model, saes, batch, metric, rows, values, what: str, group: str, answers) -> Outcome:
     """Run the clean and the edited row in the real and in the replacement model; read metric and answers."""
-    seen = {}
-
-    def last_logits(logits):  # a metric that keeps the last position's logits of every row as it goes
-        seen["logits"] = logits[:, -1].double()
-        return logits[:, -1, 0].double()
-
-    real = run_rows(model, saes, batch, metric, rows, values).tolist()
-    run_rows(model, saes, batch, last_logits, rows, values)
-    logits = seen["logits"]  # [2, vocab]: clean, edited
+    keep = _LastLogits(metric)
+    real = run_rows(model, saes, batch, keep, rows, values).tolist()
+    logits = keep.logits  # [2, vocab]: clean, edited
     frozen, problem = frozen_state(model, batch), None
     try:
         linear = run_rows(model, saes, batch, metric, rows, values, freeze=frozen).tolist()
@@ -142,10 +149,7 @@ def _measure(model, saes, batch, metric, rows, values, what: str, group: str, an
     out.replacement_error = problem
     probs = logits.softmax(-1)
     for a in dict.fromkeys(answers):
-        ids = model.tokenizer.encode(a, add_special_tokens=False)
-        if len(ids) != 1:
-            raise GraphError(f"answer {a!r} is {len(ids)} tokens for this model; candidate answers must be one token")
-        i = ids[0]
+        i = model.token_id(a)
         out.answers[a] = {
             f"{k}_{when}": v
             for when, r in (("before", 0), ("after", 1))

@@ -17,7 +17,7 @@ from cases.suite_prompts import TWO_HOP, SuiteError, SuitePrompt, check, load_su
 from graphs import build_graph
 from graphs.aggregate import aggregate
 from graphs.hop import suppress, swap
-from graphs.interventions import ablate_group
+from graphs.interventions import ablate_group, steer_group
 from graphs.supernodes import Contrast, supernodes
 from tests.conftest import random_sae, tiny_model
 
@@ -99,9 +99,10 @@ def test_suppression_and_swap_are_the_interventions_they_describe(setup):
     # the group swapped for itself (one member, its own activation at its own position) changes nothing
     back = swap(m, saes, g, "Kobe", g, "Kobe", answers=["sad"])
     assert back.metric_after == pytest.approx(back.metric_before, abs=1e-9) and back.positions == [g.tokens.index(MARK)]
-    # scaled up, the injected feature moves the metric by what a plain engine edit of the same value does
+    # scaled up, the injected feature moves the metric by what clamping the member to 3x does (steer_group)
     big = swap(m, saes, g, "Kobe", g, "Kobe", scale=3.0)
     assert big.metric_after != pytest.approx(big.metric_before, abs=1e-6)
+    assert big.metric_after - big.metric_before == pytest.approx(steer_group(m, saes, g, "Kobe", 3.0), abs=1e-9)
 
 
 def test_the_aggregate_counts_the_prompts_that_share_each_node(setup):
