@@ -91,11 +91,11 @@ def run_suite(
     wanted = _wanted(suite, options.only)
     todo = [p for p in suite if p.id in wanted and p.hops >= 2 and (answered[p.id].top1 or not options.require_top1)]
     rows = {p.id: _row(p, answered[p.id]) for p in suite}
-    graphs = {}
+    graphs, contrast_cache = {}, {}  # the suite's prompts share their contrasts: each runs once
     bar = tqdm(todo, desc="suite graphs", disable=not options.progress)
     for p in bar:
         bar.set_postfix_str(p.id)
-        graphs[p.id] = _graph(model, saes, p, suite, options, rows[p.id], out)
+        graphs[p.id] = _graph(model, saes, p, suite, options, rows[p.id], out, contrast_cache)
     for p in tqdm(todo, desc="suite interventions", disable=not options.progress):
         _interventions(model, saes, p, by_id, graphs, suite, options, rows[p.id])
     shared = aggregate(graphs).shared(2) if graphs else None
@@ -132,14 +132,14 @@ def _row(p: SuitePrompt, a) -> dict:
     }  # fmt: skip
 
 
-def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict, out: Path):
+def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict, out: Path, cache: dict):
     metric = LogitDiff(model, p.answer, p.counterfactual)
     g = build_graph(model, saes, p.prompt, metric, candidates=options.candidates, labels=options.labels,
                     progress=False)  # fmt: skip
     pruned = g.prune(0.8, 0.98, max_feature_nodes=options.max_features)
     scores = pruned.scores(model, saes, metric)
     found = supernodes(model, saes, pruned, contrasts(p, suite), min_score=options.min_score,
-                       max_features=options.max_group, kept_only=False)  # fmt: skip
+                       max_features=options.max_group, kept_only=False, cache=cache)  # fmt: skip
     row["graph"] = {
         "features": sum(x.kind == "feature" for x in pruned.nodes),
         "candidates": sum(x.kind == "feature" for x in pruned.full_nodes),

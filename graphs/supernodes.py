@@ -70,13 +70,16 @@ def supernodes(
     min_score: float = 0.5,
     max_features: int = 12,
     kept_only: bool = True,
+    cache: dict | None = None,
 ) -> list[Supernode]:
     """One Supernode per contrast that some of the graph's feature nodes pass, added to graph.groups.
 
     min_score: a feature must fire on at least this share more of the positive prompts than of the
         negative ones; max_features: the best-scoring features kept per group (all their nodes join);
     kept_only: only nodes the (pruned) graph keeps, so the group is part of the circuit drawn.
-    Contrasts no feature node passes are left out (the caller can report them as not found)."""
+    Contrasts no feature node passes are left out (the caller can report them as not found).
+    cache: a dict kept across calls with the same model and dictionaries (a suite's prompts share their
+    contrasts), so each contrast's prompts run once."""
     if not 0 < min_score <= 1:
         raise GraphError(f"min_score must be in (0, 1], got {min_score}")
     if max_features < 1:
@@ -88,8 +91,13 @@ def supernodes(
         by_feature.setdefault((x.hook, x.feature), []).append(x)
     out, last = [], len(graph.tokens) - 1
     for name, c in contrasts.items():
-        found = contrast(model, saes, list(c.positive), list(c.negative), position=c.position, top=None,
-                         min_score=min_score)  # fmt: skip
+        key = (c.positive, c.negative, c.position, min_score, tuple(saes))
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            found = contrast(model, saes, list(c.positive), list(c.negative), position=c.position, top=None,
+                             min_score=min_score)  # fmt: skip
+            if cache is not None:
+                cache[key] = found
         here = {k: [x for x in xs if _allowed(x.position, last, c.where)] for k, xs in by_feature.items()}
         matches = [m for m in found if here.get((m.hook, m.feature))][:max_features]
         if not matches:

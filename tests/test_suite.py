@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+import graphs.supernodes
 from attribution import LogitDiff
 from attribution.engine import trace
 from cases import command
@@ -54,7 +55,7 @@ def _graph(m, saes, prompt=WITH[0]):
     return build_graph(m, saes, prompt, metric, candidates=None, labels=False, progress=False)
 
 
-def test_the_planted_feature_is_the_group_found_and_nothing_else(setup):
+def test_the_planted_feature_is_the_group_found_and_nothing_else(setup, monkeypatch):
     m, saes = setup
     g = _graph(m, saes)
     found = supernodes(m, saes, g, {"Kobe": Contrast(WITH, WITHOUT, "any")}, min_score=1.0, kept_only=False)
@@ -63,6 +64,13 @@ def test_the_planted_feature_is_the_group_found_and_nothing_else(setup):
     position = g.tokens.index(MARK)
     assert {(x.hook, x.feature, x.position) for x in members} == {(HOOKS[0], PLANTED, position)}
     assert g.groups["Kobe"] == found[0].members and "100% of 3 prompt(s)" in found[0].label
+    # a cache shared by calls runs each contrast's prompts once and gives the same groups
+    cache, calls = {}, []
+    real = graphs.supernodes.contrast
+    monkeypatch.setattr(graphs.supernodes, "contrast", lambda *a, **k: calls.append(1) or real(*a, **k))
+    twice = [supernodes(m, saes, g, {"Kobe": Contrast(WITH, WITHOUT, "any")}, min_score=1.0, kept_only=False,
+                        cache=cache) for _ in range(2)]  # fmt: skip
+    assert len(calls) == 1 and twice[0][0].members == twice[1][0].members == found[0].members
     # where= picks the prompt's positions: the word is not the last token, so "last" finds no node of it
     assert supernodes(m, saes, g, {"K": Contrast(WITH, WITHOUT, "any", where="not_last")}, min_score=1.0)
     assert supernodes(m, saes, g, {"K2": Contrast(WITH, WITHOUT, "any", where="last")}, min_score=1.0) == []
