@@ -5,6 +5,11 @@ the reconstruction (no error term) costs nothing, 0.0 when it is as bad as zeroi
 interventions touch every position but <bos>, which the SAEs are not trained on. For a transcoder the
 reconstruction is of its target hook (e.g. the MLP's output), from its input hook, and that target is what
 is replaced or zeroed.
+
+For a transcoder with a skip path, `features_on_rest` is what its features explain of the part of the target
+the linear skip leaves (target - x W_skip, centred): 1 - Var(target - output) / Var(target - x W_skip). Its
+total EV can be high while its features explain nothing (the skip alone can explain 0.6 of an MLP's output);
+this number says whether the features carry the MLP's nonlinear computation.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def evaluate_sae(
     sq_err = torch.zeros(model.d_model, dtype=torch.float64, device=dev)
     sum_x = torch.zeros(model.d_model, dtype=torch.float64, device=dev)
     sum_x2 = torch.zeros(model.d_model, dtype=torch.float64, device=dev)
+    rest = torch.zeros(2, model.d_model, dtype=torch.float64, device=dev)  # sum, sum of squares of target - skip
     l0, n_tok = 0.0, 0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=dev)
     for start in tqdm(range(0, len(tokens), batch_size), desc=f"evaluating {hook}", disable=not progress):
@@ -58,18 +64,23 @@ def evaluate_sae(
         sq_err += (x - x_hat.reshape(-1, model.d_model).double()).pow(2).sum(0)
         sum_x += x.sum(0)
         sum_x2 += x.pow(2).sum(0)
+        if getattr(sae, "W_skip", None) is not None:
+            r = x - sae.skip(clean.acts[hook][:, 1:]).reshape(-1, model.d_model).double()
+            rest += torch.stack([r.sum(0), r.pow(2).sum(0)])
         l0 += float((f != 0).sum())
         fired |= (f != 0).any(0)
         n_tok += x.shape[0]
         n_pred += n * (seq - 1)
     ce = {k: v / n_pred for k, v in ce.items()}
     var_x = (sum_x2 - sum_x.pow(2) / n_tok).sum()
+    var_rest = (rest[1] - rest[0].pow(2) / n_tok).sum()
     return {
         "ce_clean": ce["clean"],
         "ce_sae": ce["sae"],
         "ce_zero": ce["zero"],
         "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
         "explained_variance": float(1 - sq_err.sum() / var_x),
+        "features_on_rest": float(1 - sq_err.sum() / var_rest) if float(var_rest) > 0 else None,
         "l0": l0 / n_tok,
         "dead_fraction": float((~fired).float().mean()),
         "eval_tokens": n_tok,

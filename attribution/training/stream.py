@@ -52,6 +52,7 @@ def train_dictionaries(
     windows: Tensor,
     *,
     batch_windows: int = 32,
+    tokens: int | None = None,
     seed: int = 0,
     mask_hook: str | None = None,
     checkpoint: str | Path | None = None,
@@ -61,8 +62,12 @@ def train_dictionaries(
     """Train every dictionary in place on `windows` ([n_seq, seq] token ids, rows starting with <bos>), one
     forward pass per batch of `batch_windows` windows for all of them; returns {name: training log}.
 
-    Each dictionary's config.steps becomes the number of batches (its learning-rate schedule spans the
-    run). checkpoint: a file to save progress to and resume from (deleted when the run finishes).
+    tokens: how many training tokens to stream (default: every window once); more than the windows hold
+    makes epochs, each in a new seeded order. A dictionary whose config.batch_size is smaller than a
+    forward batch's tokens takes several optimiser steps on it (each a random share of its tokens): the
+    forward is shared, and more, smaller steps learn more from the same tokens. Each config.steps becomes
+    the number of optimiser steps of the run (its learning-rate schedule spans it). checkpoint: a file to
+    save progress to and resume from (deleted when the run finishes).
     """
     if not dictionaries:
         raise AttributionError("no dictionaries to train")
@@ -75,14 +80,17 @@ def train_dictionaries(
     capture = {h for hs in hooks.values() for h in hs if h} | ({mask_hook} if mask_hook else set())
     capture = sorted(capture, key=lambda h: model.hooks[h].order)
     mask_hook = mask_hook or capture[-1]
-    n_batches = len(windows) // batch_windows
-    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))[: n_batches * batch_windows]
-    fitters = {}
-    for name, d in dictionaries.items():
-        fitters[name] = Fitter(d.sae.to(model.device), dataclasses.replace(d.config, steps=n_batches, progress=False))
-    recipe = _recipe(model, dictionaries, windows, batch_windows, seed, mask_hook)
-    done = _resume(checkpoint, recipe, fitters)
     per_step = batch_windows * (windows.shape[1] - 1)  # tokens a batch (its <bos> column not trained on)
+    per_epoch = len(windows) // batch_windows
+    n_batches = per_epoch if tokens is None else max(1, -(-int(tokens) // per_step))
+    order = _order(len(windows), per_epoch * batch_windows, n_batches * batch_windows, seed)
+    fitters, splits = {}, {}
+    for name, d in dictionaries.items():
+        splits[name] = max(1, round(per_step / d.config.batch_size))  # optimiser steps a forward batch
+        cfg = dataclasses.replace(d.config, steps=n_batches * splits[name], progress=False)
+        fitters[name] = Fitter(d.sae.to(model.device), cfg)
+    recipe = _recipe(model, dictionaries, windows, batch_windows, seed, mask_hook, n_batches)
+    done = _resume(checkpoint, recipe, fitters)
     n_tokens = n_batches * per_step
     bar = tqdm(
         total=n_tokens,
@@ -98,9 +106,17 @@ def train_dictionaries(
         with torch.no_grad(), model_autocast(model):
             acts = trace(model, Batch.from_ids(ids, model.device), capture=capture, stop_early=True).acts
         keep = keep_tokens(acts[mask_hook], OUTLIER)  # [batch, seq]: not <bos>, not a massive-norm token
+        shuffle = None
         for name, f in fitters.items():
             x, target = (acts[h][keep] if h else None for h in hooks[name])
-            f.step(x, target)
+            if splits[name] == 1:
+                f.step(x, target)
+                continue
+            if shuffle is None:  # one order of the batch's tokens for every dictionary, fixed by (seed, i)
+                shuffle = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+            parts = shuffle.to(x.device).chunk(splits[name])
+            for part in parts:
+                f.step(x[part], None if target is None else target[part])
         bar.update(per_step)
         if progress and next(iter(fitters.values())).logged:
             evs = [f.log.explained_variance[-1] for f in fitters.values()]
@@ -111,10 +127,15 @@ def train_dictionaries(
     bar.close()
     logs = {name: f.finish() for name, f in fitters.items()}
     for name, d in dictionaries.items():
-        d.sae.meta["training"] |= {"tokens_seen": n_tokens, "batch_windows": batch_windows, "stream_seed": seed}
+        d.sae.meta["training"] |= {
+            "tokens_seen": n_tokens,
+            "epochs": n_batches / per_epoch,
+            "batch_windows": batch_windows,
+            "stream_seed": seed,
+        }
         log = logs[name]  # each batch is new text: its statistics before the step are held-out ones
         d.sae.meta["curve"] = {
-            "tokens": [s * per_step for s in log.steps],
+            "tokens": [s * per_step // splits[name] for s in log.steps],
             "explained_variance": log.explained_variance,
             "l0": log.l0,
             "dead_fraction": log.dead_fraction,
@@ -128,14 +149,26 @@ def _hooks(model, d: Dictionary) -> tuple[str, str | None]:
     return model.hook(d.hook).name, model.hook(d.target).name if d.target else None  # HookError if missing
 
 
-def _recipe(model, dictionaries: dict, windows: Tensor, batch_windows: int, seed: int, mask_hook: str) -> str:
+def _order(n: int, per_epoch: int, total: int, seed: int) -> Tensor:
+    """[total] window indices: epochs of `per_epoch` windows, each a new seeded permutation of the n."""
+    gen = torch.Generator().manual_seed(seed)
+    parts, have = [], 0
+    while have < total:
+        parts.append(torch.randperm(n, generator=gen)[:per_epoch])
+        have += per_epoch
+    return torch.cat(parts)[:total]
+
+
+def _recipe(
+    model, dictionaries: dict, windows: Tensor, batch_windows: int, seed: int, mask_hook: str, n_batches: int
+) -> str:
     """What a checkpoint must match to be resumed: the model, the text and its order, every dictionary's
     hooks, initial weights and recipe."""
     parts = {
         name: [d.hook, d.target, sae_fingerprint(d.sae), dataclasses.asdict(d.config)]
         for name, d in dictionaries.items()
     }
-    return digest([model_fingerprint(model), tensor_digest(windows), batch_windows, seed, mask_hook, parts])
+    return digest([model_fingerprint(model), tensor_digest(windows), batch_windows, seed, mask_hook, parts, n_batches])
 
 
 def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:

@@ -14,7 +14,11 @@ Follows "Scaling Monosemanticity" and its follow-ups:
   weighs them), lambda warmed up linearly over the first 5% of steps;
 - TopK: loss = ||x - x_hat||^2 + AuxK (dead features reconstruct the residual error, weight 1/32), decoder
   rows kept at unit norm;
-- Adam, learning-rate warm-up over 1% of steps and linear decay to zero over the last 20%.
+- Adam, learning-rate warm-up over 1% of steps and linear decay to zero over the last 20%; or
+  optimizer="signsgd": eai-sparsify's schedule-free sign-SGD (attribution.training.optim), warm-up and no
+  decay, so a finished run can be continued on more tokens;
+- a transcoder's skip path is fitted beforehand by least squares and kept fixed, or (train_skip=True)
+  trained from zero with the features, as eai-sparsify does.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from tqdm.auto import tqdm
 from attribution.compute import autocast, dtype_name, resolve
 from attribution.errors import AttributionError, NumericalError
 from attribution.saes.base import SAE
+from attribution.training.optim import ScheduleFreeSignSGD
 
-NORMALIZE = ("scalar", "dim")
+NORMALIZE = ("scalar", "dim", "none")
+OPTIMIZERS = ("adam", "signsgd")
 
 
 @dataclass
@@ -52,6 +58,9 @@ class TrainConfig:
     # SAE's device (bf16 only where it is native: ~3.5x faster with AMX, ~200x slower on AVX2-only CPUs)
     dtype: str | None = None
     normalize: str = "scalar"  # "scalar": one scale, E||x||^2 = d_in (the paper); "dim": per-dimension z-score
+    optimizer: str = "adam"  # or "signsgd": schedule-free sign-SGD (eai-sparsify's default; lr ~1e-2, no decay)
+    momentum: float = 0.95  # signsgd only: the schedule-free interpolation
+    train_skip: bool = False  # transcoders: train W_skip from zero with the features instead of keeping it fixed
     progress: bool = True
 
     def __post_init__(self):
@@ -77,6 +86,10 @@ class TrainConfig:
                 raise AttributionError(f"TrainConfig.{name} is a share of the steps, between 0 and 1; got {v!r}")
         if self.normalize not in NORMALIZE:
             raise AttributionError(f"TrainConfig.normalize must be one of {NORMALIZE}, got {self.normalize!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise AttributionError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise AttributionError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
 
 
 @dataclass
@@ -127,6 +140,8 @@ class Fitter:
         cfg.check()  # again: fields may have been changed after construction
         if sae.architecture not in ("relu", "topk"):
             raise AttributionError(f"training {sae.architecture!r} SAEs is not supported; train 'relu' or 'topk'")
+        if cfg.train_skip and sae.W_skip is None:
+            raise AttributionError("TrainConfig.train_skip needs a transcoder with a skip path (build(..., skip=True))")
         self.sae, self.cfg = sae, cfg
         self.device = sae.W_dec.device
         self.dtype = resolve(cfg.dtype, self.device)
@@ -149,7 +164,7 @@ class Fitter:
             )
         x = x.to(self.device)
         target = None if target is None else target.to(self.device)
-        if target is not None and sae.W_skip is not None:  # the skip path is fitted beforehand and kept fixed
+        if target is not None and sae.W_skip is not None and not cfg.train_skip:  # fitted beforehand, kept fixed
             with torch.no_grad():
                 target = target.float() - sae.skip(x).float()
         for name, t in (("activations", x), ("targets", target)):
@@ -172,7 +187,8 @@ class Fitter:
         self.opt.step()
         if sae.architecture == "topk":
             with torch.no_grad():
-                sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+                for w in self.opt.copies(sae.W_dec) if isinstance(self.opt, ScheduleFreeSignSGD) else [sae.W_dec]:
+                    w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-8))
         self.logged = self.step_ % cfg.log_every == 0 or self.step_ == cfg.steps - 1
         if self.logged:
             with torch.no_grad():
@@ -199,6 +215,8 @@ class Fitter:
         vals = top.float().requires_grad_()
         act = torch.relu(vals)
         x_hat = _sparse_decode(sae, idx, act)
+        if cfg.train_skip:  # a transcoder's skip path, trained here in the normalised space
+            x_hat = x_hat + x @ sae.W_skip
         err = t - x_hat
         mse = err.pow(2).sum(-1).mean()
         dead = self._dead_after(torch.bincount(idx[act > 0], minlength=sae.d_sae), len(x))
@@ -215,10 +233,13 @@ class Fitter:
             loss = mse + cfg.aux_coefficient * aux_loss
         self._check_loss(loss)
         leaves = [vals] if aux is None else [vals, aux[0]]
-        grads = torch.autograd.grad(loss, [sae.W_dec, sae.b_dec, *leaves])
-        sae.W_dec.grad, sae.b_dec.grad = grads[0], grads[1]
+        params = [sae.W_dec, sae.b_dec] + ([sae.W_skip] if cfg.train_skip else [])
+        grads = torch.autograd.grad(loss, [*params, *leaves])
+        for p, gr in zip(params, grads, strict=False):
+            p.grad = gr
+        grads = grads[len(params) :]
         sel = idx if aux is None else torch.cat([idx, aux[1]], dim=1)  # [batch, k (+ k_aux)]
-        g = grads[2] if aux is None else torch.cat([grads[2], grads[3]], dim=1)  # d loss / d pre at sel
+        g = grads[0] if aux is None else torch.cat([grads[0], grads[1]], dim=1)  # d loss / d pre at sel
         g_x, g_enc = _sparse_encoder_grad(sae, sel, g, x_c)
         sae.W_enc.grad = g_enc.T  # the parameter's own layout (see _encoder_layout): fused Adam needs it
         sae.b_enc.grad = torch.zeros_like(sae.b_enc).index_add_(0, sel.flatten(), g.flatten().to(sae.b_enc.dtype))
@@ -235,6 +256,8 @@ class Fitter:
         f = sae.activation(pre.float())  # [batch, d_sae]
         with autocast(self.device, self.dtype):
             x_hat = sae.decode(f).float()
+        if cfg.train_skip:
+            x_hat = x_hat + x @ sae.W_skip
         err = t - x_hat
         mse = err.pow(2).sum(-1).mean()
         dead = self._dead_after((f > 0).sum(0), len(x))
@@ -265,9 +288,9 @@ class Fitter:
         out_shift, out_scale = (in_shift, in_scale) if target is None else _normalizer(target, self.cfg.normalize)
         self.norm = in_shift, in_scale, out_shift, out_scale
         t = (x - in_shift) * in_scale if target is None else (target - out_shift) * out_scale
-        _init(self.sae, t, self.gen)
+        _init(self.sae, t, self.gen, self.cfg.train_skip)
         _encoder_layout(self.sae, rows=True)
-        self.opt = _adam(self.sae, self.cfg.lr)
+        self.opt = _optimizer(self.sae, self.cfg)
         self.log.scale = float(in_scale.mean())
 
     def postfix(self) -> dict:
@@ -296,7 +319,7 @@ class Fitter:
         self.sae.load_state_dict(state["sae"])  # copies into the parameters, keeping their layout
         self.sae.requires_grad_(True)
         self.norm = tuple(t.to(self.device) for t in state["norm"])
-        self.opt = _adam(self.sae, self.cfg.lr)
+        self.opt = _optimizer(self.sae, self.cfg)
         self.opt.load_state_dict(state["opt"])
         self.since_fired = state["since_fired"].to(self.device)
         self.log = TrainLog(**state["log"])
@@ -307,7 +330,11 @@ class Fitter:
         """Fold the normalisation into the weights (the SAE now works in model space) and record the recipe."""
         if self.norm is None:
             raise AttributionError("no activations to train on: the corpus is empty")
+        if isinstance(self.opt, ScheduleFreeSignSGD):
+            self.opt.use_average()
         _encoder_layout(self.sae, rows=False)
+        if self.cfg.train_skip:
+            _fold_skip(self.sae, *self.norm)
         _fold_normalizer(self.sae, *self.norm)
         self.sae.requires_grad_(False)
         training = {**asdict(self.cfg), "dtype": dtype_name(self.dtype), "steps_done": self.step_}
@@ -317,13 +344,16 @@ class Fitter:
         return self.log
 
 
-def _adam(sae: SAE, lr: float) -> torch.optim.Optimizer:
-    """Adam (0.9, 0.999); the fused kernel where the device has one (one pass over each parameter)."""
-    params = [p for name, p in sae.named_parameters() if name != "W_skip"]  # a transcoder's skip stays fixed
+def _optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (0.9, 0.999), the fused kernel where the device has one (one pass over each parameter); or
+    schedule-free sign-SGD. A transcoder's fitted skip path is not a parameter of either."""
+    params = [p for name, p in sae.named_parameters() if name != "W_skip" or cfg.train_skip]
+    if cfg.optimizer == "signsgd":
+        return ScheduleFreeSignSGD(params, lr=cfg.lr, momentum=cfg.momentum)
     try:
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=True)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), fused=True)
     except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
 
 
 def _encoder_layout(sae: SAE, rows: bool) -> None:
@@ -392,8 +422,9 @@ def _shuffled(x: Tensor, size: int, seed: int = 0) -> Iterator[Tensor]:
             yield x[perm[i : i + size]]
 
 
-def _init(sae: SAE, x: Tensor, gen: torch.Generator) -> None:
-    """Decoder rows: random directions (norm 0.1 for ReLU, 1 for TopK); encoder = decoder^T; b_dec = mean."""
+def _init(sae: SAE, x: Tensor, gen: torch.Generator, train_skip: bool = False) -> None:
+    """Decoder rows: random directions (norm 0.1 for ReLU, 1 for TopK); encoder = decoder^T; b_dec = mean
+    (of the target); a trained skip path starts at zero."""
     with torch.no_grad():
         w = torch.randn(sae.d_sae, sae.d_in, generator=gen, dtype=sae.W_dec.dtype).to(sae.W_dec.device)
         w /= w.norm(dim=-1, keepdim=True)
@@ -401,14 +432,17 @@ def _init(sae: SAE, x: Tensor, gen: torch.Generator) -> None:
         sae.W_enc.copy_(sae.W_dec.T)
         sae.b_enc.zero_()
         sae.b_dec.copy_(x.mean(0))
+        if train_skip:
+            sae.W_skip.zero_()
     sae.requires_grad_(True)
     if sae.W_skip is not None:
-        sae.W_skip.requires_grad_(False)
+        sae.W_skip.requires_grad_(train_skip)
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
     warm = max(1, int(cfg.lr_warmup * cfg.steps))
-    decay_start = int((1 - cfg.lr_decay) * cfg.steps)
+    decay = 0.0 if cfg.optimizer == "signsgd" else cfg.lr_decay  # schedule-free: its average replaces decay
+    decay_start = int((1 - decay) * cfg.steps)
     if step < warm:
         return (step + 1) / warm
     if step >= decay_start:
@@ -437,10 +471,22 @@ def _normalizer(x: Tensor, how: str) -> tuple[Tensor, Tensor]:
     if how == "scalar":
         scale = float((d_in / x.pow(2).sum(-1).mean()).sqrt())
         return torch.zeros(d_in, device=x.device), torch.full((d_in,), scale, device=x.device)
+    if how == "none":
+        return torch.zeros(d_in, device=x.device), torch.ones(d_in, device=x.device)
     if how == "dim":
         std = x.std(0)
         return x.mean(0), 1.0 / std.clamp_min(1e-6 * float(std.max()))
-    raise AttributionError(f"normalize must be 'scalar' or 'dim', got {how!r}")
+    raise AttributionError(f"normalize must be one of {NORMALIZE}, got {how!r}")
+
+
+def _fold_skip(sae: SAE, shift: Tensor, scale: Tensor, out_shift: Tensor, out_scale: Tensor) -> None:
+    """A skip path S trained in the normalised space (t_n = x_n S + ...) in model space: W_skip = diag(scale)
+    S diag(1 / out_scale), and its constant -(shift * scale) S lands in b_dec (before b_dec is folded)."""
+    with torch.no_grad():
+        s = sae.W_skip.detach().clone()
+        sae.b_dec.sub_((shift * scale) @ s)
+        sae.W_skip.copy_(scale[:, None] * s / out_scale[None, :])
+        sae.W_skip.requires_grad_(False)
 
 
 def _fold_normalizer(

@@ -28,7 +28,7 @@ from attribution.errors import AttributionError
 from attribution.saes import build, model_names, save_sae
 from attribution.training import defaults
 
-VERSION = 1  # bump when the recipe changes
+VERSION = 2  # bump when the recipe changes (v2: schedule-free sign-SGD, 4 optimiser steps a forward batch)
 SKIP_TOKENS = 131_072  # tokens the skip path is fitted on (first windows of the stream's order)
 RIDGE = 1e-4  # relative ridge on the skip's normal equations (x's variance scale), against ill-conditioning
 
@@ -42,9 +42,26 @@ class TranscoderSpec:
     d_sae: int = 4096
     k: int = 32
     skip: bool = True
-    tokens: int = 1_000_000
-    lr: float = 4e-4
+    tokens: int = 2_000_000  # tokens streamed; more than the corpus holds makes epochs
+    lr: float = 1e-2
     normalize: str = "dim"
+    batch_size: int = 1024  # tokens an optimiser step: 4 steps a forward batch of 4,064 (v1: 1 step)
+    optimizer: str = "signsgd"  # schedule-free sign-SGD (v1: Adam 4e-4); bench/results/transcoder_recipe.json
+    train_skip: bool = False  # True: the skip path is trained from zero with the features, not fitted
+
+    def train_config(self):
+        """The trainer's settings for this recipe (attribution.training.trainer.TrainConfig)."""
+        from attribution.training.trainer import TrainConfig
+
+        return TrainConfig(
+            lr=self.lr,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            train_skip=self.train_skip,
+            normalize=self.normalize,
+            dead_after_tokens=200_000,
+            log_every=40,
+        )
 
     @property
     def hook(self) -> str:
@@ -106,7 +123,10 @@ def train_transcoder(
     k: int = 32,
     skip: bool = True,
     tokens: int = 400_000,
-    lr: float = 4e-4,
+    lr: float = 1e-2,
+    batch_size: int = 1024,
+    optimizer: str = "signsgd",
+    train_skip: bool = False,
     out: str | Path | None = None,
     progress: bool = True,
 ):
@@ -116,7 +136,9 @@ def train_transcoder(
         raise AttributionError(f"a transcoder reads 'mlp_in' or 'resid_mid', got {reads!r}")
     if not 0 <= layer < model.n_layers:
         raise AttributionError(f"layer must be in 0..{model.n_layers - 1}, got {layer}")
-    spec = TranscoderSpec(layer, reads, d_sae, k, skip, tokens, lr)
+    spec = TranscoderSpec(
+        layer, reads, d_sae, k, skip, tokens, lr, batch_size=batch_size, optimizer=optimizer, train_skip=train_skip
+    )
     tc = _fit(model, {spec.hook: spec}, progress)[spec.hook]
     if out is not None:
         save_sae(tc, out)
@@ -135,27 +157,34 @@ def quality_rows(tcs: dict) -> list[dict]:
                 "d_sae": tc.d_sae,
                 "skip": tc.W_skip is not None,
                 "explained_variance": ev.get("explained_variance"),
+                "features_on_rest": ev.get("features_on_rest"),
                 "ce_loss_recovered": ev.get("ce_loss_recovered"),
                 "l0": ev.get("l0"),
                 "dead_fraction": ev.get("dead_fraction"),
                 "eval_tokens": ev.get("eval_tokens"),
                 "train_tokens": tc.meta.get("corpus", {}).get("train_tokens"),
+                "tokens_seen": tc.meta.get("training", {}).get("tokens_seen"),
             }
         )
     return rows
 
 
 def quality_table(rows: list[dict]) -> str:
-    """A markdown table of quality_rows: EV of the MLP output, CE loss recovered with the transcoder spliced in
-    place of the MLP (no error term), L0 and dead features, on held-out documents."""
+    """A markdown table of quality_rows: EV of the MLP output, what the features explain of the part the skip
+    path leaves, CE loss recovered with the transcoder spliced in place of the MLP (no error term), L0 and
+    dead features, on held-out documents."""
 
     def f(x, spec=".3f"):
         return "n/a" if x is None else format(x, spec)
 
-    lines = ["| layer | reads -> writes | EV (MLP out) | CE rec. | L0 | dead (eval) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| layer | reads -> writes | EV (MLP out) | features on rest | CE rec. | L0 | dead (eval) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['hook'].split('.')[1]} | {r['hook']} -> {r['target']} | {f(r['explained_variance'])} | "
+            f"{f(r.get('features_on_rest'))} | "
             f"{f(r['ce_loss_recovered'])} | {f(r['l0'], '.1f')} | {f(r['dead_fraction'], '.1%')} |"
         )
     return "\n".join(lines)
@@ -185,44 +214,56 @@ def fit_skip(model, pairs: dict[str, str], windows: Tensor, *, tokens: int = SKI
             acts = trace(model, Batch.from_ids(ids, model.device), capture=hooks, stop_early=True).acts
         keep = keep_tokens(acts[mask_hook], OUTLIER)
         for h, t in pairs.items():
-            x, y = acts[h][keep].double().cpu(), acts[t][keep].double().cpu()
-            x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-            stats[h][0] += x1.T @ x1
-            stats[h][1] += x1.T @ y
-    out = {}
-    for h, (xtx, xty) in stats.items():
-        ridge = RIDGE * float(xtx.diagonal()[:-1].mean())
-        reg = torch.eye(d + 1, dtype=torch.float64) * ridge
-        reg[-1, -1] = 0.0  # the intercept is not shrunk
-        out[h] = torch.linalg.solve(xtx + reg, xty)[:-1]  # [d_in, d_out], the intercept dropped
-    return out
+            xtx, xty = skip_stats(acts[h][keep], acts[t][keep])
+            stats[h][0] += xtx
+            stats[h][1] += xty
+    return {h: solve_skip(xtx, xty) for h, (xtx, xty) in stats.items()}
+
+
+def skip_stats(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The normal equations' sums (X1^T X1 [d_in + 1, d_in + 1], X1^T Y [d_in + 1, d_out]) of x [n, d_in]
+    -> y [n, d_out], X1 = [x, 1], in float64 on the CPU: add them over batches, then solve_skip."""
+    x, y = x.double().cpu(), y.double().cpu()
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    return x1.T @ x1, x1.T @ y
+
+
+def solve_skip(xtx: Tensor, xty: Tensor) -> Tensor:
+    """W_skip [d_in, d_out] from skip_stats' sums: ridge-regularised least squares with an intercept (not
+    shrunk, and dropped: the transcoder's b_dec learns it)."""
+    d = xtx.shape[0] - 1
+    ridge = RIDGE * float(xtx.diagonal()[:-1].mean())
+    reg = torch.eye(d + 1, dtype=torch.float64) * ridge
+    reg[-1, -1] = 0.0
+    return torch.linalg.solve(xtx + reg, xty)[:-1]
 
 
 def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
     """Train `specs` (which share a token budget) from one stream; each evaluated, none saved."""
     from attribution.training.evaluate import evaluate_sae
     from attribution.training.stream import Dictionary, train_dictionaries
-    from attribution.training.trainer import TrainConfig
 
     tokens = {s.tokens for s in specs.values()}
     if len(tokens) != 1:
         raise AttributionError(f"transcoders trained together share one token budget, got {sorted(tokens)}")
-    train_ids, eval_ids = defaults.default_corpus(model, tokens.pop(), progress)
-    skips = fit_skip(model, {h: s.target for h, s in specs.items() if s.skip}, train_ids, progress=progress)
+    budget = tokens.pop()
+    train_ids, eval_ids = defaults.default_corpus(model, budget, progress)  # at most the corpus: then epochs
+    fitted = {h: s.target for h, s in specs.items() if s.skip and not s.train_skip}
+    skips = fit_skip(model, fitted, train_ids, progress=progress)
     dicts = {}
     for h, s in specs.items():
         tc = build("topk", model.d_model, s.d_sae, h, k=s.k, target=s.target, skip=s.skip).to(model.device)
-        if s.skip:
+        if h in skips:
             with torch.no_grad():
                 tc.W_skip.copy_(skips[h].to(tc.W_skip.dtype))
-        cfg = TrainConfig(lr=s.lr, normalize=s.normalize, dead_after_tokens=200_000, log_every=10)
-        dicts[h] = Dictionary(tc, cfg, h, target=s.target)
+        dicts[h] = Dictionary(tc, s.train_config(), h, target=s.target)
     key = digest(sorted(s.folder for s in specs.values()))[:12]
     train_dictionaries(
         model,
         dicts,
         train_ids,
         batch_windows=defaults.BATCH_WINDOWS,
+        tokens=budget,
         mask_hook=defaults.middle_hook(model),  # the same tokens kept as the default SAEs'
         checkpoint=defaults.saes_dir(model) / f"checkpoint-tc-{key}.pt",
         progress=progress,
@@ -234,7 +275,8 @@ def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
         tc.meta["corpus"] = {
             "source": "English prose (attribution.training.text)" if defaults.CORPUS == "real" else "sampled",
             "train_tokens": int(train_ids.shape[0] * (defaults.SEQ_LEN - 1)),
-            "skip_tokens": SKIP_TOKENS if s.skip else 0,
+            "tokens_seen": tc.meta["training"]["tokens_seen"],
+            "skip_tokens": SKIP_TOKENS if h in skips else 0,
             "seq_len": defaults.SEQ_LEN,
         }
         tc.meta["default_spec"] = {"folder": s.folder, "version": VERSION, **asdict(s)}
