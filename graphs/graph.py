@@ -7,6 +7,10 @@ everything build_graph computed.
 
     g.save("runs/kobe")       # runs/kobe/graph.json (nodes, metadata) + edges.safetensors (edges, masks)
     Graph.load("runs/kobe")   # the same graph, every number equal
+
+Edges take 18 bytes each (int32 src and dst, float32 weight and share, two bool masks; 34 with the int64 and
+float64 of format 1): a graph's memory is its edges, node indices fit int32, and a float32 weight is its float64
+value rounded once (to 6e-8 of it). Node values (activation, attribution, influence) stay float64.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from torch import Tensor
 
 from graphs import groups as _groups
 from graphs.graph_nodes import KINDS, GraphError, GraphNode
-from graphs.prune import cumulative, influence, prune, shares
+from graphs.prune import cumulative, influence, per_target, prune, shares
 
-FORMAT = 1  # the on-disk format's version
+FORMAT = 2  # the on-disk format's version: 2 saves int32 src/dst and float32 weights
+READS = (1, 2)  # formats load reads (1: int64 src/dst and float64 weights, cast on load)
 META, EDGES = "graph.json", "edges.safetensors"  # the files of a saved graph's folder
 
 
@@ -47,9 +52,9 @@ class Graph:
     model: dict  # {"name": str, "n_layers": int}
     metric_info: dict  # {"repr", "value", "kind", "good", "bad", "position", "good_id"}: what the metric node is
     full_nodes: list[GraphNode]  # every candidate node: tokens first, the metric last
-    src: Tensor  # [E] long, the full graph's edges: source node index
-    dst: Tensor  # [E] long, target node index
-    weight: Tensor  # [E] float64, direct effect of source on target
+    src: Tensor  # [E] int32, the full graph's edges: source node index (other integer dtypes are cast)
+    dst: Tensor  # [E] int32, target node index
+    weight: Tensor  # [E] float32, direct effect of source on target (other float dtypes are rounded to it)
     node_mask: Tensor | None = None  # [n] bool, kept nodes (None: all)
     edge_mask: Tensor | None = None  # [E] bool, kept edges (None: all)
     pruning: dict | None = None  # the thresholds the masks come from
@@ -58,18 +63,21 @@ class Graph:
 
     def __post_init__(self):
         n = len(self.full_nodes)
+        self.src, self.dst = self.src.to(torch.int32), self.dst.to(torch.int32)  # no copy when already int32
+        self.weight = self.weight.to(torch.float32)
         self.node_mask = torch.ones(n, dtype=torch.bool) if self.node_mask is None else self.node_mask
         self.edge_mask = torch.ones(len(self.src), dtype=torch.bool) if self.edge_mask is None else self.edge_mask
         self._index = {x.id: i for i, x in enumerate(self.full_nodes)}
         self.metric_index = n - 1
-        self.share = shares(self.dst, self.weight, n)  # [E] |w| over the sum into the same target
+        self.share = shares(self.dst, self.weight, n)  # [E] float32, |w| over the sum into the same target
 
     @classmethod
     def scored(cls, **fields) -> Graph:
         """A new graph whose nodes get their influence and cumulative share from its edges (build_graph)."""
         graph = cls(**fields)
         nodes, n = graph.full_nodes, len(graph.full_nodes)
-        inf = influence(graph.src, graph.dst, graph.share, n, graph.metric_index)  # [n]
+        scale = per_target(graph.dst, graph.weight, n)  # shares in float64, from the weights (graphs.prune)
+        inf = influence(graph.src, graph.dst, graph.weight, n, graph.metric_index, scale=scale)  # [n]
         inner = torch.tensor([x.kind in ("feature", "error") for x in nodes])
         for x, a, c in zip(nodes, inf.tolist(), cumulative(inf, inner).tolist()):
             x.influence, x.cumulative = a, c
@@ -126,9 +134,10 @@ class Graph:
 
     def __repr__(self) -> str:
         kinds = [x.kind for x in self.nodes]
+        edges = int(self.edge_mask.count_nonzero())  # not sum(): a bool sum makes an [E] int64 copy
         return (
             f"Graph({self.prompt!r}, {self.metric} {self.metric_value:+.4f}: {kinds.count('feature')} features, "
-            f"{kinds.count('error')} error nodes, {kinds.count('token')} tokens, {int(self.edge_mask.sum())} edges"
+            f"{kinds.count('error')} error nodes, {kinds.count('token')} tokens, {edges} edges"
             f"{', pruned' if self.pruning else ''})"
         )
 
@@ -162,7 +171,10 @@ class Graph:
             added[self._index[i]] = True
         added &= ~self.node_mask
         new.node_mask |= added
-        new.edge_mask |= (added[self.src] & new.node_mask[self.dst]) | (added[self.dst] & new.node_mask[self.src])
+        # index_select, not added[src]: indexing with an int32 tensor makes an [E] int64 copy of it
+        a_src, a_dst = added.index_select(0, self.src), added.index_select(0, self.dst)
+        k_src, k_dst = new.node_mask.index_select(0, self.src), new.node_mask.index_select(0, self.dst)
+        new.edge_mask |= (a_src & k_dst) | (a_dst & k_src)
         return new
 
     def scores(self, model=None, dictionaries=None, metric=None) -> dict:
@@ -270,7 +282,8 @@ class Graph:
 
     @classmethod
     def load(cls, folder: str | Path) -> Graph:
-        """The graph that save() wrote into `folder`."""
+        """The graph that save() wrote into `folder`. A format-1 folder (int64 src/dst, float64 weights) loads too,
+        its edges cast to int32 and float32 (Graph's dtypes); its nodes' numbers are read as saved."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -284,8 +297,8 @@ class Graph:
             tensors = load_file(str(folder / EDGES))
         except (ValueError, OSError) as err:
             raise GraphError(f"cannot read the saved graph in {folder}: {err}") from None
-        if meta.get("format") != FORMAT:
-            raise GraphError(f"{folder / META} is graph format {meta.get('format')!r}; this library reads {FORMAT}")
+        if meta.get("format") not in READS:
+            raise GraphError(f"{folder / META} is graph format {meta.get('format')!r}; this library reads {READS}")
         nodes = [GraphNode(**x) for x in meta.pop("nodes")]
         meta.pop("format")
         return cls(full_nodes=nodes, **meta, **tensors)

@@ -4,18 +4,25 @@ Each node's incoming |weights| are normalised to sum to 1 (its inputs' shares; e
 activation units, into an error or the metric in metric units, so only shares are comparable). A node's
 influence is the sum over all its paths to the metric of the product of shares: e_metric (A + A^2 + ...),
 computed by propagating from the metric down the rows (as many steps as the DAG is deep), never densely.
+
+Memory: edges are int32 src/dst and float32 weights (graphs.graph.Graph); nothing here makes an [E] float64
+(or int64) copy of them. Sums that are [n] accumulate in float64, and the float64 products that feed them
+are taken CHUNK edges at a time; an [E] result (shares, edge scores) is float32. Gathers by src/dst use
+index_select: indexing with an int32 tensor (x[src]) makes an int64 copy of the index first.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from graphs.graph_nodes import GraphError
 
 RANKS = ("influence", "attribution")
+CHUNK = 1 << 18  # edges per slice where an [E] vector meets a float64 one: such temporaries stay 2 MB
 
 
 class Pruned(NamedTuple):
@@ -74,20 +81,48 @@ def prune(
     return Pruned(new, nodes, edges)
 
 
+def spans(m: int):
+    """Slices of CHUNK over range(m)."""
+    return (slice(i, min(i + CHUNK, m)) for i in range(0, m, CHUNK))
+
+
+def totals(dst: Tensor, weight: Tensor, n: int) -> Tensor:
+    """[n] float64: the sum of |w| into each target."""
+    out = torch.zeros(n, dtype=torch.float64)
+    for s in spans(len(dst)):
+        out.index_add_(0, dst[s], weight[s].abs().double())
+    return out
+
+
+def per_target(dst: Tensor, weight: Tensor, n: int) -> Tensor:
+    """[n] float64: 1 / the sum of |w| into each target (0 where nothing comes in), so that edge e's share is
+    |w[e]| * per_target[dst[e]]: influence's `scale`, float64 shares with no [E] float64 copy."""
+    t = totals(dst, weight, n)
+    return torch.where(t > 0, 1 / t, torch.zeros_like(t))
+
+
 def shares(dst: Tensor, weight: Tensor, n: int) -> Tensor:
-    """|w| over the sum of |w| into the same target: [E] -> [E]."""
-    a = weight.abs().double()
-    total = torch.zeros(n, dtype=torch.float64).index_add_(0, dst, a)  # [n]
-    return a / total[dst].clamp_min(1e-300)
+    """|w| over the sum of |w| into the same target: [E] -> [E] float32 (each rounded once, from float64)."""
+    total = totals(dst, weight, n).clamp_min(1e-300)
+    out = torch.empty(len(dst), dtype=torch.float32)
+    for s in spans(len(dst)):
+        out[s] = weight[s].abs().double() / total.index_select(0, dst[s])
+    return out
 
 
-def influence(src: Tensor, dst: Tensor, share: Tensor, n: int, metric: int) -> Tensor:
-    """[n] sum over paths to `metric` of the product of shares (the metric itself gets 0)."""
+def influence(src: Tensor, dst: Tensor, share: Tensor, n: int, metric: int, scale: Tensor | None = None) -> Tensor:
+    """[n] sum over paths to `metric` of the product of shares (the metric itself gets 0).
+
+    Edge e's share is |share[e]|, times scale[dst[e]] when scale [n] is given: weights with
+    scale=per_target(dst, weights, n) give float64 shares of float32 weights. Sums and products in float64."""
     total = torch.zeros(n, dtype=torch.float64)
     current = torch.zeros(n, dtype=torch.float64)
     current[metric] = 1.0
     for _ in range(n):  # each step moves one row down; a DAG ends well before n steps
-        current = torch.zeros(n, dtype=torch.float64).index_add_(0, src, share * current[dst])
+        passed = current if scale is None else current * scale  # [n]: what a target passes on per unit share
+        current = torch.zeros(n, dtype=torch.float64)
+        for s in spans(len(src)):
+            current.index_add_(0, src[s], share[s].abs().double() * passed.index_select(0, dst[s]))
         if not bool(current.any()):
             break
         total += current
@@ -113,6 +148,33 @@ def _within(score: Tensor, order: Tensor, threshold: float) -> Tensor:
         return order[:0]
     before = (s.cumsum(0) - s) / total  # share held by the items ranked above each one
     return order[(before < threshold) & (s > 0)]
+
+
+def _leading(score: Tensor, threshold: float) -> Tensor:
+    """[E] bool: what _within keeps of every positive score ranked in descending order (ties by index), from
+    a sort of the values alone (no [E] int64 order); the float64 running sum is taken a slice at a time."""
+    keep = torch.zeros(len(score), dtype=torch.bool)
+    v = np.sort(score.numpy())[::-1]  # [E] descending, in score's dtype
+    total = sum(float(v[s].sum(dtype=np.float64)) for s in spans(len(v)))
+    if total <= 0:
+        return keep
+    k, run = 0, 0.0  # items kept so far, the sum of every item before the slice
+    for s in spans(len(v)):
+        x = v[s].astype(np.float64)
+        cum = run + np.cumsum(x)
+        before = np.concatenate(([run], cum[:-1]))  # held by the items ranked above each one: never decreases
+        ok = (before / total < threshold) & (x > 0)  # true on a leading run of the slice
+        k += int(ok.sum())
+        run = float(cum[-1])
+        if not ok.all():
+            break
+    if k == 0:
+        return keep
+    cut = float(v[k - 1])
+    keep |= score > cut
+    ties = (score == cut).nonzero().squeeze(-1)  # in index order, as a stable sort ranks them
+    keep[ties[: k - int(keep.count_nonzero())]] = True  # count_nonzero: a bool sum() makes an int64 copy
+    return keep
 
 
 def prune_masks(
@@ -158,25 +220,28 @@ def prune_masks(
     nodes = (kind == 0) | (kind == 3)
     nodes[chosen] = True
 
-    e_in = nodes[src] & nodes[dst]
-    share = torch.zeros(len(src), dtype=torch.float64)
-    share[e_in] = shares(dst[e_in], weight[e_in], n)
-    inf = influence(src[e_in], dst[e_in], share[e_in], n, metric)
+    e_in = nodes.index_select(0, src) & nodes.index_select(0, dst)
+    kept = torch.where(e_in, weight, torch.zeros((), dtype=weight.dtype))  # [E]: edges out of the kept graph weigh 0
+    scale = per_target(dst, kept, n)
+    inf = influence(src, dst, kept, n, metric, scale=scale)
     inf[metric] = 1.0
-    score = share * inf[dst]
-    e_idx = e_in.nonzero().squeeze(-1)
-    e_order = e_idx[score[e_idx].argsort(descending=True, stable=True)]
-    edges = torch.zeros(len(src), dtype=torch.bool)
-    edges[_within(score, e_order, edge_threshold)] = True
+    through = scale * inf  # [n]: influence an edge carries per unit of |w| into each target
+    score = torch.empty(len(src), dtype=torch.float32)  # share x the target's influence
+    for s in spans(len(src)):
+        score[s] = kept[s].abs().double() * through.index_select(0, dst[s])
+    del kept
+    edges = _leading(score, edge_threshold)
+    del score
 
     reach = torch.zeros(n, dtype=torch.bool)
     reach[metric] = True
     for _ in range(n):
         step = reach.clone()
-        step[src[edges & reach[dst]]] = True
+        for s in spans(len(src)):
+            step[src[s][edges[s] & reach.index_select(0, dst[s])]] = True
         if bool((step == reach).all()):
             break
         reach = step
     nodes &= reach | (kind == 0)
-    edges &= nodes[src] & nodes[dst]
+    edges &= nodes.index_select(0, src) & nodes.index_select(0, dst)
     return nodes, edges

@@ -9,6 +9,7 @@ path summed) over the full graph's edges:
 circuit-tracer defines them for a graph, not for a pruned one; for a pruned graph both readings are offered:
 the features it dropped count as error nodes (what the pruned graph leaves unexplained; the default), or are
 removed with the pruned edges. The unpruned graph's scores are circuit-tracer's compute_graph_scores.
+Shares are taken in float64 from the float32 weights without an [E] float64 copy (graphs.prune's memory note).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from graphs.prune import influence, shares
+from graphs.prune import influence, per_target, spans
 
 
 class Scores(NamedTuple):
@@ -37,10 +38,11 @@ def graph_scores(graph, pruned: bool = True, dropped: str = "error") -> Scores:
     n = len(nodes)
     src, dst, weight = graph.src, graph.dst, graph.weight
     if pruned and dropped == "removed":
-        keep = graph.edge_mask & graph.node_mask[src] & graph.node_mask[dst]
-        src, dst, weight = src[keep], dst[keep], weight[keep]
-    share = shares(dst, weight, n)
-    inf = influence(src, dst, share, n, graph.metric_index)  # [n]
+        keep = graph.edge_mask & graph.node_mask.index_select(0, src) & graph.node_mask.index_select(0, dst)
+        weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))  # [E]: removed edges weigh 0
+        del keep
+    scale = per_target(dst, weight, n)  # [n]: share of edge e = |w[e]| * scale[dst[e]]
+    inf = influence(src, dst, weight, n, graph.metric_index, scale=scale)  # [n]
     kind = [x.kind for x in nodes]
     is_token = torch.tensor([k == "token" for k in kind])
     unexplained = torch.tensor([k == "error" for k in kind])
@@ -48,7 +50,10 @@ def graph_scores(graph, pruned: bool = True, dropped: str = "error") -> Scores:
         unexplained |= torch.tensor([k == "feature" for k in kind]) & ~graph.node_mask
     tokens, errors = float(inf[is_token].sum()), float(inf[unexplained].sum())
     replacement = tokens / (tokens + errors) if tokens + errors > 0 else float("nan")
-    from_errors = torch.zeros(n, dtype=torch.float64).index_add_(0, dst, share * unexplained[src])
+    from_errors = torch.zeros(n, dtype=torch.float64)  # [n] share of each node's input from unexplained nodes
+    for s in spans(len(src)):
+        from_errors.index_add_(0, dst[s], weight[s].abs().double() * unexplained.index_select(0, src[s]))
+    from_errors *= scale
     weight_of = inf.clone()
     weight_of[graph.metric_index] += 1.0
     completeness = float(((1 - from_errors) * weight_of).sum() / weight_of.sum())
