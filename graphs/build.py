@@ -194,10 +194,11 @@ def _edges(model, batch, sides, last_attr, metric_index, max_rows, fixed, progre
         dsts.append(d)
         ws.append(w)
     last = sides[-1][1]
-    into_metric = last_attr != 0
-    srcs.append(last.index[into_metric])
-    dsts.append(torch.full((int(into_metric.sum()),), metric_index))
-    ws.append(last_attr[into_metric])
+    attr = last_attr.float()  # the Graph's dtypes (float32, int32), as direct_edges gives them
+    into_metric = attr != 0
+    srcs.append(last.index[into_metric].int())
+    dsts.append(torch.full((int(into_metric.sum()),), metric_index, dtype=torch.int32))
+    ws.append(attr[into_metric])
     return torch.cat(srcs), torch.cat(dsts), torch.cat(ws)
 
 

@@ -99,7 +99,8 @@ def row_bytes(model, pos: int, blocks: int) -> int:
 def direct_edges(
     model, batch, up_hook: str, up: Side, down_hook: str, down: Side, max_rows: int | None, fixed: int = 0
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Sparse edges (source index [E], target index [E], weight [E]) from `up` to `down`, batched backward.
+    """Sparse edges (source index [E] int32, target index [E] int32, weight [E] float32, each rounded once from
+    the float64 product) from `up` to `down`, batched backward.
 
     max_rows: rows per backward (None: as many as fit beside `fixed` bytes, at most 256).
     """
@@ -128,16 +129,16 @@ def direct_edges(
             if t >= end:
                 break
             mine = (up.pos == t).nonzero().squeeze(-1)
-            W = (G[:, t - off].double() @ up.vec[mine].double().T).cpu()  # [B, U_t]
+            W = (G[:, t - off].double() @ up.vec[mine].double().T).float().cpu()  # [B, U_t], the Graph's float32
             keep = (t <= S)[:, None] & (W != 0)  # causal: nothing flows backwards in position
             b, u = keep.nonzero(as_tuple=True)
-            srcs.append(up.index[mine][u])
-            dsts.append(down.index[rows][b])
+            srcs.append(up.index[mine][u].int())  # the Graph's int32: no [E] int64 to concatenate
+            dsts.append(down.index[rows][b].int())
             ws.append(W[b, u])
         del G
     if not srcs:
-        empty = torch.zeros(0, dtype=torch.long)
-        return empty, empty, torch.zeros(0, dtype=torch.float64)
+        empty = torch.zeros(0, dtype=torch.int32)
+        return empty, empty, torch.zeros(0, dtype=torch.float32)
     return torch.cat(srcs), torch.cat(dsts), torch.cat(ws)
 
 

@@ -36,7 +36,7 @@ from graphs.describe import described, prob
 from graphs.graph import Graph
 from graphs.graph_nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
 from graphs.labeler import labeler
-from graphs.prune import influence, shares
+from graphs.replacement_rows import ranking_influence, row_edges
 
 EMBED = "resid_pre.0"
 
@@ -159,8 +159,8 @@ def build_replacement_graph(
     n_feat = int((src.kind == 0).sum())
     cap = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
     store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
-    # + 8 bytes an entry: the float64 copy the influence ranking makes of the rows when they are capped
-    _check_memory(model, width, batch_size, (cap + 1) * len(src.kind) * (store.itemsize + 8))
+    # the rows alone: the influence ranking and the edges read them in place, a slice of rows at a time
+    _check_memory(model, width, batch_size, (cap + 1) * len(src.kind) * store.itemsize)
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     run = _Replacement(model, tcs, batch, clean.acts, batch_size, store)
     A = torch.zeros(cap + 1, len(src.kind), dtype=store)  # [1 + rows, sources]: the metric, then features
@@ -172,7 +172,7 @@ def build_replacement_graph(
         if cap == n_feat:
             pending = torch.arange(n_feat)
         else:
-            inf = _influence(A[: 1 + len(order)].double(), torch.tensor([-1, *order]))
+            inf = ranking_influence(A[: 1 + len(order)], torch.tensor([-1, *order]))
             ranked = inf[:n_feat].argsort(descending=True, stable=True)
             pending = ranked[~done[ranked]][: min(4 * batch_size, cap - len(order))]
         for chunk in pending.split(batch_size):
@@ -186,7 +186,9 @@ def build_replacement_graph(
             bar.update(len(chunk))
     bar.close()
     del run, vectors  # the replicated forward and its graph are done with: free them before the edges are laid out
-    graph = _assemble(model, tcs, prompt, batch, metric, value, src, A, order, names, m_pos)
+    nodes, edges = _assemble(tcs, batch, value, src, A, order, names, m_pos)
+    del A  # the rows are in the edges now: free them before the graph computes its shares and influence
+    graph = Graph.scored(**described(model, prompt, batch, hooks, metric, value), full_nodes=nodes, **edges, info={})
     graph.info.update(
         build_s=time.perf_counter() - start,
         replacement=True,
@@ -324,20 +326,9 @@ def _dots(g: Tensor, vecs: Tensor) -> Tensor:
     return torch.einsum("bnd,nd->bn", g, vecs.to(g.dtype)).cpu()
 
 
-def _influence(rows: Tensor, row_source: Tensor) -> Tensor:
-    """Influence on the metric (row 0) of every source through the rows computed so far: circuit-tracer's
-    partial influence, i.e. graphs.prune.influence on the rows as edges (source -> the row's node: the metric
-    for row 0, else the feature whose row it is). row_source[r] = source index of row r (-1 for the metric)."""
-    n = rows.shape[1]
-    node = row_source.clone()
-    node[0] = n  # the metric: one node past the sources
-    r, c = rows.nonzero(as_tuple=True)
-    dst = node[r]
-    return influence(c, dst, shares(dst, rows[r, c], n + 1), n + 1, n)[:n]
-
-
-def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor, order, names, m_pos) -> Graph:
-    """The Graph: tokens, the computed features, errors, the metric; edges among them from the rows."""
+def _assemble(tcs, batch, value, src: Sources, A: Tensor, order, names, m_pos) -> tuple[list[GraphNode], dict]:
+    """The Graph's nodes (tokens, the computed features, errors, the metric) and its edges among them, from
+    the rows ({"src", "dst", "weight"}: int32, int32, float32)."""
     hooks = list(tcs)
     tokens = batch.tokens[0]
     n_src = len(src.kind)
@@ -345,7 +336,7 @@ def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor,
     keep[torch.tensor(order, dtype=torch.long)] = True
     keep |= src.kind != 0
     total = _total_effect(A, src, order)
-    node_of = torch.full((n_src,), -1, dtype=torch.long)
+    node_of = torch.full((n_src,), -1, dtype=torch.int32)  # the Graph's src/dst dtype
     nodes: list[GraphNode] = []
     for i in (src.kind == 2).nonzero().squeeze(-1).tolist():  # tokens first
         p = int(src.pos[i])
@@ -364,23 +355,8 @@ def _assemble(model, tcs, prompt, batch, metric, value, src: Sources, A: Tensor,
             nodes.append(x)
     metric_index = len(nodes)
     nodes.append(GraphNode(METRIC_ID, "metric", len(hooks) + 1, None, m_pos, None, tokens[m_pos], value, value))
-    targets = torch.tensor([metric_index] + [int(node_of[i]) for i in order], dtype=torch.long)
-    srcs, dsts, weights = [], [], []
-    for start in range(0, len(A), 512):  # in chunks of rows: no dense copy, no [E, 2] index of the whole matrix
-        r, c = A[start : start + 512].nonzero(as_tuple=True)
-        ok = keep[c]
-        r, c = r[ok], c[ok]
-        srcs.append(node_of[c])
-        dsts.append(targets[start + r])
-        weights.append(A[start + r, c].double())
-    return Graph.scored(
-        **described(model, prompt, batch, hooks, metric, value),
-        full_nodes=nodes,
-        src=torch.cat(srcs),
-        dst=torch.cat(dsts),
-        weight=torch.cat(weights),
-        info={},
-    )
+    targets = torch.tensor([metric_index] + [int(node_of[i]) for i in order], dtype=torch.int32)
+    return nodes, row_edges(A, keep, node_of, targets)
 
 
 def _total_effect(A: Tensor, src: Sources, order: list[int]) -> Tensor:
