@@ -81,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
     )
     tcs.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: gemma-3-270m)")
     tcs.add_argument("--report", default=None, help="also write the quality table as JSON to this file")
+    tcs.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="training tokens per transcoder (default: the recipe's 2M; more than the corpus's 3.4M makes "
+        "epochs); another budget is another cached set: default_transcoders(model, tokens=N) loads it",
+    )
     return p
 
 
@@ -219,9 +226,11 @@ def _transcoders(args) -> int:
     from attribution.training.transcoder_defaults import default_transcoders, quality_rows, quality_table
 
     try:
+        if args.tokens is not None and args.tokens < 1:
+            raise AttributionError(f"--tokens must be a whole number >= 1 (e.g. 8000000), got {args.tokens}")
         model = load_model(args.model)
         t0 = time.perf_counter()
-        tcs = default_transcoders(model)
+        tcs = default_transcoders(model, **({} if args.tokens is None else {"tokens": args.tokens}))
         seconds = time.perf_counter() - t0
         rows = quality_rows(tcs)
         print(f"default transcoders ({seconds / 60:.1f} min to build or load):")

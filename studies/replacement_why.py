@@ -1,7 +1,9 @@
 """Why the Kobe replacement graph misses its targets: where the error nodes' influence sits, layer by layer,
 beside each transcoder's held-out quality, and what the model itself predicts.
 
-    python -m studies.replacement_why   # writes bench/results/replacement_why.json (about a minute on 2 cores)
+    python -m studies.replacement_why   # writes bench/results/replacement_why_v<transcoder version>.json
+
+(about a minute on 2 cores; the v1 transcoders' file is bench/results/replacement_why.json)
 
 Per layer: the influence on the metric (graphs.prune.influence, circuit-tracer's) of the layer's feature
 nodes and of its error nodes in the full graph, the transcoder's explained variance and CE loss recovered on
@@ -17,7 +19,7 @@ import torch
 
 from attribution import LogitDiff, load_model
 from attribution.engine import trace
-from attribution.training.transcoder_defaults import default_transcoders
+from attribution.training.transcoder_defaults import VERSION, default_transcoders
 from graphs import build_graph
 from graphs.scores import graph_scores
 
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
 
 
-def main() -> dict:
+def main(out: str | Path | None = None) -> dict:
     model = load_model()
     tcs = default_transcoders(model, train=False)
     metric = LogitDiff(model, " Sacramento", " Albany")
@@ -64,7 +66,9 @@ def main() -> dict:
         "p_good": float(probs[int(metric.good_ids[0])]),
         "p_bad": float(probs[int(metric.bad_ids[0])]),
     }
-    (ROOT / "bench" / "results" / "replacement_why.json").write_text(json.dumps(result, indent=1))
+    result["transcoders_version"] = VERSION
+    out = out or ROOT / "bench" / "results" / f"replacement_why_v{VERSION}.json"
+    Path(out).write_text(json.dumps(result, indent=1))
     return result
 
 

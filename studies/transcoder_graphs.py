@@ -113,5 +113,14 @@ def main(argv=None) -> dict:
     return result
 
 
+def table(result: dict) -> str:
+    """Markdown: the median scores over the suite's prompts."""
+    lines = ["| graph | median replacement | median completeness |", "|---|---|---|"]
+    for name, key in (("full", "full"), (f"pruned to <= {result['max_features']} features", "pruned")):
+        m = result["median"]
+        lines.append(f"| {name} | {m[key + '_replacement']:.3f} | {m[key + '_completeness']:.3f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -174,5 +174,21 @@ def main(argv=None) -> dict:
     return result
 
 
+def table(result: dict) -> str:
+    """Markdown rows, one per (layer, recipe) run, in the order they ran."""
+    lines = [
+        "| layer | recipe | EV (MLP out) | features on rest | CE rec. | L0 | dead (eval) | train tok/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        e = r["eval"]
+        rest = "n/a" if e["features_on_rest"] is None else f"{e['features_on_rest']:.3f}"
+        lines.append(
+            f"| {r['layer']} | {r['recipe']['name']} | {e['explained_variance']:.3f} | {rest} | "
+            f"{e['ce_loss_recovered']:.3f} | {e['l0']:.1f} | {e['dead_fraction']:.1%} | {r['tokens_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -682,6 +682,14 @@ def test_attribution_cli_bad_input_exits_2_before_loading(capsys, argv, words):
         assert w in err
 
 
+def test_transcoders_cli_bad_tokens_exits_2_before_loading(capsys):
+    from attribution.cli import main
+
+    assert main(["transcoders", "--model", "/no/such/model", "--tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --tokens must be a whole number >= 1") and "/no/such/model" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
