@@ -57,14 +57,15 @@ RECIPES = [
     Recipe("Adam 2e-3, batch 1024", lr=2e-3, batch_size=1024),
     Recipe("Adam 1e-3, batch 512", lr=1e-3, batch_size=512),
     Recipe("sign-SGD sf 1e-2, batch 1024", optimizer="signsgd", lr=1e-2, batch_size=1024),
-    Recipe("sign-SGD sf 1e-2, batch 4064", optimizer="signsgd", lr=1e-2),
-    Recipe("sign-SGD sf 3e-3, batch 1024", optimizer="signsgd", lr=3e-3, batch_size=1024),
-    Recipe("Adam 1e-3, batch 1024, scalar norm", lr=1e-3, batch_size=1024, normalize="scalar"),
-    Recipe("Adam 1e-3, batch 1024, skip joint", lr=1e-3, batch_size=1024, skip="joint"),
-    Recipe("Adam 1e-3, batch 1024, no skip", lr=1e-3, batch_size=1024, skip="none"),
-    Recipe("Adam 1e-3, batch 1024, reads mlp_in", lr=1e-3, batch_size=1024, reads="mlp_in"),
-    Recipe("Adam 1e-3, batch 1024, k 64", lr=1e-3, batch_size=1024, k=64),
-    Recipe("Adam 1e-3, batch 1024, width 8192", lr=1e-3, batch_size=1024, d_sae=8192),
+    # the rest change one thing of the recipe the default transcoders v2 use (the line above)
+    Recipe("sf, skip trained jointly", optimizer="signsgd", lr=1e-2, batch_size=1024, skip="joint"),
+    Recipe("sf, reads mlp_in", optimizer="signsgd", lr=1e-2, batch_size=1024, reads="mlp_in"),
+    Recipe("sf, k 64", optimizer="signsgd", lr=1e-2, batch_size=1024, k=64),
+    Recipe("sf, lr 3e-3", optimizer="signsgd", lr=3e-3, batch_size=1024),
+    Recipe("sf, scalar norm", optimizer="signsgd", lr=1e-2, batch_size=1024, normalize="scalar"),
+    Recipe("sf, width 8192", optimizer="signsgd", lr=1e-2 / 2**0.5, batch_size=1024, d_sae=8192),
+    Recipe("sf, batch 4064", optimizer="signsgd", lr=1e-2),
+    Recipe("sf, no skip", optimizer="signsgd", lr=1e-2, batch_size=1024, skip="none"),
 ]
 
 

@@ -517,6 +517,44 @@ def _lookup(data, key: tuple):
 
 FIGURES += SUITE_FIGURES
 
+WHY2 = "bench/results/replacement_why_v2.json"  # python -m studies.replacement_why (transcoders v2)
+TCG = "bench/results/transcoder_graphs_v2.json"  # python -m studies.transcoder_graphs
+TC_FIGURES = [
+    Figure(R, "replacement score {} →", WHY, ("full_graph", "replacement_score"), "{:.3f}"),
+    Figure(R, "→\n**{}**, completeness", WHY2, ("full_graph", "replacement_score"), "{:.3f}"),
+    Figure(R, "completeness {} → **", WHY, ("full_graph", "completeness_score"), "{:.3f}"),
+    Figure(R, "→ **{}**; error nodes carry", WHY2, ("full_graph", "completeness_score"), "{:.3f}"),
+    Figure(R, "error nodes carry {} of the influence on the metric\n(v1", WHY2, ("error_influence",), "{:.3f}"),
+    Figure(R, "(v1: {}). Over the two-hop", WHY, ("error_influence",), "{:.3f}"),
+    Figure(R, "Over the two-hop suite's {} prompts", TCG, ("prompts",), len),
+    Figure(FRONT, "completeness, v1 → v2 | {} →", WHY, ("full_graph", "replacement_score"), "{:.3f}"),
+    Figure(FRONT, "v1 → v2 | 0.399 → **{}** /", WHY2, ("full_graph", "replacement_score"), "{:.3f}"),
+    Figure(FRONT, "/ {} → **", WHY, ("full_graph", "completeness_score"), "{:.3f}"),
+    Figure(FRONT, "0.792 → **{}** |", WHY2, ("full_graph", "completeness_score"), "{:.3f}"),
+    Figure(FRONT, "≥ 0.8) | **{}** / **", TCG, ("median", "pruned_replacement"), "{:.3f}"),
+    Figure(FRONT, "two-hop prompts, ≤ {} features: median", TCG, ("max_features",), "{}"),
+]
+TCQ, TCQ1 = "bench/results/default_transcoders_quality.json", "bench/results/default_transcoders_quality_v1.json"
+
+
+def spread(field: str) -> Callable:
+    """'lo-hi' of a field over the quality report's layers, to 2 decimals (the range the prose quotes)."""
+    return lambda rows: f"{min(r[field] for r in rows):.2f}-{max(r[field] for r in rows):.2f}"
+
+
+TC_FIGURES += [
+    Figure(R, "at every layer\n({} to 0.65", TCQ1, ("transcoders",), spread("explained_variance")),
+    Figure(R, "0.45-0.97 to {}) and CE", TCQ, ("transcoders",), spread("explained_variance")),
+    Figure(R, "recovered too ({} to", TCQ1, ("transcoders",), spread("ce_loss_recovered")),
+    Figure(R, "0.37-0.90 to {}). Issue", TCQ, ("transcoders",), spread("ce_loss_recovered")),
+    Figure(R, "at every layer ({} here)", TCQ, ("transcoders",), spread("features_on_rest")),
+    Figure(R, "transcoders explained {} of the variance", TCQ1, ("transcoders",), spread("explained_variance")),
+]
+TC_FIGURES.append(
+    Figure(R, "held-out documents, {} tokens;", "bench/results/transcoder_recipe.json", ("eval_tokens",), "{:,}")
+)
+FIGURES += TC_FIGURES
+
 
 @pytest.mark.parametrize("fig", FIGURES, ids=lambda f: f"{f.doc}:{f.text[:40]}")
 def test_quoted_figure_equals_its_source(fig):
@@ -598,6 +636,18 @@ def test_every_docs_page_is_linked_from_the_front_page_and_every_link_resolves()
         assert image in links[FRONT]
         data = (ROOT / image).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) < 300_000, image
+
+
+def test_transcoder_recipe_and_graph_tables_are_the_committed_studies():
+    """The recipe table (issue 21, part 1) and the suite's median graph scores with the v2 transcoders."""
+    from studies.transcoder_graphs import layer_shares
+    from studies.transcoder_graphs import table as graph_table
+    from studies.transcoder_recipe import table as recipe_table
+
+    doc = _read("docs/replacement.md")
+    assert recipe_table(json.loads(_read("bench/results/transcoder_recipe.json"))) in doc
+    graphs = json.loads(_read(TCG))
+    assert graph_table(graphs) in doc and layer_shares(graphs) in doc
 
 
 def test_transcoder_quality_table_is_the_committed_report():
