@@ -94,7 +94,7 @@ def summary(graph, pruned: bool = True) -> dict:
     nodes = graph.nodes if pruned else graph.full_nodes
     kinds = [x.kind for x in nodes]
     s = graph_scores(graph, pruned=pruned)
-    edges = int(graph.edge_mask.sum()) if pruned else len(graph.src)
+    edges = int(graph.edge_mask.count_nonzero()) if pruned else len(graph.src)
     out = {
         "features": kinds.count("feature"),
         "errors": kinds.count("error"),

@@ -219,7 +219,7 @@ def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edg
     """The graph's offline page as a string (see to_html)."""
     from markupsafe import Markup
 
-    n_edges = int(graph.edge_mask.sum())
+    n_edges = int(graph.edge_mask.count_nonzero())
     if max_edges is not None and n_edges > max_edges:
         raise GraphError(
             f"the graph has {n_edges} edges to draw, more than max_edges={max_edges} (a browser slows to a crawl); "

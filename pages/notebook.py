@@ -53,7 +53,7 @@ def graph(g, max_edges: int = 5000) -> str:
     """A Graph's offline page in an iframe (or, when it has too many edges to draw, its summary)."""
     from pages.graph_page import page
 
-    if int(g.edge_mask.sum()) > max_edges:
+    if int(g.edge_mask.count_nonzero()) > max_edges:
         return render("pre.html.j2", text=f"{g}\n(prune it to draw it: g.prune(0.8, 0.98, max_feature_nodes=60))")
     return frame(page(g, max_edges=max_edges))
 
