@@ -27,21 +27,35 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
 
 
+def layer_influence(g, hooks: list[str]) -> list[dict]:
+    """Per layer (hooks in layer order): the influence on the metric of its feature nodes and of its error
+    nodes in the full graph, summed over positions."""
+    rows = []
+    for layer, hook in enumerate(hooks):
+        nodes = [x for x in g.full_nodes if x.hook == hook]
+        rows.append(
+            {
+                "layer": layer,
+                "feature_influence": sum(x.influence for x in nodes if x.kind == "feature"),
+                "error_influence": sum(x.influence for x in nodes if x.kind == "error"),
+            }
+        )
+    return rows
+
+
 def main(out: str | Path | None = None) -> dict:
     model = load_model()
     tcs = default_transcoders(model, train=False)
     metric = LogitDiff(model, " Sacramento", " Albany")
     g = build_graph(model, tcs, PROMPT, metric, labels=False, progress=False)
     layers = []
-    for layer, (hook, tc) in enumerate(tcs.items()):
-        nodes = [x for x in g.full_nodes if x.hook == hook]
+    for row, (hook, tc) in zip(layer_influence(g, list(tcs)), tcs.items(), strict=True):
         ev = tc.meta.get("eval", {})
+        features = sum(x.kind == "feature" and x.hook == hook for x in g.full_nodes)
         layers.append(
-            {
-                "layer": layer,
-                "feature_influence": sum(x.influence for x in nodes if x.kind == "feature"),
-                "error_influence": sum(x.influence for x in nodes if x.kind == "error"),
-                "features": sum(x.kind == "feature" for x in nodes),
+            row
+            | {
+                "features": features,
                 "explained_variance": ev.get("explained_variance"),
                 "ce_loss_recovered": ev.get("ce_loss_recovered"),
             }

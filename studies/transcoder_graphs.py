@@ -26,24 +26,11 @@ from attribution.training.transcoder_defaults import VERSION, default_transcoder
 from cases.suite_prompts import check, load_suite
 from graphs import build_graph
 from graphs.scores import graph_scores
+from studies.replacement_why import layer_influence
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "cases" / "suites" / "two_hop.jsonl"
 MAX_FEATURES = 100
-
-
-def layer_influence(g, hooks: list[str]) -> list[dict]:
-    rows = []
-    for layer, hook in enumerate(hooks):
-        nodes = [x for x in g.full_nodes if x.hook == hook]
-        rows.append(
-            {
-                "layer": layer,
-                "feature_influence": sum(x.influence for x in nodes if x.kind == "feature"),
-                "error_influence": sum(x.influence for x in nodes if x.kind == "error"),
-            }
-        )
-    return rows
 
 
 def main(argv=None) -> dict:
