@@ -59,8 +59,9 @@ def build_graph(
     progress: progress bars (feature indexes, edges).
     Transcoders (one per layer, e.g. default_transcoders(model)) make a replacement graph instead
     (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first, and max_rows
-    is its target rows per backward pass (default 64); candidates and error_nodes are refused there (it
-    ranks feature rows by influence and keeps every error node). The result is unpruned; call .prune() on it.
+    is its target rows per backward pass (default for both: what fits in memory); candidates and error_nodes
+    are refused there (it ranks feature rows by influence and keeps every error node). The result is unpruned;
+    call .prune() on it.
     """
     if _transcoders(saes):
         given = [f"{k}={v!r}" for k, v in (("candidates", candidates), ("error_nodes", error_nodes))
@@ -74,7 +75,7 @@ def build_graph(
         from graphs.replacement import build_replacement_graph
 
         return build_replacement_graph(
-            model, saes, prompt, metric, max_feature_nodes=max_feature_nodes, batch_size=max_rows or 64,
+            model, saes, prompt, metric, max_feature_nodes=max_feature_nodes, batch_size=max_rows,
             labels=labels, progress=progress,
         )  # fmt: skip
     start = time.perf_counter()

@@ -8,9 +8,9 @@ source s to target t is exact:
   (an error node), or its embedding (a token, at the input of block 0);
 - t reads the stream with a direction: its encoder column at its transcoder's input (a feature's
   pre-activation), or the logit difference W_U[good] - W_U[bad] after the frozen final norm (the metric);
-- edge(s -> t) = v_s . d(read_t)/d(v_s), one backward per target row, many rows per backward (the prompt is
-  replicated; each row injects its own target's direction and zero probes at every MLP output collect the
-  gradient per row).
+- edge(s -> t) = v_s . d(read_t)/d(v_s), one backward per target row, many rows per backward: the forward
+  runs once and a batch of rows shares it (a vmapped backward, each row injecting its own target's
+  direction), and zero probes at every MLP output collect the gradient per row.
 Features and errors at <bos> are not nodes (their MLP outputs are constants, as in circuit-tracer); the
 <bos> token is. Feature rows are computed in order of estimated influence on the metric and capped by
 `max_feature_nodes`, as circuit-tracer does; features whose rows are not computed are not nodes.
@@ -36,6 +36,7 @@ from graphs.describe import described, prob
 from graphs.graph import Graph
 from graphs.graph_nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
 from graphs.labeler import labeler
+from graphs.replacement_budget import check_request, plan
 from graphs.replacement_rows import ranking_influence, row_edges
 
 EMBED = "resid_pre.0"
@@ -125,22 +126,21 @@ def build_replacement_graph(
     metric,
     *,
     max_feature_nodes: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     labels=True,
     progress: bool = True,
 ) -> Graph:
     """The replacement graph of `prompt` for a logit-difference `metric`, with one transcoder per layer.
 
-    max_feature_nodes: feature rows to compute, most influential first (None: every active feature).
-    batch_size: target rows per backward pass (memory grows with it and the prompt's length).
+    max_feature_nodes: feature rows to compute, most influential first (None: every active feature that fits
+        in memory; graph.info["plan"] says how many were computed).
+    batch_size: target rows per backward pass, sharing one forward (None: what fits, at most 64).
+    A request that cannot fit raises memory.OutOfMemoryError before any work (graphs.replacement_budget).
     """
     start = time.perf_counter()
     if not isinstance(prompt, str):
         raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
-    if batch_size < 1 or (max_feature_nodes is not None and max_feature_nodes < 0):
-        raise GraphError(
-            f"batch_size must be >= 1 and max_feature_nodes >= 0 or None, got {batch_size}, {max_feature_nodes}"
-        )
+    check_request(max_feature_nodes, batch_size)
     tcs = check_transcoders(model, tcs)
     hooks = list(tcs)
     vec, m_pos = direction(model, metric)
@@ -157,12 +157,15 @@ def build_replacement_graph(
         decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
     src = _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
     n_feat = int((src.kind == 0).sum())
-    cap = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
     store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
-    # the rows alone: the influence ranking and the edges read them in place, a slice of rows at a time
-    _check_memory(model, width, batch_size, (cap + 1) * len(src.kind) * store.itemsize)
+    at = src.pos[src.kind == 0] * model.n_layers + src.layer[src.kind == 0]  # features per (position, layer)
+    kmax = int(torch.bincount(at).max()) if n_feat else 0
+    budget = plan(model, width, len(src.kind), n_feat, kmax, store.itemsize, max_feature_nodes, batch_size)
+    cap, batch_size = budget.rows, budget.batch
+    if progress and budget.chosen:
+        tqdm.write(budget.describe(width))
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
-    run = _Replacement(model, tcs, batch, clean.acts, batch_size, store)
+    run = _Replacement(model, tcs, batch, clean.acts, store)
     A = torch.zeros(cap + 1, len(src.kind), dtype=store)  # [1 + rows, sources]: the metric, then features
     A[0] = run.rows(vectors, [("metric", vec, m_pos)])[0]
     order: list[int] = []  # source indices of the features whose rows are computed, in row order
@@ -185,7 +188,7 @@ def build_replacement_graph(
             done[chunk] = True
             bar.update(len(chunk))
     bar.close()
-    del run, vectors  # the replicated forward and its graph are done with: free them before the edges are laid out
+    del run, vectors  # the forward and its graph are done with: free them before the edges are laid out
     nodes, edges = _assemble(tcs, batch, value, src, A, order, names, m_pos)
     del A  # the rows are in the edges now: free them before the graph computes its shares and influence
     graph = Graph.scored(**described(model, prompt, batch, hooks, metric, value), full_nodes=nodes, **edges, info={})
@@ -194,23 +197,15 @@ def build_replacement_graph(
         replacement=True,
         max_feature_nodes=max_feature_nodes,
         active_features=n_feat,
+        plan={
+            "feature_rows": cap,
+            "batch_size": batch_size,
+            "chosen": budget.chosen,
+            "estimate_bytes": budget.fixed_bytes + budget.batch_bytes + (cap + 1) * budget.row_bytes,
+        },
         token_prob=prob(model, metric, clean.hidden[0]),
     )
     return graph
-
-
-def _check_memory(model, width: int, batch_size: int, rows_bytes: int) -> None:
-    """Fail before any work when the rows (one per computed feature, dense over every source, as
-    circuit-tracer keeps them) and the replicated forward with its graph cannot fit."""
-    from attribution import memory
-
-    forward = memory.forward_bytes(model, batch_size, width, model.n_layers, grad=True)
-    memory.require(
-        rows_bytes + forward,
-        f"a replacement graph on {width} tokens ({memory.size(rows_bytes)} of rows, {memory.size(forward)} for the "
-        f"forward of {batch_size} rows)",
-        "pass a smaller max_feature_nodes (rows) or batch_size (forward), or a shorter prompt.",
-    )
 
 
 def _sources(model, tcs, decs, emb: Tensor, batch) -> Sources:
@@ -269,9 +264,11 @@ class _Vectors:
 
 
 class _Replacement:
-    """The replacement model's forward, replicated over `batch_size` rows and kept for many backward passes."""
+    """The replacement model's forward on the prompt, run once and kept for many backward passes: a batch of
+    target rows shares it (torch.autograd.grad with is_grads_batched vmaps the backward over the rows), so its
+    memory does not grow with the batch (circuit-tracer replicates the prompt per row instead)."""
 
-    def __init__(self, model, tcs, batch, acts: dict, batch_size: int, store: torch.dtype):
+    def __init__(self, model, tcs, batch, acts: dict, store: torch.dtype):
         self.hooks, self.store = list(tcs), store
         edits = {EMBED: _identity}
         for h, tc in tcs.items():
@@ -281,37 +278,39 @@ class _Replacement:
             if spec.kind == "resid_mid":  # the MLP's output is replaced: its input needs no graph (~10x the memory)
                 edits[model.hook(f"mlp_in.{spec.layer}").name] = _detached
         probes = (EMBED, *(t.target for t in tcs.values()))
-        group = Group(edits, n=batch_size, probes=probes)
+        group = Group(edits, n=1, probes=probes)
         with torch.enable_grad():
             tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
-        self.reads = {h: tr.acts[h] for h in tcs}  # [rows, pos, d_in], with their graph
-        self.hidden = tr.hidden  # [rows, pos, d_model], after the frozen final norm
+        self.reads = {h: tr.acts[h] for h in tcs}  # [1, pos, d_in], with their graph
+        self.hidden = tr.hidden  # [1, pos, d_model], after the frozen final norm
         self.leaves = [tr.leaves[(0, p)] for p in probes]
 
     def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
         """[len(targets), n_sources] direct effects: each target is ("metric", direction, pos) or
         ("feature", encoder column, pos, layer)."""
         n = len(targets)
-        inject = {}
+        inject = {}  # output key -> [rows, 1, pos, d]: row r's readout direction at its position, else zero
         for r, t in enumerate(targets):
             key = "metric" if t[0] == "metric" else self.hooks[t[3]]
             where = self.hidden if key == "metric" else self.reads[key]
             if key not in inject:
-                inject[key] = torch.zeros_like(where)
-            inject[key][r, t[2]] = t[1].to(where.dtype)
-        total = sum(((self.hidden if k == "metric" else self.reads[k]) * v).sum() for k, v in inject.items())
+                inject[key] = where.new_zeros(n, *where.shape)
+            inject[key][r, 0, t[2]] = t[1].to(where.dtype)
+        outs = [self.hidden if k == "metric" else self.reads[k] for k in inject]
         with torch.enable_grad():
-            grads = torch.autograd.grad(total, self.leaves, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                outs, self.leaves, list(inject.values()), retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
         out = torch.zeros(n, vectors.n, dtype=self.store)
         g_emb = grads[0]
         ti, tpos, tvec = vectors.tokens
         if g_emb is not None:
-            out[:, ti] = _dots(g_emb[:n, tpos.to(g_emb.device)], tvec).to(self.store)
+            out[:, ti] = _dots(g_emb[:, 0, tpos.to(g_emb.device)], tvec).to(self.store)
         for layer, (cols, vecs, ei, epos, ev) in enumerate(vectors.layers):
             g = grads[1 + layer]
             if g is None:
                 continue
-            g = g[:n]
+            g = g[:, 0]  # [rows, pos, d]
             if cols.numel():  # [pos, rows, d] x [pos, d, k] -> [pos, rows, k]
                 vals = torch.bmm(g.transpose(0, 1), vecs.to(g.dtype).transpose(1, 2)).permute(1, 0, 2).cpu()
                 used = cols >= 0

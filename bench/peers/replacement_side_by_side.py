@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULT = ROOT / "bench" / "results" / "replacement_side_by_side.json"
 PROMPT = "Fact: The capital of the state where Kobe Bryant played basketball is"
 GOOD, BAD = " Sacramento", " Albany"
+SQUARE_SCORES = 20_000  # nodes up to which circuit-tracer's whole adjacency is rescored here (float64, n^2)
 
 
 def ours(args) -> None:
@@ -72,6 +73,8 @@ def ours(args) -> None:
         "active_features": g.info["active_features"],
         "scores": {"replacement": s.replacement, "completeness": s.completeness},
         "timings": {"build_graph_s": seconds},
+        "plan": g.info["plan"],
+        "prompt_tokens": len(g.tokens),
         "memory": {"rss_before_mb": before, "peak_rss_build_mb": peak},
         "threads": torch.get_num_threads(),
     }
@@ -99,11 +102,20 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
         for k, layer, p, f in mine["nodes"]
     ]
     to_peer = torch.tensor([index.get(k, -1) for k in my_keys])
-    A = t["adjacency"].double()  # [target, source], circuit-tracer's order
+    full = t["adjacency"]  # [target, source], circuit-tracer's order: only feature and logit rows have edges
+    n = len(full)
+    rows = torch.cat([torch.arange(n_f), torch.arange(n - lay["n_logits"], n)])
+    small = n <= SQUARE_SCORES  # circuit-tracer's scores need the square matrix: only where it is small
+    A = full[rows].double()  # [feature and logit rows, sources]
+    square = full.double() if small else None
+    del full
+    row_of = torch.full((n,), -1, dtype=torch.long)
+    row_of[rows] = torch.arange(len(rows))
     M = torch.zeros_like(A)  # ours, in the same order
     s_idx, d_idx = to_peer[e["src"]], to_peer[e["dst"]]
     mapped = (s_idx >= 0) & (d_idx >= 0)
-    M[d_idx[mapped], s_idx[mapped]] = e["weight"][mapped]
+    mapped[mapped.clone()] &= row_of[d_idx[mapped]] >= 0
+    M[row_of[d_idx[mapped]], s_idx[mapped]] = e["weight"][mapped]
     both = (M != 0) & (A != 0)
     rel = (M - A).abs() / torch.maximum(M.abs(), A.abs()).clamp_min(1e-12)
     token_cols = torch.zeros_like(both)
@@ -113,8 +125,8 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
     top = A.abs().flatten().topk(1000).indices
     top_rel, top_missing = rel.flatten()[top], (M.flatten()[top] == 0)
     top_other = ~token_cols.flatten()[top]
-    fixed = A.clone()
-    if ratio:
+    fixed = square
+    if ratio and small:
         fixed[:, n_f + n_e : n_f + n_e + n_t] *= ratio
     my_feats = {k for k in my_keys if k[0] == "feature"}
     return {
@@ -140,7 +152,9 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
         "scores": {
             "ours": mine["scores"],
             "theirs": peer["scores"]["unpruned"],
-            "theirs_tokens_scaled": dict(zip(("replacement", "completeness"), _scores(fixed, n_f, n_e, lay))),
+            "theirs_tokens_scaled": dict(zip(("replacement", "completeness"), _scores(fixed, n_f, n_e, lay)))
+            if small
+            else None,
         },
         "metric": {"ours": mine["metric"], "theirs": peer["target"]["model_logit_diff"]},
         "time_s": {"ours": mine["timings"]["build_graph_s"], "theirs": peer["timings"]["attribute_s"]},
@@ -170,11 +184,39 @@ def _scores(A, n_f: int, n_e: int, lay: dict) -> tuple[float, float]:
     return float(tokens / (tokens + errors)), float(complete)
 
 
+def _auto(value: str) -> int | None:
+    return None if value == "auto" else int(value)
+
+
+def _peer_run(cmd: list[str], env: dict, out: Path) -> dict:
+    """circuit-tracer's half; {} when it finished, else how it failed. Its process is the kernel's first choice
+    when memory runs out (oom_score_adj 1000), so a run too large for the machine ends it, not another job."""
+
+    def first_to_go() -> None:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "stderr.log"
+    with log.open("w") as err:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stderr=err, preexec_fn=first_to_go)
+    if rc == 0 and (out / "result.json").exists():
+        return {}
+    tail = log.read_text().strip().splitlines()[-3:]
+    text = " ".join(tail)
+    if rc in (-9, 137) or "SIGKILL" in text or "Killed" in text:
+        how = "killed by the kernel (SIGKILL): out of memory"
+    elif "can't allocate memory" in text or "OutOfMemory" in text:
+        how = "out of memory: an allocation failed"
+    else:
+        how = "error"
+    return {"returncode": rc, "how": how, "stderr_tail": tail}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transcoders", default=None, help="a transcoder folder (default: default_transcoders)")
-    ap.add_argument("--max-feature-nodes", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-feature-nodes", type=_auto, default=1024, help="an int, or auto: what fits (ours only)")
+    ap.add_argument("--batch-size", type=_auto, default=64, help="an int, or auto: what fits (ours only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/replacement-side-by-side")
     ap.add_argument("--result", default=str(RESULT))
@@ -203,10 +245,12 @@ def main(argv=None) -> int:
         tcs = default_transcoders(model, train=False)
     folder = save_transcoders(tcs, out / "transcoders")
     del model, tcs
+    if args.max_feature_nodes is None or args.batch_size is None:
+        ap.error("the side by side needs the same --max-feature-nodes and --batch-size on both sides (auto: --ours)")
     common = ["--max-feature-nodes", str(args.max_feature_nodes), "--batch-size", str(args.batch_size)]
     common += ["--prompt", args.prompt, "--good", args.good, "--bad", args.bad, "--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    runs = {}
+    runs, failed = {}, {}
     for side in ("theirs", "ours"):  # one at a time: two cores, and each side's peak memory is its own
         if side == "theirs" and args.reuse_theirs and (out / "theirs" / "result.json").exists():
             continue
@@ -215,16 +259,29 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "bench.peers.replacement_side_by_side", "--ours", "--transcoders", str(folder)]
             subprocess.check_call(cmd + common + ["--out", str(out / "ours")], cwd=ROOT, env=env)
         else:
+            (out / "theirs" / "result.json").unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "bench.peers.circuit_tracer_side_by_side", "--transcoders", str(folder)]
-            subprocess.check_call(cmd + common + ["--out", str(out / "theirs"), "--no-graph-json"], cwd=ROOT, env=env)
+            cmd += [*common, "--out", str(out / "theirs"), "--no-graph-json"]
+            failed = _peer_run(cmd, env, out / "theirs")
         runs[side] = time.perf_counter() - t
-    result = compare(out / "ours", out / "theirs")
-    result["ratios"] = {
-        "time_ours_over_theirs": result["time_s"]["ours"] / result["time_s"]["theirs"],
-        "peak_rss_ours_over_theirs": result["peak_rss_mb"]["ours"] / result["peak_rss_mb"]["theirs"],
-        "added_rss_ours_over_theirs": (result["peak_rss_mb"]["ours"] - result["rss_before_mb"]["ours"])
-        / max(1.0, result["peak_rss_mb"]["theirs"] - result["rss_before_mb"]["theirs"]),
-    }
+    if failed:  # circuit-tracer did not finish (e.g. out of memory): our numbers, and how theirs failed
+        mine = json.loads((out / "ours" / "result.json").read_text())
+        result = {
+            "theirs_failed": failed,
+            "active_features": {"ours": mine["active_features"]},
+            "scores": {"ours": mine["scores"]},
+            "time_s": {"ours": mine["timings"]["build_graph_s"]},
+            "peak_rss_mb": {"ours": mine["memory"]["peak_rss_build_mb"]},
+            "rss_before_mb": {"ours": mine["memory"]["rss_before_mb"]},
+        }
+    else:
+        result = compare(out / "ours", out / "theirs")
+        result["ratios"] = {
+            "time_ours_over_theirs": result["time_s"]["ours"] / result["time_s"]["theirs"],
+            "peak_rss_ours_over_theirs": result["peak_rss_mb"]["ours"] / result["peak_rss_mb"]["theirs"],
+            "added_rss_ours_over_theirs": (result["peak_rss_mb"]["ours"] - result["rss_before_mb"]["ours"])
+            / max(1.0, result["peak_rss_mb"]["theirs"] - result["rss_before_mb"]["theirs"]),
+        }
     result["settings"] = {
         "max_feature_nodes": args.max_feature_nodes,
         "batch_size": args.batch_size,

@@ -1,0 +1,180 @@
+"""Replacement graphs on long prompts: time and memory against circuit-tracer by length, and ours alone with
+default arguments up to the longest prompt that fits.
+
+    python -m bench.peers.replacement_length_curve [--tokens 128 512 1024 2048] [--max-feature-nodes 512]
+        [--batch-size 32] [--alone 2048 4096]
+
+Each length's prompt is the GPL-3 document cut where the model predicts the document's next word top-1
+(bench.documents): the metric is that word minus the model's second choice. Per length, the side by side
+(bench.peers.replacement_side_by_side: both sides with the same transcoders, feature-row cap and batch, one
+at a time, each in its own process; circuit-tracer in its own venv, the first process the kernel ends when
+memory runs out, its failure recorded). `--alone` lengths run only ours, with default arguments (the build
+chooses its rows and batch from the memory it has). Writes bench/results/replacement_length_curve.json and
+docs/img/replacement_length.svg (drawn here: no plotting library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULT = ROOT / "bench" / "results" / "replacement_length_curve.json"
+PLOT = ROOT / "docs" / "img" / "replacement_length.svg"
+
+
+def targets(lengths: list[int]) -> dict[int, dict]:
+    from attribution import load_model
+    from bench.documents import document_target
+
+    model = load_model()
+    out = {}
+    for n in lengths:
+        t = document_target(model, n)
+        out[n] = {"prompt": t.prompt, "tokens": t.tokens, "answer": t.answer, "counterfactual": t.counterfactual,
+                  "answer_p": t.answer_p, "counterfactual_p": t.counterfactual_p}  # fmt: skip
+    return out
+
+
+def side_by_side(n: int, target: dict, args, tmp: Path) -> dict:
+    result = tmp / f"side_by_side_{n}.json"
+    cmd = [sys.executable, "-m", "bench.peers.replacement_side_by_side", "--prompt", target["prompt"],
+           "--good", target["answer"], "--bad", target["counterfactual"], "--result", str(result),
+           "--max-feature-nodes", str(args.max_feature_nodes), "--batch-size", str(args.batch_size),
+           "--out", str(tmp / f"run_{n}")]  # fmt: skip
+    subprocess.check_call(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(result.read_text())
+
+
+def alone(n: int, target: dict, tmp: Path, folder: Path) -> dict:
+    """Ours only, default arguments; a build that cannot fit is recorded with its error."""
+    out = tmp / f"alone_{n}"
+    cmd = [sys.executable, "-m", "bench.peers.replacement_side_by_side", "--ours", "--transcoders", str(folder),
+           "--prompt", target["prompt"], "--good", target["answer"], "--bad", target["counterfactual"],
+           "--max-feature-nodes", "auto", "--batch-size", "auto", "--out", str(out)]  # fmt: skip
+    err = out / "stderr.log"
+    out.mkdir(parents=True, exist_ok=True)
+    with err.open("w") as f:
+        rc = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=f)
+    if rc != 0:
+        return {"failed": {"returncode": rc, "stderr_tail": err.read_text().strip().splitlines()[-2:]}}
+    mine = json.loads((out / "result.json").read_text())
+    return {k: mine[k] for k in ("active_features", "scores", "timings", "memory", "plan", "prompt_tokens")}
+
+
+def plot(curve: list[dict], path: Path) -> None:
+    """Two panels (seconds, GiB added over the build) against prompt length, ours and circuit-tracer's."""
+    import math
+
+    w, h, pad = 360, 260, 48
+    panels = [("build time (s)", "time_s"), ("memory added (GiB)", "added")]
+    colours = {"ours": "#1f77b4", "theirs": "#d62728"}
+    xs = [c["tokens"] for c in curve]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h + 30}" font-family="sans-serif"'
+             ' font-size="11"><rect width="100%" height="100%" fill="white"/>']  # fmt: skip
+    for k, (title, key) in enumerate(panels):
+        x0 = k * w
+        vals = {}
+        for side in ("ours", "theirs"):
+            pts = []
+            for c in curve:
+                v = c.get(key, {}).get(side)
+                if v is not None:
+                    pts.append((c["tokens"], v))
+            vals[side] = pts
+        top = max([v for pts in vals.values() for _, v in pts] + [1e-9]) * 1.1
+        lx = [math.log2(x) for x in xs]
+        lo, hi = min(lx), max(lx) if max(lx) > min(lx) else min(lx) + 1
+
+        def X(t, x0=x0, lo=lo, hi=hi):
+            return x0 + pad + (math.log2(t) - lo) / (hi - lo) * (w - 1.5 * pad)
+
+        def Y(v, top=top):
+            return h - pad + 10 - v / top * (h - 1.5 * pad)
+
+        parts.append(f'<text x="{x0 + w / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>')
+        parts.append(f'<line x1="{x0 + pad}" y1="{Y(0)}" x2="{x0 + w - pad / 2}" y2="{Y(0)}" stroke="#444"/>')
+        parts.append(f'<line x1="{x0 + pad}" y1="{Y(0)}" x2="{x0 + pad}" y2="{Y(top)}" stroke="#444"/>')
+        for t in xs:
+            parts.append(f'<text x="{X(t)}" y="{Y(0) + 14}" text-anchor="middle">{t}</text>')
+        for i in range(5):
+            v = top * i / 4
+            parts.append(f'<text x="{x0 + pad - 4}" y="{Y(v) + 4}" text-anchor="end">{v:.3g}</text>')
+        parts.append(f'<text x="{x0 + w / 2}" y="{h + 22}" text-anchor="middle">prompt tokens</text>')
+        for side, pts in vals.items():
+            if len(pts) > 1:
+                d = " ".join(f"{X(t):.1f},{Y(v):.1f}" for t, v in pts)
+                parts.append(f'<polyline points="{d}" fill="none" stroke="{colours[side]}" stroke-width="2"/>')
+            for t, v in pts:
+                parts.append(f'<circle cx="{X(t):.1f}" cy="{Y(v):.1f}" r="3" fill="{colours[side]}"/>')
+        for c in curve:
+            if c.get("theirs_failed"):
+                parts.append(f'<text x="{X(c["tokens"])}" y="{Y(top * 0.9)}" text-anchor="middle" '
+                             f'fill="{colours["theirs"]}">circuit-tracer: out of memory</text>')  # fmt: skip
+    legend = [("ours", "this library"), ("theirs", "circuit-tracer 0.5.0")]
+    for i, (side, name) in enumerate(legend):
+        parts.append(f'<rect x="{pad + 10}" y="{30 + 14 * i}" width="10" height="3" fill="{colours[side]}"/>')
+        parts.append(f'<text x="{pad + 24}" y="{34 + 14 * i}">{name}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def main(argv=None) -> int:
+    from attribution.compute import machine
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, nargs="*", default=[128, 512, 1024, 2048])
+    ap.add_argument("--alone", type=int, nargs="*", default=[2048, 4096])
+    ap.add_argument("--max-feature-nodes", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--tmp", default="/tmp/replacement-length-curve")
+    ap.add_argument("--result", default=str(RESULT))
+    ap.add_argument("--plot", default=str(PLOT))
+    args = ap.parse_args(argv)
+    tmp = Path(args.tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    prompts = targets(sorted(set(args.tokens) | set(args.alone)))
+    curve, solo = [], []
+    for n in args.tokens:
+        t = time.perf_counter()
+        r = side_by_side(n, prompts[n], args, tmp)
+        row = {"tokens": prompts[n]["tokens"], "requested": n}
+        row["target"] = {k: v for k, v in prompts[n].items() if k != "prompt"}
+        for key in ("time_s", "peak_rss_mb", "rss_before_mb", "scores", "active_features"):
+            row[key] = r[key]
+        row["added"] = {s: (r["peak_rss_mb"][s] - r["rss_before_mb"][s]) / 1024 for s in r["peak_rss_mb"]}
+        for key in ("ratios", "theirs_failed", "edges", "edges_not_from_tokens", "feature_nodes"):
+            if key in r:
+                row[key] = r[key]
+        row["wall_s"] = time.perf_counter() - t
+        curve.append(row)
+        print(json.dumps({k: row[k] for k in ("tokens", "time_s", "added")}), flush=True)
+    if args.alone:
+        from attribution import load_model
+        from attribution.saes.transcoders import save_transcoders
+        from attribution.training.transcoder_defaults import default_transcoders
+
+        model = load_model()
+        folder = save_transcoders(default_transcoders(model, train=False), tmp / "transcoders")
+        del model
+        for n in args.alone:
+            r = alone(n, prompts[n], tmp, folder)
+            r.update(requested=n, target={k: v for k, v in prompts[n].items() if k != "prompt"})
+            solo.append(r)
+            print(json.dumps({k: r.get(k) for k in ("requested", "timings", "memory", "plan", "failed")}), flush=True)
+    settings = {"max_feature_nodes": args.max_feature_nodes, "batch_size": args.batch_size, "alone": "defaults"}
+    command = "python -m bench.peers.replacement_length_curve " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = {"command": command.strip(), "settings": settings, "curve": curve, "alone": solo, "machine": machine()}
+    Path(args.result).write_text(json.dumps(out, indent=1) + "\n")
+    if curve:
+        plot(curve, Path(args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

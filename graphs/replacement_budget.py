@@ -1,0 +1,94 @@
+"""How many feature rows and target rows per backward a replacement graph can afford, from the memory it has.
+
+A build holds, beside the clean pass: the replacement model's forward with its graph (one row: every batch of
+target rows shares it), the source vectors laid out for the dot products, a batch's backward working set
+(the gradients at every probe, per row), and the dense rows, one per computed feature over every source, as
+circuit-tracer keeps them, which become the Graph's edges (int32, int32, float32: 12 bytes an edge, at most
+one per row entry) while the rows are still held. With default arguments the build takes the largest batch
+(at most MAX_BATCH) that fits in BATCH_SHARE of the budget and then as many feature rows as fit, most
+influential first (circuit-tracer caps rows by estimated influence the same way); an explicit value that
+cannot fit is an error that names the value that would.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from attribution import memory
+from graphs.graph_nodes import GraphError
+
+MAX_BATCH = 64  # target rows per backward when the caller does not say (more buys little: the rows dominate)
+BATCH_SHARE = 0.25  # of what the forward and the vectors leave, at most this for a batch's backward
+EDGE_BYTES = 12  # int32 source, int32 target, float32 weight
+
+
+class Plan(NamedTuple):
+    """What a build computes and what that costs: `rows` feature rows (of `features` active), `batch` target
+    rows per backward, and the estimates behind them (bytes)."""
+
+    rows: int
+    batch: int
+    features: int
+    chosen: bool  # rows or batch chosen here (the caller left them to the build)
+    fixed_bytes: int  # the shared forward and the source vectors
+    batch_bytes: int  # one backward of `batch` rows
+    row_bytes: int  # one feature row and the edges it may become
+
+    def describe(self, width: int) -> str:
+        capped = f"{self.rows:,} of {self.features:,} active features" if self.rows < self.features else (
+            f"all {self.features:,} active features")  # fmt: skip
+        total = self.fixed_bytes + self.batch_bytes + (self.rows + 1) * self.row_bytes
+        return (
+            f"replacement graph on {width:,} tokens: rows for {capped}, most influential first, {self.batch} per "
+            f"backward (~{memory.size(total)} of {memory.size(memory.budget())} available)"
+        )
+
+
+def plan(model, width: int, n_sources: int, n_features: int, kmax: int, store_bytes: int,
+         max_feature_nodes: int | None, batch_size: int | None) -> Plan:  # fmt: skip
+    """The rows and batch a build on `width` tokens can afford (see the module's docstring); raises
+    memory.OutOfMemoryError, naming what to lower, when the request (or not even the metric's row) fits."""
+    size = model.dtype.itemsize
+    forward = memory.forward_bytes(model, 1, width, model.n_layers, grad=True)
+    vectors = model.n_layers * width * (kmax + 1) * model.d_model * size  # padded features + errors, per layer
+    fixed = forward + vectors
+    _, ffn, *_ = memory._widths(model)
+    # per target row: the gradients at every probe (embedding + each MLP output), the backward's working set, its row
+    per_batch_row = width * size * ((model.n_layers + 1) * model.d_model + 4 * model.d_model + 4 * ffn)
+    per_batch_row += n_sources * store_bytes
+    per_row = n_sources * (store_bytes + EDGE_BYTES)
+    where = f"a replacement graph on {width:,} tokens"
+    shorter = "use a shorter prompt (the forward and every row grow with its length)."
+    memory.require(fixed + per_batch_row + per_row, where, shorter)
+    if batch_size is None:
+        spare = memory.budget() - fixed - per_row
+        batch = max(1, min(MAX_BATCH, int(spare * BATCH_SHARE) // per_batch_row))
+    else:
+        batch = batch_size
+    rows_fit = memory.rows_that_fit(per_row, fixed + batch * per_batch_row) - 1  # the metric's row first
+    if max_feature_nodes is None:
+        rows = max(0, min(n_features, rows_fit))
+    else:
+        rows = min(max_feature_nodes, n_features)
+        if rows > rows_fit:
+            need = fixed + batch * per_batch_row + (rows + 1) * per_row
+            memory.require(
+                need,
+                f"{where} with {rows:,} feature rows (max_feature_nodes) and {batch} per backward",
+                f"lower max_feature_nodes (~{max(rows_fit, 0):,} fit), or leave it None to take what fits.",
+            )
+    if batch_size is not None:
+        memory.require(fixed + batch * per_batch_row + (rows + 1) * per_row, f"{where} with batch_size={batch}",
+                       "lower batch_size (max_rows in build_graph), or leave it None to take what fits.")  # fmt: skip
+    chosen = (max_feature_nodes is None and rows < n_features) or batch_size is None
+    return Plan(rows, batch, n_features, chosen, fixed, batch * per_batch_row, per_row)
+
+
+def check_request(max_feature_nodes, batch_size) -> None:
+    if (batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1)) or (
+        max_feature_nodes is not None and (not isinstance(max_feature_nodes, int) or max_feature_nodes < 0)
+    ):
+        raise GraphError(
+            f"batch_size must be an int >= 1 and max_feature_nodes an int >= 0 (or None: the build takes what "
+            f"fits in memory), got {batch_size!r}, {max_feature_nodes!r}"
+        )

@@ -1,0 +1,87 @@
+"""The replacement graph's memory plan: with default arguments a build takes the feature rows and the batch
+that fit the memory it has (and says so in graph.info["plan"]); a request that cannot fit fails before any
+work, naming the value that would; a batch of rows sharing one forward gives the rows one at a time do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attribution import LogitDiff, memory
+from graphs import GraphError
+from graphs.replacement import build_replacement_graph
+from tests.conftest import PROMPTS, tiny_model
+from tests.conftest import random_transcoders as transcoders
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _setup():
+    m = tiny_model("gemma3")
+    return m, transcoders(m, "relu"), LogitDiff(m, "sad", "happy")
+
+
+def _build(m, tcs, metric, **kw):
+    return build_replacement_graph(m, tcs, PROMPTS[0], metric, labels=False, progress=False, **kw)
+
+
+def test_default_build_takes_every_row_when_it_fits():
+    m, tcs, metric = _setup()
+    g = _build(m, tcs, metric)
+    plan = g.info["plan"]
+    assert plan["feature_rows"] == g.info["active_features"]
+    assert 1 <= plan["batch_size"] <= 64
+    assert sum(x.kind == "feature" for x in g.full_nodes) == g.info["active_features"]
+
+
+def test_default_build_caps_rows_to_the_memory_it_has_most_influential_first():
+    m, tcs, metric = _setup()
+    full = _build(m, tcs, metric)
+    est = full.info["plan"]["estimate_bytes"]
+    n = full.info["active_features"]
+    # a budget that holds about a third of the rows: HEADROOM of the limit is what a build may plan to use
+    per_row = est / (n + 1)  # an upper bound on a row's share (the fixed parts are in est too)
+    gib = (est - 0.66 * n * per_row) / memory.HEADROOM / memory.GiB
+    with memory.limit(gib):
+        capped = _build(m, tcs, metric)
+    rows = capped.info["plan"]["feature_rows"]
+    assert 0 < rows < n and capped.info["plan"]["chosen"]
+    assert sum(x.kind == "feature" for x in capped.full_nodes) == rows
+    # the same rows as asking for that many (the influence ranking decides both), edges equal to the full graph's
+    asked = _build(m, tcs, metric, max_feature_nodes=rows, batch_size=capped.info["plan"]["batch_size"])
+    assert [x.id for x in asked.full_nodes] == [x.id for x in capped.full_nodes]
+    full_w = {(e.source, e.target): e.weight for e in full.edges}
+    for e in capped.edges:
+        assert e.weight == pytest.approx(full_w[(e.source, e.target)], rel=1e-6, abs=1e-9)
+
+
+def test_an_explicit_cap_that_cannot_fit_names_what_fits():
+    m, tcs, metric = _setup()
+    full = _build(m, tcs, metric)
+    est, n = full.info["plan"]["estimate_bytes"], full.info["active_features"]
+    with memory.limit(est / 2 / memory.HEADROOM / memory.GiB), pytest.raises(memory.OutOfMemoryError) as err:
+        _build(m, tcs, metric, max_feature_nodes=n)
+    assert "max_feature_nodes" in str(err.value) and "fit" in str(err.value)
+
+
+def test_nothing_fits_asks_for_a_shorter_prompt():
+    m, tcs, metric = _setup()
+    with memory.limit(1e-6), pytest.raises(memory.OutOfMemoryError, match="shorter prompt"):
+        _build(m, tcs, metric)
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"batch_size": 2.5}, {"max_feature_nodes": -1}])
+def test_bad_sizes_are_refused(bad):
+    m, tcs, metric = _setup()
+    with pytest.raises(GraphError, match="None: the build takes what"):
+        _build(m, tcs, metric, **bad)
+
+
+def test_rows_sharing_one_forward_equal_rows_one_at_a_time():
+    m, tcs, metric = _setup()
+    one = _build(m, tcs, metric, batch_size=1)  # every row (a cap would re-rank at batch-dependent points)
+    many = _build(m, tcs, metric, batch_size=13)
+    assert [x.id for x in one.full_nodes] == [x.id for x in many.full_nodes]
+    a = torch.tensor([e.weight for e in one.edges], dtype=torch.float64)
+    b = torch.tensor([e.weight for e in many.edges], dtype=torch.float64)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9 * float(a.abs().max()))
