@@ -36,7 +36,7 @@ from graphs.describe import described, prob
 from graphs.graph import Graph
 from graphs.graph_nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
 from graphs.labeler import labeler
-from graphs.replacement_budget import check_request, plan
+from graphs.replacement_budget import Plan, check_request, plan
 from graphs.replacement_rows import ranking_influence, row_edges
 
 EMBED = "resid_pre.0"
@@ -138,32 +138,18 @@ def build_replacement_graph(
     A request that cannot fit raises memory.OutOfMemoryError before any work (graphs.replacement_budget).
     """
     start = time.perf_counter()
-    if not isinstance(prompt, str):
-        raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
-    check_request(max_feature_nodes, batch_size)
-    tcs = check_transcoders(model, tcs)
-    hooks = list(tcs)
     vec, m_pos = direction(model, metric)
-    batch = model.tokenize(prompt)
+    tcs, batch, clean, decs, src = _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size)
+    hooks = list(tcs)
+    value = float(evaluate(metric, model, clean.hidden, Rows.copies(0, 1))[0])
     width = batch.width
     m_pos %= width
-    names = labeler(model, tcs, labels, progress)
-
-    with torch.no_grad():
-        # freeze=True changes no value, except that a float64 model's norms stay in float64 (Hugging Face rounds
-        # them to float32): the replacement model's own clean values, so edges are exact to float64
-        clean = trace(model, batch, capture=[EMBED, *hooks, *(t.target for t in tcs.values())], freeze=True)
-        value = float(evaluate(metric, model, clean.hidden, Rows.copies(0, 1))[0])
-        decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
-    src = _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
-    n_feat = int((src.kind == 0).sum())
-    store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
-    at = src.pos[src.kind == 0] * model.n_layers + src.layer[src.kind == 0]  # features per (position, layer)
-    kmax = int(torch.bincount(at).max()) if n_feat else 0
-    budget = plan(model, width, len(src.kind), n_feat, kmax, store.itemsize, max_feature_nodes, batch_size)
-    cap, batch_size = budget.rows, budget.batch
+    budget = _plan(model, batch, src, max_feature_nodes, batch_size)
+    cap, batch_size, n_feat = budget.rows, budget.batch, budget.features
     if progress and budget.chosen:
         tqdm.write(budget.describe(width))
+    store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
+    names = labeler(model, tcs, labels, progress)
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     run = _Replacement(model, tcs, batch, clean.acts, store)
     A = torch.zeros(cap + 1, len(src.kind), dtype=store)  # [1 + rows, sources]: the metric, then features
@@ -206,6 +192,39 @@ def build_replacement_graph(
         token_prob=prob(model, metric, clean.hidden[0]),
     )
     return graph
+
+
+def plan_replacement_graph(
+    model, tcs, prompt: str, metric, *, max_feature_nodes: int | None = None, batch_size: int | None = None
+) -> Plan:
+    """What build_replacement_graph would compute with these arguments and the memory it would plan to use,
+    from the clean pass alone (no rows): how long a prompt, how many rows. Raises as the build would."""
+    direction(model, metric)
+    tcs, batch, *_, src = _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size)
+    return _plan(model, batch, src, max_feature_nodes, batch_size)
+
+
+def _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size):
+    """The checked transcoders, the tokens, the clean trace (frozen), each layer's decomposition, the sources."""
+    if not isinstance(prompt, str):
+        raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
+    check_request(max_feature_nodes, batch_size)
+    tcs = check_transcoders(model, tcs)
+    batch = model.tokenize(prompt)
+    with torch.no_grad():
+        # freeze=True changes no value, except that a float64 model's norms stay in float64 (Hugging Face rounds
+        # them to float32): the replacement model's own clean values, so edges are exact to float64
+        clean = trace(model, batch, capture=[EMBED, *tcs, *(t.target for t in tcs.values())], freeze=True)
+        decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
+    return tcs, batch, clean, decs, _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
+
+
+def _plan(model, batch, src: Sources, max_feature_nodes, batch_size) -> Plan:
+    n_feat = int((src.kind == 0).sum())
+    store = torch.promote_types(model.dtype, torch.float32)
+    at = src.pos[src.kind == 0] * model.n_layers + src.layer[src.kind == 0]  # features per (position, layer)
+    kmax = int(torch.bincount(at).max()) if n_feat else 0
+    return plan(model, batch.width, len(src.kind), n_feat, kmax, store.itemsize, max_feature_nodes, batch_size)
 
 
 def _sources(model, tcs, decs, emb: Tensor, batch) -> Sources:

@@ -85,3 +85,14 @@ def test_rows_sharing_one_forward_equal_rows_one_at_a_time():
     a = torch.tensor([e.weight for e in one.edges], dtype=torch.float64)
     b = torch.tensor([e.weight for e in many.edges], dtype=torch.float64)
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9 * float(a.abs().max()))
+
+
+def test_plan_says_what_a_build_would_compute():
+    from graphs.replacement import plan_replacement_graph
+
+    m, tcs, metric = _setup()
+    p = plan_replacement_graph(m, tcs, PROMPTS[0], metric, max_feature_nodes=25, batch_size=5)
+    g = _build(m, tcs, metric, max_feature_nodes=25, batch_size=5)
+    assert (p.rows, p.batch, p.features) == (25, 5, g.info["active_features"])
+    with memory.limit(1e-6), pytest.raises(memory.OutOfMemoryError, match="shorter prompt"):
+        plan_replacement_graph(m, tcs, PROMPTS[0], metric)

@@ -51,12 +51,12 @@ def side_by_side(n: int, target: dict, args, tmp: Path) -> dict:
     return json.loads(result.read_text())
 
 
-def alone(n: int, target: dict, tmp: Path, folder: Path) -> dict:
-    """Ours only, default arguments; a build that cannot fit is recorded with its error."""
-    out = tmp / f"alone_{n}"
+def alone(n: int, target: dict, tmp: Path, folder: Path, rows: int | None = None) -> dict:
+    """Ours only, default arguments (or `rows` feature rows); a build that cannot fit is recorded with its error."""
+    out = tmp / f"alone_{n}_{rows or 'auto'}"
     cmd = [sys.executable, "-m", "bench.peers.replacement_side_by_side", "--ours", "--transcoders", str(folder),
            "--prompt", target["prompt"], "--good", target["answer"], "--bad", target["counterfactual"],
-           "--max-feature-nodes", "auto", "--batch-size", "auto", "--out", str(out)]  # fmt: skip
+           "--max-feature-nodes", str(rows or "auto"), "--batch-size", "auto", "--out", str(out)]  # fmt: skip
     err = out / "stderr.log"
     out.mkdir(parents=True, exist_ok=True)
     with err.open("w") as f:
@@ -65,6 +65,38 @@ def alone(n: int, target: dict, tmp: Path, folder: Path) -> dict:
         return {"failed": {"returncode": rc, "stderr_tail": err.read_text().strip().splitlines()[-2:]}}
     mine = json.loads((out / "result.json").read_text())
     return {k: mine[k] for k in ("active_features", "scores", "timings", "memory", "plan", "prompt_tokens")}
+
+
+def largest(lengths: list[int], tmp: Path, folder: Path, rows: int) -> dict:
+    """The longest document prompt the build's memory plan accepts with default arguments (the planner's
+    estimate errs high), then a build there with `rows` feature rows, its time and peak memory measured."""
+    from attribution import LogitDiff, load_model, memory
+    from attribution.saes.transcoders import load_transcoders
+    from bench.documents import document_target
+    from graphs.replacement import plan_replacement_graph
+
+    model = load_model()
+    tcs = load_transcoders(folder, model=model)
+    tried, best = [], None
+    for n in sorted(lengths):
+        t = document_target(model, n)
+        try:
+            p = plan_replacement_graph(model, tcs, t.prompt, LogitDiff(model, t.answer, t.counterfactual))
+        except memory.OutOfMemoryError as e:
+            tried.append({"tokens": t.tokens, "fits": False, "error": str(e)})
+            break
+        tried.append({"tokens": t.tokens, "fits": True, "feature_rows": p.rows, "batch": p.batch,
+                      "active_features": p.features, "estimate_gib": (p.fixed_bytes + p.batch_bytes +
+                      (p.rows + 1) * p.row_bytes) / 2**30})  # fmt: skip
+        best = (n, t)
+    del model, tcs
+    out = {"tried": tried, "budget_gib": memory.budget() / 2**30}
+    if best is not None:
+        n, t = best
+        target = {"prompt": t.prompt, "answer": t.answer, "counterfactual": t.counterfactual}
+        r = alone(n, target, tmp, folder, rows=rows)
+        out["build"] = {"tokens": t.tokens, "feature_rows": rows, **r}
+    return out
 
 
 def plot(curve: list[dict], path: Path) -> None:
@@ -130,6 +162,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, nargs="*", default=[128, 512, 1024, 2048])
     ap.add_argument("--alone", type=int, nargs="*", default=[2048, 4096])
+    ap.add_argument("--largest", type=int, nargs="*", default=[], help="lengths to plan, shortest first")
+    ap.add_argument("--largest-rows", type=int, default=64, help="feature rows of the build at the largest length")
     ap.add_argument("--max-feature-nodes", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--tmp", default="/tmp/replacement-length-curve")
@@ -138,7 +172,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    prompts = targets(sorted(set(args.tokens) | set(args.alone)))
+    prompts = targets(sorted(set(args.tokens) | set(args.alone))) if args.tokens or args.alone else {}
     curve, solo = [], []
     for n in args.tokens:
         t = time.perf_counter()
@@ -154,7 +188,8 @@ def main(argv=None) -> int:
         row["wall_s"] = time.perf_counter() - t
         curve.append(row)
         print(json.dumps({k: row[k] for k in ("tokens", "time_s", "added")}), flush=True)
-    if args.alone:
+    folder = None
+    if args.alone or args.largest:
         from attribution import load_model
         from attribution.saes.transcoders import save_transcoders
         from attribution.training.transcoder_defaults import default_transcoders
@@ -167,9 +202,11 @@ def main(argv=None) -> int:
             r.update(requested=n, target={k: v for k, v in prompts[n].items() if k != "prompt"})
             solo.append(r)
             print(json.dumps({k: r.get(k) for k in ("requested", "timings", "memory", "plan", "failed")}), flush=True)
+    longest = largest(args.largest, tmp, folder, args.largest_rows) if args.largest else None
     settings = {"max_feature_nodes": args.max_feature_nodes, "batch_size": args.batch_size, "alone": "defaults"}
     command = "python -m bench.peers.replacement_length_curve " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = {"command": command.strip(), "settings": settings, "curve": curve, "alone": solo, "machine": machine()}
+    out = {"command": command.strip(), "settings": settings, "curve": curve, "alone": solo, "largest": longest}
+    out["machine"] = machine()
     Path(args.result).write_text(json.dumps(out, indent=1) + "\n")
     if curve:
         plot(curve, Path(args.plot))

@@ -115,7 +115,7 @@ def compare(ours_dir: Path, peer_dir: Path) -> dict:
     s_idx, d_idx = to_peer[e["src"]], to_peer[e["dst"]]
     mapped = (s_idx >= 0) & (d_idx >= 0)
     mapped[mapped.clone()] &= row_of[d_idx[mapped]] >= 0
-    M[row_of[d_idx[mapped]], s_idx[mapped]] = e["weight"][mapped]
+    M[row_of[d_idx[mapped]], s_idx[mapped]] = e["weight"][mapped].double()
     both = (M != 0) & (A != 0)
     rel = (M - A).abs() / torch.maximum(M.abs(), A.abs()).clamp_min(1e-12)
     token_cols = torch.zeros_like(both)
