@@ -174,6 +174,17 @@ def main(argv=None) -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     prompts = targets(sorted(set(args.tokens) | set(args.alone))) if args.tokens or args.alone else {}
     curve, solo = [], []
+    folder, longest = None, None
+    settings = {"max_feature_nodes": args.max_feature_nodes, "batch_size": args.batch_size, "alone": "defaults"}
+    command = "python -m bench.peers.replacement_length_curve " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def save() -> None:  # after every stage: a long run stopped midway keeps what it measured
+        out = {"command": command.strip(), "settings": settings, "curve": curve, "alone": solo, "largest": longest}
+        out["machine"] = machine()
+        Path(args.result).write_text(json.dumps(out, indent=1) + "\n")
+        if curve:
+            plot(curve, Path(args.plot))
+
     for n in args.tokens:
         t = time.perf_counter()
         r = side_by_side(n, prompts[n], args, tmp)
@@ -187,8 +198,9 @@ def main(argv=None) -> int:
                 row[key] = r[key]
         row["wall_s"] = time.perf_counter() - t
         curve.append(row)
+        save()
         print(json.dumps({k: row[k] for k in ("tokens", "time_s", "added")}), flush=True)
-    folder = None
+    save()
     if args.alone or args.largest:
         from attribution import load_model
         from attribution.saes.transcoders import save_transcoders
@@ -197,19 +209,14 @@ def main(argv=None) -> int:
         model = load_model()
         folder = save_transcoders(default_transcoders(model, train=False), tmp / "transcoders")
         del model
+        longest = largest(args.largest, tmp, folder, args.largest_rows) if args.largest else None
+        save()
         for n in args.alone:
             r = alone(n, prompts[n], tmp, folder)
             r.update(requested=n, target={k: v for k, v in prompts[n].items() if k != "prompt"})
             solo.append(r)
             print(json.dumps({k: r.get(k) for k in ("requested", "timings", "memory", "plan", "failed")}), flush=True)
-    longest = largest(args.largest, tmp, folder, args.largest_rows) if args.largest else None
-    settings = {"max_feature_nodes": args.max_feature_nodes, "batch_size": args.batch_size, "alone": "defaults"}
-    command = "python -m bench.peers.replacement_length_curve " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = {"command": command.strip(), "settings": settings, "curve": curve, "alone": solo, "largest": longest}
-    out["machine"] = machine()
-    Path(args.result).write_text(json.dumps(out, indent=1) + "\n")
-    if curve:
-        plot(curve, Path(args.plot))
+            save()
     return 0
 
 
