@@ -68,9 +68,11 @@ def _widths(model) -> tuple[int, int, int, int, bool]:
     return d, ffn, heads, q, eager
 
 
-def token_bytes(model, pos: int, grad: bool) -> int:
-    """Bytes per row and token: what one block keeps for the backward (grad), or its peak working set."""
-    d, ffn, heads, q, eager = _widths(model)
+def token_bytes(model, pos: int, grad: bool, eager: bool | None = None) -> int:
+    """Bytes per row and token: what one block keeps for the backward (grad), or its peak working set
+    (eager: attention keeps its [heads, pos, pos] pattern; None: as the model is configured)."""
+    d, ffn, heads, q, configured = _widths(model)
+    eager = configured if eager is None else eager
     size = model.dtype.itemsize if hasattr(model.dtype, "itemsize") else 4
     if grad:  # measured: 190 MB per row and block at 2,048 tokens on gemma-3-270m = 12 d + 6 ffn + 4 q floats
         n = 12 * d + 6 * ffn + 4 * q + (2 * heads * pos if eager else 0)
@@ -79,9 +81,9 @@ def token_bytes(model, pos: int, grad: bool) -> int:
     return n * size
 
 
-def forward_bytes(model, rows: int, pos: int, blocks: int, grad: bool) -> int:
+def forward_bytes(model, rows: int, pos: int, blocks: int, grad: bool, eager: bool | None = None) -> int:
     """A forward of `rows` x `pos` tokens through `blocks` blocks, with its backward kept when `grad`."""
-    per = token_bytes(model, pos, grad) * pos * rows
+    per = token_bytes(model, pos, grad, eager) * pos * rows
     return per * max(1, blocks) if grad else per
 
 

@@ -2,8 +2,7 @@
 
 The document is the GPL-3 text (/usr/share/common-licenses/GPL-3, Debian's base-files: real prose the model
 did not write). For a length of N tokens the prompt ends at the position in its last WINDOW tokens where the
-document's own next token is the model's top-1 prediction with the highest probability (a word, not
-punctuation), so the graph explains a prediction the model makes, reading the whole document. The metric's
+document's own next token is the model's top-1 prediction (a whole word), the latest with p >= 0.5, so the graph explains a prediction the model makes, reading the whole document. The metric's
 counterfactual is the model's second choice there.
 """
 
@@ -16,6 +15,7 @@ import torch
 
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 WINDOW = 64  # the prompt ends within the last WINDOW tokens of the requested length
+CONFIDENT = 0.5  # the latest such word with at least this probability (else the most probable one)
 
 
 @dataclass
@@ -49,8 +49,8 @@ def document_target(model, tokens: int) -> Target:
         word = model.tokenizer.decode([nxt])
         if int(probs[i].argmax()) != nxt or not (word.startswith(" ") and word[1:].isalpha() and len(word) > 3):
             continue  # a whole word the model predicts top-1
-        if best is None or float(probs[i, nxt]) >= best[1]:
-            best = (i, float(probs[i, nxt]))
+        if best is None or float(probs[i, nxt]) >= min(best[1], CONFIDENT):
+            best = (i, float(probs[i, nxt]))  # the latest confident prediction (else the most confident)
     if best is None:
         raise ValueError(f"no word the model predicts top-1 in the last {WINDOW} tokens before {tokens}")
     i, p_answer = best

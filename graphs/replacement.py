@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attribution.engine import Group, trace
+from attribution.engine import Group, eager_attention, trace
 from attribution.metrics import Rows, evaluate
 from attribution.splice import decompose, prepare_saes
 from graphs.describe import described, prob
@@ -300,7 +300,7 @@ class _Replacement:
                 edits[model.hook(f"mlp_in.{spec.layer}").name] = _detached
         probes = (EMBED, *(t.target for t in tcs.values()))
         group = Group(edits, n=1, probes=probes)
-        with torch.enable_grad():
+        with torch.enable_grad(), eager_attention(model):  # the frozen pattern's backward: one matmul per head
             tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
         self.reads = {h: tr.acts[h] for h in tcs}  # [1, pos, d_in], with their graph
         self.hidden = tr.hidden  # [1, pos, d_model], after the frozen final norm

@@ -49,7 +49,7 @@ def plan(model, width: int, n_sources: int, n_features: int, kmax: int, store_by
     """The rows and batch a build on `width` tokens can afford (see the module's docstring); raises
     memory.OutOfMemoryError, naming what to lower, when the request (or not even the metric's row) fits."""
     size = model.dtype.itemsize
-    forward = memory.forward_bytes(model, 1, width, model.n_layers, grad=True)
+    forward = memory.forward_bytes(model, 1, width, model.n_layers, grad=True, eager=True)  # engine.eager_attention
     vectors = model.n_layers * width * (kmax + 1) * model.d_model * size  # padded features + errors, per layer
     fixed = forward + vectors
     _, ffn, *_ = memory._widths(model)

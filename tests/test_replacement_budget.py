@@ -96,3 +96,23 @@ def test_plan_says_what_a_build_would_compute():
     assert (p.rows, p.batch, p.features) == (25, 5, g.info["active_features"])
     with memory.limit(1e-6), pytest.raises(memory.OutOfMemoryError, match="shorter prompt"):
         plan_replacement_graph(m, tcs, PROMPTS[0], metric)
+
+
+def test_eager_attention_gives_the_rows_sdpa_does(monkeypatch):
+    """The build runs attention eagerly (engine.eager_attention: the frozen pattern's backward is a matmul);
+    in float32 its edges equal SDPA's to float32 precision (float64 models keep SDPA: eager's softmax is float32)."""
+    import contextlib
+
+    import graphs.replacement as R
+
+    m = tiny_model("gemma3", dtype=torch.float32)
+    if m.hf.config._attn_implementation == "eager":
+        pytest.skip("the tiny model already runs eager attention")
+    tcs = transcoders(m, "relu")
+    metric = LogitDiff(m, "sad", "happy")
+    eager = _build(m, tcs, metric)
+    monkeypatch.setattr(R, "eager_attention", lambda model: contextlib.nullcontext())
+    sdpa = _build(m, tcs, metric)
+    a = torch.tensor([e.weight for e in eager.edges], dtype=torch.float64)
+    b = torch.tensor([e.weight for e in sdpa.edges], dtype=torch.float64)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
