@@ -2,8 +2,9 @@
 
 The document is the GPL-3 text (/usr/share/common-licenses/GPL-3, Debian's base-files: real prose the model
 did not write). For a length of N tokens the prompt ends at the position in its last WINDOW tokens where the
-document's own next token is the model's top-1 prediction (a whole word), the latest with p >= 0.5, so the graph explains a prediction the model makes, reading the whole document. The metric's
-counterfactual is the model's second choice there.
+document's own next token is the model's top-1 prediction (a whole word), the latest with p >= 0.5, so the
+graph explains a prediction the model makes, reading the whole document. The metric's counterfactual is the
+model's second choice there.
 """
 
 from __future__ import annotations
