@@ -162,6 +162,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, nargs="*", default=[128, 512, 1024, 2048])
     ap.add_argument("--alone", type=int, nargs="*", default=[2048, 4096])
+    ap.add_argument("--alone-rows", type=int, default=None, help="--alone builds' feature rows (default: what fits)")
     ap.add_argument("--largest", type=int, nargs="*", default=[], help="lengths to plan, shortest first")
     ap.add_argument("--largest-rows", type=int, default=64, help="feature rows of the build at the largest length")
     ap.add_argument("--max-feature-nodes", type=int, default=512)
@@ -175,7 +176,8 @@ def main(argv=None) -> int:
     prompts = targets(sorted(set(args.tokens) | set(args.alone))) if args.tokens or args.alone else {}
     curve, solo = [], []
     folder, longest = None, None
-    settings = {"max_feature_nodes": args.max_feature_nodes, "batch_size": args.batch_size, "alone": "defaults"}
+    settings = {"max_feature_nodes": args.max_feature_nodes, "batch_size": args.batch_size,
+                "alone": {"max_feature_nodes": args.alone_rows, "batch_size": None}}  # fmt: skip
     command = "python -m bench.peers.replacement_length_curve " + " ".join(argv if argv is not None else sys.argv[1:])
 
     def save() -> None:  # after every stage: a long run stopped midway keeps what it measured
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
         longest = largest(args.largest, tmp, folder, args.largest_rows) if args.largest else None
         save()
         for n in args.alone:
-            r = alone(n, prompts[n], tmp, folder)
+            r = alone(n, prompts[n], tmp, folder, rows=args.alone_rows)
             r.update(requested=n, target={k: v for k, v in prompts[n].items() if k != "prompt"})
             solo.append(r)
             print(json.dumps({k: r.get(k) for k in ("requested", "timings", "memory", "plan", "failed")}), flush=True)
