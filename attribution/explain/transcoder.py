@@ -76,26 +76,37 @@ def head_share(words: Words, ids: list[int], head: list[str]) -> float:
 
 
 def tc_labels(tok, t: dict) -> list[str]:
-    """A label per transcoder feature: the SAE format (labels.py) with the bracket marked `(mixed)` when neither
-    it covers HEAD_SHARE of the top contexts nor the embedding lens backs it, and a mixed bracket with no
-    context word to carry it dropped for the promoted token alone where that is evidence."""
+    """A label per transcoder feature: the SAE format (labels.py) with the bracket marked `(mixed)` when it
+    is not evidence (covers < HEAD_SHARE of the top contexts and the embedding lens does not back it), and a
+    mixed bracket with no context word to carry it dropped for the promoted token where that is evidence."""
     words = Words(tok)
     base, total = base_rates(words, t["tokens"])
     rows = t["tokens"].tolist()
-    out = []
-    for f in range(len(t["count"])):
-        if t["count"][f] == 0:
-            out.append("(dead)")
-            continue
-        ctx = [(s, p) for s, p, a in zip(t["top_seq"][f].tolist(), t["top_pos"][f].tolist(), t["top_acts"][f]) if a > 0]
-        ids = [rows[s][p] for s, p in ctx]
-        head = firing_words(words, ids)
-        skip = {w.casefold() for w in head}
-        before = context_words(words, rows, ctx, base, total, -1, skip)
-        after = context_words(words, rows, ctx, base, total, 1, skip)
-        promoted = words(int(t["up_seen"][f])) if bool(t["evidence"][f]) else ""
-        label = fit(head, before, after, promoted)
-        if head_share(words, ids, head) < HEAD_SHARE and not bool(t["in_evidence"][f]):
-            label = MIXED + label if before or after or not promoted else f"→ {promoted}"
-        out.append(label)
-    return out
+    return [label(p) if (p := parts(words, rows, base, total, t, f)) else "(dead)" for f in range(len(t["count"]))]
+
+
+def parts(words: Words, rows: list, base, total: int, t: dict, f: int) -> dict | None:
+    """Feature f's label parts with their evidence (None when dead): head (firing words), head_share, input
+    (the embedding lens backs them), before / after (context words or None), promoted ("" unless evidence)."""
+    if t["count"][f] == 0:
+        return None
+    ctx = [(s, p) for s, p, a in zip(t["top_seq"][f].tolist(), t["top_pos"][f].tolist(), t["top_acts"][f]) if a > 0]
+    ids = [rows[s][p] for s, p in ctx]
+    head = firing_words(words, ids)
+    skip = {w.casefold() for w in head}
+    return {
+        "head": head,
+        "head_share": head_share(words, ids, head),
+        "input": bool(t["in_evidence"][f]),
+        "before": context_words(words, rows, ctx, base, total, -1, skip),
+        "after": context_words(words, rows, ctx, base, total, 1, skip),
+        "promoted": words(int(t["up_seen"][f])) if bool(t["evidence"][f]) else "",
+    }
+
+
+def label(p: dict) -> str:
+    """The label of parts(...)."""
+    text = fit(p["head"], p["before"], p["after"], p["promoted"])
+    if p["head_share"] >= HEAD_SHARE or p["input"]:
+        return text
+    return MIXED + text if p["before"] or p["after"] or not p["promoted"] else f"→ {p['promoted']}"
