@@ -55,6 +55,8 @@ def test_output_side_is_read_where_the_decoder_writes(parts, cache):
     assert int(idx.t["in_ids"][0, 0]) == reads  # and the encoder's is what drives it
     card = explain(model, tc, 0, index=idx, n_contexts=2)
     assert card.writes == f"mlp_out.{last}" and card.reads[0][0] == model.tokenizer.decode([reads])
+    assert card.direct_share is None and not card.frozen  # the frozen effect only when asked: two more forwards
+    card = explain(model, tc, 0, index=idx, n_contexts=2, frozen=True)
     # at the last layer nothing follows the write but the final norm: the frozen effect is the direct path
     assert card.direct_share == pytest.approx(1.0, abs=1e-4)
     assert card.frozen[0][0] == model.tokenizer.decode([writes])

@@ -92,8 +92,12 @@ class FeatureCard:
         return "\n".join(lines)
 
 
-def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_contexts: int = 8) -> FeatureCard:
-    """The card of one feature (top contexts, histogram, logit-lens tokens, neighbours, label)."""
+def explain(
+    model, sae, feature: int, *, index: FeatureIndex | None = None, n_contexts: int = 8, frozen: bool = False
+) -> FeatureCard:
+    """The card of one feature (top contexts, histogram, logit-lens tokens, neighbours, label). frozen=True (a
+    transcoder's): also its write's effect at its top context through the frozen model, two more forwards
+    (frozen_lens.py; seconds per card on a CPU, so graphs' cards leave it out)."""
     if sae.d_sae == 0:
         raise SAEError(f"{sae!r} has no features to explain (WholeActivation): explain an SAE's features")
     if not is_int(feature):
@@ -127,7 +131,7 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
             pieces = [tok.decode([i]) for i in ids[row, lo:hi].tolist()]
             pred = [tok.decode([i]) for i in t["next_ids"][s, p].tolist() if i >= 0]
             contexts.append(Context(pieces, [float(v) for v in f[row, lo:hi]], p - lo, a, pred))
-    extra = _transcoder(model, sae, feature, t, ids[0], chosen[0]) if sae.is_transcoder and chosen else {}
+    extra = _frozen(model, sae, feature, ids[0], chosen[0]) if frozen and sae.is_transcoder and chosen else {}
     if sae.is_transcoder and "in_ids" in t:
         extra["reads"] = _tokens(tok, t["in_ids"][feature], t["in_vals"][feature])
         extra["reads_share"], extra["reads_evidence"] = float(t["in_share"][feature]), bool(t["in_evidence"][feature])
@@ -155,7 +159,7 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
     )
 
 
-def _transcoder(model, sae, feature: int, t: dict, ids: Tensor, top: tuple) -> dict:
+def _frozen(model, sae, feature: int, ids: Tensor, top: tuple) -> dict:
     """A transcoder's write removed at its top context (a, seq, pos): the tokens it raises through the frozen
     rest of the model, and the direct path's share of that (frozen_lens.py)."""
     a, _, p = top
