@@ -10,8 +10,9 @@ different places, so each side gets its own evidence.
   top contexts fire on those tokens: the firing token is among the top N_IN embedding-lens tokens (compared
   as words) at >= labels.EVIDENCE_SHARE of them (`in_share`, `in_evidence`).
 - The firing words in brackets are evidence when the words shown cover >= HEAD_SHARE of the top contexts
-  (`head_share`): `[our/the/La]` from 24 contexts that fire on 20 different words says nothing, and is shown
-  as `(mixed) [our/the/La]` unless the context words around it carry the label.
+  (`head_share`) or the embedding lens backs them: `[our/the/La]` from 24 contexts that fire on 20 different
+  words says nothing, and is shown as `(mixed) [our/the/La]`, or, with no context word around it and the
+  promoted token evidence, left out for `→ x` alone.
 - Output side, what it does: the decoder row is written at mlp_out.L, which is added to the residual stream
   as it is (after gemma's post-norm), so its direct path to the logits is the logit lens of lens.py (final
   norm's gain, then W_U) with no correction; the path through later layers is measured per context by
