@@ -554,6 +554,28 @@ TC_FIGURES.append(
     Figure(R, "held-out documents, {} tokens;", "bench/results/transcoder_recipe.json", ("eval_tokens",), "{:,}")
 )
 FIGURES += TC_FIGURES
+TCL = "bench/results/transcoder_labels.json"  # python -m studies.transcoder_labels (docs/explanations.md)
+KS, ES = ("prompts", "kobe", "summary"), ("prompts", "eiffel_language", "summary")
+FIGURES += [
+    Figure(R, "It is evidence for {}% of the", TCL, ("layers", "resid_mid.0", "input"), percent),
+    Figure(R, "`resid_mid.0`, {}% at `resid_mid.3`", TCL, ("layers", "resid_mid.3", "input"), percent),
+    Figure(R, "and {}% from `resid_mid.4` on", TCL, ("layers", "resid_mid.4", "input"), percent),
+    Figure(R, "0.98): labels with evidence {}% →", TCL, (*KS, "old_with_evidence"), percent),
+    Figure(R, "labels with evidence 70% → {}%;", TCL, (*KS, "with_evidence"), percent),
+    Figure(R, "the {}% that had none", TCL, (*KS, "old_unmarked_soup"), percent),
+    Figure(R, "and now {}% are marked", TCL, (*KS, "mixed"), percent),
+    Figure(R, "French prompt: {}% →", TCL, (*ES, "old_with_evidence"), percent),
+    Figure(R, "→\n{}%, and 27% marked", TCL, (*ES, "with_evidence"), percent),
+    Figure(R, "and {}% marked. On both", TCL, (*ES, "mixed"), percent),
+    Figure(R, "evidence for {}% and 0% of the top nodes", TCL, (*KS, "promoted_evidence"), percent),
+    Figure(R, "and {}% of the top nodes: their", TCL, (*ES, "promoted_evidence"), percent),
+    Figure(R, "carries a median {} of the effect", TCL, (*ES, "median_direct_share_early"), "{:.2f}"),
+    Figure(R, "Eiffel graph ({} on Kobe's)", TCL, (*KS, "median_direct_share_early"), "{:.2f}"),
+    Figure(R, "and {} at layers 9-17", TCL, (*ES, "median_direct_share_late"), "{:.2f}"),
+    Figure(R, "9-17 ({} on Kobe's)", TCL, (*KS, "median_direct_share_late"), "{:.2f}"),
+    Figure(R, "top 5 for {}% of the Kobe", TCL, (*KS, "lens_top_in_frozen_top5_late"), percent),
+    Figure(R, "late nodes ({}% on the", TCL, (*ES, "lens_top_in_frozen_top5_late"), percent),
+]
 
 
 @pytest.mark.parametrize("fig", FIGURES, ids=lambda f: f"{f.doc}:{f.text[:40]}")
@@ -655,3 +677,12 @@ def test_transcoder_quality_table_is_the_committed_report():
 
     rows = json.loads(_read("bench/results/default_transcoders_quality.json"))["transcoders"]
     assert quality_table(rows) in _read("docs/replacement.md")
+
+
+def test_transcoder_label_tables_are_the_committed_study():
+    """The per-layer evidence table and the two graphs' top nodes come from transcoder_labels.json."""
+    from studies.transcoder_labels import nodes_table, table
+
+    result, doc = json.loads(_read(TCL)), _read("docs/explanations.md")
+    assert table(result) in doc
+    assert nodes_table(result, "kobe", 8) in doc and nodes_table(result, "eiffel_language", 8) in doc

@@ -24,11 +24,12 @@ def feature_activations(model, saes: dict, ids: Tensor, *, outliers: bool = True
 
 
 def features(model, saes: dict, ids: Tensor, outliers: bool, final: bool = False) -> tuple:
-    """(features as in feature_activations, {hook: [n, seq, d_model] activations}, with outliers=False
-    {hook: [n, seq] bool tokens kept} else None, and with final=True (the whole model runs) the final-norm
-    hidden states [n, seq, d_model] else None)."""
+    """(features as in feature_activations, {hook: [n, seq, d_model] activations} at each SAE's hook and each
+    transcoder's target, with outliers=False {hook: [n, seq] bool tokens kept} else None, and with final=True
+    (the whole model runs) the final-norm hidden states [n, seq, d_model] else None)."""
+    writes = [s.target for s in saes.values() if s.is_transcoder]  # where transcoders' decoders write, for the index
     with model_autocast(model):
-        run = trace(model, Batch.from_ids(ids, model.device), capture=list(saes), stop_early=not final)
+        run = trace(model, Batch.from_ids(ids, model.device), capture=[*saes, *writes], stop_early=not final)
     acts = run.acts
     kept = None if outliers else {h: keep_tokens(acts[h], OUTLIER) for h in saes}
     feats = {}

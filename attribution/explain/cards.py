@@ -8,12 +8,13 @@ contexts is read from the feature's index; those are recomputed from the ids, on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import Tensor
 
 from attribution.errors import AttributionError, SAEError
 from attribution.explain.activations import feature_activations
+from attribution.explain.frozen_lens import frozen_effects, top_tokens
 from attribution.explain.index import FeatureIndex, feature_index
 from attribution.nodes import is_int
 
@@ -51,6 +52,14 @@ class FeatureCard:
     suppressed: list[tuple[str, float]]
     neighbours: list[tuple[int, float]]  # (feature, cosine of decoder directions)
     n_tokens: int  # how many tokens the index covers
+    # a transcoder's (empty for an SAE): what drives it and what its write does, each with its evidence
+    writes: str = ""  # the hook its decoder writes (mlp_out.L)
+    reads: list[tuple[str, float]] = field(default_factory=list)  # embedding lens: tokens driving it directly
+    reads_share: float = 0.0  # of its top contexts firing on one of those tokens
+    reads_evidence: bool = False  # reads_share >= labels.EVIDENCE_SHARE: the tokens are shown as evidence
+    frozen: list[tuple[str, float]] = field(default_factory=list)  # logit rises from its write at its top context,
+    # through the rest of the model with norms and attention frozen (frozen_lens.py)
+    direct_share: float | None = None  # how much of that the direct path (the logit lens) accounts for
 
     def _repr_html_(self) -> str:
         """The card as the report shows it, in a notebook (drawn by pages, through attribution.display)."""
@@ -74,11 +83,21 @@ class FeatureCard:
         lines.append(f"  the model predicts {self.promoted_seen!r} at {self.evidence_share:.0%} of the top contexts")
         lines.append("  suppresses: " + ", ".join(repr(t) for t, _ in self.suppressed[:8]))
         lines.append("  neighbours: " + ", ".join(f"#{f} ({c:.2f})" for f, c in self.neighbours[:5]))
+        if self.writes:
+            lines.append(f"  reads (embedding lens, {self.reads_share:.0%} of top contexts fire on these): "
+                         + ", ".join(repr(t) for t, _ in self.reads[:8]))  # fmt: skip
+            if self.direct_share is not None:
+                lines.append(f"  at its top context, through the frozen model (direct path {self.direct_share:.0%}): "
+                             + ", ".join(repr(t) for t, _ in self.frozen))  # fmt: skip
         return "\n".join(lines)
 
 
-def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_contexts: int = 8) -> FeatureCard:
-    """The card of one feature (top contexts, histogram, logit-lens tokens, neighbours, label)."""
+def explain(
+    model, sae, feature: int, *, index: FeatureIndex | None = None, n_contexts: int = 8, frozen: bool = False
+) -> FeatureCard:
+    """The card of one feature (top contexts, histogram, logit-lens tokens, neighbours, label). frozen=True (a
+    transcoder's): also its write's effect at its top context through the frozen model, two more forwards
+    (frozen_lens.py; seconds per card on a CPU, so graphs' cards leave it out)."""
     if sae.d_sae == 0:
         raise SAEError(f"{sae!r} has no features to explain (WholeActivation): explain an SAE's features")
     if not is_int(feature):
@@ -112,6 +131,10 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
             pieces = [tok.decode([i]) for i in ids[row, lo:hi].tolist()]
             pred = [tok.decode([i]) for i in t["next_ids"][s, p].tolist() if i >= 0]
             contexts.append(Context(pieces, [float(v) for v in f[row, lo:hi]], p - lo, a, pred))
+    extra = _frozen(model, sae, feature, ids[0], chosen[0]) if frozen and sae.is_transcoder and chosen else {}
+    if sae.is_transcoder and "in_ids" in t:
+        extra["reads"] = _tokens(tok, t["in_ids"][feature], t["in_vals"][feature])
+        extra["reads_share"], extra["reads_evidence"] = float(t["in_share"][feature]), bool(t["in_evidence"][feature])
     edges = t["hist_edges"][feature].tolist()
     counts = t["hist"][feature].tolist()
     total = max(1, sum(counts))
@@ -131,7 +154,18 @@ def explain(model, sae, feature: int, *, index: FeatureIndex | None = None, n_co
         evidence=bool(t["evidence"][feature]),
         neighbours=[(int(i), float(c)) for i, c in zip(t["nb_ids"][feature], t["nb_cos"][feature])],
         n_tokens=index.n_tokens,
+        writes=sae.target or "",
+        **extra,
     )
+
+
+def _frozen(model, sae, feature: int, ids: Tensor, top: tuple) -> dict:
+    """A transcoder's write removed at its top context (a, seq, pos): the tokens it raises through the frozen
+    rest of the model, and the direct path's share of that (frozen_lens.py)."""
+    a, _, p = top
+    (effect,) = frozen_effects(model, sae, ids, [p], a * sae.W_dec[feature][None].float())
+    frozen = [(model.tokenizer.decode([i]), v) for i, v in top_tokens(model, effect.total)]
+    return {"frozen": frozen, "direct_share": effect.direct_share}
 
 
 def _tokens(tok, ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:

@@ -38,12 +38,15 @@ from attribution.explain.activations import features
 from attribution.explain.labels import evidence, labels
 from attribution.explain.lens import N_NEXT, logit_lens, top_predictions
 from attribution.explain.neighbours import neighbours
+from attribution.explain.transcoder import embedding_lens, input_evidence, tc_labels
 
 N_TOP = 24  # contexts kept per feature
 N_BINS = 10
 VERSION = 7  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
 # the logit lens through the final norm's gain; 6: special tokens never label; 7: the model's predictions at
 # the top contexts, labels from the contexts' words, the promoted token only as evidence
+TC_VERSION = 8  # a transcoder's index (an SAE's is unchanged, its cache stays valid): 8: the embedding lens and
+# its evidence, neighbours in the units of the hook the decoder writes, labels marking mixed firing words
 Text = Tensor | str | None  # the text to index: token ids, a registered text's name, or None ("default")
 TextSource = Callable[..., Tensor]  # fn(model, n_tokens, progress) -> [n_seq, seq] ids starting with <bos>
 TEXTS: dict[str, TextSource] = {}
@@ -116,7 +119,7 @@ def feature_indexes(
     # keyed by the model, the SAE (weights and hyper-parameters such as k) and the text: never another's index
     root = cache_dir() / "index" / model_fingerprint(model)
     key = tensor_digest(tokens)[:16]
-    folders = {h: root / f"{sae_fingerprint(s)}-{key}-v{VERSION}" for h, s in saes.items()}
+    folders = {h: root / f"{sae_fingerprint(s)}-{key}-v{version(s)}" for h, s in saes.items()}
     out = {} if rebuild else {h: i for h, f in folders.items() if (i := _quiet_load(f)) is not None}
     todo = {h: s for h, s in saes.items() if h not in out}
     if todo:
@@ -165,7 +168,7 @@ def build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple[
         feats, acts, kept, hidden = features(model, saes, ids, outliers=False, final=True)
         final[start : start + 16] = hidden  # for the model's predictions at the top contexts, after the pass
         for h, f in feats.items():
-            x = acts[h][kept[h]].double()  # [kept tokens, d_model]
+            x = acts[saes[h].target or h][kept[h]].double()  # [kept tokens, d_model] where the decoder writes
             state[h]["moments"] += torch.stack([torch.full_like(x[0], len(x)), x.sum(0), x.pow(2).sum(0)])
             f = f[:, 1:]  # [n, seq-1, d_sae]: <bos> is not a token the SAEs explain
             flat = f.reshape(-1, f.shape[-1])  # [n*(seq-1), d_sae]
@@ -226,14 +229,26 @@ def build(model, saes: dict, tokens: Tensor, progress: bool) -> dict[str, tuple[
         }
         tensors = {k: v.cpu() for k, v in tensors.items()}
         tensors["evidence_share"], tensors["evidence"] = evidence(model.tokenizer, tensors)
-        info = {"hook": h, "n_tokens": n_tok, "labels": labels(model.tokenizer, tensors), "version": VERSION}
+        info = {"hook": h, "n_tokens": n_tok, "version": version(sae)}
+        if sae.is_transcoder:
+            tensors["in_ids"], tensors["in_vals"] = embedding_lens(model, sae, seen)
+            tensors["in_share"], tensors["in_evidence"] = input_evidence(model.tokenizer, tensors)
+            info |= {"transcoder": True, "labels": tc_labels(model.tokenizer, tensors)}
+        else:
+            info["labels"] = labels(model.tokenizer, tensors)
         out[h] = (tensors, info)
     return out
 
 
 TENSORS = ("tokens", "top_acts", "top_seq", "top_pos", "count", "max", "hist", "hist_edges", "up_ids", "up_vals")
 TENSORS += ("up_seen", "down_ids", "down_vals", "nb_ids", "nb_cos", "next_ids", "evidence_share", "evidence")
+TC_TENSORS = ("in_ids", "in_vals", "in_share", "in_evidence")  # and these for a transcoder
 # ^ what build writes and cards.explain reads
+
+
+def version(sae) -> int:
+    """The index version of `sae`'s kind: transcoders' indexes hold more (TC_VERSION)."""
+    return TC_VERSION if sae.is_transcoder else VERSION
 
 
 def _load(folder: Path) -> FeatureIndex | None:
@@ -242,8 +257,9 @@ def _load(folder: Path) -> FeatureIndex | None:
         return None
     info = read_json(folder / "index.json", entry=folder)
     tensors = read_safetensors(folder / "index.safetensors", entry=folder)
-    missing = [n for n in TENSORS if n not in tensors]
-    if missing or not isinstance(info, dict) or info.get("version") != VERSION:
+    tc = isinstance(info, dict) and bool(info.get("transcoder"))
+    missing = [n for n in TENSORS + TC_TENSORS * tc if n not in tensors]
+    if missing or not isinstance(info, dict) or info.get("version") != (TC_VERSION if tc else VERSION):
         raise corrupt(folder, f"missing tensors {missing}" if missing else "index.json is not this version's")
     if len(info.get("labels", [])) != len(tensors["count"]) or "hook" not in info or "n_tokens" not in info:
         raise corrupt(folder, "index.json does not match its tensors")

@@ -79,14 +79,8 @@ def labels(tok, t: dict) -> list[str]:
     """A label per feature, in the module's format, from the index's tensors (tokens, top_acts, top_seq,
     top_pos, count, up_seen, evidence)."""
     words = Words(tok)
-    tokens = t["tokens"]
-    ids, counts = tokens[:, 1:].flatten().unique(return_counts=True)  # <bos> left out
-    base: Counter = Counter()
-    for i, c in zip(ids.tolist(), counts.tolist()):
-        if k := words.key(i):
-            base[k] += c
-    total = max(1, int(counts.sum()))
-    rows = tokens.tolist()
+    base, total = base_rates(words, t["tokens"])
+    rows = t["tokens"].tolist()
     out = []
     for f in range(len(t["count"])):
         if t["count"][f] == 0:
@@ -100,6 +94,16 @@ def labels(tok, t: dict) -> list[str]:
         promoted = words(int(t["up_seen"][f])) if bool(t["evidence"][f]) else ""
         out.append(fit(head, before, after, promoted))
     return out
+
+
+def base_rates(words: Words, tokens: Tensor) -> tuple[Counter, int]:
+    """(word key -> its count in the indexed text, the text's token count), <bos> left out."""
+    ids, counts = tokens[:, 1:].flatten().unique(return_counts=True)
+    base: Counter = Counter()
+    for i, c in zip(ids.tolist(), counts.tolist()):
+        if k := words.key(i):
+            base[k] += c
+    return base, max(1, int(counts.sum()))
 
 
 def firing_words(words: Words, ids: list[int]) -> list[str]:

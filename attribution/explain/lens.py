@@ -25,7 +25,9 @@ def logit_lens(model, sae, seen: Tensor, chunk: int = 512) -> tuple[Tensor, ...]
     """Top promoted / suppressed tokens of each decoder direction through the final norm's gain and the
     unembedding (a direction added to the residual changes the logits by W_U (gain * d), up to the norm's
     per-token 1/rms), and the top promoted token among those `seen` [vocab] in the indexed text, for the
-    label: most of a 262k vocabulary is rare scripts and word pieces the model seldom writes."""
+    label: most of a 262k vocabulary is rare scripts and word pieces the model seldom writes. A transcoder's
+    W_dec is what it writes at mlp_out.L, which joins the stream as it is (after gemma's post-norm), so this
+    is its direct path too; its encoder's hook (resid_mid.L) plays no part (frozen_lens.py: the other paths)."""
     lens = _lens_dtype(model)
     chunk = chunk if lens == torch.bfloat16 else chunk // 2
     W_U = model.W_U.to(lens).T  # [d_model, vocab]
