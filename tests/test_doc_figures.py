@@ -219,11 +219,16 @@ FIGURES = [
         ("ratios", "time_ours_over_theirs"),
         "{:.2f}",
     ),
-    Figure(R, "| **0.31**; **{}** of 1,000 |", SBS_ALL, ("edges", "top1000_within_1e-3")),
+    Figure(R, "| **0.26**; **{}** of 1,000 |", SBS_ALL, ("edges", "top1000_within_1e-3")),
     Figure(R, "| graph build, ours / theirs | **{} s** /", SBS_ALL, ("time_s", "ours"), "{:.1f}"),
-    Figure(R, "| graph build, ours / theirs | **14.9 s** / {} s", SBS_ALL, ("time_s", "theirs"), "{:.1f}"),
-    Figure(R, "| feature nodes in both | **{}** of 7,488 |", SBS_ALL, ("feature_nodes", "common")),
-    Figure(R, "of 7,488 | {} of 2,048", SBS, ("feature_nodes", "common")),
+    Figure(R, "| graph build, ours / theirs | **19.5 s** / {} s", SBS_ALL, ("time_s", "theirs"), "{:.1f}"),
+    Figure(R, "/ 74.9 s (**{}**)", SBS_ALL, ("ratios", "time_ours_over_theirs"), "{:.2f}"),
+    Figure(R, "| 9.0 s / {} s (0.29) |", SBS, ("time_s", "theirs"), "{:.1f}"),
+    Figure(R, "| {} s / 31.1 s (0.29) |", SBS, ("time_s", "ours"), "{:.1f}"),
+    Figure(R, "within 1e-3 relative | **969** | {} |", SBS, ("edges", "top1000_within_1e-3")),
+    Figure(R, "adds at every feature and {}× at 2,048", SBS, ("ratios", "added_rss_ours_over_theirs"), "{:.2f}"),
+    Figure(R, "| feature nodes in both | **{}** of 7,488 (the other 69", SBS_ALL, ("feature_nodes", "common")),
+    Figure(R, "(the other 69: below) | {} of 2,048", SBS, ("feature_nodes", "common")),
     Figure(R, "| the same, circuit-tracer | {} /", SBS_ALL, ("scores", "theirs", "replacement"), "{:.3f}"),
     Figure(
         R,
@@ -235,7 +240,7 @@ FIGURES = [
     Figure(R, "(median ratio {}, √640", SBS_ALL, ("token_edges", "median_ratio_ours_over_theirs"), "{:.4f}"),
     Figure(
         R,
-        "the build adds more to the process than\ncircuit-tracer's attribute() does ({}×",
+        "the build adds {}× what circuit-tracer's",
         SBS_ALL,
         ("ratios", "added_rss_ours_over_theirs"),
         "{:.2f}",
@@ -686,3 +691,40 @@ def test_transcoder_label_tables_are_the_committed_study():
     result, doc = json.loads(_read(TCL)), _read("docs/explanations.md")
     assert table(result) in doc
     assert nodes_table(result, "kobe", 8) in doc and nodes_table(result, "eiffel_language", 8) in doc
+
+
+CURVE = "bench/results/replacement_length_curve.json"  # bench.peers.replacement_length_curve (its commands inside)
+
+
+def test_length_curve_table_is_the_result_file():
+    """docs/replacement.md's long-prompt table, row by row, from replacement_length_curve.json."""
+    r = json.loads((ROOT / CURVE).read_text())
+    doc = (ROOT / "docs" / "replacement.md").read_text()
+    for c in r["curve"]:
+        t = c["target"]
+        ours = f"{c['time_s']['ours']:.1f} s, {c['added']['ours']:.2f} GiB"
+        if c.get("theirs_failed"):
+            assert "out of memory" in c["theirs_failed"]["how"]
+            theirs, ratio = "killed by the kernel: out of memory", "—"
+        else:
+            theirs = f"{c['time_s']['theirs']:.1f} s, {c['added']['theirs']:.2f} GiB"
+            ratio = f"{c['ratios']['time_ours_over_theirs']:.2f}, {c['ratios']['added_rss_ours_over_theirs']:.2f}"
+        said = f"`{t['answer']}` ({t['answer_p']:.3f}), `{t['counterfactual']}`"
+        row = f"| {c['tokens']:,} | {said} | {ours} | {theirs} | {ratio} |"
+        assert row in doc, row
+    a = r["alone"][0]
+    added = (a["memory"]["peak_rss_build_mb"] - a["memory"]["rss_before_mb"]) / 1024
+    assert f"| {a['prompt_tokens']:,} | `{a['target']['answer']}`" in doc
+    assert f"{a['timings']['build_graph_s']:.1f} s, {added:.2f} GiB (batch {a['plan']['batch_size']}, chosen)" in doc
+    assert f"adding {added:.1f} GiB" in doc and f"the build added {added:.1f} GiB" in doc
+    assert f"planned {a['plan']['estimate_bytes'] / 2**30:.1f} GiB for the build" in doc
+    tried = r["largest"]["tried"][0]
+    assert not tried["fits"] and f"refused the document at {tried['tokens']:,} tokens" in doc
+    assert f"against the {r['largest']['budget_gib']:.1f} GiB it had" in doc
+    ratios = [c["ratios"] for c in r["curve"] if "ratios" in c]
+    assert "0.46 at 128 tokens, 0.21 at 508" in doc
+    assert [round(x["added_rss_ours_over_theirs"], 2) for x in ratios] == [0.46, 0.21]
+    assert [round(1 / x["time_ours_over_theirs"], 1) for x in ratios] == [2.9, 2.1]
+    assert "2.9× at 128\ntokens, 2.1× at 508, 3.8× on the Kobe prompt" in doc
+    sbs = json.loads((ROOT / SBS_ALL).read_text())
+    assert round(1 / sbs["ratios"]["time_ours_over_theirs"], 1) == 3.8
