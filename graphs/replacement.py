@@ -271,16 +271,17 @@ class _Vectors:
 class _Replacement:
     """The replacement model's forward, replicated over `batch_size` rows and kept for many backward passes."""
 
-    def __init__(self, model, tcs, batch, acts: dict, batch_size: int, store: torch.dtype):
+    def __init__(self, model, tcs, batch, acts: dict, batch_size: int, store: torch.dtype, extra: tuple = ()):
+        """extra: more hooks to probe (graphs.heads: every attn_z), their gradients after the sources' in grads()."""
         self.hooks, self.store = list(tcs), store
-        edits = {EMBED: _identity}
+        edits = {EMBED: _identity, **{h: _identity for h in extra}}
         for h, tc in tcs.items():
             const = (acts[tc.target] - (tc.skip(acts[h]) if tc.W_skip is not None else 0.0)).detach()
             edits[tc.target] = Held(const, tc, h if tc.W_skip is not None else None)
             spec = model.hooks[h]
             if spec.kind == "resid_mid":  # the MLP's output is replaced: its input needs no graph (~10x the memory)
                 edits[model.hook(f"mlp_in.{spec.layer}").name] = _detached
-        probes = (EMBED, *(t.target for t in tcs.values()))
+        probes = (EMBED, *(t.target for t in tcs.values()), *extra)
         group = Group(edits, n=batch_size, probes=probes)
         with torch.enable_grad():
             tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
@@ -288,10 +289,9 @@ class _Replacement:
         self.hidden = tr.hidden  # [rows, pos, d_model], after the frozen final norm
         self.leaves = [tr.leaves[(0, p)] for p in probes]
 
-    def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
-        """[len(targets), n_sources] direct effects: each target is ("metric", direction, pos) or
-        ("feature", encoder column, pos, layer)."""
-        n = len(targets)
+    def grads(self, targets: list[tuple]) -> tuple:
+        """The gradients of each target's read at every probe (the embedding, each MLP output, then `extra`),
+        row r for targets[r]: ("metric", direction, pos) or ("feature", encoder column, pos, layer)."""
         inject = {}
         for r, t in enumerate(targets):
             key = "metric" if t[0] == "metric" else self.hooks[t[3]]
@@ -301,7 +301,12 @@ class _Replacement:
             inject[key][r, t[2]] = t[1].to(where.dtype)
         total = sum(((self.hidden if k == "metric" else self.reads[k]) * v).sum() for k, v in inject.items())
         with torch.enable_grad():
-            grads = torch.autograd.grad(total, self.leaves, retain_graph=True, allow_unused=True)
+            return torch.autograd.grad(total, self.leaves, retain_graph=True, allow_unused=True)
+
+    def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
+        """[len(targets), n_sources] direct effects of every source on each target (as in grads)."""
+        n = len(targets)
+        grads = self.grads(targets)
         out = torch.zeros(n, vectors.n, dtype=self.store)
         g_emb = grads[0]
         ti, tpos, tvec = vectors.tokens
