@@ -90,6 +90,11 @@ class HeadParts:
     def from_saved(cls, tensors: dict, meta: dict) -> HeadParts:
         return cls(**{k[len("heads.") :]: v for k, v in tensors.items()}, **meta)
 
+    def kept(self, graph) -> list[dict | None]:
+        """For each of graph.edges (the kept edges, in order) its row (see row), or None where it has none."""
+        at = self.lookup()
+        return [self.row(at[e]) if e in at else None for e in graph.edge_mask.nonzero().squeeze(-1).tolist()]
+
     def meta(self) -> dict:
         return {"n_heads": self.n_heads, "gap": self.gap}
 
