@@ -90,6 +90,14 @@ class HeadParts:
     def from_saved(cls, tensors: dict, meta: dict) -> HeadParts:
         return cls(**{k[len("heads.") :]: v for k, v in tensors.items()}, **meta)
 
+    def trimmed(self, top: int) -> HeadParts:
+        """The same split keeping only the `top` largest heads per edge (the others added to rest)."""
+        if top >= self.top:
+            return self
+        rest = self.rest.double() + self.value[:, top:].double().sum(1)
+        cut = (self.layer[:, :top], self.head[:, :top], self.value[:, :top])
+        return HeadParts(self.edge, self.direct, *cut, rest, self.n_heads, self.gap)
+
     def kept(self, graph) -> list[dict | None]:
         """For each of graph.edges (the kept edges, in order) its row (see row), or None where it has none."""
         at = self.lookup()
@@ -293,3 +301,56 @@ def _compact(idx, direct, parts, top, n_heads, weight) -> HeadParts:
     w = weight.double()
     gap = float((total - w).abs().max() / w.abs().max().clamp_min(1e-30)) if m else 0.0
     return HeadParts(idx, direct, layer, head, value, rest, n_heads, gap)
+
+
+@dataclass
+class _Zeroed:
+    """attn_z with some heads' columns zeroed: their OV carries nothing."""
+
+    keep: Tensor  # [n_heads * d_head] 0/1
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x * self.keep.to(x.dtype)
+
+
+def intervened(model, tcs, graph, metric, edge: int, zero: dict[int, list[int]]) -> float:
+    """Edge `edge` (an index into the full edge arrays) measured by intervention in the frozen replacement
+    model with the heads `zero` ({layer: [heads]}) zeroed: t's read with s present less with s removed
+    (features held, as edges are direct effects). A check of head_parts on any model:
+    part(L, h) = intervened(zero={l: all for l < L} | {L: all but h}) - intervened(zero={l: all for l <= L})."""
+    tcs = check_transcoders(model, tcs)
+    batch = model.tokenize(graph.prompt)
+    n_layers = model.n_layers
+    with torch.no_grad():
+        capture = [EMBED, *tcs, *(t.target for t in tcs.values()), *(f"attn_z.{L}" for L in range(n_layers))]
+        clean = trace(model, batch, capture=capture, freeze=True)
+        decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
+    s, t = graph.full_nodes[int(graph.src[edge])], graph.full_nodes[int(graph.dst[edge])]
+    writes = {EMBED: EMBED, **{h: tc.target for h, tc in tcs.items()}}
+    deltas = {w: torch.zeros(2, batch.width, model.d_model, dtype=model.dtype) for w in writes.values()}
+    deltas[writes[EMBED if s.kind == "token" else s.hook]][1, s.position] = -_vector(s, tcs, decs, clean.acts[EMBED][0])
+    edits = {EMBED: _Push(_identity, deltas[EMBED])}
+    for h, tc in tcs.items():
+        const = (clean.acts[tc.target] - (tc.skip(clean.acts[h]) if tc.W_skip is not None else 0.0)).detach()
+        edits[tc.target] = _Push(Held(const, tc, h if tc.W_skip is not None else None), deltas[tc.target])
+    n_heads = int(model.hf.config.num_attention_heads)
+    for L, heads in zero.items():
+        z = clean.acts[f"attn_z.{L}"]
+        keep = torch.ones(n_heads, z.shape[-1] // n_heads, dtype=z.dtype)
+        keep[list(heads)] = 0
+        edits[f"attn_z.{L}"] = _Zeroed(keep.flatten())
+    with torch.no_grad():
+        tr = trace(
+            model,
+            batch,
+            groups=[Group(edits, n=2)],
+            capture=list(tcs),
+            keep_batch=False,
+            freeze=frozen_state(model, batch),
+        )
+    if t.kind == "metric":
+        vec, pos = direction(model, metric)
+        read = tr.hidden[:, pos % batch.width] @ vec.to(tr.hidden.dtype)
+    else:
+        read = tr.acts[t.hook][:, t.position] @ tcs[t.hook].W_enc[:, t.feature].to(tr.hidden.dtype)
+    return float(read[0] - read[1])
