@@ -19,17 +19,14 @@ import copy as _copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from graphs import groups as _groups
 from graphs.graph_nodes import KINDS, GraphError, GraphNode
+from graphs.head_parts import HeadParts
 from graphs.prune import cumulative, influence, per_target, prune, shares
-
-if TYPE_CHECKING:
-    from graphs.heads import HeadParts
 
 FORMAT = 2  # the on-disk format's version: 2 saves int32 src/dst and float32 weights
 READS = (1, 2)  # formats load reads (1: int64 src/dst and float64 weights, cast on load)
@@ -312,8 +309,6 @@ class Graph:
         meta.pop("format")
         heads = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("heads.")]}
         if "heads" in meta:  # older folders have none
-            from graphs.heads import HeadParts
-
             meta["heads"] = HeadParts.from_saved(heads, meta["heads"])
         return cls(full_nodes=nodes, **meta, **tensors)
 
