@@ -47,7 +47,7 @@ class HeadParts:
         heads = [
             [int(a), int(b), float(v)]
             for a, b, v in zip(self.layer[i].tolist(), self.head[i].tolist(), self.value[i].tolist())
-            if a >= 0
+            if a >= 0 and v != 0  # a head with no part carries nothing (no attention between s and t)
         ]
         return {"direct": float(self.direct[i]), "heads": heads, "rest": float(self.rest[i])}
 

@@ -153,7 +153,7 @@ def test_top_heads_and_remainder_saved_and_exported(built, tmp_path):
     with_heads = [x for x in data["links"] if "heads" in x]
     assert len(with_heads) == len(data["links"]) > 0
     row = with_heads[0]["heads"]
-    assert set(row) == {"direct", "heads", "rest"} and len(row["heads"]) == 2
+    assert set(row) == {"direct", "heads", "rest"} and len(row["heads"]) <= 2
     assert row["direct"] + sum(v for _, _, v in row["heads"]) + row["rest"] == pytest.approx(
         with_heads[0]["weight"], rel=1e-5, abs=1e-6
     )
