@@ -25,6 +25,7 @@ from torch import Tensor
 
 from graphs import groups as _groups
 from graphs.graph_nodes import KINDS, GraphError, GraphNode
+from graphs.head_parts import HeadParts
 from graphs.prune import cumulative, influence, per_target, prune, shares
 
 FORMAT = 2  # the on-disk format's version: 2 saves int32 src/dst and float32 weights
@@ -60,6 +61,7 @@ class Graph:
     pruning: dict | None = None  # the thresholds the masks come from
     groups: dict[str, list[str]] = field(default_factory=dict)  # supernode name -> member node ids
     info: dict = field(default_factory=dict)  # build time, candidates, the answer's probability
+    heads: HeadParts | None = None  # edges split by attention head (graphs.heads), for some edges or none
 
     def __post_init__(self):
         n = len(self.full_nodes)
@@ -269,6 +271,8 @@ class Graph:
             "groups": self.groups,
             "info": self.info,
         }
+        if self.heads is not None:
+            meta["heads"] = self.heads.meta()
         tensors = {
             "src": self.src.contiguous(),
             "dst": self.dst.contiguous(),
@@ -276,6 +280,8 @@ class Graph:
             "node_mask": self.node_mask.contiguous(),
             "edge_mask": self.edge_mask.contiguous(),
         }
+        if self.heads is not None:
+            tensors |= self.heads.tensors()
         save_file(tensors, str(folder / EDGES), metadata={"format": str(FORMAT)})
         (folder / META).write_text(json.dumps(meta, indent=1))
         return folder
@@ -301,6 +307,9 @@ class Graph:
             raise GraphError(f"{folder / META} is graph format {meta.get('format')!r}; this library reads {READS}")
         nodes = [GraphNode(**x) for x in meta.pop("nodes")]
         meta.pop("format")
+        heads = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("heads.")]}
+        if "heads" in meta:  # older folders have none
+            meta["heads"] = HeadParts.from_saved(heads, meta["heads"])
         return cls(full_nodes=nodes, **meta, **tensors)
 
     # --- exports --------------------------------------------------------------------------------

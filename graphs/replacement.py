@@ -287,18 +287,19 @@ class _Replacement:
     """The replacement model's forward on the prompt, run once and kept for many backward passes: a batch of
     target rows shares it (torch.func.vmap over the backward, one direction per row: 1.6x faster than autograd's
     is_grads_batched on the Kobe prompt, 2-core Xeon with AMX, and within 11% of replicating the prompt), so its
-    memory does not grow with the batch (circuit-tracer replicates the prompt per row instead)."""
+    memory does not grow with the batch (circuit-tracer replicates the prompt per row instead).
+    extra: more hooks to probe (graphs.heads: every attn_z), their gradients after the sources' in grads()."""
 
-    def __init__(self, model, tcs, batch, acts: dict, store: torch.dtype):
+    def __init__(self, model, tcs, batch, acts: dict, store: torch.dtype, extra: tuple = ()):
         self.hooks, self.store = list(tcs), store
-        edits = {EMBED: _identity}
+        edits = {EMBED: _identity, **{h: _identity for h in extra}}
         for h, tc in tcs.items():
             const = (acts[tc.target] - (tc.skip(acts[h]) if tc.W_skip is not None else 0.0)).detach()
             edits[tc.target] = Held(const, tc, h if tc.W_skip is not None else None)
             spec = model.hooks[h]
             if spec.kind == "resid_mid":  # the MLP's output is replaced: its input needs no graph (~10x the memory)
                 edits[model.hook(f"mlp_in.{spec.layer}").name] = _detached
-        probes = (EMBED, *(t.target for t in tcs.values()))
+        probes = (EMBED, *(t.target for t in tcs.values()), *extra)
         group = Group(edits, n=1, probes=probes)
         with torch.enable_grad(), eager_attention(model):  # the frozen pattern's backward: one matmul per head
             tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
@@ -306,8 +307,9 @@ class _Replacement:
         self.hidden = tr.hidden  # [1, pos, d_model], after the frozen final norm
         self.leaves = [tr.leaves[(0, p)] for p in probes]
 
-    def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
-        """[len(targets), n_sources] direct effects: each target is ("metric", direction, pos) or
+    def grads(self, targets: list[tuple]) -> list[Tensor | None]:
+        """The gradients [rows, pos, d] of each target's read at every probe (the embedding, each MLP output,
+        then `extra`; None where no path reaches it), row r for targets[r]: ("metric", direction, pos) or
         ("feature", encoder column, pos, layer)."""
         n = len(targets)
         inject = {}  # output key -> [rows, 1, pos, d]: row r's readout direction at its position, else zero
@@ -328,17 +330,21 @@ class _Replacement:
             # CPU attention's backward has no batching rule: vmap loops over the rows there, and says so
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
             grads = torch.func.vmap(backward)(*inject.values())
-        grads = [None if g is None or g.dim() == 1 else g for g in grads]  # vmap returns [rows] zeros for unused
+        return [None if g.dim() == 1 else g[:, 0] for g in grads]  # vmap gives [rows] zeros for an unused probe
+
+    def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
+        """[len(targets), n_sources] direct effects of every source on each target (as in grads)."""
+        n = len(targets)
+        grads = self.grads(targets)
         out = torch.zeros(n, vectors.n, dtype=self.store)
         g_emb = grads[0]
         ti, tpos, tvec = vectors.tokens
         if g_emb is not None:
-            out[:, ti] = _dots(g_emb[:, 0, tpos.to(g_emb.device)], tvec).to(self.store)
+            out[:, ti] = _dots(g_emb[:, tpos.to(g_emb.device)], tvec).to(self.store)
         for layer, (cols, vecs, ei, epos, ev) in enumerate(vectors.layers):
             g = grads[1 + layer]
             if g is None:
                 continue
-            g = g[:, 0]  # [rows, pos, d]
             if cols.numel():  # [pos, rows, d] x [pos, d, k] -> [pos, rows, k]
                 vals = torch.bmm(g.transpose(0, 1), vecs.to(g.dtype).transpose(1, 2)).permute(1, 0, 2).cpu()
                 used = cols >= 0

@@ -10,7 +10,8 @@ node_id "<layer>_<index>_<position>"; `influence` is the cumulative share; the l
 Error nodes are "<layer>_-1_<position>" (circuit-tracer's "0_<layer>_<position>" can equal a layer-0
 feature's id), their clerp "Err: <hook> “<token>”". Groups go to qParams.supernodes as [name, member
 ids...]. Edge weights are the graph's direct effects. metadata.info (ours: the metric, its value, the
-pruning, build time) is a key circuit-tracer's models ignore.
+pruning, build time) is a key circuit-tracer's models ignore, as is a link's `heads` (ours, where the graph has
+a head split, graphs.heads: {"direct", "heads": [[layer, head, part], ...], "rest"}).
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ def graph_file(graph, slug: str | None = None) -> GraphFile:
 
 def to_json(graph, path: str | Path | None = None, *, slug: str | None = None) -> dict:
     data = graph_file(graph, slug or (Path(path).stem if path else None)).model_dump()
+    if getattr(graph, "heads", None) is not None:  # ours: each link's split by attention head (graphs.heads)
+        for link, row in zip(data["links"], graph.heads.kept(graph)):
+            if row is not None:
+                link["heads"] = row
     if path is not None:
         Path(path).write_text(json.dumps(data, indent=1))
     return data

@@ -14,6 +14,8 @@ graph.css.j2, each node's panel card graph_node.html.j2, all autoescaped); the p
 - Clicking a node shows its card in the side panel (label, kind, hook, position, activation, attribution,
   influence; for features the labeller's card: top contexts, interval shares, promoted tokens) and its
   strongest inputs and outputs, each a link to that node; its edges are drawn on top, the others faded.
+- Clicking an edge shows its panel: its ends and weight and, where the graph has a head split (graph.heads,
+  graphs.heads), the attention heads that carry it, the other heads' sum and the part no head carries.
 
 Size = influence; colour = node type and sign of the node's attribution (blue raises the metric, red lowers
 it); edge width = the edge's share of its target's input, colour = its sign; edges that skip rows are curved.
@@ -184,7 +186,11 @@ def data(graph, *, collapse_groups: bool = True, cards=None) -> dict:
     if rows:
         columns.append({"col": errors_col, "name": "errors"})
     names = ["tokens", *graph.hooks, "metric"]
+    heads = graph.heads.kept(graph) if graph.heads is not None else None
     edges = [[e.source, e.target, e.weight, e.share] for e in graph.edges]
+    if heads is not None:  # the edge's split by attention head (graphs.heads), listed in its panel
+        for e, row in zip(edges, heads):
+            e.append(row)
     return {
         "rows": names,
         "columns": columns,

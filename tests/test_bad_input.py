@@ -210,7 +210,7 @@ CASES = [
         ["unknown hook point", r"0\.\.2"],
         lambda s: s.m.hook("blocks.7.hook_resid_post"),
     ),
-    ("hook-tl-not-supported", Hoo, ["unknown hook point", "resid_post"], lambda s: s.m.hook("blocks.1.attn.hook_z")),
+    ("hook-tl-not-supported", Hoo, ["unknown hook point", "resid_post"], lambda s: s.m.hook("blocks.1.attn.hook_v")),
     ("hook-int", Hoo, ["must be a string", "resid_post.3"], lambda s: s.m.hook(3)),
     (
         "attribute-unknown-hook",

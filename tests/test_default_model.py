@@ -14,7 +14,7 @@ KOBE = "Fact: The capital of the state where Kobe Bryant played basketball is"
 def test_loads_with_uniform_hooks(default_model):
     m = default_model
     assert (m.n_layers, m.d_model, m.model_type) == (18, 640, "gemma3_text")
-    assert len(m.hooks) == 108 and m.hook("blocks.9.hook_resid_post").module == "model.layers.9"  # 6 kinds x 18
+    assert len(m.hooks) == 126 and m.hook("blocks.9.hook_resid_post").module == "model.layers.9"  # 7 kinds x 18
 
 
 def test_logit_differences_of_the_paper_prompts(default_model):

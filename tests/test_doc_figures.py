@@ -582,6 +582,56 @@ FIGURES += [
     Figure(R, "late nodes ({}% on the", TCL, (*ES, "lens_top_in_frozen_top5_late"), percent),
 ]
 
+HS = "bench/results/heads_suite.json"  # python -m studies.heads_suite
+G = "docs/graphs.md"
+CHECKED = ("checked_by_intervention", "max_rel_diff")
+EIFFEL, TOKYO = ("prompts", 0), ("prompts", 1)
+HEADS_FIGURES = [
+    Figure(G, "every kept edge split: {} and", HS, (*EIFFEL, "edges_split"), "{:,}"),
+    Figure(G, "split: 4,876 and {} edges", HS, (*TOKYO, "edges_split"), "{:,}"),
+    Figure(G, "edges, in {} s and", HS, (*EIFFEL, "seconds_heads"), "{:.0f}"),
+    Figure(G, "s and {} s (the graphs", HS, (*TOKYO, "seconds_heads"), "{:.0f}"),
+    Figure(G, "the graphs took {} s and", HS, (*EIFFEL, "seconds_graph"), "{:.0f}"),
+    Figure(G, "s and {} s); the", HS, (*TOKYO, "seconds_graph"), "{:.0f}"),
+    Figure(G, "float32 edges within {} and", HS, (*EIFFEL, "gap"), "{:.1e}"),
+    Figure(G, "and {} of the largest edge", HS, (*TOKYO, "gap"), "{:.1e}"),
+    Figure(G, "(`intervened`) to {} and", HS, (*EIFFEL, *CHECKED), "{:.1e}"),
+    Figure(G, "and {} of the edge;", HS, (*TOKYO, *CHECKED), "{:.1e}"),
+    Figure(G, "(layer 3) → metric, weight {},", HS, (*EIFFEL, "into_metric", 0, "weight"), signed(".3f")),
+    Figure(G, "weight +1.686, is {} through", HS, (*EIFFEL, "into_metric", 0, "heads", 0, 2), signed(".3f")),
+    Figure(G, "layer 11 head 1, {} through layer 12", HS, (*EIFFEL, "into_metric", 0, "heads", 1, 2), signed(".3f")),
+    Figure(G, "head 2 and {} through layer 11 head 3", HS, (*EIFFEL, "into_metric", 0, "heads", 2, 2), signed(".3f")),
+    Figure(G, "` Tokyo` → metric, {}, is", HS, (*TOKYO, "into_metric", 0, "weight"), signed(".3f")),
+    Figure(G, "+1.785, is {} through layer 12", HS, (*TOKYO, "into_metric", 0, "heads", 0, 2), signed(".3f")),
+    Figure(G, "head 2, {} through layer 11 head 1", HS, (*TOKYO, "into_metric", 0, "heads", 1, 2), signed(".3f")),
+    Figure(G, "head 1 and {} through layer 12 head 1", HS, (*TOKYO, "into_metric", 0, "heads", 2, 2), signed(".3f")),
+    Figure(G, "no direct part ({} of", HS, (*EIFFEL, "edges_with_no_direct_part"), "{:,}"),
+    Figure(G, "3,355 of {} and", HS, (*EIFFEL, "edges_counted"), "{:,}"),
+    Figure(G, "{} of 5,718)", HS, (*TOKYO, "edges_with_no_direct_part"), "{:,}"),
+    Figure(G, "3,931 of {})", HS, (*TOKYO, "edges_counted"), "{:,}"),
+    Figure(G, "carry a median {} and", HS, (*EIFFEL, "median_top3_of_heads_abs"), "{:.3f}"),
+    Figure(G, "and {} of its heads'", HS, (*TOKYO, "median_top3_of_heads_abs"), "{:.3f}"),
+    Figure(G, "no head carries more\n  than {} of", HS, (*TOKYO, "heads_by_mass", 0, 2), "{:.3f}"),
+    Figure(G, "on Eiffel the most is {}, layer", HS, (*EIFFEL, "heads_by_mass", 0, 2), "{:.3f}"),
+]
+HEADS_FIGURES += [
+    Figure(FRONT, "within **{}** /", HS, (*EIFFEL, *CHECKED), "{:.1e}"),
+    Figure(FRONT, "/ **{}** of the edge |", HS, (*TOKYO, *CHECKED), "{:.1e}"),
+]
+FIGURES += HEADS_FIGURES
+
+
+def test_heads_suite_names_the_heads_it_quotes():
+    """The heads the prose names (layer, head) are the result file's, in its order."""
+    data = json.loads(_read(HS))["prompts"]
+    assert [h[:2] for h in data[0]["into_metric"][0]["heads"]] == [[11, 1], [12, 2], [11, 3]]
+    assert [h[:2] for h in data[1]["into_metric"][0]["heads"]] == [[12, 2], [11, 1], [12, 1]]
+    assert (
+        data[0]["into_metric"][0]["source"] == "resid_mid.3:11:err" and data[1]["into_metric"][0]["source"] == "tok:11"
+    )
+    assert data[1]["heads_by_mass"][0][:2] == [1, 2] and data[0]["heads_by_mass"][0][:2] == [11, 1]
+    assert data[0]["into_metric"][0]["direct"] == 0 and data[1]["into_metric"][0]["direct"] == 0
+
 
 @pytest.mark.parametrize("fig", FIGURES, ids=lambda f: f"{f.doc}:{f.text[:40]}")
 def test_quoted_figure_equals_its_source(fig):

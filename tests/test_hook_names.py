@@ -85,7 +85,8 @@ def test_names_with_no_equivalent_say_why():
     ambiguous = "model.layers.3.post_attention_layernorm.output"
     assert canonical(ambiguous) == ambiguous  # canonical never raises: a name it cannot convert stays as given
     with pytest.raises(HookError, match="has no equivalent here"):
-        to_hook("blocks.3.attn.hook_z")
+        to_hook("blocks.3.attn.hook_pattern")
+    assert to_hook("blocks.3.attn.hook_z") == "attn_z.3"  # the heads' outputs, concatenated (graphs.heads)
     with pytest.raises(HookError, match="must be a string"):
         to_hook(3)
     with pytest.raises(HookError, match="depends on the model family"):

@@ -1,18 +1,21 @@
 """One naming scheme for hook points across model families, and the one table of every other spelling of them.
 
-Names are `{kind}.{layer}` with kind in `resid_pre`, `attn_out`, `resid_mid`, `mlp_in`, `mlp_out`,
+Names are `{kind}.{layer}` with kind in `resid_pre`, `attn_z`, `attn_out`, `resid_mid`, `mlp_in`, `mlp_out`,
 `resid_post`, in the spirit of TransformerLens (`hook_resid_mid`, `mlp.hook_in`). `resid_mid` is the residual
 stream between attention and MLP (the input of the MLP's norm) and `mlp_in` the MLP's normalised input (that
 norm's output, after its learned scale): what the MLP reads, and where transcoders read. Each name maps to a
 module of the Hugging Face model and whether the hook reads that module's input or output (and which element,
 when the output is a tuple). `attn_out`/`mlp_out` are what the block adds to the residual stream (after Gemma's
-post-norms), so resid_post = resid_pre + attn_out + mlp_out holds for sequential blocks.
+post-norms), so resid_post = resid_pre + attn_out + mlp_out holds for sequential blocks. `attn_z` is the input of
+the attention's output projection: every head's output (pattern times values) concatenated, head h at columns
+h*d_head..(h+1)*d_head (width n_heads * d_head, not d_model): where edges are split by head (graphs.heads).
 
 Other spellings (`to_hook` reads them all, `spelling` writes them), one row per hook point:
 
 | ours | TransformerLens (`blocks.L.` + ...) | circuit-tracer | Hugging Face module (`<blocks>.L.` + ...) |
 |---|---|---|---|
 | resid_pre.L | hook_resid_pre | hook_resid_pre | input |
+| attn_z.L | attn.hook_z ([pos, head, d_head]) | attn.hook_z | <o_proj>.input |
 | attn_out.L | hook_attn_out | hook_attn_out | <attn>.output |
 | resid_mid.L | hook_resid_mid, **hook_mlp_in** | hook_resid_mid | <mlp_norm>.input |
 | mlp_in.L | mlp.hook_in (circuit-tracer's) | mlp.hook_in | <mlp_norm>.output |
@@ -41,7 +44,7 @@ from functools import cache
 
 from attribution.errors import HookError, ModelLoadError
 
-KINDS = ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")  # execution order in a block
+KINDS = ("resid_pre", "attn_z", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")  # order in a block
 STYLES = ("ours", "transformerlens", "circuit-tracer", "hf")  # what `spelling` writes
 
 
@@ -73,6 +76,7 @@ class Family:
     norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): Gemma 1.0, Llama 0.0
     qk: tuple[tuple[str, str], ...] = ()  # (module, layout) of the query/key projections (see models.frozen)
     inner: tuple[str, str] | None = None  # post-norm families: the attention and MLP modules their post-norms read
+    o_proj: str = ""  # the attention's output projection: attn_z is its input (every head's output, concatenated)
 
 
 _GEMMA_POSTNORM = Family(
@@ -85,6 +89,7 @@ _GEMMA_POSTNORM = Family(
     1.0,
     (("self_attn.q_proj", "all"), ("self_attn.k_proj", "all")),
     ("self_attn", "mlp"),
+    "self_attn.o_proj",
 )
 _LLAMA_LIKE = Family(
     "model.layers",
@@ -95,6 +100,7 @@ _LLAMA_LIKE = Family(
     ("input_layernorm", "post_attention_layernorm"),
     0.0,
     (("self_attn.q_proj", "all"), ("self_attn.k_proj", "all")),
+    o_proj="self_attn.o_proj",
 )
 
 FAMILIES: dict[str, Family] = {
@@ -115,6 +121,7 @@ FAMILIES: dict[str, Family] = {
         ("ln_1", "ln_2"),
         0.0,
         (("attn.c_attn", "thirds"),),
+        o_proj="attn.c_proj",
     ),
     "gpt_neox": Family(
         "gpt_neox.layers",
@@ -125,6 +132,7 @@ FAMILIES: dict[str, Family] = {
         ("input_layernorm", "post_attention_layernorm"),
         0.0,
         (("attention.query_key_value", "heads"),),
+        o_proj="attention.dense",
     ),
 }
 
@@ -144,6 +152,7 @@ def _block(fam: Family, block: str) -> tuple[tuple[str, str, str, int | None], .
     """(kind, module, io, tuple index) of each hook point of one block, in execution order."""
     return (
         ("resid_pre", block, "input", None),
+        ("attn_z", f"{block}.{fam.o_proj}", "input", None),
         ("attn_out", f"{block}.{fam.attn[0]}", "output", fam.attn[1]),
         ("resid_mid", f"{block}.{fam.mlp_norm}", "input", None),
         ("mlp_in", f"{block}.{fam.mlp_norm}", "output", None),
@@ -177,6 +186,7 @@ def hook_points(model_type: str, n_layers: int) -> dict[str, HookSpec]:
 # `ln2.hook_normalized` = the norm's `_norm` before its weight (Gemma 2).
 TL_NAMES: dict[str, tuple[str, ...]] = {
     "resid_pre": ("hook_resid_pre",),
+    "attn_z": ("attn.hook_z",),  # TransformerLens's is [pos, head, d_head]; ours the same values, heads concatenated
     "attn_out": ("hook_attn_out",),
     "resid_mid": ("hook_resid_mid", "hook_mlp_in"),  # hook_mlp_in: the copy of resid_mid fed to ln2, pre-norm
     "mlp_in": ("mlp.hook_in",),  # circuit-tracer's ReplacementMLP.hook_in: ln2's scaled output, what the MLP reads
