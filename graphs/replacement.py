@@ -269,9 +269,10 @@ class _Vectors:
 
 
 class _Replacement:
-    """The replacement model's forward, replicated over `batch_size` rows and kept for many backward passes."""
+    """The replacement model's forward, replicated over `batch_size` rows and kept for many backward passes.
+    extra: more hooks whose rows can be read (targets ("read", direction, pos, hook): graphs.qk's queries)."""
 
-    def __init__(self, model, tcs, batch, acts: dict, batch_size: int, store: torch.dtype):
+    def __init__(self, model, tcs, batch, acts: dict, batch_size: int, store: torch.dtype, extra: tuple = ()):
         self.hooks, self.store = list(tcs), store
         edits = {EMBED: _identity}
         for h, tc in tcs.items():
@@ -283,18 +284,19 @@ class _Replacement:
         probes = (EMBED, *(t.target for t in tcs.values()))
         group = Group(edits, n=batch_size, probes=probes)
         with torch.enable_grad():
-            tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
-        self.reads = {h: tr.acts[h] for h in tcs}  # [rows, pos, d_in], with their graph
+            reads = [*tcs, *(model.hook(h).name for h in extra)]
+            tr = trace(model, batch, groups=[group], capture=reads, grad=True, keep_batch=False, freeze=True)
+        self.reads = {h: tr.acts[h] for h in reads}  # [rows, pos, d_in], with their graph
         self.hidden = tr.hidden  # [rows, pos, d_model], after the frozen final norm
         self.leaves = [tr.leaves[(0, p)] for p in probes]
 
     def rows(self, vectors: _Vectors, targets: list[tuple]) -> Tensor:
         """[len(targets), n_sources] direct effects: each target is ("metric", direction, pos) or
-        ("feature", encoder column, pos, layer)."""
+        ("feature", encoder column, pos, layer) or ("read", direction, pos, one of `extra`'s hooks)."""
         n = len(targets)
         inject = {}
         for r, t in enumerate(targets):
-            key = "metric" if t[0] == "metric" else self.hooks[t[3]]
+            key = {"metric": "metric", "read": t[-1]}.get(t[0]) or self.hooks[t[3]]
             where = self.hidden if key == "metric" else self.reads[key]
             if key not in inject:
                 inject[key] = torch.zeros_like(where)
