@@ -63,6 +63,7 @@ class QK:
     q: Tensor  # [d_head, len(ids)] float64: each node's part of the scaled query
     k: Tensor  # [d_head, len(ids)] float64: each node's part of the key
     pairs: list[Pair] = field(default_factory=list)  # the `top` largest |terms|, largest first
+    node_pairs: list[Pair] = field(default_factory=list)  # the same among node x node pairs (no bias)
     labels: dict[str, str] = field(default_factory=dict)  # node id -> a short name (features' labels)
 
     @property
@@ -78,6 +79,12 @@ class QK:
 
     def term(self, query: str, key: str) -> float:
         return float(self.q[:, self.index(query)] @ self.k[:, self.index(key)])
+
+    def bias_terms(self) -> dict[str, float]:
+        """The constant parts' share of the score: bias x bias, nodes x the key's bias, bias x the key's nodes."""
+        q, k, b = self.q[:, :-1].sum(1), self.k[:, :-1].sum(1), len(self.ids) - 1
+        qb, kb = self.q[:, b], self.k[:, b]
+        return {"bias_bias": float(qb @ kb), "nodes_bias": float(q @ kb), "bias_nodes": float(qb @ k)}
 
     def removal(self) -> Tensor:
         """[len(ids)] the score's drop when each node is removed (module docstring): row + column - diagonal."""
@@ -97,15 +104,17 @@ class QK:
         what = "error" if where[2] == "err" else where[2]
         return f"{what} {where[0]} @{pos} {self.tokens[pos]!r}"
 
+    def _named(self, p: Pair) -> dict:
+        return p.to_dict() | {"query_name": self.name(p.query), "key_name": self.name(p.key)}
+
     def to_dict(self) -> dict:
         """JSON-ready: where, the score, the top pairs with names, the remainder."""
         return {
             "layer": self.layer, "head": self.head, "query_pos": self.query_pos, "key_pos": self.key_pos,
             "query_token": self.tokens[self.query_pos], "key_token": self.tokens[self.key_pos],
             "score": self.score, "pattern": self.pattern, "nodes": len(self.ids) - 1,
-            "pairs": [p.to_dict() | {"query_name": self.name(p.query), "key_name": self.name(p.key)}
-                      for p in self.pairs],
-            "remainder": self.remainder,
+            "pairs": [self._named(p) for p in self.pairs], "node_pairs": [self._named(p) for p in self.node_pairs],
+            "bias_terms": self.bias_terms(), "remainder": self.remainder,
         }  # fmt: skip
 
 
@@ -172,18 +181,21 @@ def qk_pairs(
         pattern = float(att.pattern(x[: qp + 1], torch.arange(qp + 1), head)[qp, kp])
     out = QK(prompt, list(batch.tokens[0]), layer, head, qp, kp, float(values[0] @ values[1]), pattern,
              [*_ids(hooks, src), BIAS], parts[0], parts[1])  # fmt: skip
-    out.pairs = top_pairs(out, top)
+    out.pairs, out.node_pairs = top_pairs(out, top), top_pairs(out, top, nodes_only=True)
     if graph is not None:
         names = {x.id: x.label for x in graph.full_nodes if x.label}
-        out.labels = {i: names[i] for p in out.pairs for i in (p.query, p.key) if i in names}
+        out.labels = {i: names[i] for p in out.pairs + out.node_pairs for i in (p.query, p.key) if i in names}
     return out
 
 
-def top_pairs(qk: QK, top: int, block: int = 2048) -> list[Pair]:
-    """The `top` node pairs with the largest |term|, a block of query-side nodes at a time (the full
-    [nodes, nodes] matrix of a real model's prompt would take gigabytes)."""
-    qi = (qk.q != 0).any(0).nonzero().squeeze(-1)  # nodes that reach the query (earlier positions only)
-    ki = (qk.k != 0).any(0).nonzero().squeeze(-1)
+def top_pairs(qk: QK, top: int, block: int = 2048, nodes_only: bool = False) -> list[Pair]:
+    """The `top` pairs with the largest |term| (nodes_only: neither side the bias), a block of query-side
+    nodes at a time (the full [nodes, nodes] matrix of a real model's prompt would take gigabytes)."""
+    reach = (qk.q != 0).any(0), (qk.k != 0).any(0)  # nodes that reach the query / key (earlier positions)
+    if nodes_only:
+        for r in reach:
+            r[-1] = False
+    qi, ki = (r.nonzero().squeeze(-1) for r in reach)
     K = qk.k[:, ki]
     best = []  # (|term|, term, query index, key index)
     for s in qi.split(block):

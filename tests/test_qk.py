@@ -110,6 +110,10 @@ def test_qk_terms_sum_to_the_pre_softmax_score_and_match_interventions(family, a
     assert abs(qk.pairs[0].term) == pytest.approx(float(terms.abs().max()), rel=1e-12)
     assert qk.pairs[0].term == pytest.approx(qk.term(qk.pairs[0].query, qk.pairs[0].key), rel=1e-12)
     assert qk.remainder == pytest.approx(qk.score - sum(p.term for p in qk.pairs))
+    nodes = terms[:-1, :-1]
+    assert float(nodes.sum()) + sum(qk.bias_terms().values()) == pytest.approx(qk.score, rel=1e-9, abs=1e-12)
+    assert BIAS not in {i for p in qk.node_pairs for i in (p.query, p.key)}
+    assert abs(qk.node_pairs[0].term) == pytest.approx(float(nodes.abs().max()), rel=1e-12)
     # removing a node changes the score by its row + column - diagonal; removing all leaves the bias x bias
     scores = removal_scores(m, tcs, qk)
     assert float(scores[0]) == pytest.approx(qk.score, rel=1e-9)
@@ -187,3 +191,22 @@ def test_moving_heads_match_interventions(family):
         before = trace(m, batch, edits={k: e for k, e in edits.items() if k != out}, freeze=frozen).hidden[0, d] @ vec
         after = trace(m, batch, edits=edits, freeze=frozen).hidden[0, d] @ vec
         assert float(before - after) == pytest.approx(h.moved, rel=1e-6, abs=1e-10)
+
+
+def test_graph_page_shows_the_qk_panel():
+    from markupsafe import escape
+
+    from graphs.replacement import build_replacement_graph
+    from pages.graph_page import page
+
+    m = tiny_model("gemma3")
+    tcs = transcoders(m, "relu")
+    g = build_replacement_graph(m, tcs, PROMPTS[0], LogitDiff(m, "sad", "happy"), labels=False, progress=False)
+    qk = qk_pairs(m, tcs, PROMPTS[0], 2, 0, -1, -2, top=4, graph=g)
+    html = page(g, qk=[qk], max_edges=None)
+    title = escape(f"L2.H0: {qk.tokens[-1]!r}@{qk.query_pos} ← {qk.tokens[-2]!r}@{qk.key_pos}")
+    assert "QK attribution" in html and str(title) in html
+    drawn = {x.id for x in g.nodes}
+    linked = [i for p in qk.pairs + qk.node_pairs for i in (p.query, p.key) if i in drawn]
+    assert linked and all(f'data-node="{i}"' in html for i in linked)
+    assert "QK attribution" not in page(g, max_edges=None)
