@@ -210,3 +210,24 @@ def test_graph_page_shows_the_qk_panel():
     linked = [i for p in qk.pairs + qk.node_pairs for i in (p.query, p.key) if i in drawn]
     assert linked and all(f'data-node="{i}"' in html for i in linked)
     assert "QK attribution" not in page(g, max_edges=None)
+
+
+def test_suite_report_has_a_qk_section():
+    from cases.suite import _qk, _row, summary
+    from cases.suite_prompts import SuitePrompt, check
+    from graphs.replacement import build_replacement_graph
+    from pages.suite_page import page
+
+    m = tiny_model("llama")
+    tcs = transcoders(m, "relu")
+    p = SuitePrompt("john", PROMPTS[0], " sad", " happy", None, None, "a -> b -> mood")
+    g = build_replacement_graph(m, tcs, p.prompt, LogitDiff(m, "sad", "happy"), labels=False, progress=False)
+    row = _row(p, check(m, [p])[0])
+    row["qk"] = _qk(m, tcs, p, g, 2)
+    assert len(row["qk"]) == 2 and all(h["node_pairs"] for h in row["qk"])
+    report = {"model": "tiny", "dictionaries": None, "suite": None, "seconds": 0.0, "prompts": [row]}
+    html = page(report | {"summary": summary([row])})
+    assert "Why the heads attend" in html and f"L{row['qk'][0]['layer']}.H{row['qk'][0]['head']}" in html
+    assert "Why the heads attend" not in page(
+        report | {"prompts": [_row(p, check(m, [p])[0])], "summary": summary([row])}
+    )
