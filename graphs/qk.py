@@ -4,10 +4,12 @@ In the replacement model (graphs.replacement: MLPs replaced by transcoder featur
 linear skip path; norms and attention patterns of the prompt frozen) the residual stream at layer L's input
 is linear in the graph's source vectors: active features (a_i W_dec[i]), error nodes and token embeddings,
 at every earlier layer and position (attention of earlier layers moves them between positions with its
-frozen pattern, the skip paths carry them on), plus constants (decoder biases, <bos>'s MLP outputs, the
-attention's output biases). With layer L's input norm and Gemma's q_norm / k_norm held at their clean
-factors and the rotary embedding at fixed positions, the head's query q and key k are affine in that stream,
-so the pre-softmax score q.k (scaling folded into q) is bilinear:
+frozen pattern, the skip paths carry them on), plus constants (decoder biases, the attention's output
+biases). <bos>'s features and error terms, which a graph holds constant, are nodes here by default (with
+the graph's id scheme): attention sinks read them, and as constants they would swamp the bias. With layer
+L's input norm and Gemma's q_norm / k_norm held at their clean factors and the rotary embedding at fixed
+positions, the head's query q and key k are affine in that stream, so the pre-softmax score q.k (scaling
+folded into q) is bilinear:
 
     q = sum_i Q_i + Q_bias,  k = sum_j K_j + K_bias,  score = sum_{i, j} Q_i . K_j
 
@@ -129,12 +131,14 @@ def qk_pairs(
     *,
     top: int = 10,
     graph=None,
+    bos: bool = True,
     batch_size: int = 64,
 ) -> QK:
     """Head `head` of `layer`: its score of `key_pos` at `query_pos` (negative positions count from the end)
     as node-pair terms in the replacement model of `tcs` (one transcoder per layer, as a replacement graph
     needs). top: pairs listed. graph: a replacement graph of the prompt whose node labels name the pairs.
-    batch_size: query/key coordinates per backward pass."""
+    bos: <bos>'s features and error terms are nodes here (a graph holds them constant, but attention sinks
+    read them: without them they fall into the bias). batch_size: query/key coordinates per backward pass."""
     tcs = check_transcoders(model, tcs)
     if not isinstance(prompt, str):
         raise GraphError(f"QK attribution explains one prompt: pass a str, got {type(prompt).__name__}")
@@ -158,7 +162,7 @@ def qk_pairs(
     with torch.no_grad():
         clean = trace(model, batch, capture=[EMBED, pre, *hooks, *(t.target for t in tcs.values())], freeze=True)
         decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
-    src = _before(_sources(model, tcs, decs, clean.acts[EMBED][0], batch), layer, qp)
+    src = _before(_sources(model, tcs, decs, clean.acts[EMBED][0], batch, bos=bos), layer, qp)
     x = clean.acts[pre][0]
     maps, values = [], []
     for part, p in (("q", qp), ("k", kp)):

@@ -213,9 +213,10 @@ def _check_memory(model, width: int, batch_size: int, rows_bytes: int) -> None:
     )
 
 
-def _sources(model, tcs, decs, emb: Tensor, batch) -> Sources:
-    """Active features and error vectors at non-<bos> positions, layer by layer, then every token."""
-    valid = batch.node_mask()[0].cpu()  # [pos], <bos> out
+def _sources(model, tcs, decs, emb: Tensor, batch, bos: bool = False) -> Sources:
+    """Active features and error vectors at non-<bos> positions (bos: <bos>'s too), layer by layer, then
+    every token."""
+    valid = batch.node_mask(include_bos=bos)[0].cpu()  # [pos], <bos> out unless bos
     kinds, layers, pos, feats, vals = [], [], [], [], []
     for layer, d in enumerate(decs.values()):
         f = d.features.cpu() * valid[:, None]  # [pos, d_sae]

@@ -97,6 +97,7 @@ def test_qk_terms_sum_to_the_pre_softmax_score_and_match_interventions(family, a
     layer, head, qp, kp = _where(m, family)
     qk = qk_pairs(m, tcs, PROMPTS[0], layer, head, qp, kp, top=5, batch_size=6)
     assert sum(i.startswith("resid_mid") and ":f" in i for i in qk.ids) > 20  # features of earlier layers
+    assert any(i.startswith("resid_mid") and ":0:" in i for i in qk.ids)  # <bos>'s are nodes here
     # the score is the model's: the softmax of the scores at this query is Hugging Face's pattern
     batch = m.tokenize(PROMPTS[0])
     pre = trace(m, batch, capture=[f"resid_pre.{layer}"], freeze=True).acts[f"resid_pre.{layer}"][0]  # float64 norms
