@@ -102,14 +102,31 @@ def removals(model, tcs, qk, nodes: list[str]) -> list[dict]:
     scores = torch.stack([att.scores(x, keys, qk.head)[qp] for x in real[:, : qp + 1]]).double()  # [rows, keys]
     pattern = torch.softmax(scores, -1)[:, kp]
     predicted = qk.removal()
+    first = first_order(model, tcs, qk, [node_vector(tcs, clean, decs, node) for node in nodes])
     return [
         {
             "node": node, "name": qk.name(node), "predicted_drop": float(predicted[qk.index(node)]),
             "frozen_drop": float(held_score[0] - held_score[r]), "score_drop": float(scores[0, kp] - scores[r, kp]),
-            "pattern_before": float(pattern[0]), "pattern_after": float(pattern[r]),
+            "first_order_drop": first[r - 1], "pattern_before": float(pattern[0]), "pattern_after": float(pattern[r]),
         }
         for r, node in enumerate(nodes, 1)
     ]  # fmt: skip
+
+
+def first_order(model, tcs, qk, located: list[tuple]) -> list[float]:
+    """Each node's removal to first order in the real model (everything live): its vector . the gradient of
+    the head's score where the vector is added (apart from the frozen model's prediction, this one lets the
+    norms, q_norm / k_norm and the MLPs respond, linearly)."""
+    batch = model.tokenize(qk.prompt)
+    pre = f"resid_pre.{qk.layer}"
+    where = list(dict.fromkeys(EMBED if h == EMBED else tcs[h].target for h, _, _ in located))
+    with torch.enable_grad():
+        tr = trace(model, batch, capture=[*where, pre], grad=True, stop_early=True)
+        att = Attention(model, qk.layer)
+        x = tr.acts[pre][0, : qk.query_pos + 1]
+        score = att.scores(x, torch.arange(qk.query_pos + 1), qk.head)[qk.query_pos, qk.key_pos]
+        grads = dict(zip(where, torch.autograd.grad(score, [tr.acts[w] for w in where])))
+    return [float(grads[EMBED if h == EMBED else tcs[h].target][0, p].double() @ v.double()) for h, p, v in located]
 
 
 def promotes(model, tcs, node: str, n: int = 3) -> list[str]:

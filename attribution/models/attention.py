@@ -88,15 +88,18 @@ class Attention:
     def project(self, x: Tensor, pos: Tensor | int, part: str, held: Held | None = None) -> Tensor:
         """[n, heads, d_head] queries (part "q", scaled by the attention's scaling), keys ("k") or values ("v")
         of residual rows x [n, d_model] at positions pos, after the input norm (and the head norm and rotary
-        embedding for q and k). held: norm factors to hold (affine in x); None: x's own (the real model)."""
+        embedding for q and k). held: norm factors to hold (affine in x); None: x's own, gradients through
+        them (the real model)."""
         if part not in PARTS:
             raise AttributionError(f"part must be one of {PARTS}, got {part!r}")
         x = x.reshape(-1, x.shape[-1])
         pos = torch.as_tensor(pos).reshape(-1).expand(x.shape[0]).to(x.device)
-        y = self._raw(frozen_norm(self.norm, x, self.offset, None if held is None else held.norm), part)
+        live = held is None  # the norms' own factors, gradients through them included: the real model
+        scale = norm_scale(self.norm, x) if live else held.norm
+        y = self._raw(frozen_norm(self.norm, x, self.offset, scale), part)
         head = self._head_norm(part)
         if head is not None:
-            y = frozen_norm(head, y, self.offset, None if held is None else held.head)
+            y = frozen_norm(head, y, self.offset, norm_scale(head, y) if live else held.head)
         if part != "v" and self._rotary is not None:
             cos, sin = self._rotary(y, pos[None], **self._rotary_kw)
             y = self._apply(y, y, cos[0], sin[0], unsqueeze_dim=1)[0]
