@@ -167,7 +167,7 @@ def qk_pairs(
     maps, values = [], []
     for part, p in (("q", qp), ("k", kp)):
         h = head if part == "q" else att.kv_head(head)
-        held = att.held(x[p], p, part)
+        held = att.held(x[p], part)
         fn = lambda v, part=part, p=p, held=held, h=h: att.project(v, p, part, held)[0, h]  # noqa: E731
         maps.append(torch.autograd.functional.jacobian(fn, x[p].detach()))  # [d_head, d_model], exact: affine
         values.append(fn(x[p]).double())

@@ -94,7 +94,7 @@ def removals(model, tcs, qk, nodes: list[str]) -> list[dict]:
                    freeze=frozen_state(model, batch)).acts[pre]  # fmt: skip
     att, qp, kp = Attention(model, qk.layer), qk.query_pos, qk.key_pos
     x0 = clean.acts[pre][0]
-    held = att.held(x0[qp], qp, "q"), att.held(x0[kp], kp, "k")
+    held = att.held(x0[qp], "q"), att.held(x0[kp], "k")
     q = att.project(frozen[:, qp], qp, "q", held[0])[:, qk.head].double()
     k = att.project(frozen[:, kp], kp, "k", held[1])[:, att.kv_head(qk.head)].double()
     held_score = (q * k).sum(-1)

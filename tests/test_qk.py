@@ -83,7 +83,7 @@ def removal_scores(m, tcs, qk):
     tr = trace(m, batch, groups=[Group(edits, n=n)], capture=[pre], keep_batch=False, freeze=frozen_state(m, batch))
     att = Attention(m, qk.layer)
     x0 = clean.acts[pre][0]
-    held_q, held_k = att.held(x0[qk.query_pos], qk.query_pos, "q"), att.held(x0[qk.key_pos], qk.key_pos, "k")
+    held_q, held_k = att.held(x0[qk.query_pos], "q"), att.held(x0[qk.key_pos], "k")
     x = tr.acts[pre]
     q = att.project(x[:, qk.query_pos], qk.query_pos, "q", held_q)[:, qk.head]
     k = att.project(x[:, qk.key_pos], qk.key_pos, "k", held_k)[:, att.kv_head(qk.head)]

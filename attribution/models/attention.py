@@ -9,7 +9,7 @@ tests compare patterns with Hugging Face's own (output_attentions) on every fami
 
     att = attention(model, layer)
     q = att.project(x, pos, "q")            # [n, heads, d_head], live norms (the real model)
-    held = att.held(x, pos, "q")            # the clean norm factors ...
+    held = att.held(x, "q")                 # the clean norm factors ...
     q = att.project(x2, pos, "q", held)     # ... held: affine in x2 (the replacement model)
 """
 
@@ -77,8 +77,8 @@ class Attention:
         """Whether query position q attends to key position k (causal, within a sliding window)."""
         return k <= q and (self.window is None or q - k < self.window)
 
-    def held(self, x: Tensor, pos: Tensor | int, part: str) -> Held:
-        """The clean norm factors at x (rows of the residual at positions pos), to hold in project()."""
+    def held(self, x: Tensor, part: str) -> Held:
+        """The clean norm factors at x (rows of the residual), to hold in project() (rotary comes after them)."""
         x = x.reshape(-1, x.shape[-1])
         scale = norm_scale(self.norm, x)
         head = self._head_norm(part)
