@@ -7,7 +7,8 @@ For a few two-hop prompts the model answers top-1: the heads that move the most 
 the key moving the most as node-pair terms (graphs.qk.qk_pairs). Each top pair's nodes are then removed one
 at a time in the real model (MLPs, norms and attention live: the node's vector subtracted where it is added,
 everything downstream recomputed) and the head's score and pattern at (query, key) measured, against the
-drop the decomposition predicts in the frozen replacement model (QK.removal: the node's row + column).
+drop the decomposition predicts in the frozen replacement model (QK.removal: the node's row + column), that
+drop measured in the frozen model itself (exact), and its first-order estimate in the real model.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ def summary(prompts: list[dict]) -> dict:
         "frozen_max_error": max(abs(r["frozen_drop"] - r["predicted_drop"]) for r in rem) / top,
         "predicted_over_0_1": len(big),
         "real_sign_agrees": sum((r["predicted_drop"] > 0) == (r["score_drop"] > 0) for r in big),
+        "first_order_sign_agrees": sum((r["first_order_drop"] > 0) == (r["score_drop"] > 0) for r in big),
         "real_median_ratio": statistics.median(r["score_drop"] / r["predicted_drop"] for r in big),
         "median_bias_bias_share": statistics.median(abs(h["bias_terms"]["bias_bias"]) / abs(h["score"]) for h in heads),
     }
@@ -175,7 +177,7 @@ def table(result: dict) -> str:
     that pair's key-side node does (predicted in the frozen replacement model / measured in the real one)."""
     lines = [
         "| prompt | head | query ← key | moved | score (pattern) | bias × bias | top node pair: query × key | "
-        "term | removing the key node: predicted / real score drop, pattern after |",
+        "term | removing the key node: score drop predicted / first-order / real, pattern after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["prompts"]:
@@ -186,7 +188,8 @@ def table(result: dict) -> str:
                 f"| {p['id']} | L{h['layer']}.H{h['head']} | {h['query_token']!r} ← {h['key_token']!r} | "
                 f"{h['moved']:+.2f} | {h['score']:+.2f} ({h['pattern']:.2f}) | {h['bias_terms']['bias_bias']:+.2f} | "
                 f"{top['query_name']} × {top['key_name']} | {top['term']:+.2f} | {r['predicted_drop']:+.2f} / "
-                f"{r['score_drop']:+.2f}, {r['pattern_before']:.2f} → {r['pattern_after']:.2f} |"
+                f"{r['first_order_drop']:+.2f} / {r['score_drop']:+.2f}, {r['pattern_before']:.2f} → "
+                f"{r['pattern_after']:.2f} |"
             )
     return "\n".join(lines)
 
