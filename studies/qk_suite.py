@@ -172,26 +172,64 @@ def summary(prompts: list[dict]) -> dict:
     }
 
 
+def at_bos(node: str) -> bool:
+    """A node of <bos> (its token, or its features and error terms: the attention sink's)."""
+    return node == "tok:0" or ":0:" in node
+
+
 def table(result: dict) -> str:
-    """Markdown: per head, its move, its score, the constant parts' term, its top node pair and what removing
-    that pair's key-side node does (predicted in the frozen replacement model / measured in the real one)."""
+    """Markdown: per head, its move, its score (pattern), the constant parts' term, its top node pair, its
+    top pair away from <bos>, and what removing that pair's key-side node does (the drop predicted by the
+    frozen replacement model / its first-order estimate in the real model / the real model's)."""
     lines = [
-        "| prompt | head | query ← key | moved | score (pattern) | bias × bias | top node pair: query × key | "
-        "term | removing the key node: score drop predicted / first-order / real, pattern after |",
+        "| prompt | head | query ← key | moved | score (pattern) | bias × bias | top node pair (term) | "
+        "top pair away from `<bos>` (term) | its key node removed: score drop predicted / first-order / real, "
+        "pattern |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["prompts"]:
         for h in p["heads"]:
             top = h["node_pairs"][0]
-            r = next(r for r in h["removals"] if r["node"] == top["key"])
+            away = next((x for x in h["node_pairs"] if not (at_bos(x["query"]) or at_bos(x["key"]))), None)
+            pair, removed = "–", "–"
+            if away is not None:
+                r = next(r for r in h["removals"] if r["node"] == away["key"])
+                pair = f"{away['query_name']} × {away['key_name']} ({away['term']:+.2f})"
+                removed = (
+                    f"{r['predicted_drop']:+.2f} / {r['first_order_drop']:+.2f} / {r['score_drop']:+.2f}, "
+                    f"{r['pattern_before']:.2f} → {r['pattern_after']:.2f}"
+                )
             lines.append(
                 f"| {p['id']} | L{h['layer']}.H{h['head']} | {h['query_token']!r} ← {h['key_token']!r} | "
                 f"{h['moved']:+.2f} | {h['score']:+.2f} ({h['pattern']:.2f}) | {h['bias_terms']['bias_bias']:+.2f} | "
-                f"{top['query_name']} × {top['key_name']} | {top['term']:+.2f} | {r['predicted_drop']:+.2f} / "
-                f"{r['first_order_drop']:+.2f} / {r['score_drop']:+.2f}, {r['pattern_before']:.2f} → "
-                f"{r['pattern_after']:.2f} |"
+                f"{top['query_name']} × {top['key_name']} ({top['term']:+.2f}) | {pair} | {removed} |"
             )
     return "\n".join(lines)
+
+
+def away_removals(result: dict) -> list[dict]:
+    """Per head, the removal of the key-side node of its top pair away from <bos> (where one is listed)."""
+    out = []
+    for h in (h for p in result["prompts"] for h in p["heads"]):
+        away = next((x for x in h["node_pairs"] if not (at_bos(x["query"]) or at_bos(x["key"]))), None)
+        if away is not None:
+            out.append(next(r for r in h["removals"] if r["node"] == away["key"]))
+    return out
+
+
+def away_agree(result: dict) -> str:
+    """'a of n': those removals whose real score drop has the predicted sign."""
+    rows = away_removals(result)
+    return f"{sum((r['predicted_drop'] > 0) == (r['score_drop'] > 0) for r in rows)} of {len(rows)}"
+
+
+def bos_tops(result: dict) -> int:
+    """Heads whose top node pair has a <bos> node on both sides."""
+    return sum(
+        at_bos(h["node_pairs"][0]["query"]) and at_bos(h["node_pairs"][0]["key"])
+        for p in result["prompts"]
+        for h in p["heads"]
+    )
 
 
 def main(argv=None) -> dict:
