@@ -262,6 +262,10 @@ def qk_panels(graph, decompositions) -> list[dict]:
     kept = {x.id: x for x in graph.nodes}
     out = []
     for qk in decompositions:
+        if qk.prompt != graph.prompt:
+            raise GraphError(
+                f"a QK decomposition of {qk.prompt!r} on the page of {graph.prompt!r}: pass the graph's own"
+            )
 
         def side(node, qk=qk):
             x = kept.get(node)

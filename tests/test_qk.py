@@ -211,6 +211,9 @@ def test_graph_page_shows_the_qk_panel():
     linked = [i for p in qk.pairs + qk.node_pairs for i in (p.query, p.key) if i in drawn]
     assert linked and all(f'data-node="{i}"' in html for i in linked)
     assert "QK attribution" not in page(g, max_edges=None)
+    other = qk_pairs(m, tcs, PROMPTS[1], 2, 0, -1, -2, top=2)
+    with pytest.raises(GraphError, match="pass the graph's own"):
+        page(g, qk=[other], max_edges=None)
 
 
 def test_suite_report_has_a_qk_section():
