@@ -117,6 +117,8 @@ def suite_parser(sub) -> None:
     s.add_argument("--max-features", type=int, default=100, help="feature nodes kept per graph (default: 100)")
     s.add_argument("--min-score", type=float, default=0.5, help="a supernode's contrast score (default: 0.5)")
     s.add_argument("--no-labels", action="store_true", help="no feature labels (no feature indexes built)")
+    s.add_argument("--qk-heads", type=int, default=0, metavar="N",
+                   help="per prompt, QK-decompose the N heads moving most into the last token")  # fmt: skip
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -198,7 +200,7 @@ def suite(args: argparse.Namespace, *, model=None, saes=None) -> int:
     dicts = resolve_saes(model, saes if saes is not None else _saes(args.saes), hooks, quick=False,
                          progress=not args.quiet)  # fmt: skip
     options = SuiteOptions(max_features=args.max_features, min_score=args.min_score, labels=not args.no_labels,
-                           progress=not args.quiet, only=args.only)  # fmt: skip
+                           progress=not args.quiet, only=args.only, qk_heads=args.qk_heads)  # fmt: skip
     report = run_suite(model, dicts, args.prompts, args.out, options)
     print(json.dumps(report["summary"], indent=1))
     print(f"wrote {args.out}/report.html and report.json")

@@ -48,6 +48,7 @@ class SuiteOptions:
     progress: bool = True
     only: list[str] = field(default_factory=list)  # run only these ids (and the donors their swaps need)
     require_top1: bool = True  # build graphs only for prompts the model answers top-1
+    qk_heads: int = 0  # per prompt, the heads moving the most into the last position, QK-decomposed (transcoders)
 
 
 def target_kind(p: SuitePrompt) -> str:
@@ -98,6 +99,9 @@ def run_suite(
         graphs[p.id] = _graph(model, saes, p, suite, options, rows[p.id], out, contrast_cache)
     for p in tqdm(todo, desc="suite interventions", disable=not options.progress):
         _interventions(model, saes, p, by_id, graphs, suite, options, rows[p.id])
+    if options.qk_heads:
+        for p in tqdm(todo, desc="suite QK", disable=not options.progress):
+            rows[p.id]["qk"] = _qk(model, saes, p, graphs[p.id], options.qk_heads)
     shared = aggregate(graphs).shared(2) if graphs else None
     report = {
         "suite": str(prompts) if isinstance(prompts, str | Path) else None,
@@ -153,6 +157,22 @@ def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict,
     drawn.to_html(out / "graphs" / f"{p.id}.html", max_edges=None)  # the intermediate group drawn, pruned or not
     pruned.to_json(out / "graphs" / f"{p.id}.json", slug=p.id)
     return pruned
+
+
+def _qk(model, saes, p: SuitePrompt, graph, n: int) -> list[dict]:
+    """The `n` heads moving the most into the last position, each with its score at the key moving the most
+    decomposed into node pairs (graphs.qk): replacement graphs (transcoders) only."""
+    from graphs.qk import qk_pairs
+    from graphs.qk_heads import moving_heads
+
+    if not graph.info.get("replacement"):
+        return [{"error": "QK attribution needs transcoders (a replacement graph)"}]
+    metric = LogitDiff(model, p.answer, p.counterfactual)
+    out = []
+    for h in moving_heads(model, saes, p.prompt, metric, top=n):
+        qk = qk_pairs(model, saes, p.prompt, h.layer, h.head, h.dest, h.key, top=3, graph=graph)
+        out.append(h.to_dict() | qk.to_dict())
+    return out
 
 
 def _answers(p: SuitePrompt, suite) -> list[str]:

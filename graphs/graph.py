@@ -327,15 +327,23 @@ class Graph:
         check=None,
         cards=None,
         max_edges: int | None = 5000,
+        qk=None,
     ) -> Path:
         """Offline interactive HTML (vis-network, inlined). check: a graphs.interventions.Check shown in the title;
         cards: fn(hook, feature) -> FeatureCard for the side panel of a clicked feature; groups drawn as one node
         each (opened by double-click) unless collapse_groups=False; more than max_edges edges is refused (prune
-        first). Drawn by pages.graph_page (through attribution.display: graphs never import pages)."""
+        first); qk: graphs.qk.QK decompositions listed under the side panel. Drawn by pages.graph_page (through
+        attribution.display: graphs never import pages)."""
         from attribution import display
 
         return display.renderer("graph_page")(
-            self, _writable(path), collapse_groups=collapse_groups, check=check, cards=cards, max_edges=max_edges
+            self,
+            _writable(path),
+            collapse_groups=collapse_groups,
+            check=check,
+            cards=cards,
+            max_edges=max_edges,
+            qk=qk,
         )
 
     def to_networkx(self, full: bool = False):

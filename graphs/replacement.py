@@ -228,9 +228,10 @@ def _plan(model, batch, src: Sources, max_feature_nodes, batch_size) -> Plan:
     return plan(model, batch.width, len(src.kind), n_feat, kmax, store.itemsize, max_feature_nodes, batch_size)
 
 
-def _sources(model, tcs, decs, emb: Tensor, batch) -> Sources:
-    """Active features and error vectors at non-<bos> positions, layer by layer, then every token."""
-    valid = batch.node_mask()[0].cpu()  # [pos], <bos> out
+def _sources(model, tcs, decs, emb: Tensor, batch, bos: bool = False) -> Sources:
+    """Active features and error vectors at non-<bos> positions (bos: <bos>'s too), layer by layer, then
+    every token."""
+    valid = batch.node_mask(include_bos=bos)[0].cpu()  # [pos], <bos> out unless bos
     kinds, layers, pos, feats, vals = [], [], [], [], []
     for layer, d in enumerate(decs.values()):
         f = d.features.cpu() * valid[:, None]  # [pos, d_sae]
@@ -288,9 +289,10 @@ class _Replacement:
     target rows shares it (torch.func.vmap over the backward, one direction per row: 1.6x faster than autograd's
     is_grads_batched on the Kobe prompt, 2-core Xeon with AMX, and within 11% of replicating the prompt), so its
     memory does not grow with the batch (circuit-tracer replicates the prompt per row instead).
-    extra: more hooks to probe (graphs.heads: every attn_z), their gradients after the sources' in grads()."""
+    extra: more hooks to probe (graphs.heads: every attn_z), their gradients after the sources' in grads();
+    reads: more hooks whose values rows can read (targets ("read", direction, pos, hook): graphs.qk's queries)."""
 
-    def __init__(self, model, tcs, batch, acts: dict, store: torch.dtype, extra: tuple = ()):
+    def __init__(self, model, tcs, batch, acts: dict, store: torch.dtype, extra: tuple = (), reads: tuple = ()):
         self.hooks, self.store = list(tcs), store
         edits = {EMBED: _identity, **{h: _identity for h in extra}}
         for h, tc in tcs.items():
@@ -301,20 +303,21 @@ class _Replacement:
                 edits[model.hook(f"mlp_in.{spec.layer}").name] = _detached
         probes = (EMBED, *(t.target for t in tcs.values()), *extra)
         group = Group(edits, n=1, probes=probes)
+        capture = [*tcs, *(model.hook(h).name for h in reads)]
         with torch.enable_grad(), eager_attention(model):  # the frozen pattern's backward: one matmul per head
-            tr = trace(model, batch, groups=[group], capture=list(tcs), grad=True, keep_batch=False, freeze=True)
-        self.reads = {h: tr.acts[h] for h in tcs}  # [1, pos, d_in], with their graph
+            tr = trace(model, batch, groups=[group], capture=capture, grad=True, keep_batch=False, freeze=True)
+        self.reads = {h: tr.acts[h] for h in capture}  # [1, pos, d_in], with their graph
         self.hidden = tr.hidden  # [1, pos, d_model], after the frozen final norm
         self.leaves = [tr.leaves[(0, p)] for p in probes]
 
     def grads(self, targets: list[tuple]) -> list[Tensor | None]:
         """The gradients [rows, pos, d] of each target's read at every probe (the embedding, each MLP output,
-        then `extra`; None where no path reaches it), row r for targets[r]: ("metric", direction, pos) or
-        ("feature", encoder column, pos, layer)."""
+        then `extra`; None where no path reaches it), row r for targets[r]: ("metric", direction, pos),
+        ("feature", encoder column, pos, layer) or ("read", direction, pos, one of `reads`)."""
         n = len(targets)
         inject = {}  # output key -> [rows, 1, pos, d]: row r's readout direction at its position, else zero
         for r, t in enumerate(targets):
-            key = "metric" if t[0] == "metric" else self.hooks[t[3]]
+            key = {"metric": "metric", "read": t[-1]}.get(t[0]) or self.hooks[t[3]]
             where = self.hidden if key == "metric" else self.reads[key]
             if key not in inject:
                 inject[key] = where.new_zeros(n, *where.shape)

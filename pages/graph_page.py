@@ -211,17 +211,18 @@ def to_html(
     check=None,
     cards=None,
     max_edges: int | None = 5000,
+    qk=None,
 ) -> Path:
     """The graph's offline page written to `path`. check: a graphs.interventions.Check to show in the title
     (None: none); cards: fn(hook, feature) -> FeatureCard or None (an explainer's card method), shown in the
-    side panel of a clicked feature."""
+    side panel of a clicked feature; qk: graphs.qk.QK decompositions shown under the side panel."""
     path = Path(path)
-    text = page(graph, collapse_groups=collapse_groups, check=check, cards=cards, max_edges=max_edges)
+    text = page(graph, collapse_groups=collapse_groups, check=check, cards=cards, max_edges=max_edges, qk=qk)
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edges: int | None = 5000) -> str:
+def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edges: int | None = 5000, qk=None) -> str:
     """The graph's offline page as a string (see to_html)."""
     from markupsafe import Markup
 
@@ -254,7 +255,36 @@ def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edg
         data=drawn,
         vis_js=Markup(_vis("vis-network.min.js")),
         vis_css=Markup(_vis("vis-network.css")),
+        qk=qk_panels(graph, qk or []),
     )
+
+
+# --- the QK panel (graphs.qk): pages/templates/graph_qk.html.j2 ---------------------------------------------
+
+
+def qk_panels(graph, decompositions) -> list[dict]:
+    """Per QK decomposition: its title, score and top pairs, each side named as the page names its node (a
+    link when the node is drawn) or as the decomposition names it."""
+    kept = {x.id: x for x in graph.nodes}
+    out = []
+    for qk in decompositions:
+        if qk.prompt != graph.prompt:
+            raise GraphError(
+                f"a QK decomposition of {qk.prompt!r} on the page of {graph.prompt!r}: pass the graph's own"
+            )
+
+        def side(node, qk=qk):
+            x = kept.get(node)
+            name = qk.name(node) if x is None else _name(x) + (f" ({x.hook} @{x.position})" if x.hook else "")
+            return {"id": node, "name": name, "in_graph": x is not None}
+
+        pairs = {(p.query, p.key): p for p in [*qk.pairs, *qk.node_pairs]}.values()  # node pairs after bias ones
+        rows = [{"term": p.term, "query": side(p.query), "key": side(p.key)} for p in pairs]
+        q, k = qk.query_pos, qk.key_pos
+        title = f"L{qk.layer}.H{qk.head}: {qk.tokens[q]!r}@{q} ← {qk.tokens[k]!r}@{k}"
+        out.append({"title": title, "score": qk.score, "pattern": qk.pattern, "rows": rows,
+                    "bias_bias": qk.bias_terms()["bias_bias"], "remainder": qk.remainder})  # fmt: skip
+    return out
 
 
 def _vis(name: str) -> str:

@@ -633,6 +633,33 @@ def test_heads_suite_names_the_heads_it_quotes():
     assert data[0]["into_metric"][0]["direct"] == 0 and data[1]["into_metric"][0]["direct"] == 0
 
 
+def _qk(name: str) -> Callable:
+    """A figure studies.qk_suite computes from the whole result (its function `name`)."""
+
+    def shown(result: dict) -> str:
+        import studies.qk_suite
+
+        return str(getattr(studies.qk_suite, name)(result))
+
+    return shown
+
+
+QKS, G = "bench/results/qk_suite.json", "docs/graphs.md"  # python -m studies.qk_suite
+FIGURES += [
+    Figure(G, "(`bench/results/qk_suite.json`: AMX CPU, {} s with", QKS, ("seconds",), "{:.0f}"),
+    Figure(G, "removing each of the {} nodes", QKS, ("summary", "removals"), "{}"),
+    Figure(G, "drop to within {} of the largest", QKS, ("summary", "frozen_max_error"), "{:.0e}"),
+    Figure(G, "for {} of the 9 heads the top node pair", QKS, (), _qk("bos_tops")),
+    Figure(G, "of the {} heads the top node pair", QKS, ("summary", "heads"), "{}"),
+    Figure(G, "with the predicted sign for {} heads", QKS, (), _qk("away_agree")),
+    Figure(G, "Over all {} nodes predicted", QKS, ("summary", "predicted_over_0_1"), "{}"),
+    Figure(G, "for {} (median measured", QKS, ("summary", "real_sign_agrees"), "{}"),
+    Figure(G, "measured / predicted {})", QKS, ("summary", "real_median_ratio"), "{:.2f}"),
+    Figure(G, "for {} only: removing a whole node", QKS, ("summary", "first_order_sign_agrees"), "{}"),
+    Figure(G, "median {}% of |score|", QKS, ("summary", "median_bias_bias_share"), percent),
+]
+
+
 @pytest.mark.parametrize("fig", FIGURES, ids=lambda f: f"{f.doc}:{f.text[:40]}")
 def test_quoted_figure_equals_its_source(fig):
     value = _lookup(json.loads(_read(fig.source)), fig.key)
@@ -725,6 +752,13 @@ def test_transcoder_recipe_and_graph_tables_are_the_committed_studies():
     assert recipe_table(json.loads(_read("bench/results/transcoder_recipe.json"))) in doc
     graphs = json.loads(_read(TCG))
     assert graph_table(graphs) in doc and layer_shares(graphs) in doc
+
+
+def test_qk_suite_table_is_the_committed_study():
+    """The QK table of docs/graphs.md is studies.qk_suite.table() of the committed result."""
+    from studies.qk_suite import table
+
+    assert table(json.loads(_read(QKS))) in _read(G)
 
 
 def test_transcoder_quality_table_is_the_committed_report():

@@ -67,6 +67,7 @@ SUBSTITUTIONS: dict[str, list[tuple[str, str, str]]] = {
     "README.md:4": [KOBE_ANSWERS],
     "docs/graphs.md:1": [KOBE_ANSWERS],
     "docs/graphs.md:2": [KOBE_ANSWERS],
+    "docs/graphs.md:3": [KOBE_ANSWERS],
     "docs/replacement.md:1": [KOBE_ANSWERS],
     "docs/training.md:1": [MIDDLE_FEATURE],
 }
