@@ -812,3 +812,8 @@ def test_length_curve_table_is_the_result_file():
     assert "2.9× at 128\ntokens, 2.1× at 508, 3.8× on the Kobe prompt" in doc
     sbs = json.loads((ROOT / SBS_ALL).read_text())
     assert round(1 / sbs["ratios"]["time_ours_over_theirs"], 1) == 3.8
+    readme = (ROOT / "README.md").read_text()
+    first_fail = next(c["tokens"] for c in r["curve"] if c.get("theirs_failed"))
+    at_508 = next(c for c in r["curve"] if c["tokens"] == 508)["ratios"]["added_rss_ours_over_theirs"]
+    built = f"(ours builds {a['prompt_tokens']:,} adding **{added:.1f} GiB**) |"
+    assert f"| **{at_508:.2f}**; from **{first_fail:,}** tokens {built}" in readme
