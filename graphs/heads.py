@@ -38,7 +38,7 @@ from attribution.engine import Group, frozen_state, trace
 from attribution.splice import decompose
 from graphs.graph_nodes import GraphError
 from graphs.head_parts import HeadParts
-from graphs.replacement import EMBED, Held, _Replacement, check_transcoders, direction
+from graphs.replacement import EMBED, Held, _Replacement, _store, check_transcoders, direction
 
 STREAM = 2.0**10  # v_s is scaled to this many times the largest residual norm of the prompt
 
@@ -83,7 +83,7 @@ def head_parts(
     sources = sorted(set(src))
     targets = sorted(set(dst))
     width = batch.width
-    store = torch.promote_types(model.dtype, torch.float32)
+    store = _store(model)
 
     # per target: G_t[L] over every position, one backward row each
     run = _Replacement(model, tcs, batch, clean.acts, store, extra=tuple(z_hooks))

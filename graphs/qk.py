@@ -34,7 +34,7 @@ from attribution.engine import trace
 from attribution.models.attention import Attention
 from attribution.splice import decompose
 from graphs.graph_nodes import GraphError, error_id, feature_id, token_id
-from graphs.replacement import EMBED, Sources, _Replacement, _sources, _Vectors, check_transcoders
+from graphs.replacement import EMBED, Sources, _Replacement, _sources, _store, _Vectors, check_transcoders
 
 BIAS = "bias"  # the constant part of the query or the key: no node's
 
@@ -171,7 +171,7 @@ def qk_pairs(
         fn = lambda v, part=part, p=p, held=held, h=h: att.project(v, p, part, held)[0, h]  # noqa: E731
         maps.append(torch.autograd.functional.jacobian(fn, x[p].detach()))  # [d_head, d_model], exact: affine
         values.append(fn(x[p]).double())
-    store = torch.promote_types(model.dtype, torch.float32)
+    store = _store(model)
     run = _Replacement(model, tcs, batch, clean.acts, store, reads=(pre,))
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     parts = []

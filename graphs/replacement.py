@@ -149,7 +149,7 @@ def build_replacement_graph(
     cap, batch_size, n_feat = budget.rows, budget.batch, budget.features
     if progress and budget.chosen:
         tqdm.write(budget.describe(width))
-    store = torch.promote_types(model.dtype, torch.float32)  # the rows: float32, or float64 for a float64 model
+    store = _store(model)
     names = labeler(model, tcs, labels, progress)
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     run = _Replacement(model, tcs, batch, clean.acts, store)
@@ -188,7 +188,7 @@ def build_replacement_graph(
             "feature_rows": cap,
             "batch_size": batch_size,
             "chosen": budget.chosen,
-            "estimate_bytes": budget.fixed_bytes + budget.batch_bytes + (cap + 1) * budget.row_bytes,
+            "estimate_bytes": budget.total_bytes,
         },
         token_prob=prob(model, metric, clean.hidden[0]),
     )
@@ -220,12 +220,16 @@ def _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size):
     return tcs, batch, clean, decs, _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
 
 
+def _store(model) -> torch.dtype:
+    """The rows' dtype: float32, or float64 for a float64 model."""
+    return torch.promote_types(model.dtype, torch.float32)
+
+
 def _plan(model, batch, src: Sources, max_feature_nodes, batch_size) -> Plan:
     n_feat = int((src.kind == 0).sum())
-    store = torch.promote_types(model.dtype, torch.float32)
     at = src.pos[src.kind == 0] * model.n_layers + src.layer[src.kind == 0]  # features per (position, layer)
     kmax = int(torch.bincount(at).max()) if n_feat else 0
-    return plan(model, batch.width, len(src.kind), n_feat, kmax, store.itemsize, max_feature_nodes, batch_size)
+    return plan(model, batch.width, len(src.kind), n_feat, kmax, _store(model).itemsize, max_feature_nodes, batch_size)
 
 
 def _sources(model, tcs, decs, emb: Tensor, batch, bos: bool = False) -> Sources:

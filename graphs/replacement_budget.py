@@ -34,13 +34,17 @@ class Plan(NamedTuple):
     batch_bytes: int  # one backward of `batch` rows
     row_bytes: int  # one feature row and the edges it may become
 
+    @property
+    def total_bytes(self) -> int:
+        """The whole build's estimate: the fixed parts, one batch's backward, the metric's row and `rows` rows."""
+        return self.fixed_bytes + self.batch_bytes + (self.rows + 1) * self.row_bytes
+
     def describe(self, width: int) -> str:
         capped = f"{self.rows:,} of {self.features:,} active features" if self.rows < self.features else (
             f"all {self.features:,} active features")  # fmt: skip
-        total = self.fixed_bytes + self.batch_bytes + (self.rows + 1) * self.row_bytes
         return (
             f"replacement graph on {width:,} tokens: rows for {capped}, most influential first, {self.batch} per "
-            f"backward (~{memory.size(total)} of {memory.size(memory.budget())} available)"
+            f"backward (~{memory.size(self.total_bytes)} of {memory.size(memory.budget())} available)"
         )
 
 
@@ -52,10 +56,10 @@ def plan(model, width: int, n_sources: int, n_features: int, kmax: int, store_by
     forward = memory.forward_bytes(model, 1, width, model.n_layers, grad=True, eager=True)  # engine.eager_attention
     vectors = model.n_layers * width * (kmax + 1) * model.d_model * size  # padded features + errors, per layer
     fixed = forward + vectors
-    _, ffn, *_ = memory._widths(model)
     # per target row: the gradients at every probe (embedding + each MLP output), the backward's working set, its row
-    per_batch_row = width * size * ((model.n_layers + 1) * model.d_model + 4 * model.d_model + 4 * ffn)
-    per_batch_row += n_sources * store_bytes
+    grads = (model.n_layers + 1) * model.d_model * size
+    working = memory.token_bytes(model, width, grad=False, eager=False)  # a block's working set, per token
+    per_batch_row = width * (grads + working) + n_sources * store_bytes
     per_row = n_sources * (store_bytes + EDGE_BYTES)
     where = f"a replacement graph on {width:,} tokens"
     shorter = "use a shorter prompt (the forward and every row grow with its length)."
@@ -66,22 +70,19 @@ def plan(model, width: int, n_sources: int, n_features: int, kmax: int, store_by
     else:
         batch = batch_size
     rows_fit = memory.rows_that_fit(per_row, fixed + batch * per_batch_row) - 1  # the metric's row first
-    if max_feature_nodes is None:
-        rows = max(0, min(n_features, rows_fit))
-    else:
-        rows = min(max_feature_nodes, n_features)
-        if rows > rows_fit:
-            need = fixed + batch * per_batch_row + (rows + 1) * per_row
-            memory.require(
-                need,
-                f"{where} with {rows:,} feature rows (max_feature_nodes) and {batch} per backward",
-                f"lower max_feature_nodes (~{max(rows_fit, 0):,} fit), or leave it None to take what fits.",
-            )
-    if batch_size is not None:
-        memory.require(fixed + batch * per_batch_row + (rows + 1) * per_row, f"{where} with batch_size={batch}",
-                       "lower batch_size (max_rows in build_graph), or leave it None to take what fits.")  # fmt: skip
+    rows = max(0, min(n_features, rows_fit if max_feature_nodes is None else max_feature_nodes))
     chosen = (max_feature_nodes is None and rows < n_features) or batch_size is None
-    return Plan(rows, batch, n_features, chosen, fixed, batch * per_batch_row, per_row)
+    out = Plan(rows, batch, n_features, chosen, fixed, batch * per_batch_row, per_row)
+    if max_feature_nodes is not None and rows > rows_fit:
+        memory.require(
+            out.total_bytes,
+            f"{where} with {rows:,} feature rows (max_feature_nodes) and {batch} per backward",
+            f"lower max_feature_nodes (~{max(rows_fit, 0):,} fit), or leave it None to take what fits.",
+        )
+    if batch_size is not None:
+        memory.require(out.total_bytes, f"{where} with batch_size={batch}",
+                       "lower batch_size (max_rows in build_graph), or leave it None to take what fits.")  # fmt: skip
+    return out
 
 
 def check_request(max_feature_nodes, batch_size) -> None:

@@ -134,6 +134,16 @@ def family(request):
 
 
 @pytest.fixture(scope="module")
+def tiny_windows():
+    """A float32 tiny gemma3 and 64 random 16-token windows starting with <bos>: text for feature indexes."""
+    model = tiny_model("gemma3", dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, model.tokenizer.vocab_size, (64, 16), generator=g)
+    tokens[:, 0] = model.tokenizer.bos_token_id
+    return model, tokens
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from threads, and on shared cores OpenMP threads spin waiting on each other
     (10x slower under load); restored afterwards for the other test modules. A module opts in with

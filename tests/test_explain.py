@@ -10,22 +10,13 @@ from attribution import SAEError, WholeActivation, explain, feature_index, trace
 from attribution.errors import AttributionError
 from attribution.models.model import Batch
 from pages.render import render
-from tests.conftest import random_sae, tiny_model
-
-
-@pytest.fixture(scope="module")
-def parts():
-    model = tiny_model("gemma3", dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(3, model.tokenizer.vocab_size, (64, 16), generator=g)
-    tokens[:, 0] = model.tokenizer.bos_token_id
-    return model, tokens
+from tests.conftest import random_sae
 
 
 @pytest.fixture
-def setup(parts, tmp_path, monkeypatch):
+def setup(tiny_windows, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
-    model, tokens = parts
+    model, tokens = tiny_windows
     return model, random_sae(model, "resid_post.1", d_sae=48, arch="topk", k=6), tokens
 
 
@@ -139,11 +130,11 @@ def test_predictions_at_top_contexts_and_evidence(setup):
     assert not explain(model, sae, hidden[0], index=idx).evidence
 
 
-def test_index_text_options(parts, monkeypatch):
+def test_index_text_options(tiny_windows, monkeypatch):
     from attribution.training import corpus
 
     ex = sys.modules["attribution.explain.index"]
-    model, tokens = parts
+    model, tokens = tiny_windows
     calls = []
     monkeypatch.setattr(corpus, "real_tokens", lambda m, split, **kw: calls.append((split, kw)) or tokens)
     assert ex.index_text(model, "real", n_tokens=1000, progress=False) is tokens

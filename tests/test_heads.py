@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from attribution import LogitDiff
-from attribution.engine import Group, frozen_state, trace
-from attribution.splice import decompose
+from attribution.engine import trace
 from graphs import GraphError
 from graphs.graph import Graph
 from graphs.heads import head_parts
-from graphs.replacement import EMBED, build_replacement_graph, direction
+from graphs.replacement import build_replacement_graph
 from tests.conftest import PROMPTS, tiny_model
 from tests.conftest import random_transcoders as transcoders
 from tests.test_graph_html import browser, chromium, offline_and_clean, open_page, screenshot  # noqa: F401
-from tests.test_replacement import Minus, Replaced
+from tests.test_replacement import removal_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F32 = torch.finfo(torch.float32).eps
@@ -53,40 +52,16 @@ class _Zero:
 
 def _effects(model, tcs, graph, metric, zero: dict[int, list[int]]) -> dict[tuple[str, str], float]:
     """Every (source, target) direct effect with the heads `zero` ({layer: heads}) zeroed: row 0 removes
-    nothing, row 1 + s removes source s (as tests/test_replacement.removal_runs, features held)."""
-    batch = model.tokenize(graph.prompt)
-    hooks = list(tcs)
-    clean = trace(model, batch, capture=[EMBED, *hooks, *(t.target for t in tcs.values())], freeze=True)
-    decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
-    sources = [x for x in graph.full_nodes if x.kind != "metric"]
-    n, width = len(sources) + 1, batch.width
-    minus = {h: torch.zeros(n, width, model.d_model, dtype=model.dtype) for h in [EMBED, *hooks]}
-    for r, x in enumerate(sources, 1):
-        if x.kind == "token":
-            minus[EMBED][r, x.position] = clean.acts[EMBED][0, x.position]
-        elif x.kind == "error":
-            minus[x.hook][r, x.position] = decs[x.hook].error[x.position]
-        else:
-            minus[x.hook][r, x.position] = x.activation * tcs[x.hook].W_dec[x.feature]
-    edits = {EMBED: Minus(minus[EMBED])}
-    for h, tc in tcs.items():
-        edits[tc.target] = Replaced(clean.acts[tc.target] - tc.skip(clean.acts[h]), tc, minus[h], clean.acts[h], None)
+    nothing, row 1 + s removes source s (tests/test_replacement.removal_runs with those heads zeroed)."""
     n_heads = model.hf.config.num_attention_heads
-    d_head = trace(model, batch, capture=["attn_z.0"]).acts["attn_z.0"].shape[-1] // n_heads
-    for layer, heads in zero.items():
-        edits[f"attn_z.{layer}"] = _Zero(heads, d_head)
-    tr = trace(
-        model, batch, groups=[Group(edits, n=n)], capture=hooks, keep_batch=False, freeze=frozen_state(model, batch)
-    )
-    vec, pos = direction(model, metric)
+    d_head = trace(model, model.tokenize(graph.prompt), capture=["attn_z.0"]).acts["attn_z.0"].shape[-1] // n_heads
+    heads = {f"attn_z.{layer}": _Zero(h, d_head) for layer, h in zero.items()}
+    sources, values = removal_runs(model, tcs, graph, metric, linear=False, extra=heads)
     out = {}
     for t in graph.full_nodes:
-        if t.kind == "metric":
-            v = tr.hidden[:, pos % width] @ vec
-        elif t.kind == "feature":
-            v = tr.acts[t.hook][:, t.position] @ tcs[t.hook].W_enc[:, t.feature]
-        else:
+        if t.kind not in ("metric", "feature"):
             continue
+        v = values["metric" if t.kind == "metric" else t.id]
         for r, s in enumerate(sources, 1):
             out[(s.id, t.id)] = float(v[0] - v[r])
     return out

@@ -56,9 +56,10 @@ class Minus:
         return x - self.delta
 
 
-def removal_runs(model, tcs, graph, metric, linear: bool):
+def removal_runs(model, tcs, graph, metric, linear: bool, extra: dict | None = None):
     """Row 0 removes nothing, row 1 + s removes source node s (its vector subtracted where it is added);
-    returns the sources and, per row, every feature node's pre-activation and the metric."""
+    returns the sources and, per row, every feature node's pre-activation and the metric. extra: more edits
+    applied to every row (tests/test_heads.py: heads' OV zeroed)."""
     batch = model.tokenize(graph.prompt)
     hooks = list(tcs)
     clean = trace(model, batch, capture=[EMBED, *hooks, *(t.target for t in tcs.values())], freeze=True)
@@ -81,6 +82,7 @@ def removal_runs(model, tcs, graph, metric, linear: bool):
     for h, tc in tcs.items():
         const = clean.acts[tc.target] - tc.skip(clean.acts[h])
         edits[tc.target] = Replaced(const, tc, minus[h], clean.acts[h], active[h] if linear else None)
+    edits.update(extra or {})
     tr = trace(
         model, batch, groups=[Group(edits, n=n)], capture=hooks, keep_batch=False, freeze=frozen_state(model, batch)
     )

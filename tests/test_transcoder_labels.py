@@ -17,15 +17,6 @@ from tests.test_labels import FILLER, Tok, _index
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def parts():
-    model = tiny_model("gemma3", dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(3, model.tokenizer.vocab_size, (64, 16), generator=g)
-    tokens[:, 0] = model.tokenizer.bos_token_id
-    return model, tokens
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
@@ -44,8 +35,8 @@ def _hand_made(model, layer: int, reads: int, writes: int):
     return tc
 
 
-def test_output_side_is_read_where_the_decoder_writes(parts, cache):
-    model, tokens = parts
+def test_output_side_is_read_where_the_decoder_writes(tiny_windows, cache):
+    model, tokens = tiny_windows
     last = model.n_layers - 1
     reads, writes = int(tokens[0, 3]), int(tokens[0, 5])
     tc = _hand_made(model, last, reads, writes)
@@ -64,8 +55,8 @@ def test_output_side_is_read_where_the_decoder_writes(parts, cache):
     assert "embedding lens" in page and "through the frozen model" in page and f"mlp_out.{last}" in page
 
 
-def test_frozen_effect_is_the_write_removed_at_mlp_out(parts):
-    model, tokens = tiny_model("gemma3"), parts[1]  # float64: no bf16 autocast, so the checks can be tight
+def test_frozen_effect_is_the_write_removed_at_mlp_out(tiny_windows):
+    model, tokens = tiny_model("gemma3"), tiny_windows[1]  # float64: no bf16 autocast, so the checks can be tight
     tcs = random_transcoders(model)
     ids, pos = tokens[1], torch.tensor([4, 9])
     for layer, tc in enumerate(tcs.values()):
@@ -84,8 +75,8 @@ def test_frozen_effect_is_the_write_removed_at_mlp_out(parts):
         frozen_effects(model, random_sae(model, "resid_post.1"), ids, pos, writes)
 
 
-def test_transcoder_index_neighbours_use_the_written_hook(parts, cache):
-    model, tokens = parts
+def test_transcoder_index_neighbours_use_the_written_hook(tiny_windows, cache):
+    model, tokens = tiny_windows
     tc = random_transcoders(model)["resid_mid.1"]
     idx = feature_index(model, tc, tokens=tokens, progress=False)
     x = trace(model, Batch.from_ids(tokens), capture=[tc.target]).acts[tc.target][:, 1:].flatten(0, 1)

@@ -86,8 +86,7 @@ def largest(lengths: list[int], tmp: Path, folder: Path, rows: int) -> dict:
             tried.append({"tokens": t.tokens, "fits": False, "error": str(e)})
             break
         tried.append({"tokens": t.tokens, "fits": True, "feature_rows": p.rows, "batch": p.batch,
-                      "active_features": p.features, "estimate_gib": (p.fixed_bytes + p.batch_bytes +
-                      (p.rows + 1) * p.row_bytes) / 2**30})  # fmt: skip
+                      "active_features": p.features, "estimate_gib": p.total_bytes / 2**30})  # fmt: skip
         best = (n, t)
     del model, tcs
     out = {"tried": tried, "budget_gib": memory.budget() / 2**30}
