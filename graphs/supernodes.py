@@ -6,7 +6,12 @@ multi-hop prompt that gives the intermediate entity ("France": features that fir
 Louvre and Paris prompts and not on prompts about other countries, read at any token) and output groups
 ("says French": features at the last token of prompts answered " French" and not of prompts answered
 otherwise; "says a language": language questions against currency questions). circuit-tracer users group
-nodes by hand on Neuronpedia; here it is a function with parameters:
+nodes by hand on Neuronpedia; here it is a function with parameters.
+
+A contrast's features are ranked by how well they separate the prompts (rank="contrast": what the prompts
+share) or by how much this graph's metric rests on them (rank="attribution": the features that carry the
+entity to the answer in this prompt, each still firing on more of the prompts sharing the entity than on the
+others, so one landmark's own features can join its country's group):
 
     found = supernodes(model, saes, graph, {"France": Contrast(france_prompts, other_prompts, "any")})
     found[0].members, found[0].label
@@ -22,6 +27,7 @@ from attribution.splice import prepare_saes
 from graphs.graph_nodes import GraphError
 
 WHERE = ("all", "last", "not_last")  # an intermediate entity sits on its own tokens, an output group at the last
+RANKS = ("contrast", "attribution")
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class Contrast:
     position: str = "any"
     kind: str = "intermediate"  # or "output": only a label for readers
     where: str = "all"  # which of this prompt's positions the group's nodes may sit at: all, last, not_last
+    rank: str = "contrast"  # features ranked by contrast score, or by the graph's attribution (positive only)
+    min_score: float | None = None  # this contrast's threshold (None: supernodes' min_score)
 
     def __post_init__(self):
         object.__setattr__(self, "positive", tuple(self.positive))
@@ -44,6 +52,10 @@ class Contrast:
             raise GraphError("a contrast needs at least one positive and one negative prompt")
         if self.where not in WHERE:
             raise GraphError(f"where must be one of {WHERE}, got {self.where!r}")
+        if self.rank not in RANKS:
+            raise GraphError(f"rank must be one of {RANKS}, got {self.rank!r}")
+        if self.min_score is not None and not 0 < self.min_score <= 1:
+            raise GraphError(f"a contrast's min_score must be in (0, 1], got {self.min_score}")
 
 
 @dataclass
@@ -91,15 +103,14 @@ def supernodes(
         by_feature.setdefault((x.hook, x.feature), []).append(x)
     out, last = [], len(graph.tokens) - 1
     for name, c in contrasts.items():
-        key = (c.positive, c.negative, c.position, min_score, tuple(saes))
-        found = cache.get(key) if cache is not None else None
-        if found is None:
-            found = contrast(model, saes, list(c.positive), list(c.negative), position=c.position, top=None,
-                             min_score=min_score)  # fmt: skip
-            if cache is not None:
-                cache[key] = found
+        found = contrast_features(model, saes, c, min_score, cache)
         here = {k: [x for x in xs if _allowed(x.position, last, c.where)] for k, xs in by_feature.items()}
-        matches = [m for m in found if here.get((m.hook, m.feature))][:max_features]
+        matches = [m for m in found if here.get((m.hook, m.feature))]
+        if c.rank == "attribution":
+            carried = {(m.hook, m.feature): sum(x.attribution for x in here[(m.hook, m.feature)]) for m in matches}
+            matches = sorted((m for m in matches if carried[(m.hook, m.feature)] > 0),
+                             key=lambda m: -carried[(m.hook, m.feature)])  # fmt: skip
+        matches = matches[:max_features]
         if not matches:
             continue
         members = [x.id for m in matches for x in here[(m.hook, m.feature)]]
@@ -108,18 +119,40 @@ def supernodes(
         for m in matches:
             label = next((x.label for x in by_feature[(m.hook, m.feature)] if x.label), "")
             rates = {"score": round(m.score, 4), "positive": round(m.positive, 4), "negative": round(m.negative, 4)}
-            features.append({"hook": m.hook, "feature": m.feature, **rates, "label": label})
-        n_pos, n_neg = len(c.positive), len(c.negative)
-        best = matches[0]
-        labels = [f["label"] for f in features if f["label"]][:3]
-        evidence = (
-            f"{len(matches)} feature(s) at {sorted({m.hook for m in matches})}; best fires on "
-            f"{best.positive:.0%} of {n_pos} prompt(s) sharing it, {best.negative:.0%} of {n_neg} other(s)"
-        )
-        if labels:
-            evidence += "; contexts: " + " | ".join(labels)
-        out.append(Supernode(name, c.kind, members, features, evidence))
+            attribution = sum(x.attribution for x in here[(m.hook, m.feature)])
+            features.append({"hook": m.hook, "feature": m.feature, **rates, "attribution": attribution,
+                             "label": label})  # fmt: skip
+        out.append(Supernode(name, c.kind, members, features, _evidence(c, matches, features)))
     return out
+
+
+def contrast_features(model, saes, c: Contrast, min_score: float = 0.5, cache: dict | None = None) -> list:
+    """The features (attribution.find.Match, best contrast first) that pass `c` at its threshold (or
+    min_score); cache as in supernodes."""
+    saes = prepare_saes(model, saes)
+    threshold = min_score if c.min_score is None else c.min_score
+    key = (c.positive, c.negative, c.position, threshold, tuple(saes))
+    found = cache.get(key) if cache is not None else None
+    if found is None:
+        found = contrast(model, saes, list(c.positive), list(c.negative), position=c.position, top=None,
+                         min_score=threshold)  # fmt: skip
+        if cache is not None:
+            cache[key] = found
+    return found
+
+
+def _evidence(c: Contrast, matches, features) -> str:
+    """One line: where the group sits, how well its best feature separates the prompts, its contexts."""
+    n_pos, n_neg = len(c.positive), len(c.negative)
+    best = max(matches, key=lambda m: m.score)
+    evidence = f"{len(matches)} feature(s) at {sorted({m.hook for m in matches})}"
+    if c.rank == "attribution":
+        evidence += f" carrying {sum(f['attribution'] for f in features):.3g} of the metric's attribution"
+    evidence += (
+        f"; best fires on {best.positive:.0%} of {n_pos} prompt(s) sharing it, {best.negative:.0%} of {n_neg} other(s)"
+    )
+    labels = [f["label"] for f in features if f["label"]][:3]
+    return evidence + ("; contexts: " + " | ".join(labels) if labels else "")
 
 
 def _allowed(position: int, last: int, where: str) -> bool:

@@ -79,6 +79,27 @@ def test_the_planted_feature_is_the_group_found_and_nothing_else(setup, monkeypa
     assert none == [] and "nothing" not in g.groups
 
 
+def test_an_attribution_ranked_group_is_the_graphs_credited_features_that_pass_the_contrast(setup):
+    m, saes = setup
+    g = _graph(m, saes)
+    c = Contrast(WITH, WITHOUT, "any", where="not_last", rank="attribution", min_score=0.3)
+    (found,) = supernodes(m, saes, g, {"carried": c}, min_score=1.0, kept_only=False)
+    passed = {(x.hook, x.feature): x for x in graphs.supernodes.contrast_features(m, saes, c)}
+    assert passed and all(x.score >= 0.3 for x in passed.values())  # the contrast's own threshold, not 1.0
+    last = len(g.tokens) - 1
+    credit: dict = {}
+    for x in g.full_nodes:
+        if x.kind == "feature" and x.position != last and (x.hook, x.feature) in passed:
+            credit[(x.hook, x.feature)] = credit.get((x.hook, x.feature), 0.0) + x.attribution
+    expected = sorted((k for k, v in credit.items() if v > 0), key=lambda k: -credit[k])[:12]
+    assert [(f["hook"], f["feature"]) for f in found.features] == expected
+    assert [f["attribution"] for f in found.features] == pytest.approx([credit[k] for k in expected])
+    assert {(x.hook, x.feature) for x in map(g.node, found.members)} == set(expected)
+    assert all(g.node(i).position != last for i in found.members) and "of the metric's attribution" in found.label
+    with pytest.raises(graphs.supernodes.GraphError, match="rank must be one of"):
+        Contrast(WITH, WITHOUT, rank="influence")
+
+
 def test_a_pruned_group_can_be_drawn_with_its_edges(setup):
     m, saes = setup
     full = _graph(m, saes)
@@ -157,7 +178,7 @@ def test_the_suite_writes_its_report_and_the_command_checks_prompts(setup, tmp_p
         SuitePrompt("control", "john feels", " sad", " happy", None, None, "b -> mood", hops=1),
     ]
     # every answer here is a mood: no prompt of another kind to contrast "says a mood" with, so no such group
-    assert set(contrasts(suite[0], suite)) == {"Kobe", "says sad"}
+    assert set(contrasts(suite[0], suite)) == {"Kobe", "Kobe (this prompt)", "says sad"}
     options = SuiteOptions(labels=False, progress=False, require_top1=False, min_score=0.6)
     report = run_suite(m, saes, suite, tmp_path, options)
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -166,7 +187,16 @@ def test_the_suite_writes_its_report_and_the_command_checks_prompts(setup, tmp_p
     for key in ("id", "answer_p", "metric", "graph", "supernodes", "suppress"):
         assert key in rows["kobe_sad"], key
     assert set(rows["kobe_sad"]["graph"]) >= {"features", "replacement_score", "completeness_score", "faithfulness"}
-    assert rows["kobe_sad"]["intermediate_found"] and rows["kobe_sad"]["suppress"]["group"] == "Kobe"
+    assert rows["kobe_sad"]["intermediate_found"] and rows["kobe_sad"]["suppress"]["group"] == "Kobe (this prompt)"
+    assert rows["kobe_sad"]["suppress_shared"]["group"] == "Kobe"
+    control, carried = rows["kobe_sad"]["suppress_control"], rows["kobe_sad"]["supernodes"]
+    group = next(s for s in carried if s["name"] == "Kobe (this prompt)")
+    assert "metric_after" in control or "error" in control
+    if "features" in control:  # as many features as the group, none of them passing the entity's contrast
+        entity = contrasts(suite[0], suite)["Kobe (this prompt)"]
+        passed = {f"{x.hook} f{x.feature}" for x in graphs.supernodes.contrast_features(m, saes, entity)}
+        assert control["features"] == len(control["members"]) <= len(group["features"])
+        assert passed and not passed & set(control["members"])
     assert "graph" not in rows["control"]  # one-hop controls are checked, not graphed
     swap_row = rows["kobe_two"]["swap"]
     assert swap_row["from"] == "mary" and swap_row["expect"] == " happy"
