@@ -112,6 +112,9 @@ def suite_parser(sub) -> None:
     s.add_argument("--saes", action="append", default=None, metavar="PATH|default",
                    help="SAE folders, or 'default' (the project's SAEs; default)")  # fmt: skip
     s.add_argument("--hooks", default=None, help="comma-separated hooks of the SAEs to use (default: all)")
+    s.add_argument("--transcoders", default=None, metavar="default|PATH",
+                   help="replacement graphs with these transcoders instead of SAE graphs ('default': the "
+                   "project's; a folder or release for load_transcoders)")  # fmt: skip
     s.add_argument("--check", action="store_true", help="only check the prompts against the model and print it")
     s.add_argument("--only", action="append", default=[], metavar="ID", help="run only this prompt (repeatable)")
     s.add_argument("--max-features", type=int, default=100, help="feature nodes kept per graph (default: 100)")
@@ -197,10 +200,17 @@ def suite(args: argparse.Namespace, *, model=None, saes=None) -> int:
               "controls are answered top-1")  # fmt: skip
         return 0
     hooks = args.hooks.split(",") if args.hooks else None
-    dicts = resolve_saes(model, saes if saes is not None else _saes(args.saes), hooks, quick=False,
-                         progress=not args.quiet)  # fmt: skip
+    if args.transcoders is not None:
+        from cases.replacement_stage import load
+
+        dicts = load(args.transcoders, model, not args.quiet)
+    else:
+        dicts = resolve_saes(model, saes if saes is not None else _saes(args.saes), hooks, quick=False,
+                             progress=not args.quiet)  # fmt: skip
     options = SuiteOptions(max_features=args.max_features, min_score=args.min_score, labels=not args.no_labels,
                            progress=not args.quiet, only=args.only, qk_heads=args.qk_heads)  # fmt: skip
+    if args.transcoders is not None:
+        options.candidates = None  # a replacement graph ranks its feature rows by influence instead
     report = run_suite(model, dicts, args.prompts, args.out, options)
     print(json.dumps(report["summary"], indent=1))
     print(f"wrote {args.out}/report.html and report.json")

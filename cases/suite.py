@@ -151,8 +151,9 @@ def _row(p: SuitePrompt, a) -> dict:
 
 def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict, out: Path, cache: dict):
     metric = LogitDiff(model, p.answer, p.counterfactual)
-    g = build_graph(model, saes, p.prompt, metric, candidates=options.candidates, labels=options.labels,
-                    progress=False)  # fmt: skip
+    transcoders = any(getattr(d, "is_transcoder", False) for d in saes.values())
+    per_layer = {} if transcoders else {"candidates": options.candidates}  # a replacement graph ranks its rows
+    g = build_graph(model, saes, p.prompt, metric, labels=options.labels, progress=False, **per_layer)
     pruned = g.prune(0.8, 0.98, max_feature_nodes=options.max_features)
     scores = pruned.scores(model, saes, metric)
     found = supernodes(model, saes, pruned, contrasts(p, suite, options.carrier_score), min_score=options.min_score,

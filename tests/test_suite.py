@@ -20,7 +20,7 @@ from graphs.aggregate import aggregate
 from graphs.hop import suppress, swap
 from graphs.interventions import ablate_group, steer_group
 from graphs.supernodes import Contrast, supernodes
-from tests.conftest import random_sae, tiny_model
+from tests.conftest import random_sae, random_transcoders, tiny_model
 
 HOOKS = ("resid_post.0", "resid_post.1")
 MARK = "kobe"  # the word the planted feature stands for
@@ -210,3 +210,21 @@ def test_the_suite_writes_its_report_and_the_command_checks_prompts(setup, tmp_p
     assert command.main(["suite", "--prompts", str(jsonl), "--check", "--quiet"], model=m) == 0
     out = capsys.readouterr().out
     assert "of 3 two-hop prompts and" in out and "of 1 one-hop controls are answered top-1" in out
+
+
+def test_the_suite_runs_on_transcoders_as_replacement_graphs(setup, tmp_path):
+    m, _ = setup
+    tcs = random_transcoders(m, "topk")
+    suite = [
+        SuitePrompt("kobe_sad", WITH[0] + " john feels", " sad", " happy", "Kobe", None, "a -> b -> mood"),
+        SuitePrompt("kobe_two", WITH[1] + " john feels", " sad", " happy", "Kobe", None, "a -> b -> mood"),
+        SuitePrompt("mary", WITHOUT[1] + " john feels", " happy", " sad", "Mary", None, "a -> b -> mood"),
+    ]
+    options = SuiteOptions(labels=False, progress=False, require_top1=False, min_score=0.3, candidates=None)
+    report = run_suite(m, tcs, suite, tmp_path, options)
+    row = report["prompts"][0]
+    assert row["graph"]["features"] > 0 and set(report["dictionaries"]) == set(tcs)
+    assert json.loads((tmp_path / "graphs" / "kobe_sad.json").read_text())["nodes"]
+    assert {s["name"] for s in row["supernodes"]} >= {"Kobe", "Kobe (this prompt)"}
+    for key in ("suppress", "suppress_shared", "suppress_control"):  # the interventions run on transcoders too
+        assert row[key]["metric_after"] != row[key]["metric_before"], key
