@@ -423,12 +423,26 @@ FIGURES = [
     Figure(R, "really moves the metric by {}. Clamped", EMOTION, ("top_attribution", 0, "effect"), signed(".3f")),
     Figure(R, "Clamped to 0 the metric falls to\n{};", EMOTION, ("steering", "clamps", 1, "metric"), signed(".2f")),
     Figure(R, "5× its maximum it rises to {}. Labels", EMOTION, ("steering", "clamps", 2, "metric"), signed(".2f")),
-    Figure(R, "The top node is `resid_post.12` f{} at ` is`", MULTIHOP, ("top_attribution", 0, "feature")),
+    Figure(R, "The top node is `resid_post.16` f{} at ` is`", MULTIHOP, ("top_attribution", 0, "feature")),
     Figure(R, "`, {} estimated /", MULTIHOP, ("top_attribution", 0, "attribution"), signed(".3f")),
     Figure(R, "estimated /\n{} real); place", MULTIHOP, ("top_attribution", 0, "effect"), signed(".3f")),
     Figure(R, "(≤ 60 feature nodes, {} error nodes)", MULTIHOP, ("graph", "error nodes")),
     Figure(R, "scores faithfulness {} and completeness", MULTIHOP, ("graph", "faithfulness"), "{:.3f}"),
     Figure(R, "and completeness\n{} (zero ablation", MULTIHOP, ("graph", "completeness"), "{:.3f}"),
+    Figure(R, "the features' attributions sum to {} and", MULTIHOP, ("feature_attribution",), signed(".2f")),
+    Figure(R, "and the error nodes' to\n{}. The analysis", MULTIHOP, ("error_attribution",), signed(".2f")),
+    *(  # docs/graphs.md's v3 layer table, cell by cell
+        Figure(
+            R,
+            rf"\| v3: {re.escape(label)} \|" + r" [^|]+ \|" * i + r" ([−+][\d.]+) \|",
+            MULTIHOP,
+            ("graph", "layers", i, key),
+            signed(".2f"),
+            regex=True,
+        )
+        for label, key in (("the layer's features carry", "carried"), ("the graph keeps there", "graph"))
+        for i in range(10)
+    ),
     # --- README, the front page's headline figures ---------------------------------------------------------------
     Figure(FRONT, "Pearson r | emotion **{}**, multi-hop", EMOTION, ("agreement", "pearson"), "{:.3f}"),
     Figure(FRONT, "multi-hop **{}** | [case studies]", MULTIHOP, ("agreement", "pearson"), "{:.3f}"),
