@@ -60,7 +60,9 @@ def stage(config, loaded, graph_result) -> ReplacementResult | None:
             "budgets": {b: _stats(*pair) for b, pair in _budgets(model, saes, sae_full, metric).items()},
         }
     cards = names.card if config.output.explain else None
-    text = page(g, check=result, cards=cards)
+    # the graph is already pruned to at most max(BUDGETS) features: draw every edge pruning kept (the page's
+    # 5,000-edge guard is for unpruned graphs; the default transcoders v2 keep 5,279 on the Kobe prompt)
+    text = page(g, check=result, cards=cards, max_edges=None)
     (out / "replacement.html").write_text(text, encoding="utf-8")
     g.to_json(out / "replacement.json")
     stats |= {"html": str(out / "replacement.html"), "json": str(out / "replacement.json")}

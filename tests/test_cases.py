@@ -329,9 +329,12 @@ def test_page_text_is_escaped_by_the_template(report):
     assert "&lt;tok&gt;" in page and "a &amp; &lt;b&gt;" in page and "<tok>" not in page
 
 
-def test_replacement_graph_beside_the_sae_graph(model, saes, tmp_path):
+def test_replacement_graph_beside_the_sae_graph(model, saes, tmp_path, monkeypatch):
+    import pages.graph_page
     from tests.conftest import random_transcoders as transcoders
 
+    drawn, page_of = [], pages.graph_page.page
+    monkeypatch.setattr(pages.graph_page, "page", lambda g, **kw: drawn.append(kw) or page_of(g, **kw))
     tcs = transcoders(model, "relu")
     groups = {
         "after and": (["mary went home and", "john says i want to be alone and"], ["mary went home", "the cat ran"])
@@ -354,3 +357,5 @@ def test_replacement_graph_beside_the_sae_graph(model, saes, tmp_path):
     page = read(r.paths["report.html"])
     assert "Replacement graph (transcoders)" in page and 'href="replacement.html"' in page
     assert json.loads(read(tmp_path / "report.json"))["replacement"]["budgets"]["100"]["edges"] >= 0
+    # the pruned graph's page draws every edge it kept: no 5,000-edge refusal (v2 transcoders keep 5,279 on Kobe)
+    assert len(drawn) == 2 and drawn[-1].get("max_edges", 5000) is None  # the SAE graph's page, then this one

@@ -92,6 +92,11 @@ def version(trainer: str) -> str:
     return re.search(r"SAELens (\S+)", trainer).group(1)
 
 
+def empty(check: str) -> str:
+    """A graph check's line -> m(empty), every feature node ablated ('... empty +0.6050, ...' -> '+0.605')."""
+    return f"{float(re.search(r'empty ([-+][0-9.]+)', check).group(1)):+.3f}"
+
+
 def target(t: str) -> str:
     """summary.json's '<= 4' -> '4' (the README writes ≤)."""
     return t.removeprefix("<= ")
@@ -129,7 +134,8 @@ RP = ("replacement",)
 SBS = "bench/results/replacement_side_by_side.json"  # python -m bench.peers.replacement_side_by_side (2,048 features)
 SBS_ALL = "bench/results/replacement_side_by_side_all.json"  # the same with --max-feature-nodes 100000
 WHY = "bench/results/replacement_why.json"  # python -m studies.replacement_why
-TC_ROW = "| transcoders, ≤ 100 features | 100 | 192 | {} |"
+WHY2 = "bench/results/replacement_why_v2.json"  # python -m studies.replacement_why (transcoders v2)
+TC_ROW = "| transcoders, ≤ 100 features | 100 | 163 | {} |"
 SUITE = "cases/results/suite/report.json"  # python -m cases suite --out cases/results/suite
 SUITE_WHY = "bench/results/suite_why.json"  # python -m studies.suite_why cases/results/suite/report.json
 
@@ -159,13 +165,13 @@ FIGURES = [
     Figure(R, "against the residual-SAE graph's | **{}** /", KR, (*RP, "budgets", "100", "faithfulness"), "{:.3f}"),
     Figure(
         R,
-        "| transcoders, ≤ 100 features | 100 | 192 | 0.227 | 0.529 | **{}** |",
+        "| transcoders, ≤ 100 features | 100 | 163 | 0.259 | 0.528 | **{}** |",
         KR,
         (*RP, "budgets", "100", "faithfulness"),
         "{:.3f}",
     ),
-    Figure(R, TC_ROW.format("{}") + " 0.529", KR, (*RP, "budgets", "100", "replacement_score"), "{:.3f}"),
-    Figure(R, "| 100 | 192 | 0.227 | {} |", KR, (*RP, "budgets", "100", "completeness_score"), "{:.3f}"),
+    Figure(R, TC_ROW.format("{}") + " 0.528", KR, (*RP, "budgets", "100", "replacement_score"), "{:.3f}"),
+    Figure(R, "| 100 | 163 | 0.259 | {} |", KR, (*RP, "budgets", "100", "completeness_score"), "{:.3f}"),
     Figure(
         R,
         "| its replacement / completeness scores (targets ≥ 0.5 / ≥ 0.8: not met, and why) | **{}** /",
@@ -175,14 +181,14 @@ FIGURES = [
     ),
     Figure(
         R,
-        "(targets ≥ 0.5 / ≥ 0.8: not met, and why) | **0.227** / **{}** |",
+        "(targets ≥ 0.5 / ≥ 0.8: not met, and why) | **0.259** / **{}** |",
         KR,
         (*RP, "budgets", "100", "completeness_score"),
         "{:.3f}",
     ),
     Figure(
         R,
-        "| transcoders, ≤ 60 features | 60 | 190 | 0.222 | 0.515 | {} |",
+        "| transcoders, ≤ 60 features | 60 | 163 | 0.250 | 0.506 | {} |",
         KR,
         (*RP, "budgets", "60", "faithfulness"),
         "{:.3f}",
@@ -201,7 +207,7 @@ FIGURES = [
         (*RP, "sae_graph", "budgets", "60", "faithfulness"),
         "{:.3f}",
     ),
-    Figure(R, "| transcoders, full | 7488 | 234 | {} |", KR, (*RP, "full", "replacement_score"), "{:.3f}"),
+    Figure(R, "| transcoders, full | 7419 | 234 | {} |", KR, (*RP, "full", "replacement_score"), "{:.3f}"),
     Figure(
         R, "| residual SAEs, full | 1280 | 130 | {} |", KR, (*RP, "sae_graph", "full", "replacement_score"), "{:.3f}"
     ),
@@ -246,17 +252,44 @@ FIGURES = [
         "{:.2f}",
     ),
     Figure(R, "| peak RSS over the build, ours / theirs | {} MB", SBS_ALL, ("peak_rss_mb", "ours"), "{:.0f}"),
-    Figure(R, "**Error nodes carry {} of the influence on the metric", WHY, ("error_influence",), "{:.3f}"),
-    Figure(R, "the tokens {}** (the full graph's", WHY, ("token_influence",), "{:.3f}"),
+    Figure(R, "**Error nodes carry {} of the influence on the metric", WHY2, ("error_influence",), "{:.3f}"),
+    Figure(R, "the tokens {}** (the full graph's", WHY2, ("token_influence",), "{:.3f}"),
+    Figure(R, "the same full graph: replacement score {}):", WHY2, ("full_graph", "replacement_score"), "{:.3f}"),
     Figure(
         R,
-        "layers\n  0-3, whose transcoders explain 0.76-0.97 of their MLP's variance, hold {} of it",
-        WHY,
+        "layers\n  0-3, whose transcoders explain {} of",
+        WHY2,
+        ("layers",),
+        lambda v: spread("explained_variance")(v[:4]),
+    ),
+    Figure(
+        R,
+        "0-3, whose transcoders explain 0.87-0.98 of their MLP's variance, hold {} of it",
+        WHY2,
         ("error_influence_layers_0_3",),
         "{:.3f}",
     ),
-    Figure(R, "top next token is ` Kobe` (p = {})", WHY, ("model_top_tokens", 0, 1), "{:.3f}"),
-    Figure(R, "` Sacramento` has p = {} and", WHY, ("p_good",), "{:.1e}"),
+    Figure(R, "top next token is ` Kobe` (p = {})", WHY2, ("model_top_tokens", 0, 1), "{:.3f}"),
+    Figure(R, "` Sacramento` has p = {} and", WHY2, ("p_good",), "{:.1e}"),
+    Figure(R, "has p = 1.0e-04 and ` Albany` {}.", WHY2, ("p_bad",), "{:.1e}"),
+    # the report's replacement stage: its time, the checks beside the SAE graph's, the California group
+    Figure(R, "the replacement stage took {} s,", KR, ("timings", "replacement graph"), "{:.1f}"),
+    Figure(R, "the full graph with its labels took {} s", KR, (*RP, "build_s"), "{:.1f}"),
+    Figure(R, "| transcoders, full | {} | 234 |", KR, (*RP, "full", "features")),
+    Figure(
+        R, "at ≤ 100 features scores 0.351 / {}.", KR, (*RP, "budgets", "100", "completeness_score_removed"), "{:.3f}"
+    ),
+    Figure(R, "at both budgets ({} against", KR, (*RP, "budgets", "100", "faithfulness"), "{:.3f}"),
+    Figure(R, "against {} at 100 features,", KR, (*RP, "sae_graph", "budgets", "100", "faithfulness"), "{:.3f}"),
+    Figure(R, "features,\n{} against", KR, (*RP, "budgets", "60", "faithfulness"), "{:.3f}"),
+    Figure(R, "against {} at 60)", KR, (*RP, "sae_graph", "budgets", "60", "faithfulness"), "{:.3f}"),
+    Figure(R, "| 100 | {} | 0.259 |", KR, (*RP, "budgets", "100", "errors")),
+    Figure(R, "| 60 | {} | 0.250 |", KR, (*RP, "budgets", "60", "errors")),
+    Figure(R, "at {} nodes, 2 of them kept", KR, (*RP, "groups", "California", "nodes")),
+    Figure(R, "nodes, {} of them kept", KR, (*RP, "groups", "California", "kept")),
+    Figure(R, "changes the metric by {} (of", KR, (*RP, "groups", "California", "ablation"), signed(".3f")),
+    Figure(R, "` Sacramento` by\n  {}, from", KR, (*RP, "groups", "California", "swap", "change"), signed(".3f")),
+    Figure(R, "from {} (the top answer", KR, (*RP, "groups", "California", "swap", "before"), signed(".3f")),
     Figure(R, "Ours trains {}× faster (median of three", SPARSIFY, ("summary", "paired_speed_ratio"), "{:.2f}"),
     Figure(R, "| sparsify 1.3.3 `Trainer`, signum | {} |", SPARSIFY, (*ROWS, 1, "tokens_per_s"), "{:,.0f}"),
     Figure(R, "per-dimension normalisation | {} | 0.740", SPARSIFY, (*ROWS, 0, "tokens_per_s"), "{:,.0f}"),
@@ -423,12 +456,27 @@ FIGURES = [
     Figure(R, "really moves the metric by {}. Clamped", EMOTION, ("top_attribution", 0, "effect"), signed(".3f")),
     Figure(R, "Clamped to 0 the metric falls to\n{};", EMOTION, ("steering", "clamps", 1, "metric"), signed(".2f")),
     Figure(R, "5× its maximum it rises to {}. Labels", EMOTION, ("steering", "clamps", 2, "metric"), signed(".2f")),
-    Figure(R, "The top node is `resid_post.12` f{} at ` is`", MULTIHOP, ("top_attribution", 0, "feature")),
+    Figure(R, "The top node is `resid_post.16` f{} at ` is`", MULTIHOP, ("top_attribution", 0, "feature")),
     Figure(R, "`, {} estimated /", MULTIHOP, ("top_attribution", 0, "attribution"), signed(".3f")),
     Figure(R, "estimated /\n{} real); place", MULTIHOP, ("top_attribution", 0, "effect"), signed(".3f")),
     Figure(R, "(≤ 60 feature nodes, {} error nodes)", MULTIHOP, ("graph", "error nodes")),
     Figure(R, "scores faithfulness {} and completeness", MULTIHOP, ("graph", "faithfulness"), "{:.3f}"),
     Figure(R, "and completeness\n{} (zero ablation", MULTIHOP, ("graph", "completeness"), "{:.3f}"),
+    Figure(R, "the features' attributions sum to {} and", MULTIHOP, ("feature_attribution",), signed(".2f")),
+    Figure(R, "and the error nodes' to\n{}. But by", MULTIHOP, ("error_attribution",), signed(".2f")),
+    Figure(R, "kept) the metric is {} of +1.707", MULTIHOP, ("graph", "check"), empty),
+    *(  # docs/graphs.md's v3 layer table, cell by cell
+        Figure(
+            R,
+            rf"\| v3: {re.escape(label)} \|" + r" [^|]+ \|" * i + r" ([−+][\d.]+) \|",
+            MULTIHOP,
+            ("graph", "layers", i, key),
+            signed(".2f"),
+            regex=True,
+        )
+        for label, key in (("the layer's features carry", "carried"), ("the graph keeps there", "graph"))
+        for i in range(10)
+    ),
     # --- README, the front page's headline figures ---------------------------------------------------------------
     Figure(FRONT, "Pearson r | emotion **{}**, multi-hop", EMOTION, ("agreement", "pearson"), "{:.3f}"),
     Figure(FRONT, "multi-hop **{}** | [case studies]", MULTIHOP, ("agreement", "pearson"), "{:.3f}"),
@@ -522,7 +570,6 @@ def _lookup(data, key: tuple):
 
 FIGURES += SUITE_FIGURES
 
-WHY2 = "bench/results/replacement_why_v2.json"  # python -m studies.replacement_why (transcoders v2)
 TCG = "bench/results/transcoder_graphs_v2.json"  # python -m studies.transcoder_graphs
 TC_FIGURES = [
     Figure(R, "replacement score {} →", WHY, ("full_graph", "replacement_score"), "{:.3f}"),
@@ -553,7 +600,7 @@ TC_FIGURES += [
     Figure(R, "recovered too ({} to", TCQ1, ("transcoders",), spread("ce_loss_recovered")),
     Figure(R, "0.37-0.90 to {}). Issue", TCQ, ("transcoders",), spread("ce_loss_recovered")),
     Figure(R, "at every layer ({} here)", TCQ, ("transcoders",), spread("features_on_rest")),
-    Figure(R, "transcoders explained {} of the variance", TCQ1, ("transcoders",), spread("explained_variance")),
+    Figure(R, "v2 transcoders explain {} of the variance", TCQ, ("transcoders",), spread("explained_variance")),
 ]
 TC_FIGURES.append(
     Figure(R, "held-out documents, {} tokens;", "bench/results/transcoder_recipe.json", ("eval_tokens",), "{:,}")
