@@ -6,11 +6,14 @@ by contrast across the suite, the hop proven by intervention, and the graph the 
 
 For every prompt the model answers top-1 (cases.suite_prompts.check): the feature graph for logit(answer) -
 logit(counterfactual), pruned to at most `max_features` features, with circuit-tracer's scores and
-faithfulness by real ablation; supernodes (graphs.supernodes): the intermediate entity (features that fire on
-the suite's prompts sharing it, read at any token, and not on the others) and two output groups ("says
-French": the last token of prompts answered " French" against prompts answered otherwise; "says a language":
-prompts whose answer is a language against the others); suppression of the intermediate group and, where the
-line names one, the swap for another prompt's group (graphs.hop), in the real and in the replacement model.
+faithfulness by real ablation; supernodes (graphs.supernodes): the intermediate entity twice (the shared
+group: features that fire on the suite's prompts sharing it, read at any token, and not on the others; the
+entity group: the features at the entity's tokens this graph credits most among those firing on more of the
+prompts sharing it than of the others) and two output groups ("says French": the last token of prompts
+answered " French" against prompts answered otherwise; "says a language": prompts whose answer is a language
+against the others); then cases.suite_hop: the entity group suppressed (the shared group and a control of
+as many other credited features beside it) and, where the line names one, the swap for another prompt's
+group, in the real and in the replacement model. `--transcoders` makes every graph a replacement graph.
 Writes DIR/report.json ({"prompts": [...], "aggregate": {...}}, docs/case-studies.md has the schema),
 DIR/report.html, and per prompt DIR/graphs/<id>.html and .json.
 """
@@ -25,13 +28,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from attribution.errors import NumericalError
 from attribution.metrics import LogitDiff
 from attribution.splice import prepare_saes
-from cases.suite_prompts import SuitePrompt, check, load_suite
+from cases.suite_hop import GROUPS, carrier, interventions, target_kind
+from cases.suite_prompts import SuiteError, SuitePrompt, check, load_suite
 from graphs.aggregate import aggregate
 from graphs.build import build_graph
-from graphs.hop import suppress, swap
 from graphs.supernodes import Contrast, contrast_features, supernodes
 
 SCALES = (1.0, 2.0, 4.0)  # the swap's injection scales tried, smallest first
@@ -50,17 +52,14 @@ class SuiteOptions:
     progress: bool = True
     only: list[str] = field(default_factory=list)  # run only these ids (and the donors their swaps need)
     require_top1: bool = True  # build graphs only for prompts the model answers top-1
+    swap: tuple[str, str] = ("shared", "entity")  # the swap: this prompt's group suppressed, the donor's injected
+    swap_variants: bool = True  # also every other pairing of the two groups (cases.suite_hop), reported beside
     qk_heads: int = 0  # per prompt, the heads moving the most into the last position, QK-decomposed (transcoders)
 
-
-def target_kind(p: SuitePrompt) -> str:
-    """What the answer is ("language", "currency", "country", ...): the relation's last element."""
-    return (p.relation or "answer").split("->")[-1].strip() or "answer"
-
-
-def carrier(p: SuitePrompt) -> str:
-    """The name of p's per-prompt entity group: the intermediate's features that carry this prompt's answer."""
-    return f"{p.intermediate} (this prompt)"
+    def __post_init__(self):
+        self.swap = tuple(self.swap)
+        if len(self.swap) != 2 or not set(self.swap) <= set(GROUPS):
+            raise SuiteError(f"swap must be two of {GROUPS} (this prompt's group, the donor's), got {self.swap!r}")
 
 
 def contrasts(p: SuitePrompt, suite: list[SuitePrompt], carrier_score: float = 0.25) -> dict[str, Contrast]:
@@ -111,7 +110,7 @@ def run_suite(
             found = contrast_features(model, hooks, cs[carrier(p)], options.min_score, contrast_cache)
             entity[p.id] = {(m.hook, m.feature) for m in found}
     for p in tqdm(todo, desc="suite interventions", disable=not options.progress):
-        _interventions(model, saes, p, by_id, graphs, suite, options, rows[p.id], entity.get(p.id, set()))
+        interventions(model, saes, p, by_id, graphs, suite, options, rows[p.id], entity.get(p.id, set()))
     if options.qk_heads:
         for p in tqdm(todo, desc="suite QK", disable=not options.progress):
             rows[p.id]["qk"] = _qk(model, saes, p, graphs[p.id], options.qk_heads)
@@ -190,87 +189,6 @@ def _qk(model, saes, p: SuitePrompt, graph, n: int) -> list[dict]:
     return out
 
 
-def _answers(p: SuitePrompt, suite) -> list[str]:
-    """Every answer of the suite of p's kind (all languages for a language question)."""
-    return list(dict.fromkeys(q.answer for q in suite if target_kind(q) == target_kind(p)))
-
-
-def _interventions(model, saes, p: SuitePrompt, by_id, graphs, suite, options: SuiteOptions, row: dict,
-                   entity: set) -> None:  # fmt: skip
-    """Suppress p's entity group (the one carrying this prompt's answer; the suite-wide shared group and a
-    control beside it), inhibit it, and swap it for the donor prompt's. entity: every feature passing the
-    entity's contrast, which the control leaves out."""
-    g = graphs[p.id]
-    answers = _answers(p, suite)
-    group = carrier(p)
-    if group not in g.groups:
-        row["suppress"] = {"group": group, "error": "no entity group carries this prompt's answer in its graph"}
-    else:
-        s = suppress(model, saes, g, group, answers=answers)
-        row["suppress"] = {"group": group, "members": len(g.groups[group])} | s.to_dict()
-        s = suppress(model, saes, g, group, answers=answers, factor=options.inhibit)
-        row["inhibit"] = {"group": group, "factor": options.inhibit} | s.to_dict()
-        row["suppress_control"] = _control(model, saes, g, group, answers, entity)
-    if row.get("intermediate_found"):
-        s = suppress(model, saes, g, p.intermediate, answers=answers)
-        row["suppress_shared"] = {"group": p.intermediate, "members": len(g.groups[p.intermediate])} | s.to_dict()
-    if p.swap is None:
-        return
-    donor_id, expect = p.swap["from"], p.swap["expect"]
-    base = {"from": donor_id, "expect": expect}
-    donor = by_id[donor_id]
-    if donor_id not in graphs:
-        row["swap"] = base | {"error": f"the donor {donor_id!r} has no graph (the model does not answer it top-1)"}
-        return
-    if group not in g.groups or carrier(donor) not in graphs[donor_id].groups:
-        row["swap"] = base | {"error": "the entity group was not found in this graph or in the donor's"}
-        return
-    tried, diverged = [], []
-    for scale in options.scales:
-        try:
-            o = swap(model, saes, g, group, graphs[donor_id], carrier(donor), scale=scale,
-                     answers=[*answers, expect])  # fmt: skip
-        except NumericalError as exc:  # the injection overflowed the model: larger scales would too
-            diverged.append({"scale": scale, "error": str(exc)})
-            break
-        tried.append((scale, o))
-        if o.answers[expect]["rank_after"] == 0:
-            break
-    if not tried:
-        row["swap"] = base | {"error": "every scale diverged", "diverged": diverged}
-        return
-    scale, o = min(tried, key=lambda t: (t[1].answers[expect]["rank_after"], t[0]))
-    e = o.answers[expect]
-    row["swap"] = base | {
-        "group": group, "with": carrier(donor), "scale": scale,
-        "expect_rank_before": e["rank_before"], "expect_rank_after": e["rank_after"],
-        "expect_p_before": e["p_before"], "expect_p_after": e["p_after"],
-        "tried": [{"scale": s, "expect_rank_after": t.answers[expect]["rank_after"],
-                   "expect_p_after": t.answers[expect]["p_after"]} for s, t in tried],
-        "diverged": diverged,
-    } | o.to_dict()  # fmt: skip
-
-
-def _control(model, saes, g, group: str, answers, entity: set) -> dict:
-    """The same number of features, at the same positions, that the graph credits most but that do not pass
-    the entity's contrast: does removing the group matter because it is the entity, or because it is large?"""
-    members = g.members(group)
-    chosen = {(x.hook, x.feature) for x in members} | entity
-    positions = {x.position for x in members}
-    carried: dict[tuple[str, int], list] = {}
-    for x in g.full_nodes:
-        if x.kind == "feature" and x.position in positions and (x.hook, x.feature) not in chosen:
-            carried.setdefault((x.hook, x.feature), []).append(x)
-    n = len({(x.hook, x.feature) for x in members})
-    ranked = sorted(carried, key=lambda k: -sum(x.attribution for x in carried[k]))[:n]
-    if not ranked:
-        return {"error": "no other feature at the group's positions"}
-    g.group(f"{group}: control", [x.id for k in ranked for x in carried[k]])
-    s = suppress(model, saes, g, f"{group}: control", answers=answers)
-    g.ungroup(f"{group}: control")
-    return {"features": len(ranked), "members": [f"{h} f{k}" for h, k in ranked]} | s.to_dict()
-
-
 def summary(rows: list[dict]) -> dict:
     """The suite's acceptance figures: how many prompts pass, and how often each experiment works."""
     two = [r for r in rows if r["hops"] >= 2]
@@ -309,10 +227,17 @@ def summary(rows: list[dict]) -> dict:
         "swaps_defined": len(swaps),
         "swaps_run": len(done),
         "swap_top1": sum(s["expect_rank_after"] == 0 for s in done),
+        "swap_top1_by_variant": _by_variant([r["swap_variants"] for r in built if "swap_variants" in r]),
         "median_replacement_score": median([r["graph"]["replacement_score"] for r in built]),
         "median_completeness_score": median([r["graph"]["completeness_score"] for r in built]),
         "median_faithfulness": median([r["graph"].get("faithfulness") for r in built]),
     }
+
+
+def _by_variant(variants: list[dict]) -> dict:
+    """For each pairing of groups a swap can use: how many swaps made the expected answer top-1."""
+    names = dict.fromkeys(k for v in variants for k in v)
+    return {k: sum(v.get(k, {}).get("expect_rank_after") == 0 for v in variants) for k in names}
 
 
 def _jsonable(x):

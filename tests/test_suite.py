@@ -200,7 +200,13 @@ def test_the_suite_writes_its_report_and_the_command_checks_prompts(setup, tmp_p
     assert "graph" not in rows["control"]  # one-hop controls are checked, not graphed
     swap_row = rows["kobe_two"]["swap"]
     assert swap_row["from"] == "mary" and swap_row["expect"] == " happy"
-    assert "expect_rank_after" in swap_row or "error" in swap_row
+    assert swap_row["group"] == "Kobe" and swap_row["with"] == "Mary (this prompt)"  # options.swap's default
+    variants = rows["kobe_two"]["swap_variants"]
+    assert set(variants) == {"shared->shared", "shared->entity", "entity->shared", "entity->entity"}
+    assert variants["shared->entity"]["expect_rank_after"] == swap_row["expect_rank_after"]
+    assert set(saved["summary"]["swap_top1_by_variant"]) == set(variants)
+    with pytest.raises(SuiteError, match="swap must be two of"):
+        SuiteOptions(swap=("shared", "landmark"))
     assert (tmp_path / "graphs" / "kobe_sad.html").is_file()
     assert "Multi-hop suite" in (tmp_path / "report.html").read_text()
     answered = check(m, suite)
