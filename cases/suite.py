@@ -71,7 +71,9 @@ def contrasts(p: SuitePrompt, suite: list[SuitePrompt], carrier_score: float = 0
         neg = [q.prompt for q in suite if q.intermediate and q.intermediate != p.intermediate]
         if neg:
             out[p.intermediate] = Contrast(pos, neg, "any", "intermediate", "not_last")
-            out[carrier(p)] = Contrast(pos, neg, "any", "intermediate", "not_last", "attribution", carrier_score)
+            out[carrier(p)] = Contrast(
+                pos, neg, "any", "intermediate", "not_last", "attribution", carrier_score, within=p.intermediate
+            )  # on the tokens where the shared group sits
     pos = [q.prompt for q in suite if q.answer == p.answer]
     neg = [q.prompt for q in suite if q.answer != p.answer and target_kind(q) == target_kind(p)]
     if neg:

@@ -42,6 +42,7 @@ class Contrast:
     where: str = "all"  # which of this prompt's positions the group's nodes may sit at: all, last, not_last
     rank: str = "contrast"  # features ranked by contrast score, or by the graph's attribution (positive only)
     min_score: float | None = None  # this contrast's threshold (None: supernodes' min_score)
+    within: str | None = None  # only at the positions of this group's members (a group found before this one)
 
     def __post_init__(self):
         object.__setattr__(self, "positive", tuple(self.positive))
@@ -104,7 +105,11 @@ def supernodes(
     out, last = [], len(graph.tokens) - 1
     for name, c in contrasts.items():
         found = contrast_features(model, saes, c, min_score, cache)
-        here = {k: [x for x in xs if _allowed(x.position, last, c.where)] for k, xs in by_feature.items()}
+        if c.within is not None and c.within not in graph.groups:
+            continue  # the group that places this one was not found: neither is this one
+        at = None if c.within is None else {graph.node(i).position for i in graph.groups[c.within]}
+        here = {k: [x for x in xs if _allowed(x.position, last, c.where) and (at is None or x.position in at)]
+                for k, xs in by_feature.items()}  # fmt: skip
         matches = [m for m in found if here.get((m.hook, m.feature))]
         if c.rank == "attribution":
             carried = {(m.hook, m.feature): sum(x.attribution for x in here[(m.hook, m.feature)]) for m in matches}

@@ -96,6 +96,20 @@ def test_an_attribution_ranked_group_is_the_graphs_credited_features_that_pass_t
     assert [f["attribution"] for f in found.features] == pytest.approx([credit[k] for k in expected])
     assert {(x.hook, x.feature) for x in map(g.node, found.members)} == set(expected)
     assert all(g.node(i).position != last for i in found.members) and "of the metric's attribution" in found.label
+    # within=: only at the tokens where an earlier group sits (the planted word's), and nothing if it is absent
+    placed = {"Kobe": Contrast(WITH, WITHOUT, "any"), "carried here": Contrast(
+        WITH, WITHOUT, "any", where="not_last", rank="attribution", min_score=0.3, within="Kobe")}  # fmt: skip
+    found = {s.name: s for s in supernodes(m, saes, g, placed, min_score=1.0, kept_only=False)}
+    position = g.tokens.index(MARK)
+    assert {g.node(i).position for i in found["carried here"].members} == {position}
+    at_word: dict = {}
+    for x in g.full_nodes:
+        if x.kind == "feature" and x.position == position and (x.hook, x.feature) in passed:
+            at_word[(x.hook, x.feature)] = at_word.get((x.hook, x.feature), 0.0) + x.attribution
+    best_here = sorted((k for k, v in at_word.items() if v > 0), key=lambda k: -at_word[k])[:12]
+    assert [(f["hook"], f["feature"]) for f in found["carried here"].features] == best_here
+    orphan = {"alone": Contrast(WITH, WITHOUT, "any", rank="attribution", min_score=0.3, within="absent")}
+    assert supernodes(m, saes, g, orphan, kept_only=False) == []
     with pytest.raises(graphs.supernodes.GraphError, match="rank must be one of"):
         Contrast(WITH, WITHOUT, rank="influence")
 
