@@ -154,7 +154,7 @@ def build_replacement_graph(
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     run = _Replacement(model, tcs, batch, clean.acts, store)
     rows = SparseRows(len(src.kind), budget.entries, store)  # the metric's row, then a row per feature
-    rows.add(run.rows(vectors, [("metric", vec, m_pos)]))
+    rows.add(run.rows(vectors, [("metric", vec, m_pos)]), torch.tensor([model.n_layers]))  # above every layer
     order: list[int] = []  # source indices of the features whose rows are computed, in row order
     done = torch.zeros(len(src.kind), dtype=torch.bool)
     bar = tqdm(total=cap, desc="replacement graph rows", unit="row", disable=not progress)
@@ -170,7 +170,7 @@ def build_replacement_graph(
             for i in chunk.tolist():
                 layer = int(src.layer[i])
                 targets.append(("feature", tcs[hooks[layer]].W_enc[:, int(src.feature[i])], int(src.pos[i]), layer))
-            rows.add(run.rows(vectors, targets))
+            rows.add(run.rows(vectors, targets), src.layer[chunk])
             order += chunk.tolist()
             done[chunk] = True
             bar.update(len(chunk))
@@ -400,7 +400,6 @@ def _assemble(tcs, batch, value, src: Sources, rows: SparseRows, order, names, m
 
 
 def _total_effect(rows: SparseRows, src: Sources, order: list[int]) -> Tensor:
-    """[n_sources] each source's effect on the metric summed over the graph's paths (SparseRows.total_effect):
-    one more layer of paths each step, a DAG of n_layers rows."""
+    """[n_sources] each source's effect on the metric summed over the graph's paths (SparseRows.total_effect)."""
     at = torch.tensor(order, dtype=torch.long)
-    return rows.total_effect(at, src.value[at], int(src.layer.max()) + 2)
+    return rows.total_effect(at, src.value[at])

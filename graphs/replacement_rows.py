@@ -41,8 +41,13 @@ class SparseRows:
         self.src = torch.empty(capacity, dtype=torch.int32)
         self.row = torch.empty(capacity, dtype=torch.int32)
         self.value = torch.empty(capacity, dtype=dtype)
+        self.layers: list[Tensor] = []  # per batch, its rows' layers
+        self.starts: list[int] = [0]  # row r's entries are [starts[r], starts[r + 1])
+        self.abs_sums: list[Tensor] = []  # per batch, its rows' sums of |entries| (float64)
 
-    def add(self, dense: Tensor) -> None:
+    def add(self, dense: Tensor, layers: Tensor) -> None:
+        """Append rows [k, sources] whose nodes sit at `layers` [k] (a feature's model layer; the metric's row
+        above every layer): a row's entries are on sources at lower layers only (graphs.replacement)."""
         r, c = dense.nonzero(as_tuple=True)  # row-major, int64 for this batch only
         k = len(r)
         if self.n + k > len(self.src):  # beyond the bound (it holds by causality): grow, a copy
@@ -53,6 +58,9 @@ class SparseRows:
         self.src[self.n : self.n + k] = c
         self.row[self.n : self.n + k] = r + self.n_rows
         self.value[self.n : self.n + k] = dense[r, c]
+        self.starts += (self.n + torch.bincount(r, minlength=len(dense)).cumsum(0)).tolist()
+        self.layers.append(layers.to(torch.long))
+        self.abs_sums.append(dense.abs().sum(1, dtype=torch.float64))
         self.n += k
         self.n_rows += len(dense)
 
@@ -60,49 +68,57 @@ class SparseRows:
         n = self.n if n is None else n
         return (slice(i, min(i + SPAN, n)) for i in range(0, n, SPAN))
 
+    def _path_sum(self, coef, absolute: bool) -> Tensor:
+        """[sources] float64: sum over rows r of c_r |R[r]| (absolute) or c_r R[r], the rows taken from the highest
+        layer down, where coef(out, a, b) gives c for rows a..b-1 from `out` so far: a row's own node is at a
+        higher layer than every source of its entries, so when its layer's turn comes `out` is final at its
+        node. One pass over the entries (the path sum as repeated products would be one pass per layer)."""
+        out = torch.zeros(self.n_sources, dtype=torch.float64)
+        layer = torch.cat(self.layers)
+        order = layer.argsort(descending=True, stable=True).tolist()
+        at = layer[order].tolist()
+        i = 0
+        while i < len(order):
+            j = i + 1  # a run: consecutive rows of one layer
+            while j < len(order) and order[j] == order[j - 1] + 1 and at[j] == at[i]:
+                j += 1
+            a, b = order[i], order[j - 1] + 1
+            c = coef(out, a, b)  # [b - a] float64
+            for e in range(self.starts[a], self.starts[b], SPAN):
+                s = slice(e, min(e + SPAN, self.starts[b]))
+                v = self.value[s].double()
+                v = v.abs() if absolute else v
+                out.index_add_(0, self.src[s], c.index_select(0, self.row[s] - a) * v)
+            i = j
+        return out
+
     def ranking_influence(self, row_source: Tensor) -> Tensor:
         """Influence on the metric (row 0) of every source through the rows computed so far: circuit-tracer's
         partial influence, i.e. graphs.prune.influence on the rows as edges (source -> the row's node: the
         metric for row 0, else the feature whose row it is). row_source[r] = source index of row r (-1 for
         the metric). A node's shares are its row's |entries| over their sum; sums and products in float64."""
-        n = self.n_sources
-        node = row_source.clone()
-        node[0] = n  # the metric: one node past the sources
-        total = torch.zeros(self.n_rows, dtype=torch.float64)
-        for s in self._spans():
-            total.index_add_(0, self.row[s], self.value[s].abs().double())
+        total = torch.cat(self.abs_sums)
         scale = torch.where(total > 0, 1 / total, torch.zeros_like(total))  # [rows]
-        inf = torch.zeros(n + 1, dtype=torch.float64)
-        current = torch.zeros(n + 1, dtype=torch.float64)
-        current[n] = 1.0
-        for _ in range(n + 1):  # each step moves one layer down; the rows form a DAG
-            passed = current.index_select(0, node) * scale  # [rows]: what a row's node passes per unit |entry|
-            current = torch.zeros(n + 1, dtype=torch.float64)
-            for s in self._spans():
-                current.index_add_(0, self.src[s], passed.index_select(0, self.row[s]) * self.value[s].abs().double())
-            if not bool(current.any()):
-                break
-            inf += current
-        return inf[:n]
+        node = row_source.clamp_min(0)
 
-    def total_effect(self, rows: Tensor, act: Tensor, depth: int) -> Tensor:
+        def coef(inf: Tensor, a: int, b: int) -> Tensor:  # a node's influence, passed on per unit of |entry|
+            mine = torch.where(row_source[a:b] >= 0, inf.index_select(0, node[a:b]), torch.ones(()))
+            return mine * scale[a:b]
+
+        return self._path_sum(coef, absolute=True)
+
+    def total_effect(self, rows: Tensor, act: Tensor) -> Tensor:
         """[sources] each source's effect on the metric summed over the rows' paths: t_s = R[0, s] + sum over
         feature rows r of (t_r / a_r) R[r, s], a_r the row feature's activation (slope 1 when active); rows[r - 1]
-        is row r's source. At most `depth` steps (one more layer of paths each), in float64."""
-        first = torch.zeros(self.n_sources, dtype=torch.float64)
-        for s in self._spans():
-            at = self.row[s] == 0
-            first.index_add_(0, self.src[s][at], self.value[s][at].double())
-        total = first
-        for _ in range(depth):
-            coef = torch.cat([torch.zeros(1, dtype=torch.float64), total.index_select(0, rows) / act])  # [rows]
-            new = first.clone()
-            for s in self._spans():
-                new.index_add_(0, self.src[s], coef.index_select(0, self.row[s]) * self.value[s].double())
-            if torch.equal(new, total):
-                break
-            total = new
-        return total
+        is row r's source. In float64."""
+        coefs = torch.cat([torch.zeros(1, dtype=torch.float64), 1 / act.double()])
+        node = torch.cat([torch.zeros(1, dtype=torch.long), rows])
+
+        def coef(total: Tensor, a: int, b: int) -> Tensor:
+            t = total.index_select(0, node[a:b]) * coefs[a:b]
+            return torch.where(torch.arange(a, b) == 0, torch.ones(()), t)  # the metric's row: 1
+
+        return self._path_sum(coef, absolute=False)
 
     def edges(self, keep: Tensor, node_of: Tensor, targets: Tensor) -> dict:
         """The entries at kept sources (keep [sources]) as edges node_of[source] -> targets[row] in row-major

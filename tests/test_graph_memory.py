@@ -249,8 +249,8 @@ def test_influence_ranking_of_the_rows_equals_the_float64_path_sum(dtype):
     A[node, :n] = rows
     want = _dense_influence(A, n)[:n]
     sparse = SparseRows(n, capacity=10, dtype=dtype)  # a bound too small: the arrays grow
-    for part in rows.to(dtype).split(3):
-        sparse.add(part)
+    for part, at in zip(rows.to(dtype).split(3), torch.tensor([4, *layer[row_source[1:]]]).split(3)):
+        sparse.add(part, at)  # the metric's row above every layer
     assert sparse.n == int((rows != 0).sum()) and sparse.n_rows == len(rows)
     got = sparse.ranking_influence(row_source)
     assert got.dtype == torch.float64 and (want > 0).sum() > 40
@@ -260,5 +260,5 @@ def test_influence_ranking_of_the_rows_equals_the_float64_path_sum(dtype):
     total = rows[0].clone()  # t = R[0] + sum_r (t_r / a_r) R[r], iterated to the fixed point densely
     for _ in range(5):
         total = rows[0] + (total[row_source[1:]] / act[row_source[1:]]) @ rows[1:]
-    got = sparse.total_effect(row_source[1:], act[row_source[1:]], depth=5)
+    got = sparse.total_effect(row_source[1:], act[row_source[1:]])
     torch.testing.assert_close(got, total, rtol=tol, atol=1e-12)
