@@ -38,7 +38,7 @@ from graphs.graph import Graph
 from graphs.graph_nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
 from graphs.labeler import labeler
 from graphs.replacement_budget import Plan, check_request, plan
-from graphs.replacement_rows import ranking_influence, row_edges
+from graphs.replacement_rows import SparseRows, entry_bounds
 
 EMBED = "resid_pre.0"
 
@@ -153,8 +153,8 @@ def build_replacement_graph(
     names = labeler(model, tcs, labels, progress)
     vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
     run = _Replacement(model, tcs, batch, clean.acts, store)
-    A = torch.zeros(cap + 1, len(src.kind), dtype=store)  # [1 + rows, sources]: the metric, then features
-    A[0] = run.rows(vectors, [("metric", vec, m_pos)])[0]
+    rows = SparseRows(len(src.kind), budget.entries, store)  # the metric's row, then a row per feature
+    rows.add(run.rows(vectors, [("metric", vec, m_pos)]), torch.tensor([model.n_layers]))  # above every layer
     order: list[int] = []  # source indices of the features whose rows are computed, in row order
     done = torch.zeros(len(src.kind), dtype=torch.bool)
     bar = tqdm(total=cap, desc="replacement graph rows", unit="row", disable=not progress)
@@ -162,7 +162,7 @@ def build_replacement_graph(
         if cap == n_feat:
             pending = torch.arange(n_feat)
         else:
-            inf = ranking_influence(A[: 1 + len(order)], torch.tensor([-1, *order]))
+            inf = rows.ranking_influence(torch.tensor([-1, *order]))
             ranked = inf[:n_feat].argsort(descending=True, stable=True)
             pending = ranked[~done[ranked]][: min(4 * batch_size, cap - len(order))]
         for chunk in pending.split(batch_size):
@@ -170,14 +170,13 @@ def build_replacement_graph(
             for i in chunk.tolist():
                 layer = int(src.layer[i])
                 targets.append(("feature", tcs[hooks[layer]].W_enc[:, int(src.feature[i])], int(src.pos[i]), layer))
-            A[1 + len(order) : 1 + len(order) + len(chunk)] = run.rows(vectors, targets)
+            rows.add(run.rows(vectors, targets), src.layer[chunk])
             order += chunk.tolist()
             done[chunk] = True
             bar.update(len(chunk))
     bar.close()
     del run, vectors  # the forward and its graph are done with: free them before the edges are laid out
-    nodes, edges = _assemble(tcs, batch, value, src, A, order, names, m_pos)
-    del A  # the rows are in the edges now: free them before the graph computes its shares and influence
+    nodes, edges = _assemble(tcs, batch, value, src, rows, order, names, m_pos)  # empties the rows
     graph = Graph.scored(**described(model, prompt, batch, hooks, metric, value), full_nodes=nodes, **edges, info={})
     graph.info.update(
         build_s=time.perf_counter() - start,
@@ -229,7 +228,8 @@ def _plan(model, batch, src: Sources, max_feature_nodes, batch_size) -> Plan:
     n_feat = int((src.kind == 0).sum())
     at = src.pos[src.kind == 0] * model.n_layers + src.layer[src.kind == 0]  # features per (position, layer)
     kmax = int(torch.bincount(at).max()) if n_feat else 0
-    return plan(model, batch.width, len(src.kind), n_feat, kmax, _store(model).itemsize, max_feature_nodes, batch_size)
+    bounds = entry_bounds(src.kind, src.layer, src.pos, batch.width, model.n_layers)
+    return plan(model, batch.width, len(src.kind), bounds, kmax, _store(model).itemsize, max_feature_nodes, batch_size)
 
 
 def _sources(model, tcs, decs, emb: Tensor, batch, bos: bool = False) -> Sources:
@@ -366,16 +366,16 @@ def _dots(g: Tensor, vecs: Tensor) -> Tensor:
     return torch.einsum("bnd,nd->bn", g, vecs.to(g.dtype)).cpu()
 
 
-def _assemble(tcs, batch, value, src: Sources, A: Tensor, order, names, m_pos) -> tuple[list[GraphNode], dict]:
+def _assemble(tcs, batch, value, src: Sources, rows: SparseRows, order, names, m_pos) -> tuple[list[GraphNode], dict]:
     """The Graph's nodes (tokens, the computed features, errors, the metric) and its edges among them, from
-    the rows ({"src", "dst", "weight"}: int32, int32, float32)."""
+    the rows ({"src", "dst", "weight"}: int32, int32, float32), which it empties."""
     hooks = list(tcs)
     tokens = batch.tokens[0]
     n_src = len(src.kind)
     keep = torch.zeros(n_src, dtype=torch.bool)
     keep[torch.tensor(order, dtype=torch.long)] = True
     keep |= src.kind != 0
-    total = _total_effect(A, src, order)
+    total = _total_effect(rows, src, order)
     node_of = torch.full((n_src,), -1, dtype=torch.int32)  # the Graph's src/dst dtype
     nodes: list[GraphNode] = []
     for i in (src.kind == 2).nonzero().squeeze(-1).tolist():  # tokens first
@@ -396,18 +396,10 @@ def _assemble(tcs, batch, value, src: Sources, A: Tensor, order, names, m_pos) -
     metric_index = len(nodes)
     nodes.append(GraphNode(METRIC_ID, "metric", len(hooks) + 1, None, m_pos, None, tokens[m_pos], value, value))
     targets = torch.tensor([metric_index] + [int(node_of[i]) for i in order], dtype=torch.int32)
-    return nodes, row_edges(A, keep, node_of, targets)
+    return nodes, rows.edges(keep, node_of, targets)
 
 
-def _total_effect(A: Tensor, src: Sources, order: list[int]) -> Tensor:
-    """[n_sources] each source's effect on the metric summed over the graph's paths: t_s = A[metric, s] +
-    sum over feature rows r of (t_r / a_r) A[r, s], a_r the row feature's activation (slope 1 when active)."""
-    rows = torch.tensor(order, dtype=torch.long)
-    act = src.value[rows]  # [n_rows]
-    total = A[0].double()
-    for _ in range(int(src.layer.max()) + 2):  # one more layer of paths each step; a DAG of n_layers rows
-        new = A[0].double() + ((total[rows] / act).to(A.dtype) @ A[1:]).double()
-        if torch.equal(new, total):
-            break
-        total = new
-    return total
+def _total_effect(rows: SparseRows, src: Sources, order: list[int]) -> Tensor:
+    """[n_sources] each source's effect on the metric summed over the graph's paths (SparseRows.total_effect)."""
+    at = torch.tensor(order, dtype=torch.long)
+    return rows.total_effect(at, src.value[at])

@@ -22,7 +22,7 @@ from graphs import GraphError, build_graph
 from graphs.graph import EDGES, META, Graph
 from graphs.graph_nodes import GraphNode
 from graphs.replacement import build_replacement_graph
-from graphs.replacement_rows import ranking_influence
+from graphs.replacement_rows import SparseRows
 from graphs.scores import graph_scores
 from tests.conftest import PROMPTS, random_sae, random_transcoders, tiny_model
 
@@ -233,9 +233,10 @@ def test_pruning_and_scores_equal_a_float64_reference(seed):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_influence_ranking_of_the_rows_equals_the_float64_path_sum(dtype):
-    """The replacement builder's ranking (graphs.replacement_rows.ranking_influence) reads the rows in place,
-    in their own dtype, and sums in float64: against the dense float64 path sum over the same (float64) rows it
-    is exact for float64 rows and within float32 rounding (products in float32) for float32 rows."""
+    """The replacement builder's ranking (graphs.replacement_rows.SparseRows.ranking_influence) reads the rows'
+    nonzero entries in their own dtype, and sums in float64: against the dense float64 path sum over the same
+    (float64) rows it is exact for float64 rows and within float32 rounding for float32 rows. The rows, added a
+    few at a time, hold their nonzero entries only, and the total effect equals the dense path sum too."""
     g = torch.Generator().manual_seed(0)
     n, layer = 60, torch.arange(60) // 15  # sources in 4 layers; a row's feature reads lower layers only
     row_source = torch.tensor([-1, 30, 31, 45, 47, 50, 16, 20])
@@ -247,7 +248,17 @@ def test_influence_ranking_of_the_rows_equals_the_float64_path_sum(dtype):
     node = row_source.where(row_source >= 0, torch.tensor(n))
     A[node, :n] = rows
     want = _dense_influence(A, n)[:n]
-    got = ranking_influence(rows.to(dtype), row_source)
+    sparse = SparseRows(n, capacity=10, dtype=dtype)  # a bound too small: the arrays grow
+    for part, at in zip(rows.to(dtype).split(3), torch.tensor([4, *layer[row_source[1:]]]).split(3)):
+        sparse.add(part, at)  # the metric's row above every layer
+    assert sparse.n == int((rows != 0).sum()) and sparse.n_rows == len(rows)
+    got = sparse.ranking_influence(row_source)
     assert got.dtype == torch.float64 and (want > 0).sum() > 40
     tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
     torch.testing.assert_close(got, want, rtol=tol, atol=1e-12)
+    act = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    total = rows[0].clone()  # t = R[0] + sum_r (t_r / a_r) R[r], iterated to the fixed point densely
+    for _ in range(5):
+        total = rows[0] + (total[row_source[1:]] / act[row_source[1:]]) @ rows[1:]
+    got = sparse.total_effect(row_source[1:], act[row_source[1:]])
+    torch.testing.assert_close(got, total, rtol=tol, atol=1e-12)

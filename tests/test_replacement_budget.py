@@ -35,15 +35,16 @@ def test_default_build_takes_every_row_when_it_fits():
 
 
 def test_default_build_caps_rows_to_the_memory_it_has_most_influential_first():
+    from graphs.replacement import plan_replacement_graph
+
     m, tcs, metric = _setup()
     full = _build(m, tcs, metric)
-    est = full.info["plan"]["estimate_bytes"]
     n = full.info["active_features"]
-    # a budget that holds about a third of the rows: HEADROOM of the limit is what a build may plan to use
-    per_row = est / (n + 1)  # an upper bound on a row's share (the fixed parts are in est too)
-    gib = (est - 0.66 * n * per_row) / memory.HEADROOM / memory.GiB
-    with memory.limit(gib):
-        capped = _build(m, tcs, metric)
+    p = plan_replacement_graph(m, tcs, PROMPTS[0], metric, max_feature_nodes=n, batch_size=8)
+    # a budget that holds about a third of the rows' entries: HEADROOM of the limit is what a build may plan to use
+    need = p.fixed_bytes + p.batch_bytes + 0.34 * p.entries * p.entry_bytes
+    with memory.limit(need / memory.HEADROOM / memory.GiB):
+        capped = _build(m, tcs, metric, batch_size=8)
     rows = capped.info["plan"]["feature_rows"]
     assert 0 < rows < n and capped.info["plan"]["chosen"]
     assert sum(x.kind == "feature" for x in capped.full_nodes) == rows
@@ -56,11 +57,14 @@ def test_default_build_caps_rows_to_the_memory_it_has_most_influential_first():
 
 
 def test_an_explicit_cap_that_cannot_fit_names_what_fits():
+    from graphs.replacement import plan_replacement_graph
+
     m, tcs, metric = _setup()
-    full = _build(m, tcs, metric)
-    est, n = full.info["plan"]["estimate_bytes"], full.info["active_features"]
-    with memory.limit(est / 2 / memory.HEADROOM / memory.GiB), pytest.raises(memory.OutOfMemoryError) as err:
-        _build(m, tcs, metric, max_feature_nodes=n)
+    n = _build(m, tcs, metric).info["active_features"]
+    p = plan_replacement_graph(m, tcs, PROMPTS[0], metric, max_feature_nodes=n, batch_size=8)
+    half = (p.fixed_bytes + p.batch_bytes + p.entries * p.entry_bytes / 2) / memory.HEADROOM / memory.GiB
+    with memory.limit(half), pytest.raises(memory.OutOfMemoryError) as err:
+        _build(m, tcs, metric, max_feature_nodes=n, batch_size=8)
     assert "max_feature_nodes" in str(err.value) and "fit" in str(err.value)
 
 
@@ -116,3 +120,27 @@ def test_eager_attention_gives_the_rows_sdpa_does(monkeypatch):
     a = torch.tensor([e.weight for e in eager.edges], dtype=torch.float64)
     b = torch.tensor([e.weight for e in sdpa.edges], dtype=torch.float64)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_the_build_never_holds_dense_rows_for_every_target():
+    """The rows are kept sparse batch by batch (graphs.replacement_rows.SparseRows): no tensor the build makes is
+    even half a dense [1 + rows, sources] matrix (the old layout held all of it, then laid the edges out beside
+    it); the largest is the rows' entry arrays, at the plan's bound on the nonzeros."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    m, tcs, metric = _setup()
+    with Largest() as seen:
+        g = _build(m, tcs, metric, batch_size=8)
+    rows, sources = g.info["plan"]["feature_rows"], len(g.full_nodes) - 1  # every source is a node here
+    assert rows == g.info["active_features"] and len(g.src) < seen.numel
+    assert seen.numel < (rows + 1) * sources / 2
