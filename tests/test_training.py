@@ -156,7 +156,7 @@ def test_fit_in_each_dtype(dtype):
 
 def _reference_topk_grads(sae, x, dead_after: bool, k_aux: int, aux_coefficient: float):
     """The TopK step's gradients by plain dense autograd (what Fitter._topk_step computes sparsely)."""
-    from attribution.training.trainer import _project_out_radial_grad
+    from attribution.training.topk_step import project_out_radial_grad
 
     sae.zero_grad(set_to_none=True)
     pre = sae.pre_acts(x)  # [batch, d_sae]
@@ -174,7 +174,7 @@ def _reference_topk_grads(sae, x, dead_after: bool, k_aux: int, aux_coefficient:
         aux = (e - fa @ sae.W_dec).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean()
         loss = loss + aux_coefficient * aux
     loss.backward()
-    _project_out_radial_grad(sae)
+    project_out_radial_grad(sae)
     return {n: p.grad.clone() for n, p in sae.named_parameters()}
 
 

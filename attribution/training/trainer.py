@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from attribution.compute import autocast, dtype_name, resolve
 from attribution.errors import AttributionError, NumericalError
 from attribution.saes.base import SAE
-from attribution.training.optim import ScheduleFreeSignSGD
+from attribution.training.optim import ScheduleFreeSignSGD, encoder_layout, make_optimizer, transposed_state
+from attribution.training.topk_step import Workspace, topk_step
 
 NORMALIZE = ("scalar", "dim", "none")
 OPTIMIZERS = ("adam", "signsgd")
@@ -151,6 +152,8 @@ class Fitter:
         self.norm: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # in shift, in scale, out shift, out scale
         self.since_fired = torch.zeros(sae.d_sae, device=self.device)
         self.opt: torch.optim.Optimizer | None = None
+        self.stand_ins: list[tuple[Tensor, Tensor]] = []  # (parameter, what the optimiser steps in its place)
+        self.work = Workspace()  # buffers the TopK step reuses (not state: a resumed run makes its own)
 
     def step(self, x: Tensor, target: Tensor | None = None) -> None:
         """One optimiser step on x [batch, d_in] (and a transcoder's target [batch, d_in])."""
@@ -168,7 +171,7 @@ class Fitter:
             with torch.no_grad():
                 target = target.float() - sae.skip(x).float()
         for name, t in (("activations", x), ("targets", target)):
-            if t is not None and not torch.isfinite(t).all():
+            if t is not None and not _finite(t):
                 raise NumericalError(
                     f"training batch {self.step_} holds NaN/inf {name}; check the model's weights and the "
                     "corpus, or collect activations in float32"
@@ -182,8 +185,12 @@ class Fitter:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
+        for p, _ in self.stand_ins:  # the optimiser clears only its stand-in's gradient
+            p.grad = None
         step = self._topk_step if sae.architecture == "topk" else self._relu_step
         err, l0, dead = step(x, t)
+        for p, q in self.stand_ins:
+            q.grad = None if p.grad is None else p.grad.T
         self.opt.step()
         if sae.architecture == "topk":
             with torch.no_grad():
@@ -201,53 +208,13 @@ class Fitter:
             log.dead_fraction.append(float(dead.float().mean()))
         self.step_ += 1
 
+    def stepped(self, p: Tensor) -> Tensor:
+        """What the optimiser steps for parameter p: its stand-in (see optim.make_optimizer), or p itself."""
+        return next((q for q0, q in self.stand_ins if q0 is p), p)
+
     def _topk_step(self, x: Tensor, t: Tensor):
-        """Forward and backward of a TopK step, sparse wherever the maths is: the one dense product is the
-        encoder's [batch, d_in] x [d_in, d_sae] (in self.dtype); the decoder reads only the k active rows,
-        and the encoder's gradient only touches the (token, feature) pairs TopK and AuxK selected (k + k_aux
-        of d_sae per token), so autograd never builds a dense [batch, d_sae] gradient."""
-        sae, cfg = self.sae, self.cfg
-        centred = sae.apply_b_dec_to_input
-        with torch.no_grad():
-            x_c = x - sae.b_dec if centred else x  # [batch, d_in], float32
-            pre = torch.addmm(sae.b_enc.to(self.dtype), x_c.to(self.dtype), sae.W_enc.to(self.dtype))
-            top, idx = pre.topk(sae.k, dim=-1)  # [batch, k]
-        vals = top.float().requires_grad_()
-        act = torch.relu(vals)
-        x_hat = _sparse_decode(sae, idx, act)
-        if cfg.train_skip:  # a transcoder's skip path, trained here in the normalised space
-            x_hat = x_hat + x @ sae.W_skip
-        err = t - x_hat
-        mse = err.pow(2).sum(-1).mean()
-        dead = self._dead_after(torch.bincount(idx[act > 0], minlength=sae.d_sae), len(x))
-        loss, aux = mse, None
-        n_dead = int(dead.sum())
-        if n_dead and cfg.aux_k and cfg.aux_coefficient:
-            dead_idx = dead.nonzero().squeeze(1)  # [n_dead]
-            with torch.no_grad():
-                aux_top, j = pre[:, dead_idx].topk(min(cfg.aux_k, n_dead), dim=-1)  # among the dead only
-            aux = (aux_top.float().requires_grad_(), dead_idx[j])
-            recon = _sparse_decode(sae, aux[1], torch.relu(aux[0]), bias=False)
-            e = err.detach()
-            aux_loss = (e - recon).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8)
-            loss = mse + cfg.aux_coefficient * aux_loss
-        self._check_loss(loss)
-        leaves = [vals] if aux is None else [vals, aux[0]]
-        params = [sae.W_dec, sae.b_dec] + ([sae.W_skip] if cfg.train_skip else [])
-        grads = torch.autograd.grad(loss, [*params, *leaves])
-        for p, gr in zip(params, grads, strict=False):
-            p.grad = gr
-        grads = grads[len(params) :]
-        sel = idx if aux is None else torch.cat([idx, aux[1]], dim=1)  # [batch, k (+ k_aux)]
-        g = grads[0] if aux is None else torch.cat([grads[0], grads[1]], dim=1)  # d loss / d pre at sel
-        g_x, g_enc = _sparse_encoder_grad(sae, sel, g, x_c)
-        sae.W_enc.grad = g_enc.T  # the parameter's own layout (see _encoder_layout): fused Adam needs it
-        sae.b_enc.grad = torch.zeros_like(sae.b_enc).index_add_(0, sel.flatten(), g.flatten().to(sae.b_enc.dtype))
-        if centred:
-            sae.b_dec.grad = sae.b_dec.grad - g_x.sum(0)
-        _project_out_radial_grad(sae)
-        l0 = (act > 0).float().sum(-1).mean()
-        return err.detach(), l0, dead
+        """Forward and backward of a TopK step, sparse wherever the maths is (attribution.training.topk_step)."""
+        return topk_step(self, x, t)
 
     def _relu_step(self, x: Tensor, t: Tensor):
         sae, cfg = self.sae, self.cfg
@@ -289,8 +256,8 @@ class Fitter:
         self.norm = in_shift, in_scale, out_shift, out_scale
         t = (x - in_shift) * in_scale if target is None else (target - out_shift) * out_scale
         _init(self.sae, t, self.gen, self.cfg.train_skip)
-        _encoder_layout(self.sae, rows=True)
-        self.opt = _optimizer(self.sae, self.cfg)
+        encoder_layout(self.sae, rows=True)
+        self.opt, self.stand_ins = make_optimizer(self.sae, self.cfg)
         self.log.scale = float(in_scale.mean())
 
     def postfix(self) -> dict:
@@ -315,12 +282,13 @@ class Fitter:
     def load_state_dict(self, state: dict) -> None:
         if state["step"] == 0:
             return
-        _encoder_layout(self.sae, rows=True)
+        encoder_layout(self.sae, rows=True)
         self.sae.load_state_dict(state["sae"])  # copies into the parameters, keeping their layout
         self.sae.requires_grad_(True)
         self.norm = tuple(t.to(self.device) for t in state["norm"])
-        self.opt = _optimizer(self.sae, self.cfg)
+        self.opt, self.stand_ins = make_optimizer(self.sae, self.cfg)
         self.opt.load_state_dict(state["opt"])
+        transposed_state(self.opt)
         self.since_fired = state["since_fired"].to(self.device)
         self.log = TrainLog(**state["log"])
         self.gen.set_state(state["gen"])
@@ -332,7 +300,7 @@ class Fitter:
             raise AttributionError("no activations to train on: the corpus is empty")
         if isinstance(self.opt, ScheduleFreeSignSGD):
             self.opt.use_average()
-        _encoder_layout(self.sae, rows=False)
+        encoder_layout(self.sae, rows=False)
         if self.cfg.train_skip:
             _fold_skip(self.sae, *self.norm)
         _fold_normalizer(self.sae, *self.norm)
@@ -344,41 +312,10 @@ class Fitter:
         return self.log
 
 
-def _optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (0.9, 0.999), the fused kernel where the device has one (one pass over each parameter); or
-    schedule-free sign-SGD. A transcoder's fitted skip path is not a parameter of either."""
-    params = [p for name, p in sae.named_parameters() if name != "W_skip" or cfg.train_skip]
-    if cfg.optimizer == "signsgd":
-        return ScheduleFreeSignSGD(params, lr=cfg.lr, momentum=cfg.momentum)
-    try:
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), fused=True)
-    except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
-
-
-def _encoder_layout(sae: SAE, rows: bool) -> None:
-    """rows=True: store W_enc [d_in, d_sae] as the transpose of a contiguous [d_sae, d_in] (one row per
-    feature), so the sparse gradient (per-feature rows) and the dense product (a transposed operand) need no
-    transposing copy each step; rows=False: back to the usual contiguous layout (for saving)."""
-    w = sae.W_enc.detach()
-    if rows == (w.stride() == (1, w.shape[0])):
-        return
-    new = w.T.contiguous().T if rows else w.contiguous()
-    sae.W_enc = torch.nn.Parameter(new, requires_grad=sae.W_enc.requires_grad)
-
-
-def _sparse_encoder_grad(sae: SAE, sel: Tensor, g: Tensor, x_c: Tensor) -> tuple[Tensor, Tensor]:
-    """For pre = x_c @ W_enc + b_enc and d loss / d pre nonzero only at pre[b, sel[b, j]] = g[b, j]:
-    (d loss / d x_c [batch, d_in], d loss / d W_enc^T [d_sae, d_in]), without a dense [batch, d_sae].
-
-    Both are an embedding bag over W_enc^T's rows: its output, sum_j g[b, j] W_enc^T[sel[b, j]], is the
-    input gradient, and its weight gradient for the output gradient x_c is the encoder's, accumulated by
-    torch's sorted-index kernel."""
-    with torch.enable_grad():
-        w_t = sae.W_enc.detach().T.contiguous().requires_grad_()  # [d_sae, d_in]; a view in the rows layout
-        g_x = torch.nn.functional.embedding_bag(sel, w_t, per_sample_weights=g.to(w_t.dtype), mode="sum")
-        (g_w,) = torch.autograd.grad(g_x, w_t, grad_outputs=x_c.to(w_t.dtype))
-    return g_x.detach(), g_w
+def _finite(t: Tensor) -> bool:
+    """Whether every value of t is finite. A sum is finite only if all its terms are, so one reduction
+    settles the usual case; the elementwise check runs only when the sum is not (NaN/inf, or overflow)."""
+    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
 
 
 def _batches(batches: Iterable[Tensor], size: int, seed: int = 0) -> Iterator[Tensor]:
@@ -448,21 +385,6 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     if step >= decay_start:
         return max(0.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
     return 1.0
-
-
-def _sparse_decode(sae: SAE, idx: Tensor, vals: Tensor, bias: bool = True) -> Tensor:
-    """sum_j vals[:, j] W_dec[idx[:, j]] (+ b_dec): [batch, k] indices and values -> [batch, d_in]."""
-    out = torch.nn.functional.embedding_bag(idx, sae.W_dec, per_sample_weights=vals, mode="sum")
-    return out + sae.b_dec if bias else out
-
-
-def _project_out_radial_grad(sae: SAE) -> None:
-    """With unit-norm decoder rows, drop the gradient component that would only change their norm."""
-    if sae.W_dec.grad is None:
-        return
-    w = sae.W_dec.data
-    g = sae.W_dec.grad
-    g -= (g * w).sum(-1, keepdim=True) * w
 
 
 def _normalizer(x: Tensor, how: str) -> tuple[Tensor, Tensor]:
