@@ -140,26 +140,38 @@ SUITE = "cases/results/suite/report.json"  # python -m cases suite --out cases/r
 SUITE_WHY = "bench/results/suite_why.json"  # python -m studies.suite_why cases/results/suite/report.json
 
 
-def _suite(text: str, key: str, fmt="{}") -> Figure:
-    """A figure of the suite report's summary."""
-    return Figure(R, text, SUITE, ("summary", key), fmt)
+def _suite(text: str, key: str | tuple, fmt="{}") -> Figure:
+    """A figure of the suite report's summary (key: a summary field, or a path inside the summary)."""
+    return Figure(R, text, SUITE, ("summary", *((key,) if isinstance(key, str) else key)), fmt)
 
 
 SUITE_FIGURES = [
     _suite("| graphs whose intermediate group was found by contrast | **{} / 31** |", "intermediate_found"),
-    _suite("| swaps that make the expected answer the top-1 next token | **{} / 29** |", "swap_top1"),
-    _suite("halves the logit difference | **{} / 31** (median drop", "suppress_halves_metric"),
-    _suite("(median drop {}%) | ≥ 80%: not met |", "median_suppress_drop", percent),
+    _suite("donor's entity group in) that make the expected answer top-1 | **{} / 29** |", "swap_top1"),
+    _suite("zero-ablating the entity group halves the logit difference | **{} / 31**", "suppress_halves_metric"),
+    _suite("(median drop {}%) | ≥ 80%: not met (77%) |", "median_suppress_drop", percent),
     _suite("its activation) halves it | **{} / 31** (median drop", "inhibit_halves_metric"),
-    _suite("(median drop {}%) | |", "median_inhibit_drop", percent),
+    _suite("(median drop {}%) | |\n| zero-ablating the shared", "median_inhibit_drop", percent),
+    _suite("zero-ablating the shared group halves it | **{} / 31**", "shared_suppress_halves_metric"),
+    _suite("| **5 / 31** (median drop {}%) | |", "median_shared_suppress_drop", percent),
+    _suite("same tokens) halves it | **{} / 31**", "control_suppress_halves_metric"),
+    _suite("| **21 / 31** (median drop {}%) | |", "median_control_suppress_drop", percent),
+    _suite("shared -> shared **{}**,", ("swap_top1_by_variant", "shared->shared")),
+    _suite("shared -> entity **{}**,", ("swap_top1_by_variant", "shared->entity")),
+    _suite("entity -> shared **{}**,", ("swap_top1_by_variant", "entity->shared")),
+    _suite("entity -> entity **{}**.", ("swap_top1_by_variant", "entity->entity")),
     _suite("pruned to ≤ 100 features | **{}** / 0.35 |", "median_replacement_score", "{:.2f}"),
     _suite("| **0.11** / {} | (Gemma-2-2B CLTs", "median_completeness_score", "{:.2f}"),
     _suite("faithfulness of the pruned graph by real ablation | **{}** |", "median_faithfulness", "{:.2f}"),
-    _suite("swaps that make the other answer top-1 | **31** of 31; **31** of 31; **{}** of 29 |", "swap_top1"),
-    Figure(R, "active feature removes a median {}% of the logit", SUITE_WHY, ("median_drop", "all_features"), percent),
-    Figure(R, "logit difference ({} of 31 prompts halved)", SUITE_WHY, ("halves", "all_features")),
-    Figure(R, "the error terms alone {}%: the features", SUITE_WHY, ("median_drop", "all_errors"), percent),
-    Figure(R, "the suite's prompts share (median {}%)", SUITE_WHY, ("median_drop", "group"), percent),
+    _suite("swaps that make the other answer top-1 | **31** of 31; **31** of 31; **{}** of 29", "swap_top1"),
+    _suite("a control of other features halves it in 21) | **{}** of 31", "suppress_halves_metric"),
+    _suite("a control of other features halves it in {}) |", "control_suppress_halves_metric"),
+    Figure(
+        R, "active\nfeature on its tokens removes a median {}%", SUITE_WHY, ("median_drop", "all_features"), percent
+    ),
+    Figure(R, "removes a median 86% ({} of 31 prompts halved)", SUITE_WHY, ("halves", "all_features")),
+    Figure(R, "the error terms alone {}%: the entity", SUITE_WHY, ("median_drop", "all_errors"), percent),
+    Figure(R, "have in common) removes a median {}% of the logit", SUITE_WHY, ("median_drop", "group"), percent),
 ]
 FIGURES = [
     Figure(R, "against the residual-SAE graph's | **{}** /", KR, (*RP, "budgets", "100", "faithfulness"), "{:.3f}"),
