@@ -129,22 +129,3 @@ def test_transcoder_labels_show_each_part_only_as_evidence():
     assert got[5:] == ["(dead)"] * 3
     t["in_evidence"][2] = False  # the same feature without the embedding lens's backing: mixed
     assert tc_labels(Tok(), t)[2] == MIXED + "[sad/lonely/blue]"
-
-
-class PieceTok(Tok):
-    """Tok with a word split in two tokens: " Cran" (50) "ston" (51)."""
-
-    def decode(self, ids):
-        named = {50: " Cran", 51: "ston"}
-        return "".join(named[i] if i in named else Tok.decode(self, [i]) for i in ids)
-
-
-def test_brackets_show_the_whole_word_the_firing_token_ends():
-    at = {0: [(s, 5) for s in range(8)], 1: [(s, 8) for s in range(8)]}
-    t = _tc_index(at, firing={0: [51] * 8, 1: [50] * 8}, in_ids={}, up_seen={}, predicted={})
-    t["tokens"][:8, 4] = 50  # " Cran" "ston": feature 0 fires on "ston"
-    t["tokens"][:8, 9] = 51  # feature 1 fires on " Cran", "ston" follows: not seen by the model there
-    t["tokens"][:8, 3] = 1  # " feels" before the word, in every context
-    got = tc_labels(PieceTok(), t)
-    assert got[0] == "feels [Cranston]"  # the word, and the context before the word, not its first piece
-    assert got[1] == "[Cran]"

@@ -45,9 +45,8 @@ N_BINS = 10
 VERSION = 7  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
 # the logit lens through the final norm's gain; 6: special tokens never label; 7: the model's predictions at
 # the top contexts, labels from the contexts' words, the promoted token only as evidence
-TC_VERSION = 9  # a transcoder's index (an SAE's is unchanged, its cache stays valid): 8: the embedding lens and
-# its evidence, neighbours in the units of the hook the decoder writes, labels marking mixed firing words; 9:
-# whole words in the labels' brackets
+TC_VERSION = 8  # a transcoder's index (an SAE's is unchanged, its cache stays valid): 8: the embedding lens and
+# its evidence, neighbours in the units of the hook the decoder writes, labels marking mixed firing words
 Text = Tensor | str | None  # the text to index: token ids, a registered text's name, or None ("default")
 TextSource = Callable[..., Tensor]  # fn(model, n_tokens, progress) -> [n_seq, seq] ids starting with <bos>
 TEXTS: dict[str, TextSource] = {}
