@@ -145,6 +145,33 @@ def _suite(text: str, key: str | tuple, fmt="{}") -> Figure:
     return Figure(R, text, SUITE, ("summary", *((key,) if isinstance(key, str) else key)), fmt)
 
 
+TSUITE = "cases/results/suite_transcoders/report.json"  # the command is in docs/case-studies.md
+
+
+def _tsuite(text: str, key: str | tuple, fmt="{}") -> Figure:
+    """A figure of the transcoder suite report's summary."""
+    return Figure(R, text, TSUITE, ("summary", *((key,) if isinstance(key, str) else key)), fmt)
+
+
+TSUITE_FIGURES = [
+    _tsuite("pruned to ≤ 100 features | **{}** / **0.55** |", "median_replacement_score", "{:.2f}"),
+    _tsuite("| **0.28** / **{}** | 0.11 / 0.35 |", "median_completeness_score", "{:.2f}"),
+    _tsuite("by real ablation | **{}** | 0.02 |", "median_faithfulness", "{:.2f}"),
+    _tsuite("make the expected answer top-1 | **{} / 12** | 24 / 29 |", "swap_top1"),
+    _tsuite("the control halves the logit difference | **{}** / 2 / 2 of 12", "suppress_halves_metric"),
+    _tsuite("| **4** / {} / 2 of 12 |", "shared_suppress_halves_metric"),
+    _tsuite("| **4** / 2 / {} of 12 |", "control_suppress_halves_metric"),
+    _tsuite("inhibiting the entity group (−1×) halves it | **{} / 12** |", "inhibit_halves_metric"),
+    _tsuite("(median drop {}% for the entity group,", "median_suppress_drop", percent),
+    _tsuite("{}% for the\ncontrol)", "median_control_suppress_drop", percent),
+    _tsuite("moves the answer to the donor's in {} of 12", "swap_top1"),
+    _tsuite("(faithfulness {} against 0.02;", "median_faithfulness", "{:.2f}"),
+    _tsuite(
+        "the other answer top-1; median faithfulness of the pruned graphs (SAE graphs: 0.02) | **{}** of 12;",
+        "swap_top1",
+    ),
+    _tsuite("(SAE graphs: 0.02) | **9** of 12; **{}** |", "median_faithfulness", "{:.2f}"),
+]
 SUITE_FIGURES = [
     _suite("| graphs whose intermediate group was found by contrast | **{} / 31** |", "intermediate_found"),
     _suite("donor's entity group in) that make the expected answer top-1 | **{} / 29** |", "swap_top1"),
@@ -581,7 +608,7 @@ def _lookup(data, key: tuple):
     return data
 
 
-FIGURES += SUITE_FIGURES
+FIGURES += SUITE_FIGURES + TSUITE_FIGURES
 
 TCG = "bench/results/transcoder_graphs_v2.json"  # python -m studies.transcoder_graphs
 TC_FIGURES = [
