@@ -209,8 +209,6 @@ def suite(args: argparse.Namespace, *, model=None, saes=None) -> int:
                              progress=not args.quiet)  # fmt: skip
     options = SuiteOptions(max_features=args.max_features, min_score=args.min_score, labels=not args.no_labels,
                            progress=not args.quiet, only=args.only, qk_heads=args.qk_heads)  # fmt: skip
-    if args.transcoders is not None:
-        options.candidates = None  # a replacement graph ranks its feature rows by influence instead
     report = run_suite(model, dicts, args.prompts, args.out, options)
     print(json.dumps(report["summary"], indent=1))
     print(f"wrote {args.out}/report.html and report.json")

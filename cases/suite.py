@@ -23,18 +23,17 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from attribution.metrics import LogitDiff
-from attribution.splice import prepare_saes
 from cases.suite_hop import GROUPS, carrier, interventions, target_kind
 from cases.suite_prompts import SuiteError, SuitePrompt, check, load_suite
 from graphs.aggregate import aggregate
-from graphs.build import build_graph
-from graphs.supernodes import Contrast, contrast_features, supernodes
+from graphs.build import build_graph, is_replacement
+from graphs.supernodes import Contrast, supernodes
 
 SCALES = (1.0, 2.0, 4.0)  # the swap's injection scales tried, smallest first
 
@@ -93,6 +92,8 @@ def run_suite(
     from pages import suite_page
 
     options = options or SuiteOptions()
+    if is_replacement(saes) and options.candidates is not None:  # a replacement graph ranks its rows by influence
+        options = replace(options, candidates=None)
     suite = load_suite(prompts) if isinstance(prompts, str | Path) else list(prompts)
     out = Path(out)
     (out / "graphs").mkdir(parents=True, exist_ok=True)
@@ -106,13 +107,9 @@ def run_suite(
     bar = tqdm(todo, desc="suite graphs", disable=not options.progress)
     for p in bar:
         bar.set_postfix_str(p.id)
-        graphs[p.id] = _graph(model, saes, p, suite, options, rows[p.id], out, contrast_cache)
-        if p.intermediate and carrier(p) in (cs := contrasts(p, suite, options.carrier_score)):
-            hooks = {h: d for h, d in prepare_saes(model, saes).items() if h in graphs[p.id].hooks}
-            found = contrast_features(model, hooks, cs[carrier(p)], options.min_score, contrast_cache)
-            entity[p.id] = {(m.hook, m.feature) for m in found}
+        graphs[p.id], entity[p.id] = _graph(model, saes, p, suite, options, rows[p.id], out, contrast_cache)
     for p in tqdm(todo, desc="suite interventions", disable=not options.progress):
-        interventions(model, saes, p, by_id, graphs, suite, options, rows[p.id], entity.get(p.id, set()))
+        interventions(model, saes, p, by_id, graphs, suite, options, rows[p.id], entity[p.id])
     if options.qk_heads:
         for p in tqdm(todo, desc="suite QK", disable=not options.progress):
             rows[p.id]["qk"] = _qk(model, saes, p, graphs[p.id], options.qk_heads)
@@ -151,10 +148,11 @@ def _row(p: SuitePrompt, a) -> dict:
 
 
 def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict, out: Path, cache: dict):
+    """p's pruned graph with its supernodes (row filled in, pages written), and the features passing its entity
+    group's contrast (which the suppression's control leaves out)."""
     metric = LogitDiff(model, p.answer, p.counterfactual)
-    transcoders = any(getattr(d, "is_transcoder", False) for d in saes.values())
-    per_layer = {} if transcoders else {"candidates": options.candidates}  # a replacement graph ranks its rows
-    g = build_graph(model, saes, p.prompt, metric, labels=options.labels, progress=False, **per_layer)
+    g = build_graph(model, saes, p.prompt, metric, candidates=options.candidates, labels=options.labels,
+                    progress=False)  # fmt: skip
     pruned = g.prune(0.8, 0.98, max_feature_nodes=options.max_features)
     scores = pruned.scores(model, saes, metric)
     found = supernodes(model, saes, pruned, contrasts(p, suite, options.carrier_score), min_score=options.min_score,
@@ -172,7 +170,7 @@ def _graph(model, saes, p: SuitePrompt, suite, options: SuiteOptions, row: dict,
     drawn = pruned.with_nodes(entity) if entity else pruned  # the entity's groups drawn, pruned or not
     drawn.to_html(out / "graphs" / f"{p.id}.html", max_edges=None)
     pruned.to_json(out / "graphs" / f"{p.id}.json", slug=p.id)
-    return pruned
+    return pruned, next((s.passing for s in found if s.name == carrier(p)), frozenset())
 
 
 def _qk(model, saes, p: SuitePrompt, graph, n: int) -> list[dict]:

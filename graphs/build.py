@@ -63,7 +63,7 @@ def build_graph(
     are refused there (it ranks feature rows by influence and keeps every error node). The result is unpruned;
     call .prune() on it.
     """
-    if _transcoders(saes):
+    if is_replacement(saes):
         given = [f"{k}={v!r}" for k, v in (("candidates", candidates), ("error_nodes", error_nodes))
                  if v is not None and not isinstance(v, _SAEOnly)]  # fmt: skip
         if given:
@@ -203,7 +203,7 @@ def _edges(model, batch, sides, last_attr, metric_index, max_rows, fixed, progre
     return torch.cat(srcs), torch.cat(dsts), torch.cat(ws)
 
 
-def _transcoders(saes) -> bool:
+def is_replacement(saes) -> bool:
     """Whether `saes` are transcoders (a replacement graph) rather than residual-stream SAEs."""
     values = saes.values() if isinstance(saes, dict) else saes if isinstance(saes, (list, tuple)) else []
     return any(getattr(s, "is_transcoder", False) for s in values)

@@ -68,6 +68,7 @@ class Supernode:
     members: list[str]  # node ids of the graph (graph.groups[name])
     features: list[dict] = field(default_factory=list)  # per feature: hook, feature, score, rates, label
     label: str = ""  # one line of evidence
+    passing: frozenset = frozenset()  # (hook, feature) of every feature passing the contrast, in the graph or not
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "members": self.members, "label": self.label,
@@ -104,17 +105,17 @@ def supernodes(
         by_feature.setdefault((x.hook, x.feature), []).append(x)
     out, last = [], len(graph.tokens) - 1
     for name, c in contrasts.items():
-        found = contrast_features(model, saes, c, min_score, cache)
         if c.within is not None and c.within not in graph.groups:
             continue  # the group that places this one was not found: neither is this one
+        found = contrast_features(model, saes, c, min_score, cache)
         at = None if c.within is None else {graph.node(i).position for i in graph.groups[c.within]}
         here = {k: [x for x in xs if _allowed(x.position, last, c.where) and (at is None or x.position in at)]
                 for k, xs in by_feature.items()}  # fmt: skip
         matches = [m for m in found if here.get((m.hook, m.feature))]
+        credit = {(m.hook, m.feature): sum(x.attribution for x in here[(m.hook, m.feature)]) for m in matches}
         if c.rank == "attribution":
-            carried = {(m.hook, m.feature): sum(x.attribution for x in here[(m.hook, m.feature)]) for m in matches}
-            matches = sorted((m for m in matches if carried[(m.hook, m.feature)] > 0),
-                             key=lambda m: -carried[(m.hook, m.feature)])  # fmt: skip
+            matches = sorted((m for m in matches if credit[(m.hook, m.feature)] > 0),
+                             key=lambda m: -credit[(m.hook, m.feature)])  # fmt: skip
         matches = matches[:max_features]
         if not matches:
             continue
@@ -124,10 +125,10 @@ def supernodes(
         for m in matches:
             label = next((x.label for x in by_feature[(m.hook, m.feature)] if x.label), "")
             rates = {"score": round(m.score, 4), "positive": round(m.positive, 4), "negative": round(m.negative, 4)}
-            attribution = sum(x.attribution for x in here[(m.hook, m.feature)])
-            features.append({"hook": m.hook, "feature": m.feature, **rates, "attribution": attribution,
-                             "label": label})  # fmt: skip
-        out.append(Supernode(name, c.kind, members, features, _evidence(c, matches, features)))
+            features.append({"hook": m.hook, "feature": m.feature, **rates,
+                             "attribution": credit[(m.hook, m.feature)], "label": label})  # fmt: skip
+        passing = frozenset((m.hook, m.feature) for m in found)
+        out.append(Supernode(name, c.kind, members, features, _evidence(c, matches, features), passing))
     return out
 
 

@@ -137,20 +137,17 @@ WHY = "bench/results/replacement_why.json"  # python -m studies.replacement_why
 WHY2 = "bench/results/replacement_why_v2.json"  # python -m studies.replacement_why (transcoders v2)
 TC_ROW = "| transcoders, ≤ 100 features | 100 | 163 | {} |"
 SUITE = "cases/results/suite/report.json"  # python -m cases suite --out cases/results/suite
+TSUITE = "cases/results/suite_transcoders/report.json"  # the command is in docs/case-studies.md
 SUITE_WHY = "bench/results/suite_why.json"  # python -m studies.suite_why cases/results/suite/report.json
 
 
-def _suite(text: str, key: str | tuple, fmt="{}") -> Figure:
-    """A figure of the suite report's summary (key: a summary field, or a path inside the summary)."""
-    return Figure(R, text, SUITE, ("summary", *((key,) if isinstance(key, str) else key)), fmt)
-
-
-TSUITE = "cases/results/suite_transcoders/report.json"  # the command is in docs/case-studies.md
+def _suite(text: str, key: str | tuple, fmt="{}", report: str = SUITE) -> Figure:
+    """A figure of a suite report's summary (key: a summary field, or a path inside the summary)."""
+    return Figure(R, text, report, ("summary", *((key,) if isinstance(key, str) else key)), fmt)
 
 
 def _tsuite(text: str, key: str | tuple, fmt="{}") -> Figure:
-    """A figure of the transcoder suite report's summary."""
-    return Figure(R, text, TSUITE, ("summary", *((key,) if isinstance(key, str) else key)), fmt)
+    return _suite(text, key, fmt, TSUITE)
 
 
 TSUITE_FIGURES = [
