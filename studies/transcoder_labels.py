@@ -32,7 +32,7 @@ from attribution.explain import feature_indexes
 from attribution.explain.frozen_lens import frozen_effects, top_tokens
 from attribution.explain.index import TC_VERSION
 from attribution.explain.labels import Words, base_rates, labels
-from attribution.explain.transcoder import HEAD_SHARE, MIXED, parts
+from attribution.explain.transcoder import HEAD_SHARE, MIXED, Pieces, parts
 from attribution.training.transcoder_defaults import default_transcoders
 from cases.multihop import BAD, GOOD, PROMPT
 from cases.suite_prompts import load_suite
@@ -59,18 +59,18 @@ def evident(p: dict) -> dict:
 
 def per_layer(tok, indexes: dict) -> tuple[dict, dict]:
     """({hook: shares over alive features}, {hook: {feature: (parts, old label, new label)}} for the graphs)."""
-    words = Words(tok)
+    pieces = Pieces(tok, Words(tok))
     table, cache = {}, {}
     for h, idx in indexes.items():
         t = idx.t
-        base, total = base_rates(words, t["tokens"])
+        base, total = base_rates(pieces.words, t["tokens"])
         rows = t["tokens"].tolist()
         old = labels(tok, t)
         alive = (t["count"] > 0).nonzero().flatten().tolist()
         ev = []
         cache[h] = {}
         for f in alive:
-            p = parts(words, rows, base, total, t, f)
+            p = parts(pieces, rows, base, total, t, f)
             cache[h][f] = (p, old[f], idx.label(f))
             ev.append(evident(p))
         n = max(1, len(alive))

@@ -129,3 +129,48 @@ def test_transcoder_labels_show_each_part_only_as_evidence():
     assert got[5:] == ["(dead)"] * 3
     t["in_evidence"][2] = False  # the same feature without the embedding lens's backing: mixed
     assert tc_labels(Tok(), t)[2] == MIXED + "[sad/lonely/blue]"
+
+
+class PieceTok(Tok):
+    """Tok with a word split in two tokens: " Cran" (50) "ston" (51)."""
+
+    def decode(self, ids):
+        named = {50: " Cran", 51: "ston"}
+        return "".join(named[i] if i in named else Tok.decode(self, [i]) for i in ids)
+
+
+def test_brackets_show_the_whole_word_the_firing_token_ends():
+    at = {0: [(s, 5) for s in range(8)], 1: [(s, 8) for s in range(8)]}
+    t = _tc_index(at, firing={0: [51] * 8, 1: [50] * 8}, in_ids={}, up_seen={}, predicted={})
+    t["tokens"][:8, 4] = 50  # " Cran" "ston": feature 0 fires on "ston"
+    t["tokens"][:8, 9] = 51  # feature 1 fires on " Cran", "ston" follows: not seen by the model there
+    t["tokens"][:8, 3] = 1  # " feels" before the word, in every context
+    got = tc_labels(PieceTok(), t)
+    assert got[0] == "feels [Cranston]"  # the word, and the context before the word, not its first piece
+    assert got[1] == "[Cran]"
+
+
+def test_an_index_of_the_version_before_is_relabelled_not_rebuilt(tiny_windows, cache, monkeypatch):
+    """RELABEL: a transcoder index whose tensors are this version's is given this version's labels and saved
+    under this version, without a pass over the text; the labels equal a fresh build's."""
+    from attribution.explain import index as index_mod
+
+    model, tokens = tiny_windows
+    tc = random_transcoders(model)["resid_mid.1"]
+    fresh = feature_index(model, tc, tokens=tokens, progress=False)
+    older = fresh.path.with_name(index_mod._older(fresh.path.name))
+    assert older != fresh.path and older.name.endswith(f"-v{index_mod.RELABEL[TC_VERSION]}")
+    fresh.path.rename(older)  # as a cache written by the version before: its version and old labels
+    info = dict(fresh.info) | {"version": index_mod.RELABEL[TC_VERSION], "labels": ["old"] * len(fresh.labels_)}
+    (older / "index.json").write_text(__import__("json").dumps(info))
+
+    def no_build(*a, **k):
+        raise AssertionError("rebuilt instead of relabelled")
+
+    monkeypatch.setattr(index_mod, "build", no_build)
+    got = feature_index(model, tc, tokens=tokens, progress=False)
+    assert got.path == fresh.path and got.info["version"] == TC_VERSION
+    assert got.labels_ == fresh.labels_ and "old" not in got.labels_
+    assert torch.equal(got.t["top_acts"], fresh.t["top_acts"])
+    assert feature_index(model, tc, tokens=tokens, progress=False).labels_ == fresh.labels_  # now cached
+    assert older.exists()  # left for a checkout of the version before

@@ -45,8 +45,11 @@ N_BINS = 10
 VERSION = 7  # 3: neighbours in per-dimension standard units; 4: labels promote tokens seen in the text; 5:
 # the logit lens through the final norm's gain; 6: special tokens never label; 7: the model's predictions at
 # the top contexts, labels from the contexts' words, the promoted token only as evidence
-TC_VERSION = 8  # a transcoder's index (an SAE's is unchanged, its cache stays valid): 8: the embedding lens and
-# its evidence, neighbours in the units of the hook the decoder writes, labels marking mixed firing words
+TC_VERSION = 9  # a transcoder's index (an SAE's is unchanged, its cache stays valid): 8: the embedding lens and
+# its evidence, neighbours in the units of the hook the decoder writes, labels marking mixed firing words; 9:
+# whole words in the labels' brackets
+RELABEL = {9: 8}  # {transcoder index version: an older one with the same tensors}: only the labels changed, so
+# an index of the older version is relabelled (seconds), not rebuilt (a pass over the text, ~20 min at 18 layers)
 Text = Tensor | str | None  # the text to index: token ids, a registered text's name, or None ("default")
 TextSource = Callable[..., Tensor]  # fn(model, n_tokens, progress) -> [n_seq, seq] ids starting with <bos>
 TEXTS: dict[str, TextSource] = {}
@@ -127,6 +130,10 @@ def feature_indexes(
             if not rebuild:
                 out |= {h: i for h in list(todo) if (i := load_entry(folders[h], _load)) is not None}
                 todo = {h: s for h, s in todo.items() if h not in out}
+            for h in [h for h, s in todo.items() if s.is_transcoder]:
+                if (old := relabel(model, folders[h], folders[h].with_name(_older(folders[h].name)))) is not None:
+                    out[h] = old
+                    del todo[h]
             if todo:
                 for h, (tensors, info) in build(model, todo, tokens, progress).items():
                     out[h] = _save(folders[h], tensors, info)
@@ -251,24 +258,41 @@ def version(sae) -> int:
     return TC_VERSION if sae.is_transcoder else VERSION
 
 
-def _load(folder: Path) -> FeatureIndex | None:
-    """The index in `folder`; None if absent; CacheError (then rebuilt) if a file or a tensor is missing."""
+def _older(name: str) -> str:
+    """A transcoder index folder's name at the version RELABEL reads its tensors from (the name itself if none)."""
+    stem, _, v = name.rpartition("-v")
+    return f"{stem}-v{RELABEL[int(v)]}" if v.isdigit() and int(v) in RELABEL else name
+
+
+def relabel(model, folder: Path, older: Path) -> FeatureIndex | None:
+    """The index at `folder` made from the one at `older` (a version RELABEL names) with this version's labels;
+    None when there is no such index. The older one is left in place (another checkout may still read it)."""
+    if older == folder or (old := _quiet_load(older, version=RELABEL[TC_VERSION])) is None:
+        return None
+    info = dict(old.info) | {"version": TC_VERSION, "labels": tc_labels(model.tokenizer, old.t)}
+    return _save(folder, old.t, info)
+
+
+def _load(folder: Path, version: int | None = None) -> FeatureIndex | None:
+    """The index in `folder` (of this code's version, or `version`); None if absent; CacheError (then
+    rebuilt) if a file or a tensor is missing."""
     if not folder.exists():
         return None
     info = read_json(folder / "index.json", entry=folder)
     tensors = read_safetensors(folder / "index.safetensors", entry=folder)
     tc = isinstance(info, dict) and bool(info.get("transcoder"))
     missing = [n for n in TENSORS + TC_TENSORS * tc if n not in tensors]
-    if missing or not isinstance(info, dict) or info.get("version") != (TC_VERSION if tc else VERSION):
+    want = version if version is not None else (TC_VERSION if tc else VERSION)
+    if missing or not isinstance(info, dict) or info.get("version") != want:
         raise corrupt(folder, f"missing tensors {missing}" if missing else "index.json is not this version's")
     if len(info.get("labels", [])) != len(tensors["count"]) or "hook" not in info or "n_tokens" not in info:
         raise corrupt(folder, "index.json does not match its tensors")
     return FeatureIndex(folder, tensors, info)
 
 
-def _quiet_load(folder: Path) -> FeatureIndex | None:
+def _quiet_load(folder: Path, version: int | None = None) -> FeatureIndex | None:
     try:
-        return _load(folder)
+        return _load(folder, version)
     except CacheError:
         return None  # corrupt: reported and rebuilt under the lock
 
