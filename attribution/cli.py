@@ -86,7 +86,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="training tokens per transcoder (default: the recipe's 2M; more than the corpus's 3.4M makes "
-        "epochs); another budget is another cached set: default_transcoders(model, tokens=N) loads it",
+        "epochs); another budget is another cached set (default_transcoders(model, tokens=N) loads it), and a set "
+        "of the same recipe trained on fewer tokens whose training state was kept is continued, not retrained",
     )
     return p
 

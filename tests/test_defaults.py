@@ -91,3 +91,28 @@ def test_default_transcoders_train_once_then_load(model, monkeypatch):
     monkeypatch.setattr(transcoders, "_train", no_training)
     again = transcoders.default_transcoders(model, [1], progress=False, tokens=8_000, d_sae=64, k=8)
     assert torch.equal(again["resid_mid.1"].W_dec, tcs["resid_mid.1"].W_dec)
+
+
+def test_more_tokens_continue_the_set_trained_on_fewer(model, monkeypatch):
+    """`attribution transcoders --tokens N`: a set of the same recipe trained on fewer tokens is continued
+    from its kept state (only the batches it did not cover are run), and its state replaced by the new one."""
+    import attribution.training.stream as stream
+    import attribution.training.transcoder_defaults as transcoders
+
+    recipe = {"d_sae": 64, "k": 8}
+    first = transcoders.default_transcoders(model, progress=False, tokens=4_000, **recipe)
+    states = transcoders.kept_states(model, transcoders.default_transcoder_specs(model, tokens=4_000, **recipe))
+    assert states[4_000].is_file() and first["resid_mid.0"].meta["corpus"]["continued_from"] is None
+    batches = []
+    real = stream._continue
+    monkeypatch.setattr(stream, "_continue", lambda *a: (batches.append(n := real(*a)), n)[1])
+    more = transcoders.default_transcoders(model, progress=False, tokens=8_000, **recipe)
+    per_batch = defaults.BATCH_WINDOWS * (defaults.SEQ_LEN - 1)
+    assert batches == [-(-4_000 // per_batch)]  # the first set's batches were not run again
+    tc = more["resid_mid.0"]
+    assert tc.meta["corpus"]["continued_from"] == 4_000 and tc.meta["training"]["tokens_seen"] >= 8_000
+    assert not torch.equal(tc.W_dec, first["resid_mid.0"].W_dec)
+    states = transcoders.kept_states(model, transcoders.default_transcoder_specs(model, tokens=8_000, **recipe))
+    assert sorted(t for t, f in states.items() if f.is_file()) == [8_000]  # the older state is superseded
+    other = transcoders.default_transcoders(model, progress=False, tokens=8_000, d_sae=64, k=4)  # another recipe
+    assert other["resid_mid.0"].meta["corpus"]["continued_from"] is None

@@ -106,3 +106,38 @@ def test_bad_input_names_the_problem(model):
     with pytest.raises(AttributionError, match="expects d_in"):
         bad = Dictionary(build("topk", 7, 16, "resid_post.0", k=2), TrainConfig(progress=False), "resid_post.0")
         train_dictionaries(model, {"a": bad}, ids, batch_windows=8, progress=False)
+
+
+def sf_dictionary(model, hook: str) -> Dictionary:
+    sae = build("topk", model.d_model, 64, hook, k=4)
+    cfg = TrainConfig(lr=3e-3, optimizer="signsgd", dead_after_tokens=200, dtype="float32", log_every=2)
+    return Dictionary(sae, cfg, hook)
+
+
+def test_a_kept_run_continued_equals_the_longer_run(model, tmp_path, monkeypatch):
+    """keep / start: a run of 24 windows continued to 72 (epochs over the same 48) is the 72-window run, to
+    the bit: the state is the unfinished one (before the average and the normalisation are folded in), the
+    continuation skips the batches the kept run covered, and schedule-free sign-SGD has no decay."""
+    ids = windows(model)
+    longer = {"a": sf_dictionary(model, "resid_post.1")}
+    train_dictionaries(model, longer, ids, batch_windows=8, tokens=72 * 11, progress=False)
+    kept = tmp_path / "state.pt"
+    short = {"a": sf_dictionary(model, "resid_post.1")}
+    train_dictionaries(model, short, ids, batch_windows=8, tokens=24 * 11, keep=kept, progress=False)
+    assert short["a"].sae.meta["training"]["tokens_seen"] == 24 * 11 and kept.is_file()
+    seen = []
+    real_step = Fitter.step
+    monkeypatch.setattr(Fitter, "step", lambda self, x, t=None: (seen.append(1), real_step(self, x, t))[1])
+    more = {"a": sf_dictionary(model, "resid_post.1")}
+    train_dictionaries(model, more, ids, batch_windows=8, tokens=72 * 11, start=kept, progress=False)
+    assert len(seen) == (72 - 24) // 8  # the kept run's three batches were not run again
+    for k, v in weights(longer["a"]).items():
+        torch.testing.assert_close(weights(more["a"])[k], v, rtol=0, atol=0, msg=k)
+    with pytest.raises(AttributionError, match="ask for more tokens"):
+        same = {"a": sf_dictionary(model, "resid_post.1")}
+        train_dictionaries(model, same, ids, batch_windows=8, tokens=24 * 11, start=kept)
+    with pytest.raises(AttributionError, match="other dictionaries"):
+        other = {"a": sf_dictionary(model, "resid_post.0")}
+        train_dictionaries(model, other, ids, batch_windows=8, tokens=72 * 11, start=kept)
+    with pytest.raises(AttributionError, match="signsgd"):  # Adam decays to zero at the end: no continuing
+        train_dictionaries(model, {"a": dictionary(model, "resid_post.1")}, ids, batch_windows=8, keep=kept)

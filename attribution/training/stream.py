@@ -57,6 +57,8 @@ def train_dictionaries(
     mask_hook: str | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_s: float = 300.0,
+    keep: str | Path | None = None,
+    start: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, TrainLog]:
     """Train every dictionary in place on `windows` ([n_seq, seq] token ids, rows starting with <bos>), one
@@ -68,12 +70,24 @@ def train_dictionaries(
     forward is shared, and more, smaller steps learn more from the same tokens. Each config.steps becomes
     the number of optimiser steps of the run (its learning-rate schedule spans it). checkpoint: a file to
     save progress to and resume from (deleted when the run finishes).
+
+    keep: a file to write the final training state to (every dictionary's unfinished weights and optimiser
+    state: a checkpoint at the last batch), so a later run can continue it. start: such a file to continue
+    from: the run skips the batches it covered (this run's order, which extends a shorter run's over the same
+    windows) and trains the rest from its state; it must come from the same dictionaries and recipe, with
+    fewer batches. A checkpoint of this run, if any, wins (it is later).
     """
     if not dictionaries:
         raise AttributionError("no dictionaries to train")
     if windows.dim() != 2 or len(windows) < batch_windows or batch_windows < 1:
         raise AttributionError(
             f"need [n_seq, seq] token ids with at least batch_windows={batch_windows} rows, got {tuple(windows.shape)}"
+        )
+    decaying = [n for n, d in dictionaries.items() if d.config.optimizer != "signsgd" and d.config.lr_decay > 0]
+    if (keep is not None or start is not None) and decaying:
+        raise AttributionError(
+            f"{decaying} decay their learning rate to zero at the run's end (Adam's schedule), so a run of them "
+            "cannot be continued: use optimizer='signsgd' (schedule-free, no decay) or TrainConfig(lr_decay=0)"
         )
     hooks = {name: _hooks(model, d) for name, d in dictionaries.items()}
     mask_hook = model.hook(mask_hook).name if mask_hook else None
@@ -90,7 +104,8 @@ def train_dictionaries(
         cfg = dataclasses.replace(d.config, steps=n_batches * splits[name], progress=False)
         fitters[name] = Fitter(d.sae.to(model.device), cfg)
     recipe = _recipe(model, dictionaries, windows, batch_windows, seed, mask_hook, n_batches)
-    done = _resume(checkpoint, recipe, fitters)
+    lineage = _lineage(model, dictionaries, batch_windows, seed, mask_hook)
+    done = _resume(checkpoint, recipe, fitters) or _continue(start, lineage, n_batches, fitters)
     n_tokens = n_batches * per_step
     bar = tqdm(
         total=n_tokens,
@@ -105,10 +120,10 @@ def train_dictionaries(
         ids = windows[order[i * batch_windows : (i + 1) * batch_windows]]
         with torch.no_grad(), model_autocast(model):
             acts = trace(model, Batch.from_ids(ids, model.device), capture=capture, stop_early=True).acts
-        keep = keep_tokens(acts[mask_hook], OUTLIER)  # [batch, seq]: not <bos>, not a massive-norm token
+        kept = keep_tokens(acts[mask_hook], OUTLIER)  # [batch, seq]: not <bos>, not a massive-norm token
         shuffle = None
         for name, f in fitters.items():
-            x, target = (acts[h][keep] if h else None for h in hooks[name])
+            x, target = (acts[h][kept] if h else None for h in hooks[name])
             if splits[name] == 1:
                 f.step(x, target)
                 continue
@@ -125,6 +140,8 @@ def train_dictionaries(
             _save(checkpoint, recipe, i + 1, fitters)
             saved = time.monotonic()
     bar.close()
+    if keep is not None:  # before finish(), which folds the normalisation and the optimiser's average in
+        _save(keep, recipe, n_batches, fitters, lineage=lineage)
     logs = {name: f.finish() for name, f in fitters.items()}
     for name, d in dictionaries.items():
         d.sae.meta["training"] |= {
@@ -171,6 +188,44 @@ def _recipe(
     return digest([model_fingerprint(model), tensor_digest(windows), batch_windows, seed, mask_hook, parts, n_batches])
 
 
+def _lineage(model, dictionaries: dict, batch_windows: int, seed: int, mask_hook: str) -> str:
+    """What a kept state must match to be continued: _recipe without the text, the run's length and the
+    initial weights (a longer run over more of the corpus continues a shorter one)."""
+    parts = {  # the shape, not the initial weights: the kept state replaces them (a fitted skip path included)
+        name: [d.hook, d.target, _shape(d.sae), dataclasses.asdict(dataclasses.replace(d.config, steps=1))]
+        for name, d in dictionaries.items()
+    }
+    return digest([model_fingerprint(model), batch_windows, seed, mask_hook, parts])
+
+
+def _shape(sae: SAE) -> list:
+    return [sae.architecture, sae.d_in, sae.d_sae, dataclasses.asdict(sae.options), sae.W_skip is not None]
+
+
+def _continue(start, lineage: str, n_batches: int, fitters: dict[str, Fitter]) -> int:
+    """Batches covered by the kept state `start` (train_dictionaries' keep), whose state is loaded; 0 when
+    there is none. A state of other dictionaries, or as long as this run or longer, is an error."""
+    if start is None:
+        return 0
+    try:
+        state = torch.load(start, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise AttributionError(f"cannot continue from {start}: it is unreadable ({exc})") from exc
+    if not isinstance(state, dict) or state.get("lineage") != lineage:
+        raise AttributionError(
+            f"cannot continue from {start}: it was kept by other dictionaries, another recipe or another model "
+            "(continue a run with the same dictionaries and settings, or train from the start)"
+        )
+    if int(state["batches"]) >= n_batches:
+        raise AttributionError(
+            f"cannot continue from {start}: it already covers {state['batches']} batches and this run has "
+            f"{n_batches}; ask for more tokens than it was trained on"
+        )
+    for name, f in fitters.items():
+        f.load_state_dict(state["fitters"][name])
+    return int(state["batches"])
+
+
 def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
     """Batches already done: those of a checkpoint of this recipe, whose state is loaded; else 0."""
     if checkpoint is None or not Path(checkpoint).is_file():
@@ -187,7 +242,8 @@ def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
     return int(state["batches"])
 
 
-def _save(checkpoint, recipe: str, batches: int, fitters: dict[str, Fitter]) -> None:
+def _save(checkpoint, recipe: str, batches: int, fitters: dict[str, Fitter], lineage: str | None = None) -> None:
     state = {"recipe": recipe, "batches": batches, "fitters": {n: f.state_dict() for n, f in fitters.items()}}
+    state["lineage"] = lineage
     with atomic_write(checkpoint, directory=False) as tmp:  # makes the parent folder
         torch.save(state, tmp)

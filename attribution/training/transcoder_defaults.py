@@ -72,6 +72,15 @@ class TranscoderSpec:
         return f"mlp_out.{self.layer}"
 
     @property
+    def lineage(self) -> str:
+        """The recipe without its token budget: sets of one lineage differ only in how long they trained, so a
+        longer one can continue a shorter one's kept state."""
+        spec = asdict(self) | {"tokens": None}
+        return digest(
+            {"spec": spec, "corpus": [defaults.CORPUS, defaults.SEQ_LEN, defaults.BATCH_WINDOWS], "v": VERSION}
+        )
+
+    @property
     def folder(self) -> str:
         recipe = digest(
             {"spec": asdict(self), "corpus": [defaults.CORPUS, defaults.SEQ_LEN, defaults.BATCH_WINDOWS], "v": VERSION}
@@ -248,8 +257,14 @@ def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
         raise AttributionError(f"transcoders trained together share one token budget, got {sorted(tokens)}")
     budget = tokens.pop()
     train_ids, eval_ids = defaults.default_corpus(model, budget, progress)  # at most the corpus: then epochs
+    key = digest(sorted(s.folder for s in specs.values()))[:12]
+    states = kept_states(model, specs)
+    keep = states.get(budget) if all(s.optimizer == "signsgd" for s in specs.values()) else None
+    start = max((t for t in states if t < budget and states[t].is_file()), default=None) if keep else None
+    if start is not None and progress:
+        print(f"continuing the transcoders trained on {start:,} tokens toward {budget:,} ({states[start].name})")
     fitted = {h: s.target for h, s in specs.items() if s.skip and not s.train_skip}
-    skips = fit_skip(model, fitted, train_ids, progress=progress)
+    skips = {} if start is not None else fit_skip(model, fitted, train_ids, progress=progress)  # else: kept
     dicts = {}
     for h, s in specs.items():
         tc = build("topk", model.d_model, s.d_sae, h, k=s.k, target=s.target, skip=s.skip).to(model.device)
@@ -257,7 +272,6 @@ def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
             with torch.no_grad():
                 tc.W_skip.copy_(skips[h].to(tc.W_skip.dtype))
         dicts[h] = Dictionary(tc, s.train_config(), h, target=s.target)
-    key = digest(sorted(s.folder for s in specs.values()))[:12]
     train_dictionaries(
         model,
         dicts,
@@ -266,8 +280,13 @@ def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
         tokens=budget,
         mask_hook=defaults.middle_hook(model),  # the same tokens kept as the default SAEs'
         checkpoint=defaults.saes_dir(model) / f"checkpoint-tc-{key}.pt",
+        keep=keep,
+        start=None if start is None else states[start],
         progress=progress,
     )
+    for t in states:  # the new state continues wherever an older one of the lineage could (each ~60 MB a layer)
+        if start is not None and t <= start:
+            states[t].unlink(missing_ok=True)
     out = {}
     for h, s in specs.items():
         tc = dicts[h].sae
@@ -276,14 +295,26 @@ def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
             "source": "English prose (attribution.training.text)" if defaults.CORPUS == "real" else "sampled",
             "train_tokens": int(train_ids.shape[0] * (defaults.SEQ_LEN - 1)),
             "tokens_seen": tc.meta["training"]["tokens_seen"],
-            "skip_tokens": SKIP_TOKENS if h in skips else 0,
+            "skip_tokens": SKIP_TOKENS if h in fitted else 0,  # fitted then, or kept from the set continued
             "seq_len": defaults.SEQ_LEN,
+            "continued_from": start,  # tokens of the set whose kept state this one continued, or None
         }
         tc.meta["default_spec"] = {"folder": s.folder, "version": VERSION, **asdict(s)}
         if names := model_names(model):
             tc.meta["model_name"] = names[0]
         out[h] = tc
     return out
+
+
+def kept_states(model, specs: dict[str, TranscoderSpec]) -> dict[int, Path]:
+    """{token budget: path} of the training states kept for `specs`' lineage (TranscoderSpec.lineage), the
+    budget asked for included (its path, whether or not it exists): a set trained on more tokens continues the
+    largest smaller one."""
+    key = digest(sorted(s.lineage for s in specs.values()))[:12]
+    root = defaults.saes_dir(model)
+    found = {int(f.stem.rpartition("-t")[2]): f for f in root.glob(f"state-tc-{key}-t*.pt")}
+    budget = next(iter(specs.values())).tokens
+    return found | {budget: root / f"state-tc-{key}-t{budget}.pt"}
 
 
 def _train(model, specs: dict[str, TranscoderSpec], folders: dict[str, Path], tokens: int, load, progress) -> None:
