@@ -642,6 +642,45 @@ TC_FIGURES += [
 TC_FIGURES.append(
     Figure(R, "held-out documents, {} tokens;", "bench/results/transcoder_recipe.json", ("eval_tokens",), "{:,}")
 )
+TCC = "bench/results/transcoder_curve.json"  # python -m studies.transcoder_curve
+
+
+def curve_spread(get: Callable, rows: Callable = lambda d: d["layers"], fmt: str = "{:.2f}") -> Callable:
+    """'lo-hi' of get(layer row) over the curve study's rows (rows(data) picks them), as the prose quotes it."""
+    return lambda d: "-".join(fmt.format(f(get(r) for r in rows(d))) for f in (min, max))
+
+
+def _below(d: dict) -> list:
+    return [r for r in d["layers"] if r["train_ev_last10_mean"] < d["target"]]
+
+
+TC_FIGURES += [
+    Figure(R, "with b = {} (r²", TCC, (), curve_spread(lambda r: r["fit"]["b"])),
+    Figure(R, "(r² {}). Fitted", TCC, (), curve_spread(lambda r: r["fit"]["r2"])),
+    Figure(R, "mean to within {} (median", TCC, ("summary", "median_backtest_error"), "{:.3f}"),
+    Figure(R, "the {} layers below 0.5 now", TCC, (), lambda d: str(len(_below(d)))),
+    Figure(R, "(all from layer {} on)", TCC, (), lambda d: _below(d)[0]["hook"].split(".")[1]),
+    Figure(
+        R, "reach it between {}M and", TCC, (), lambda d: f"{min(r['tokens_for_target'] for r in _below(d)) / 1e6:.0f}"
+    ),
+    Figure(
+        R,
+        "and {}M\ntokens (layer 16 last",
+        TCC,
+        (),
+        lambda d: f"{max(r['tokens_for_target'] for r in _below(d)) / 1e6:.0f}",
+    ),
+    Figure(R, "at 8M they stand at {}), about", TCC, (), curve_spread(lambda r: r["projected"]["8000000"], _below)),
+    Figure(R, "about {} h more", TCC, (), lambda d: f"{max(r['hours_for_target'] for r in d['layers']):.0f}"),
+    Figure(R, "build's rate of {}\ntokens/s", TCC, ("build_rate_tokens_per_s",), "{:.0f}"),
+    Figure(
+        R,
+        "sits {} below the training",
+        TCC,
+        (),
+        curve_spread(lambda r: r["train_ev_last10_mean"] - r["heldout_features_on_rest"], lambda d: d["layers"][5:]),
+    ),
+]
 FIGURES += TC_FIGURES
 TCL = "bench/results/transcoder_labels.json"  # python -m studies.transcoder_labels (docs/explanations.md)
 KS, ES = ("prompts", "kobe", "summary"), ("prompts", "eiffel_language", "summary")
