@@ -66,6 +66,8 @@ RECIPES = [
     Recipe("sf, width 8192", optimizer="signsgd", lr=1e-2 / 2**0.5, batch_size=1024, d_sae=8192),
     Recipe("sf, batch 4064", optimizer="signsgd", lr=1e-2),
     Recipe("sf, no skip", optimizer="signsgd", lr=1e-2, batch_size=1024, skip="none"),
+    Recipe("sf, zero-decoder init", optimizer="signsgd", lr=1e-2, batch_size=1024, extra={"init": "zero_decoder"}),
+    Recipe("sf, width 16384", optimizer="signsgd", lr=1e-2 / 2, batch_size=1024, d_sae=16384),
 ]
 
 
@@ -128,7 +130,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", default="9", help="comma-separated layers")
     p.add_argument("--tokens", type=int, default=1_000_000)
-    p.add_argument("--only", default=None, help="comma-separated recipe names (default: all)")
+    p.add_argument("--only", action="append", default=None, help="a recipe's name (repeatable; default: all)")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -141,7 +143,10 @@ def main(argv=None) -> dict:
     model = load_model()
     train_ids, _ = defaults.default_corpus(model, a.tokens + 64 * 127, progress=True)
     held = real_tokens(model, "heldout", seq_len=defaults.SEQ_LEN, max_tokens=EVAL_WINDOWS * 127, progress=False)
-    wanted = [r for r in RECIPES if a.only is None or r.name in a.only.split(",")]
+    unknown = sorted(set(a.only or ()) - {r.name for r in RECIPES})
+    if unknown:
+        raise SystemExit(f"unknown recipes {unknown}; known: {[r.name for r in RECIPES]}")
+    wanted = [r for r in RECIPES if a.only is None or r.name in a.only]
     for layer in (int(v) for v in a.layers.split(",")):
         todo = [
             r for r in wanted if not any(x["layer"] == layer and x["recipe"]["name"] == r.name for x in result["runs"])

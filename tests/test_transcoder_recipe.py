@@ -49,19 +49,20 @@ def train(cfg: TrainConfig, x, y, fitted_skip=None, d_sae=96, k=4):
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "lr", "joint", "normalize"),
+    ("optimizer", "lr", "joint", "normalize", "init"),
     [
-        ("adam", 1e-2, False, "dim"),
-        ("signsgd", 1e-2, True, "scalar"),
+        ("adam", 1e-2, False, "dim", "tied"),
+        ("signsgd", 1e-2, True, "scalar", "tied"),
+        ("signsgd", 1e-2, False, "dim", "zero_decoder"),
     ],
 )
-def test_features_explain_the_nonlinear_part(optimizer, lr, joint, normalize):
+def test_features_explain_the_nonlinear_part(optimizer, lr, joint, normalize, init):
     """The failure issue 21 found (total EV high, features explaining nothing beyond the skip) fails here."""
     x, y = mlp_like(60_000)
     ls = solve_skip(*skip_stats(x[:20_000], y[:20_000])).float()
     cfg = TrainConfig(
         steps=800, batch_size=512, lr=lr, optimizer=optimizer, train_skip=joint, normalize=normalize,
-        dead_after_tokens=20_000, progress=False, dtype="float32",
+        dead_after_tokens=20_000, progress=False, dtype="float32", init=init,
     )  # fmt: skip
     tc = train(cfg, x[:50_000], y[:50_000], None if joint else ls)
     held_x, held_y = x[50_000:], y[50_000:]
@@ -205,3 +206,19 @@ def test_default_recipe_features_carry_a_tiny_models_mlp():
         if name == "default":
             assert ev["explained_variance"] >= 0.6, ev
     assert rest["default"] >= 0.3 and rest["v1"] < 0.1, rest
+
+
+def test_zero_decoder_init_starts_centred_with_no_output():
+    """eai-sparsify's transcoder init: the decoder is zero (the first output is b_dec, the target's mean) and
+    each feature's pre-activation is centred on the first batch (mean zero over it)."""
+    x, y = mlp_like(2_000)
+    tc = build("topk", 32, 96, "resid_mid.0", k=4, target="mlp_out.0", skip=False)
+    cfg = TrainConfig(steps=1, batch_size=2_000, normalize="none", progress=False, dtype="float32", init="zero_decoder")
+    f = Fitter(tc, cfg)
+    f._start(x, y)
+    assert float(tc.W_dec.detach().abs().max()) == 0
+    torch.testing.assert_close(tc.b_dec, y.mean(0))
+    pre = x @ tc.W_enc + tc.b_enc
+    assert float(pre.mean(0).abs().max()) < 1e-3 * float(pre.abs().mean())
+    with pytest.raises(AttributionError, match="init must be one of"):
+        TrainConfig(init="random")

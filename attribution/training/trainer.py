@@ -39,6 +39,7 @@ from attribution.training.topk_step import Workspace, topk_step
 
 NORMALIZE = ("scalar", "dim", "none")
 OPTIMIZERS = ("adam", "signsgd")
+INITS = ("tied", "zero_decoder")
 
 
 @dataclass
@@ -62,6 +63,9 @@ class TrainConfig:
     optimizer: str = "adam"  # or "signsgd": schedule-free sign-SGD (eai-sparsify's default; lr ~1e-2, no decay)
     momentum: float = 0.95  # signsgd only: the schedule-free interpolation
     train_skip: bool = False  # transcoders: train W_skip from zero with the features instead of keeping it fixed
+    # "tied": random unit decoder rows, encoder = their transpose; "zero_decoder": eai-sparsify's transcoder
+    # init (decoder zero, a random encoder centred on the mean input, b_dec the mean target)
+    init: str = "tied"
     progress: bool = True
 
     def __post_init__(self):
@@ -89,6 +93,8 @@ class TrainConfig:
             raise AttributionError(f"TrainConfig.normalize must be one of {NORMALIZE}, got {self.normalize!r}")
         if self.optimizer not in OPTIMIZERS:
             raise AttributionError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.init not in INITS:
+            raise AttributionError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")
         if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise AttributionError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
 
@@ -255,7 +261,7 @@ class Fitter:
         out_shift, out_scale = (in_shift, in_scale) if target is None else _normalizer(target, self.cfg.normalize)
         self.norm = in_shift, in_scale, out_shift, out_scale
         t = (x - in_shift) * in_scale if target is None else (target - out_shift) * out_scale
-        _init(self.sae, t, self.gen, self.cfg.train_skip)
+        _init(self.sae, t, self.gen, self.cfg.train_skip, self.cfg.init, (x - in_shift) * in_scale)
         encoder_layout(self.sae, rows=True)
         self.opt, self.stand_ins = make_optimizer(self.sae, self.cfg)
         self.log.scale = float(in_scale.mean())
@@ -359,16 +365,26 @@ def _shuffled(x: Tensor, size: int, seed: int = 0) -> Iterator[Tensor]:
             yield x[perm[i : i + size]]
 
 
-def _init(sae: SAE, x: Tensor, gen: torch.Generator, train_skip: bool = False) -> None:
-    """Decoder rows: random directions (norm 0.1 for ReLU, 1 for TopK); encoder = decoder^T; b_dec = mean
-    (of the target); a trained skip path starts at zero."""
+def _init(
+    sae: SAE, t: Tensor, gen: torch.Generator, train_skip: bool = False, how: str = "tied", x: Tensor | None = None
+) -> None:
+    """From the first batch's target t (= the normalised input x for an SAE). "tied": decoder rows random
+    directions (norm 0.1 for ReLU, 1 for TopK), encoder = decoder^T, b_enc = 0. "zero_decoder" (eai-sparsify's
+    transcoder init): decoder zero, encoder columns random unit directions, b_enc = -mean(x) W_enc (every
+    feature starts centred on the input's mean). Both: b_dec = mean(t); a trained skip path starts at zero."""
     with torch.no_grad():
         w = torch.randn(sae.d_sae, sae.d_in, generator=gen, dtype=sae.W_dec.dtype).to(sae.W_dec.device)
         w /= w.norm(dim=-1, keepdim=True)
-        sae.W_dec.copy_(w if sae.architecture == "topk" else 0.1 * w)
-        sae.W_enc.copy_(sae.W_dec.T)
-        sae.b_enc.zero_()
-        sae.b_dec.copy_(x.mean(0))
+        if how == "zero_decoder":
+            sae.W_dec.zero_()
+            sae.W_enc.copy_(w.T)
+            mean = (x if x is not None else t).mean(0) - (t.mean(0) if sae.apply_b_dec_to_input else 0)
+            sae.b_enc.copy_(-mean @ sae.W_enc)  # the encoder reads x - b_dec when apply_b_dec_to_input
+        else:
+            sae.W_dec.copy_(w if sae.architecture == "topk" else 0.1 * w)
+            sae.W_enc.copy_(sae.W_dec.T)
+            sae.b_enc.zero_()
+        sae.b_dec.copy_(t.mean(0))
         if train_skip:
             sae.W_skip.zero_()
     sae.requires_grad_(True)
