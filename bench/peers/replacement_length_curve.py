@@ -67,9 +67,11 @@ def alone(n: int, target: dict, tmp: Path, folder: Path, rows: int | None = None
     return {k: mine[k] for k in ("active_features", "scores", "timings", "memory", "plan", "prompt_tokens")}
 
 
-def largest(lengths: list[int], tmp: Path, folder: Path, rows: int) -> dict:
+def largest(lengths: list[int], tmp: Path, folder: Path, rows: int, resolution: int = 0) -> dict:
     """The longest document prompt the build's memory plan accepts with default arguments (the planner's
-    estimate errs high), then a build there with `rows` feature rows, its time and peak memory measured."""
+    estimate errs high), then a build there with `rows` feature rows, its time and peak memory measured.
+    resolution > 0: between the longest length that fits and the first that does not, bisect until they are
+    at most `resolution` tokens apart."""
     from attribution import LogitDiff, load_model, memory
     from attribution.saes.transcoders import load_transcoders
     from bench.documents import document_target
@@ -78,18 +80,34 @@ def largest(lengths: list[int], tmp: Path, folder: Path, rows: int) -> dict:
     model = load_model()
     tcs = load_transcoders(folder, model=model)
     tried, best = [], None
-    for n in sorted(lengths):
+
+    def fits(n: int) -> bool:
+        nonlocal best
         t = document_target(model, n)
         try:
             p = plan_replacement_graph(model, tcs, t.prompt, LogitDiff(model, t.answer, t.counterfactual))
         except memory.OutOfMemoryError as e:
-            tried.append({"tokens": t.tokens, "fits": False, "error": str(e)})
-            break
-        tried.append({"tokens": t.tokens, "fits": True, "feature_rows": p.rows, "batch": p.batch,
+            tried.append({"tokens": t.tokens, "requested": n, "fits": False, "error": str(e)})
+            print(f"{t.tokens} tokens: does not fit", flush=True)
+            return False
+        tried.append({"tokens": t.tokens, "requested": n, "fits": True, "feature_rows": p.rows, "batch": p.batch,
                       "active_features": p.features, "estimate_gib": p.total_bytes / 2**30})  # fmt: skip
-        best = (n, t)
-    del model, tcs
-    out = {"tried": tried, "budget_gib": memory.budget() / 2**30}
+        print(f"{t.tokens} tokens: fits (~{p.total_bytes / 2**30:.1f} GiB)", flush=True)
+        if best is None or t.tokens > best[1].tokens:
+            best = (n, t)
+        return True
+
+    lo, hi = None, None
+    for n in sorted(lengths):
+        if not fits(n):
+            hi = n
+            break
+        lo = n
+    while resolution > 0 and lo is not None and hi is not None and hi - lo > resolution:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    model = tcs = None  # freed before the build, which runs in its own process
+    out = {"tried": tried, "budget_gib": memory.budget() / 2**30, "resolution": resolution}
     if best is not None:
         n, t = best
         target = {"prompt": t.prompt, "answer": t.answer, "counterfactual": t.counterfactual}
@@ -164,6 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--alone-rows", type=int, default=None, help="--alone builds' feature rows (default: what fits)")
     ap.add_argument("--largest", type=int, nargs="*", default=[], help="lengths to plan, shortest first")
     ap.add_argument("--largest-rows", type=int, default=64, help="feature rows of the build at the largest length")
+    ap.add_argument("--bisect", type=int, default=0, help="bisect the largest length to this many tokens (0: off)")
     ap.add_argument("--max-feature-nodes", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--tmp", default="/tmp/replacement-length-curve")
@@ -210,7 +229,7 @@ def main(argv=None) -> int:
         model = load_model()
         folder = save_transcoders(default_transcoders(model, train=False), tmp / "transcoders")
         del model
-        longest = largest(args.largest, tmp, folder, args.largest_rows) if args.largest else None
+        longest = largest(args.largest, tmp, folder, args.largest_rows, args.bisect) if args.largest else None
         save()
         for n in args.alone:
             r = alone(n, prompts[n], tmp, folder, rows=args.alone_rows)
