@@ -672,6 +672,8 @@ TC_FIGURES += [
     ),
     Figure(R, "at 8M they stand at {}), about", TCC, (), curve_spread(lambda r: r["projected"]["8000000"], _below)),
     Figure(R, "about {} h more", TCC, (), lambda d: f"{max(r['hours_for_target'] for r in d['layers']):.0f}"),
+    Figure(FRONT, "second to {}) | **~18M**", TCC, ("summary", "median_backtest_error"), "{:.3f}"),
+    Figure(FRONT, "0.006) | **~{}M** (trained", TCC, ("summary", "max_tokens_for_target"), lambda v: f"{v / 1e6:.0f}"),
     Figure(R, "build's rate of {}\ntokens/s", TCC, ("build_rate_tokens_per_s",), "{:.0f}"),
     Figure(
         R,
