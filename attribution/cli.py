@@ -82,6 +82,13 @@ def parser() -> argparse.ArgumentParser:
     tcs.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: gemma-3-270m)")
     tcs.add_argument("--report", default=None, help="also write the quality table as JSON to this file")
     tcs.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="also measure them on Debian's fortunes + Jargon File (apt-get install fortunes jargon-text) and "
+        "count dead features over its tokens",
+    )
+    tcs.add_argument("--dead-tokens", type=int, default=1_000_000, help="tokens to count dead features over")
+    tcs.add_argument(
         "--tokens",
         type=int,
         default=None,
@@ -224,16 +231,21 @@ def _saes(args) -> int:
 def _transcoders(args) -> int:
     from attribution import AttributionError, load_model
     from attribution.compute import machine
-    from attribution.training.transcoder_defaults import default_transcoders, quality_rows, quality_table
+    from attribution.training.quality import evaluate_defaults
+    from attribution.training.transcoder_defaults import add_reference, default_transcoders, quality_rows, quality_table
 
     try:
         if args.tokens is not None and args.tokens < 1:
             raise AttributionError(f"--tokens must be a whole number >= 1 (e.g. 8000000), got {args.tokens}")
+        if args.dead_tokens < 1:
+            raise AttributionError(f"--dead-tokens must be a whole number >= 1 (e.g. 1000000), got {args.dead_tokens}")
         model = load_model(args.model)
         t0 = time.perf_counter()
         tcs = default_transcoders(model, **({} if args.tokens is None else {"tokens": args.tokens}))
         seconds = time.perf_counter() - t0
         rows = quality_rows(tcs)
+        if args.evaluate:
+            rows = add_reference(rows, evaluate_defaults(model, tcs, dead_tokens=args.dead_tokens))
         print(f"default transcoders ({seconds / 60:.1f} min to build or load):")
         print(quality_table(rows))
         if args.report:

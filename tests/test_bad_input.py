@@ -723,3 +723,6 @@ def test_cli_from_a_shell_prints_one_line_not_a_traceback(argv):
     done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: empty prompt") and done.stderr.count("\n") == 1
+    assert main(["transcoders", "--model", "/no/such/model", "--evaluate", "--dead-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dead-tokens must be a whole number >= 1") and "/no/such/model" not in err

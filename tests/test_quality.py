@@ -54,3 +54,29 @@ def test_firing_counts_match_a_direct_pass(model):
     for h in saes:
         assert torch.equal(counts[h], (direct[h][:, 1:] > 0).flatten(0, 1).sum(0))
         assert counts[h][7] == 0 and 0 < int(counts[h].sum()) <= 5 * n
+
+
+def test_transcoders_measured_on_reference_text(model, tmp_path, monkeypatch):
+    """`attribution transcoders --evaluate`: evaluate_defaults runs on transcoders (EV of the MLP output, what
+    the features explain beyond the skip, dead over the reference tokens) and the quality table shows it."""
+    from attribution.training.transcoder_defaults import add_reference, quality_rows, quality_table
+    from tests.conftest import random_transcoders
+
+    fortunes = tmp_path / "fortunes"
+    fortunes.mkdir()
+    (fortunes / "wisdom").write_text(" ".join(WORDS * 20))
+    monkeypatch.setattr(quality, "FORTUNES", fortunes)
+    monkeypatch.setattr(quality, "JARGON", tmp_path / "none.gz")
+    tcs = random_transcoders(model)
+    for tc in tcs.values():
+        tc.meta["eval"] = {"explained_variance": 0.5, "ce_loss_recovered": 0.5, "l0": 4.0, "dead_fraction": 0.1}
+    report = quality.evaluate_defaults(model, tcs, dead_tokens=400, ce_sequences=2, progress=False)
+    rows = add_reference(quality_rows(tcs), report)
+    text = quality.reference_text(model, max_tokens=400)
+    counts, n = quality.firing_counts(model, tcs, text, progress=False)
+    for r in rows:
+        assert r["dead_tokens"] == n and r["dead_reference"] == float((counts[r["hook"]] == 0).float().mean())
+        assert r["reference"]["explained_variance"] is not None and r["reference"]["features_on_rest"] is not None
+    table = quality_table(rows)
+    assert "EV (Debian)" in table and f"dead ({n / 1e6:.2f}M Debian tok)" in table
+    assert "Debian" not in quality_table(quality_rows(tcs))  # rows without the reference: the old table

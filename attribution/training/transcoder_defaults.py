@@ -178,24 +178,47 @@ def quality_rows(tcs: dict) -> list[dict]:
     return rows
 
 
+def add_reference(rows: list[dict], report: dict) -> list[dict]:
+    """quality_rows with training.quality.evaluate_defaults' report added: the same measures on Debian's
+    fortunes + Jargon File (`reference`), and dead features counted over its many tokens (`dead_reference`)."""
+    keep = ("explained_variance", "features_on_rest", "ce_loss_recovered", "l0", "eval_tokens")
+    for r in rows:
+        got = report[r["hook"]]
+        r["reference"] = {k: got["reference_text"].get(k) for k in keep}
+        r["dead_reference"], r["dead_tokens"] = got["dead_fraction"], got["dead_tokens"]
+    return rows
+
+
 def quality_table(rows: list[dict]) -> str:
     """A markdown table of quality_rows: EV of the MLP output, what the features explain of the part the skip
     path leaves, CE loss recovered with the transcoder spliced in place of the MLP (no error term), L0 and
-    dead features, on held-out documents."""
+    dead features, on held-out documents; with add_reference's columns where the rows hold them (the same
+    on Debian's text, dead over its tokens)."""
 
     def f(x, spec=".3f"):
         return "n/a" if x is None else format(x, spec)
 
-    lines = [
-        "| layer | reads -> writes | EV (MLP out) | features on rest | CE rec. | L0 | dead (eval) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    ref = all("reference" in r for r in rows)
+    head = "| layer | reads -> writes | EV (MLP out) | features on rest | CE rec. | L0 | dead (eval) |"
+    rule = "|---|---|---|---|---|---|---|"
+    if ref:
+        n = rows[0]["dead_tokens"] / 1e6
+        head += f" EV (Debian) | on rest (Debian) | CE rec. (Debian) | dead ({n:.2f}M Debian tok) |"
+        rule += "---|---|---|---|"
+    lines = [head, rule]
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['hook'].split('.')[1]} | {r['hook']} -> {r['target']} | {f(r['explained_variance'])} | "
             f"{f(r.get('features_on_rest'))} | "
             f"{f(r['ce_loss_recovered'])} | {f(r['l0'], '.1f')} | {f(r['dead_fraction'], '.1%')} |"
         )
+        if ref:
+            t = r["reference"]
+            line += (
+                f" {f(t['explained_variance'])} | {f(t['features_on_rest'])} | {f(t['ce_loss_recovered'])} | "
+                f"{f(r['dead_reference'], '.2%')} |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
