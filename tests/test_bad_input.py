@@ -688,6 +688,9 @@ def test_transcoders_cli_bad_tokens_exits_2_before_loading(capsys):
     assert main(["transcoders", "--model", "/no/such/model", "--tokens", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --tokens must be a whole number >= 1") and "/no/such/model" not in err
+    assert main(["transcoders", "--model", "/no/such/model", "--evaluate", "--dead-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dead-tokens must be a whole number >= 1") and "/no/such/model" not in err
 
 
 @pytest.mark.parametrize(
@@ -723,6 +726,3 @@ def test_cli_from_a_shell_prints_one_line_not_a_traceback(argv):
     done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: empty prompt") and done.stderr.count("\n") == 1
-    assert main(["transcoders", "--model", "/no/such/model", "--evaluate", "--dead-tokens", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --dead-tokens must be a whole number >= 1") and "/no/such/model" not in err
