@@ -335,7 +335,7 @@ def kept_states(model, specs: dict[str, TranscoderSpec]) -> dict[int, Path]:
     largest smaller one."""
     key = digest(sorted(s.lineage for s in specs.values()))[:12]
     root = defaults.saes_dir(model)
-    found = {int(f.stem.rpartition("-t")[2]): f for f in root.glob(f"state-tc-{key}-t*.pt")}
+    found = {int(t): f for f in root.glob(f"state-tc-{key}-t*.pt") if (t := f.stem.rpartition("-t")[2]).isdigit()}
     budget = next(iter(specs.values())).tokens
     return found | {budget: root / f"state-tc-{key}-t{budget}.pt"}
 
