@@ -635,6 +635,7 @@ TC_FIGURES = [
     Figure(FRONT, "two-hop prompts, ≤ {} features: median", TCG, ("max_features",), "{}"),
 ]
 TCQ, TCQ1 = "bench/results/default_transcoders_quality.json", "bench/results/default_transcoders_quality_v1.json"
+TCR = "bench/results/default_transcoders_reference.json"  # python -m attribution transcoders --evaluate --report
 
 
 def spread(field: str) -> Callable:
@@ -648,6 +649,37 @@ TC_FIGURES += [
     Figure(R, "recovered too ({} to", TCQ1, ("transcoders",), spread("ce_loss_recovered")),
     Figure(R, "0.37-0.90 to {}). Issue", TCQ, ("transcoders",), spread("ce_loss_recovered")),
     Figure(R, "at every layer ({} here)", TCQ, ("transcoders",), spread("features_on_rest")),
+    Figure(
+        R,
+        "On Debian's text every\nfigure is lower (EV {},",
+        TCR,
+        ("transcoders",),
+        lambda rows: spread("x")([{"x": r["reference"]["explained_variance"]} for r in rows]),
+    ),
+    Figure(
+        R,
+        "features on rest {}, CE",
+        TCR,
+        ("transcoders",),
+        lambda rows: spread("x")([{"x": r["reference"]["features_on_rest"]} for r in rows]),
+    ),
+    Figure(
+        R,
+        "CE rec. {}): the transcoders",
+        TCR,
+        ("transcoders",),
+        lambda rows: spread("x")([{"x": r["reference"]["ce_loss_recovered"]} for r in rows]),
+    ),
+    Figure(
+        R,
+        "is dead ({} at every layer)",
+        TCR,
+        ("transcoders",),
+        lambda rows: f"{max(r['dead_reference'] for r in rows):.2%}",
+    ),
+    Figure(
+        R, "the up to {} of the", TCQ, ("transcoders",), lambda rows: f"{max(r['dead_fraction'] for r in rows):.0%}"
+    ),
     Figure(R, "v2 transcoders explain {} of the variance", TCQ, ("transcoders",), spread("explained_variance")),
 ]
 TC_FIGURES.append(
@@ -900,8 +932,12 @@ def test_qk_suite_table_is_the_committed_study():
 def test_transcoder_quality_table_is_the_committed_report():
     from attribution.training.transcoder_defaults import quality_table
 
-    rows = json.loads(_read("bench/results/default_transcoders_quality.json"))["transcoders"]
+    rows = json.loads(_read(TCR))["transcoders"]  # the quality report's rows, with the Debian columns added
     assert quality_table(rows) in _read("docs/replacement.md")
+    held = json.loads(_read(TCQ))["transcoders"]
+    assert [
+        {k: v for k, v in r.items() if k not in ("reference", "dead_reference", "dead_tokens")} for r in rows
+    ] == held
 
 
 def test_transcoder_label_tables_are_the_committed_study():
