@@ -23,7 +23,9 @@ its loss is the FVU of the output (no AuxK by default). Its Trainer takes a lang
 a stand-in whose one block ("layers.0") is called with the pair's input (`resid_mid.9`) and returns its output
 (`mlp_out.9`), for the pairs that the batch's "token ids" index: its hook sees exactly our batches, in our order.
 As in the SAE side by side, --precision bf16 (default, as ours) runs its `fit` under CPU bf16 autocast without
-the cast cache. Variants: `skip` (its skip connection on: the closest to ours) and `noskip`.
+the cast cache. Variants: `skip` (its skip connection on: the closest to ours), `noskip`, and `skip-std`, a
+diagnostic: `skip` on pairs standardised per dimension as ours are ((x - mean) / std in and out, the statistics of
+the first 131,072 pairs, computed outside its timing; folded back into the converted weights for evaluation).
 
 Its checkpoint (encoder.weight, encoder.bias, W_dec, b_dec, W_skip [d_out, d_in]) is converted into our TopKSAE
 transcoder by attribution.saes.formats.sparsify.from_sparsify(folder, hook, target=), and the script asserts that
@@ -38,6 +40,7 @@ bench/results/sparsify_transcoder.json and prints the table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -46,7 +49,7 @@ import time
 from pathlib import Path
 
 VENV = Path(os.environ.get("SPARSIFY_VENV", "/tmp/sparsify-venv"))
-VARIANTS = {"skip": True, "noskip": False}  # variant -> its skip_connection
+VARIANTS = {"skip": (True, False), "noskip": (False, False), "skip-std": (True, True)}  # skip_connection, standardised
 LAYER, BATCH, STEPS, PAIR_STEPS = 9, 1024, 400, 48  # 400 x 1,024 = 100 x 4,096 (the SAE run); 48 x 1,024 = 12 x 4,096
 N_EVAL, EVAL_WINDOWS = 8192, 96
 TOLERANCE = 1e-5
@@ -57,6 +60,12 @@ KEYS += ("ce_loss_recovered", "l0", "dead_fraction", "pairs_explained_variance")
 # --------------------------------------------------------------------------------------------------
 # sparsify's side. Runs in its venv: imports nothing from this project but bench/peers/side_by_side.py (stdlib only).
 # --------------------------------------------------------------------------------------------------
+def step_quantiles(stamps: list[float]) -> list[float]:
+    """10%, 50%, 90% and the largest step time (the first gap, which holds initialisation, left out)."""
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps[1:]))
+    return [gaps[int(q * (len(gaps) - 1))] for q in (0.1, 0.5, 0.9, 1.0)] if gaps else []
+
+
 def worker(work: Path, steps: int, precision: str, threads: int | None, variant: str, tag: str = "") -> None:
     import sparsify
     import torch
@@ -69,10 +78,13 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
         torch.set_num_threads(threads)
     data = load_file(str(work / "pairs.safetensors"))
     x, y, order = data["x"], data["y"], data["order"][:steps]
+    skip, standardise = VARIANTS[variant]
+    n = min(len(x), 131_072)  # the diagnostic's per-dimension statistics: the pairs our skip path is fitted on
+    mx, sx, my, sy = (0.0, 1.0, 0.0, 1.0) if not standardise else (*_moments(x[:n]), *_moments(y[:n]))
 
     class Block(torch.nn.Module):
         def forward(self, hidden, ids):  # called with the input, returns the output: what its hook reads
-            return y[ids].float()
+            return (y[ids].float() - my) / sy if standardise else y[ids].float()
 
     class Replay(torch.nn.Module):
         """The language model its Trainer expects, as far as it uses one: blocks, base_model, device,
@@ -90,7 +102,8 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
             return self
 
         def forward(self, input_ids):  # [1, 1024] pair indices
-            return self.layers[0](x[input_ids].float(), input_ids)
+            inputs = (x[input_ids].float() - mx) / sx if standardise else x[input_ids].float()
+            return self.layers[0](inputs, input_ids)
 
     stamps: list[float] = []
 
@@ -102,9 +115,7 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
             stamps.append(time.perf_counter())
             return {"input_ids": order[i]}
 
-    coder = SparseCoderConfig(
-        num_latents=int(data["d_sae"]), k=int(data["k"]), transcode=True, skip_connection=VARIANTS[variant]
-    )
+    coder = SparseCoderConfig(num_latents=int(data["d_sae"]), k=int(data["k"]), transcode=True, skip_connection=skip)
     cfg = TrainConfig(
         coder,
         batch_size=1,
@@ -125,23 +136,34 @@ def worker(work: Path, steps: int, precision: str, threads: int | None, variant:
     folder = work / "sparsify_ckpt" / (variant + tag) / "layers.0"
     sae = SparseCoder.load_from_disk(folder)
     with torch.no_grad():
-        out = sae(data["eval_x"].float(), data["eval_y"].float())
+        out = sae((data["eval_x"].float() - mx) / sx, (data["eval_y"].float() - my) / sy)
+    scales = {
+        k: torch.as_tensor(v).float().expand(x.shape[1]).contiguous()
+        for k, v in zip("mx sx my sy".split(), (mx, sx, my, sy), strict=True)
+    }
     save_file(
-        {"sae_out": out.sae_out.contiguous(), "indices": out.latent_indices.contiguous()},
+        {"sae_out": (out.sae_out * sy + my).contiguous(), "indices": out.latent_indices.contiguous(), **scales},
         str(work / f"sparsify_forward_{variant}{tag}.safetensors"),
     )
-    skip = "skip connection" if VARIANTS[variant] else "no skip"
+    name = ("skip connection" if skip else "no skip") + (", pairs standardised per dimension" if standardise else "")
     result = {
-        "trainer": f"sparsify {sparsify.__version__} Trainer, transcode, signum, {skip}",
+        "trainer": f"sparsify {sparsify.__version__} Trainer, transcode, signum, {name}",
         **speed(seconds, stamps, steps, BATCH),
+        "step_s_quantiles": step_quantiles(stamps),
         "steps": steps,
         "checkpoint": str(folder),
         "lr": [g.get("initial_lr", g["lr"]) for g in trainer.optimizers[0].param_groups],
-        "own_forward_explained_variance": 1 - float(out.fvu),
+        "own_forward_explained_variance": 1 - float(out.fvu),  # of the standardised output for skip-std
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
     (work / f"sparsify_result_{variant}{tag}.json").write_text(json.dumps(result, indent=2))
+
+
+def _moments(t):
+    """Per-dimension mean and standard deviation of t [n, d] (a diagnostic's standardisation, as ours)."""
+    t = t.float()
+    return t.mean(0), t.std(0).clamp_min(1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,6 +234,7 @@ def train_ours(work: Path, steps: int, precision: str):
     return tc, {
         "trainer": "ours: default transcoder recipe (least-squares skip, sign-SGD sf)",
         **speed(seconds, stamps, steps, BATCH),
+        "step_s_quantiles": step_quantiles(stamps),
         "skip_fit_s": skip_s,
         "steps": steps,
         "threads": torch.get_num_threads(),
@@ -228,6 +251,22 @@ def pairs_quality(tc, x, y) -> dict:
             "pairs_explained_variance": 1 - float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()),
             "pairs_l0": float((f != 0).float().sum(-1).mean()),
         }
+
+
+def unstandardise(tc, mx, sx, my, sy) -> None:
+    """Fold the diagnostic's per-dimension standardisation ((x - mx) / sx in, (y - my) / sy out) into the
+    converted transcoder, which then maps model-space inputs to model-space outputs."""
+    import torch
+
+    with torch.no_grad():
+        shift = mx / sx
+        tc.b_enc.sub_(shift @ tc.W_enc)
+        tc.W_enc.div_(sx[:, None])
+        if tc.W_skip is not None:
+            tc.b_dec.sub_(shift @ tc.W_skip)
+            tc.W_skip.mul_(sy[None, :] / sx[:, None])
+        tc.b_dec.mul_(sy).add_(my)
+        tc.W_dec.mul_(sy[None, :])
 
 
 def conversion_check(tc, x, forward: dict) -> dict:
@@ -324,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      {row['tokens_per_s']:,.0f} tokens/s, load {row['load_average_after']}", flush=True)
         tc = from_sparsify(Path(row["checkpoint"]), f"resid_mid.{LAYER}", target=f"mlp_out.{LAYER}")
         forward = load_file(str(work / f"sparsify_forward_{variant}.safetensors"))
+        if VARIANTS[variant][1]:
+            unstandardise(tc, *(forward[k] for k in ("mx", "sx", "my", "sy")))
         check = conversion_check(tc, data["eval_x"], forward)
         row["conversion"] = check
         print(f"      conversion: our forward vs its forward {check}", flush=True)
