@@ -787,6 +787,22 @@ HEADS_FIGURES += [
     Figure(FRONT, "/ **{}** of the edge |", HS, (*TOKYO, *CHECKED), "{:.1e}"),
 ]
 FIGURES += HEADS_FIGURES
+SPTC = "bench/results/sparsify_transcoder.json"  # python -m bench.peers.sparsify_transcoder_side_by_side (docs)
+SR = ("summary", "rows")
+FIGURES += [
+    Figure(
+        R, "Ours trains {}× faster (median of three paired 48-step", SPTC, ("summary", "paired_speed_ratio"), "{:.2f}"
+    ),
+    Figure(R, "rounds; {}× on the whole runs' wall", SPTC, ("summary", "speed_ratio_ours_over_sparsify"), "{:.2f}"),
+    Figure(R, "of the MLP's output (EV {} against", SPTC, (*SR, 0, "explained_variance"), "{:.3f}"),
+    Figure(R, "against {} with its skip connection,", SPTC, (*SR, 1, "explained_variance"), "{:.3f}"),
+    Figure(R, "with its skip connection,\n{} without)", SPTC, (*SR, 2, "explained_variance"), "{:.3f}"),
+    Figure(R, "dead on the held-out text ({} with", SPTC, (*SR, 1, "dead_fraction"), "{:.1%}"),
+    Figure(R, "the skip connection, {} without), and", SPTC, (*SR, 2, "dead_fraction"), "{:.1%}"),
+    Figure(R, "MLP does (CE rec. {}). The diagnostic", SPTC, (*SR, 1, "ce_loss_recovered"), "{:.3f}"),
+    Figure(R, "the same trainer reaches EV {} with", SPTC, (*SR, 3, "explained_variance"), "{:.3f}"),
+    Figure(R, "reaches EV 0.742 with\n{} dead", SPTC, (*SR, 3, "dead_fraction"), "{:.1%}"),
+]
 
 
 def test_heads_suite_names_the_heads_it_quotes():
@@ -947,6 +963,13 @@ def test_transcoder_label_tables_are_the_committed_study():
     result, doc = json.loads(_read(TCL)), _read("docs/explanations.md")
     assert table(result) in doc
     assert nodes_table(result, "kobe", 8) in doc and nodes_table(result, "eiffel_language", 8) in doc
+
+
+def test_sparsify_transcoder_table_is_the_result_file():
+    """docs/replacement.md's transcoder side by side with sparsify is table() of the committed result."""
+    from bench.peers.sparsify_transcoder_side_by_side import table
+
+    assert table(json.loads(_read(SPTC))["summary"]) in _read("docs/replacement.md")
 
 
 CURVE = "bench/results/replacement_length_curve.json"  # bench.peers.replacement_length_curve (its commands inside)

@@ -32,14 +32,14 @@ def timed(batches, stamps: list[float]):
         yield b
 
 
-def speed(seconds: float, stamps: list[float], steps: int) -> dict:
+def speed(seconds: float, stamps: list[float], steps: int, batch: int = BATCH) -> dict:
     gaps = sorted(b - a for a, b in itertools.pairwise(stamps[1:]))  # the first gap holds initialisation
     median = gaps[len(gaps) // 2] if gaps else seconds / steps
     return {
         "seconds": seconds,
-        "tokens_per_s": steps * BATCH / seconds,
+        "tokens_per_s": steps * batch / seconds,
         "median_step_s": median,
-        "median_step_tokens_per_s": BATCH / median,
+        "median_step_tokens_per_s": batch / median,
     }
 
 
@@ -184,28 +184,31 @@ def cpu_kind() -> dict:
     }
 
 
-def paired(rounds: int, ours, theirs, peer: str) -> list[dict]:
+def paired(rounds: int, ours, theirs, peer: str, steps: int = PAIR_STEPS) -> list[dict]:
     """Speed only: `rounds` alternating short runs, ours then the peer's; each round's ratio of median steps
     cancels the drift of a shared machine's load."""
     out = []
     for r in range(rounds):
-        print(f"[+] paired speed round {r + 1}/{rounds}: {PAIR_STEPS} steps each", flush=True)
+        print(f"[+] paired speed round {r + 1}/{rounds}: {steps} steps each", flush=True)
         mine, other = ours(), theirs()
         out.append({"ours": mine, peer: other, "ratio": mine / other, "load_average": os.getloadavg()})
     return out
 
 
-def results_file(rows: list[dict], pairs: list[dict], source: dict, ids, peer: str, **summary) -> dict:
-    """The results file: rows[0] is ours, rows[1] the peer's main run; `summary` adds steps, precision etc."""
+def results_file(
+    rows: list[dict], pairs: list[dict], source: dict, ids, peer: str, keys=ROW_KEYS, batch=BATCH, **summary
+) -> dict:
+    """The results file: rows[0] is ours, rows[1] the peer's main run; `summary` adds steps, precision etc.;
+    `keys`: each row's figures in the summary; `batch`: tokens an optimiser step."""
     ours, theirs = rows[0], rows[1]
     return {
         "summary": {
-            "rows": [{k: r.get(k) for k in ROW_KEYS} for r in rows],
+            "rows": [{k: r.get(k) for k in keys} for r in rows],
             f"speed_ratio_ours_over_{peer}": ours["tokens_per_s"] / theirs["tokens_per_s"],
             "median_step_speed_ratio": ours["median_step_tokens_per_s"] / theirs["median_step_tokens_per_s"],
             "paired_speed_ratio": sorted(p["ratio"] for p in pairs)[len(pairs) // 2] if pairs else None,
             **summary,
-            "batch_size": BATCH,
+            "batch_size": batch,
             "inputs": source["kind"],
             "threads": ours["threads"],
         },
