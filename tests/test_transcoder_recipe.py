@@ -218,7 +218,7 @@ def test_zero_decoder_init_starts_centred_with_no_output():
     f._start(x, y)
     assert float(tc.W_dec.detach().abs().max()) == 0
     torch.testing.assert_close(tc.b_dec, y.mean(0))
-    pre = x @ tc.W_enc + tc.b_enc
+    pre = (x @ tc.W_enc + tc.b_enc).detach()
     assert float(pre.mean(0).abs().max()) < 1e-3 * float(pre.abs().mean())
     with pytest.raises(AttributionError, match="init must be one of"):
         TrainConfig(init="random")
