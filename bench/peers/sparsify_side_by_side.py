@@ -162,19 +162,26 @@ def conversion_check(sae, x, forward: dict) -> dict:
     }
 
 
+def sparsify_arguments(ap: argparse.ArgumentParser, steps: int, batch: int, work: str, no_ce: str) -> None:
+    """The options both sparsify side by sides take (this one and sparsify_transcoder_side_by_side)."""
+    ap.add_argument("--steps", type=int, default=steps, help=f"training steps of {batch} tokens (default {steps})")
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="matmul precision, both sides")
+    ap.add_argument("--no-ce", action="store_true", help=no_ce)
+    ap.add_argument("--venv", default=str(VENV), help="virtualenv with eai-sparsify (default %(default)s)")
+    ap.add_argument("--install", action="store_true", help="create the venv and pip install eai-sparsify if missing")
+    ap.add_argument("--work", default=work, help="scratch folder (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.peers import side_by_side as common
 
     steps, batch, pair = common.STEPS, common.BATCH, common.PAIR_STEPS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=steps, help=f"training steps of {batch} tokens (default {steps})")
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="matmul precision, both sides")
-    ap.add_argument("--no-ce", action="store_true", help="skip CE loss recovered (needs the default model)")
-    ap.add_argument("--venv", default=str(VENV), help="virtualenv with eai-sparsify (default %(default)s)")
-    ap.add_argument("--install", action="store_true", help="create the venv and pip install eai-sparsify if missing")
-    ap.add_argument("--work", default="/tmp/sparsify-side-by-side", help="scratch folder for activations/SAEs")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
+    sparsify_arguments(
+        ap, steps, batch, "/tmp/sparsify-side-by-side", "skip CE loss recovered (needs the default model)"
+    )
     ap.add_argument(
         "--variants",
         default="signum,adam",

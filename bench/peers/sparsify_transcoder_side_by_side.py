@@ -48,7 +48,6 @@ import sys
 import time
 from pathlib import Path
 
-VENV = Path(os.environ.get("SPARSIFY_VENV", "/tmp/sparsify-venv"))
 VARIANTS = {"skip": (True, False), "noskip": (False, False), "skip-std": (True, True)}  # skip_connection, standardised
 LAYER, BATCH, STEPS, PAIR_STEPS = 9, 1024, 400, 48  # 400 x 1,024 = 100 x 4,096 (the SAE run); 48 x 1,024 = 12 x 4,096
 N_EVAL, EVAL_WINDOWS = 8192, 96
@@ -306,15 +305,11 @@ def table(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.peers import side_by_side as common
+    from bench.peers.sparsify_side_by_side import sparsify_arguments
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps of {BATCH} tokens (default {STEPS})")
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="matmul precision, both sides")
-    ap.add_argument("--no-ce", action="store_true", help="evaluate on the held-out pairs only (no model runs)")
-    ap.add_argument("--venv", default=str(VENV), help="virtualenv with eai-sparsify (default %(default)s)")
-    ap.add_argument("--install", action="store_true", help="create the venv and pip install eai-sparsify if missing")
-    ap.add_argument("--work", default="/tmp/sparsify-transcoder-side-by-side", help="scratch folder")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
+    no_ce = "evaluate on the held-out pairs only (no model runs)"
+    sparsify_arguments(ap, STEPS, BATCH, "/tmp/sparsify-transcoder-side-by-side", no_ce)
     ap.add_argument("--variants", default="skip,noskip", help="sparsify runs: skip and/or noskip (%(default)s)")
     ap.add_argument("--out", default="sparsify_transcoder.json", help="file name under bench/results/")
     common.add_common_arguments(ap, "sparsify", PAIR_STEPS)
