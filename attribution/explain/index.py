@@ -131,7 +131,7 @@ def feature_indexes(
                 out |= {h: i for h in list(todo) if (i := load_entry(folders[h], _load)) is not None}
                 todo = {h: s for h, s in todo.items() if h not in out}
             for h in [h for h, s in todo.items() if s.is_transcoder]:
-                if (old := relabel(model, folders[h], folders[h].with_name(_older(folders[h].name)))) is not None:
+                if (old := relabel(model, folders[h])) is not None:
                     out[h] = old
                     del todo[h]
             if todo:
@@ -264,9 +264,11 @@ def _older(name: str) -> str:
     return f"{stem}-v{RELABEL[int(v)]}" if v.isdigit() and int(v) in RELABEL else name
 
 
-def relabel(model, folder: Path, older: Path) -> FeatureIndex | None:
-    """The index at `folder` made from the one at `older` (a version RELABEL names) with this version's labels;
-    None when there is no such index. The older one is left in place (another checkout may still read it)."""
+def relabel(model, folder: Path) -> FeatureIndex | None:
+    """The transcoder index at `folder` made from the one of the version RELABEL names (`_older`) with this
+    version's labels; None when there is no such index. The older one is left in place (another checkout may
+    still read it)."""
+    older = folder.with_name(_older(folder.name))
     if older == folder or (old := _quiet_load(older, version=RELABEL[TC_VERSION])) is None:
         return None
     info = dict(old.info) | {"version": TC_VERSION, "labels": tc_labels(model.tokenizer, old.t)}

@@ -107,11 +107,16 @@ def base_rates(words: Words, tokens: Tensor) -> tuple[Counter, int]:
 
 
 def firing_words(words: Words, ids: list[int]) -> list[str]:
-    """The (up to 3) most frequent words among the firing tokens `ids` (ties: the first seen, so the higher
-    activation, wins); only the first when it holds half of them."""
-    count = Counter(w for w in map(words, ids) if w)
+    """The (up to 3) most frequent words among the firing tokens `ids` (most_common_words)."""
+    return most_common_words(list(map(words, ids)))
+
+
+def most_common_words(found: list[str]) -> list[str]:
+    """The (up to 3) most frequent non-empty words of `found` (ties: the first seen, so the higher activation,
+    wins); only the first when it holds half of them."""
+    count = Counter(w for w in found if w)
     common = [w for w, _ in count.most_common(3)]
-    return common[:1] if len(common) > 1 and count[common[0]] >= 0.5 * len(ids) else common
+    return common[:1] if len(common) > 1 and count[common[0]] >= 0.5 * len(found) else common
 
 
 def context_words(words, rows, ctx, base, total, side, skip) -> tuple[list[str], bool] | None:

@@ -23,12 +23,10 @@ different places, so each side gets its own evidence.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 from torch import Tensor
 
-from attribution.explain.labels import EVIDENCE_SHARE, Words, base_rates, context_words, fit
+from attribution.explain.labels import EVIDENCE_SHARE, Words, base_rates, context_words, fit, most_common_words
 from attribution.explain.lens import _lens_dtype
 
 N_IN = 10  # embedding-lens tokens kept per feature
@@ -128,9 +126,7 @@ def parts(pieces: Pieces, rows: list, base, total: int, t: dict, f: int) -> dict
     words = pieces.words
     ctx = [(s, p) for s, p, a in zip(t["top_seq"][f].tolist(), t["top_pos"][f].tolist(), t["top_acts"][f]) if a > 0]
     heads = [pieces.word(rows[s], p) for s, p in ctx]
-    count = Counter(w for w in heads if w)
-    head = [w for w, _ in count.most_common(3)]  # as labels.firing_words, on whole words
-    head = head[:1] if len(head) > 1 and count[head[0]] >= 0.5 * len(heads) else head
+    head = most_common_words(heads)  # as labels.firing_words, on whole words
     skip = {w.casefold() for w in head}
     starts = [(s, pieces.start(rows[s], p)) for s, p in ctx]  # context before the word, not its own pieces
     return {

@@ -83,7 +83,7 @@ def train_dictionaries(
         raise AttributionError(
             f"need [n_seq, seq] token ids with at least batch_windows={batch_windows} rows, got {tuple(windows.shape)}"
         )
-    decaying = [n for n, d in dictionaries.items() if d.config.optimizer != "signsgd" and d.config.lr_decay > 0]
+    decaying = [n for n, d in dictionaries.items() if d.config.decay_share > 0]
     if (keep is not None or start is not None) and decaying:
         raise AttributionError(
             f"{decaying} decay their learning rate to zero at the run's end (Adam's schedule), so a run of them "
@@ -221,9 +221,7 @@ def _continue(start, lineage: str, n_batches: int, fitters: dict[str, Fitter]) -
             f"cannot continue from {start}: it already covers {state['batches']} batches and this run has "
             f"{n_batches}; ask for more tokens than it was trained on"
         )
-    for name, f in fitters.items():
-        f.load_state_dict(state["fitters"][name])
-    return int(state["batches"])
+    return _load_state(state, fitters)
 
 
 def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
@@ -237,6 +235,11 @@ def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
         return 0
     if not isinstance(state, dict) or state.get("recipe") != recipe:
         return 0
+    return _load_state(state, fitters)
+
+
+def _load_state(state: dict, fitters: dict[str, Fitter]) -> int:
+    """Load a checkpoint's or kept state's fitters; the batches it covered."""
     for name, f in fitters.items():
         f.load_state_dict(state["fitters"][name])
     return int(state["batches"])

@@ -71,6 +71,12 @@ class TrainConfig:
     def __post_init__(self):
         self.check()
 
+    @property
+    def decay_share(self) -> float:
+        """The share of the steps over which the learning rate decays to zero: none for schedule-free
+        sign-SGD (its running average replaces decay), so only such a run can be continued for more tokens."""
+        return 0.0 if self.optimizer == "signsgd" else self.lr_decay
+
     def check(self) -> None:
         """Raise AttributionError for a value that would train nothing or silently train garbage."""
         for name in ("steps", "batch_size", "log_every", "dead_after_tokens"):
@@ -394,8 +400,7 @@ def _init(
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
     warm = max(1, int(cfg.lr_warmup * cfg.steps))
-    decay = 0.0 if cfg.optimizer == "signsgd" else cfg.lr_decay  # schedule-free: its average replaces decay
-    decay_start = int((1 - decay) * cfg.steps)
+    decay_start = int((1 - cfg.decay_share) * cfg.steps)
     if step < warm:
         return (step + 1) / warm
     if step >= decay_start:

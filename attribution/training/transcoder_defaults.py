@@ -71,21 +71,21 @@ class TranscoderSpec:
     def target(self) -> str:
         return f"mlp_out.{self.layer}"
 
+    def _digest(self, **spec) -> str:
+        """The recipe's digest (this spec, with `spec`'s fields replaced), the corpus and the version."""
+        corpus = [defaults.CORPUS, defaults.SEQ_LEN, defaults.BATCH_WINDOWS]
+        return digest({"spec": asdict(self) | spec, "corpus": corpus, "v": VERSION})
+
     @property
     def lineage(self) -> str:
         """The recipe without its token budget: sets of one lineage differ only in how long they trained, so a
         longer one can continue a shorter one's kept state."""
-        spec = asdict(self) | {"tokens": None}
-        return digest(
-            {"spec": spec, "corpus": [defaults.CORPUS, defaults.SEQ_LEN, defaults.BATCH_WINDOWS], "v": VERSION}
-        )
+        return self._digest(tokens=None)
 
     @property
     def folder(self) -> str:
-        recipe = digest(
-            {"spec": asdict(self), "corpus": [defaults.CORPUS, defaults.SEQ_LEN, defaults.BATCH_WINDOWS], "v": VERSION}
-        )
         skip = "-skip" if self.skip else ""
+        recipe = self._digest()
         return f"tc-{self.hook}-topk{self.d_sae}-k{self.k}{skip}-t{self.tokens / 1e6:g}M-{recipe[:10]}-v{VERSION}"
 
 
@@ -282,7 +282,7 @@ def _fit(model, specs: dict[str, TranscoderSpec], progress: bool) -> dict:
     train_ids, eval_ids = defaults.default_corpus(model, budget, progress)  # at most the corpus: then epochs
     key = digest(sorted(s.folder for s in specs.values()))[:12]
     states = kept_states(model, specs)
-    keep = states.get(budget) if all(s.optimizer == "signsgd" for s in specs.values()) else None
+    keep = states.get(budget) if all(s.train_config().decay_share == 0 for s in specs.values()) else None
     start = max((t for t in states if t < budget and states[t].is_file()), default=None) if keep else None
     if start is not None and progress:
         print(f"continuing the transcoders trained on {start:,} tokens toward {budget:,} ({states[start].name})")

@@ -45,6 +45,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 VENV = Path(os.environ.get("SPARSIFY_VENV", "/tmp/sparsify-venv"))
@@ -162,6 +163,22 @@ def conversion_check(sae, x, forward: dict) -> dict:
     }
 
 
+def sparsify_runner(py, script: Path, work: Path, args) -> Callable[..., dict]:
+    """run(steps, variant, tag="") -> the result dict of `script`'s worker, run in sparsify's venv (`py`) with
+    no hub, no wandb, no triton and none of this project on its path."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": ""}
+    env["SPARSIFY_DISABLE_TRITON"] = "1"  # its eager decoder: the triton one is for CUDA tensors
+
+    def run(steps: int, variant: str, tag: str = "") -> dict:
+        cmd = [str(py), str(script.resolve()), "--worker", "--work", str(work), "--steps", str(steps)]
+        cmd += ["--precision", args.precision, "--variants", variant, "--tag", tag]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        subprocess.check_call(cmd, env=env, cwd=str(work), stdout=subprocess.DEVNULL)
+        return json.loads((work / f"sparsify_result_{variant}{tag}.json").read_text())
+
+    return run
+
+
 def sparsify_arguments(ap: argparse.ArgumentParser, steps: int, batch: int, work: str, no_ce: str) -> None:
     """The options both sparsify side by sides take (this one and sparsify_transcoder_side_by_side)."""
     ap.add_argument("--steps", type=int, default=steps, help=f"training steps of {batch} tokens (default {steps})")
@@ -213,15 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     save_sae(ours, work / "ours_sae")
     ours_row["load_average_after"] = os.getloadavg()
     print(f"      {ours_row['tokens_per_s']:,.0f} tokens/s, load {ours_row['load_average_after']}", flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": ""}
-    env["SPARSIFY_DISABLE_TRITON"] = "1"  # its eager decoder: the triton one is for CUDA tensors
-
-    def run_sparsify(steps: int, variant: str, tag: str = "") -> dict:
-        cmd = [str(py), str(Path(__file__).resolve()), "--worker", "--work", str(work), "--steps", str(steps)]
-        cmd += ["--precision", args.precision, "--variants", variant, "--tag", tag]
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        subprocess.check_call(cmd, env=env, cwd=str(work), stdout=subprocess.DEVNULL)
-        return json.loads((work / f"sparsify_result_{variant}{tag}.json").read_text())
+    run_sparsify = sparsify_runner(py, Path(__file__), work, args)
 
     held = load_file(str(work / "activations.safetensors"))["eval"]
     theirs = []

@@ -43,7 +43,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -305,7 +304,7 @@ def table(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.peers import side_by_side as common
-    from bench.peers.sparsify_side_by_side import sparsify_arguments
+    from bench.peers.sparsify_side_by_side import sparsify_arguments, sparsify_runner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     no_ce = "evaluate on the held-out pairs only (no model runs)"
@@ -342,15 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     save_sae(ours, work / "ours_tc")
     ours_row["load_average_after"] = os.getloadavg()
     print(f"      {ours_row['tokens_per_s']:,.0f} tokens/s, load {ours_row['load_average_after']}", flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": ""}
-    env["SPARSIFY_DISABLE_TRITON"] = "1"  # its eager decoder: the triton one is for CUDA tensors
-
-    def run_sparsify(steps: int, variant: str, tag: str = "") -> dict:
-        cmd = [str(py), str(Path(__file__).resolve()), "--worker", "--work", str(work), "--steps", str(steps)]
-        cmd += ["--precision", args.precision, "--variants", variant, "--tag", tag]
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        subprocess.check_call(cmd, env=env, cwd=str(work), stdout=subprocess.DEVNULL)
-        return json.loads((work / f"sparsify_result_{variant}{tag}.json").read_text())
+    run_sparsify = sparsify_runner(py, Path(__file__), work, args)
 
     data = load_file(str(work / "pairs.safetensors"))
     theirs = []
