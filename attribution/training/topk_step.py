@@ -100,7 +100,7 @@ def topk_step(fitter, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     sae.b_enc.grad = torch.zeros_like(sae.b_enc).index_add_(0, sel.flatten(), g_pre.flatten().to(sae.b_enc.dtype))
     if centred:  # x_c = x - b_dec feeds the encoder: d loss / d b_dec -= sum_b d loss / d x_c[b]
         sae.b_dec.grad = sae.b_dec.grad - sae.W_enc.detach() @ sae.b_enc.grad
-    project_out_radial_grad(sae)
+    project_out_radial_grad(sae, ws.get("radial", tuple(sae.W_dec.shape), torch.float32, x.device))
     l0 = (act > 0).float().sum(-1).mean()
     return err.detach(), l0, dead
 
@@ -146,10 +146,12 @@ def _bag_rows(feature: Tensor, cols: Tensor, v: Tensor, dense: Tensor, out: Tens
     return out.zero_().index_add_(0, feature, v[:, None] * dense[cols])
 
 
-def project_out_radial_grad(sae: SAE) -> None:
-    """With unit-norm decoder rows, drop the gradient component that would only change their norm."""
+def project_out_radial_grad(sae: SAE, work: Tensor | None = None) -> None:
+    """With unit-norm decoder rows, drop the gradient component that would only change their norm.
+    work: a buffer of W_dec's shape for the products (else one is allocated)."""
     if sae.W_dec.grad is None:
         return
     w = sae.W_dec.data
     g = sae.W_dec.grad
-    g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze(-1), w, value=-1)
+    radial = torch.mul(g, w, out=work).sum(-1, keepdim=True)  # [d_sae, 1]: each row's gradient along it
+    g.addcmul_(radial, w, value=-1)
