@@ -15,6 +15,12 @@ fitting the first half of that range and predicting the second (backtest), and p
 the features would explain TARGET of the rest and the figure at 8M and 20M tokens, with the hours that would
 take at the default build's measured rate. A power law extrapolated 10x past its data is a guess with error
 bars, not a promise: the backtest says how far to trust it.
+
+    python -m studies.transcoder_curve --tokens 4000000 --forward bench/results/transcoder_curve.json
+
+fits a longer-trained set of the same recipe (writes transcoder_curve_t4M.json) and checks the earlier file's
+fits forward: each layer's prediction against what the longer run measured past the earlier run's tokens,
+on first-epoch batches only (a later epoch's batches are text the transcoder has seen, no longer held out).
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "transcoder_curve.json"
-QUALITY = ROOT / "bench" / "results" / "default_transcoders_quality.json"
+QUALITY = ROOT / "bench" / "results" / "default_transcoders_quality.json"  # the default set's build report
 FIT_FROM = 250_000  # tokens: past the warm-up and the first fast drop
 TARGET = 0.5  # issue 21: the features explain >= 0.5 of what the skip leaves
 PROJECT = (8_000_000, 20_000_000)
@@ -77,25 +84,62 @@ def layer_curve(tc) -> dict:
     }
 
 
+def forward_check(tc, earlier: dict) -> dict:
+    """The earlier fit of tc's layer (an older transcoder_curve.json row) against tc's curve past the earlier
+    run's tokens, on tc's first epoch only: the predicted and measured mean of those points."""
+    c, meta = tc.meta["curve"], tc.meta["training"]
+    first_epoch = meta["tokens_seen"] / max(1.0, meta["epochs"])
+    pts = [(t, e) for t, e in zip(c["tokens"], c["explained_variance"]) if earlier["tokens_seen"] < t <= first_epoch]
+    if not pts:
+        return {"points": 0}
+    a, b = earlier["fit"]["a"], earlier["fit"]["b"]
+    return {
+        "points": len(pts),
+        "from_tokens": pts[0][0],
+        "to_tokens": pts[-1][0],
+        "predicted_mean": sum(at(a, b, t) for t, _ in pts) / len(pts),
+        "measured_mean": sum(e for _, e in pts) / len(pts),
+        "earlier_heldout_features_on_rest": earlier["heldout_features_on_rest"],
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(OUT))
+    p.add_argument(
+        "--tokens", type=int, default=None, help="the set trained on this many tokens (default: the default set)"
+    )
+    p.add_argument("--forward", default=None, help="an earlier transcoder_curve.json whose fits to check forward")
+    p.add_argument("--out", default=None, help="default: bench/results/transcoder_curve[_t<N>M].json")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     from attribution import load_model
     from attribution.compute import machine
     from attribution.training.transcoder_defaults import default_transcoders
 
     model = load_model()
-    tcs = default_transcoders(model, train=False)
+    budget = {} if args.tokens is None else {"tokens": args.tokens}
+    tcs = default_transcoders(model, train=False, **budget)
     layers = [layer_curve(tc) for tc in tcs.values()]
-    build = json.loads(QUALITY.read_text())["build"] if QUALITY.exists() else {}
+    if args.forward:
+        earlier = {r["hook"]: r for r in json.loads(Path(args.forward).read_text())["layers"]}
+        for row, tc in zip(layers, tcs.values(), strict=True):
+            row["forward_check"] = forward_check(tc, earlier[row["hook"]])
+    out = (
+        Path(args.out)
+        if args.out
+        else OUT
+        if args.tokens is None
+        else OUT.with_name(f"{OUT.stem}_t{args.tokens / 1e6:g}M.json")
+    )
+    quality = QUALITY if args.tokens is None else QUALITY.with_name(f"default_transcoders_t{args.tokens / 1e6:g}M.json")
+    build = json.loads(quality.read_text())["build"] if quality.exists() else {}  # the build's time and machine
     rate = layers[0]["tokens_seen"] / build["seconds"] if build.get("seconds") else None  # tokens/s, all 18
     for row in layers:
         t = row["tokens_for_target"]
         row["hours_for_target"] = None if t is None or rate is None else max(0.0, t - row["tokens_seen"]) / rate / 3600
     need = [r["tokens_for_target"] for r in layers]
     result = {
-        "command": "python -m studies.transcoder_curve",
+        "command": "python -m studies.transcoder_curve" + (" " + " ".join(argv) if argv else ""),
         "fit_from_tokens": FIT_FROM,
         "target": TARGET,
         "build_rate_tokens_per_s": rate,
@@ -111,7 +155,14 @@ def main(argv=None) -> int:
         },
         "machine": machine(),
     }
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.forward:
+        checked = [r["forward_check"] for r in layers if r["forward_check"]["points"]]
+        result["summary"]["median_forward_error"] = (
+            sorted(abs(c["predicted_mean"] - c["measured_mean"]) for c in checked)[len(checked) // 2]
+            if checked
+            else None
+        )
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
     return 0
 
@@ -132,6 +183,12 @@ def table(result: dict) -> str:
             f"| {r['projected']['8000000']:.3f} | {r['projected']['20000000']:.3f} "
             f"| {'never' if need is None else f'{need / 1e6:,.0f}M'} |"
         )
+    checks = [(r["hook"], r["forward_check"]) for r in result["layers"] if r.get("forward_check", {}).get("points")]
+    if checks:
+        rows += ["", "| layer | earlier fit's prediction, tokens past its run | measured |", "|---|---|---|"]
+        for hook, c in checks:
+            span = f"{c['from_tokens'] / 1e6:.1f}M-{c['to_tokens'] / 1e6:.1f}M"
+            rows.append(f"| {hook} | {c['predicted_mean']:.3f} ({span}) | {c['measured_mean']:.3f} |")
     return "\n".join(rows)
 
 

@@ -2,6 +2,7 @@
 where the error nodes' influence sits, layer by layer.
 
     python -m studies.transcoder_graphs   # writes bench/results/transcoder_graphs_v<version>.json
+    python -m studies.transcoder_graphs --tokens 4000000   # the set trained on 4M tokens: ..._v<version>_t4M.json
 
 For every two-hop prompt of the suite the model answers top-1 (cases.suite_prompts.check): the replacement
 graph with the default transcoders for logit(answer) - logit(counterfactual), its replacement and
@@ -36,11 +37,14 @@ MAX_FEATURES = 100
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default=str(SUITE))
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / f"transcoder_graphs_v{VERSION}.json"))
+    p.add_argument("--tokens", type=int, default=None, help="the set trained on this many tokens (default: default)")
+    p.add_argument("--out", default=None, help="default: bench/results/transcoder_graphs_v<version>[_t<N>M].json")
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts")
     a = p.parse_args(argv)
+    budget = "" if a.tokens is None else f"_t{a.tokens / 1e6:g}M"
+    out = a.out or str(ROOT / "bench" / "results" / f"transcoder_graphs_v{VERSION}{budget}.json")
     model = load_model()
-    tcs = default_transcoders(model, train=False)
+    tcs = default_transcoders(model, train=False, **({} if a.tokens is None else {"tokens": a.tokens}))
     hooks = list(tcs)
     suite = {x.id: x for x in load_suite(a.suite)}
     two_hop = [x for x in suite.values() if x.hops == 2]  # the one-hop controls are not multi-hop graphs
@@ -75,6 +79,7 @@ def main(argv=None) -> dict:
         "transcoders": {
             "version": VERSION,
             "folder": next(iter(tcs.values())).meta.get("default_spec", {}).get("folder"),
+            "tokens_seen": next(iter(tcs.values())).meta.get("training", {}).get("tokens_seen"),
         },
         "suite": Path(a.suite).name,
         "max_features": MAX_FEATURES,
@@ -96,7 +101,7 @@ def main(argv=None) -> dict:
         "seconds": seconds,
         "machine": machine(),
     }
-    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["median"], indent=1))
     return result
 
