@@ -24,10 +24,13 @@ def test_forward_check_uses_first_epoch_points_past_the_earlier_run():
         meta={
             "curve": {"tokens": tokens, "explained_variance": ev},
             "training": {"tokens_seen": 4_000_000, "epochs": 4 / 3},
+            "eval": {"features_on_rest": 0.35},
         }
     )
     c = forward_check(tc, earlier)
     assert (c["points"], c["from_tokens"], c["to_tokens"]) == (2, 2_500_000, 3_000_000)
     assert c["measured_mean"] - c["predicted_mean"] == pytest.approx(0.01)
+    assert c["predicted_gain"] == pytest.approx(at(3.0, 0.15, 4e6) - at(3.0, 0.15, 2e6))
+    assert c["heldout_gain"] == pytest.approx(0.05)  # 0.35 now against the earlier run's 0.3
     tc.meta["training"]["epochs"] = 2.0  # the first epoch ends at 2M: nothing past the earlier run is held out
     assert forward_check(tc, earlier) == {"points": 0}
