@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from attribution.errors import AttributionError
-from attribution.training import text
+from attribution.training import readers, text
 from attribution.training.corpus import real_tokens, text_tokens
 from tests.conftest import tiny_model
 
@@ -217,17 +217,17 @@ def closed_port() -> int:
 
 # --- readers -----------------------------------------------------------------------------------------------
 def test_brown_tags_stripped_into_readable_text():
-    assert text.brown_sentence("The/at Fulton/np-tl County/nn-tl Grand/jj-tl Jury/nn-tl ./.") == (
+    assert readers.brown_sentence("The/at Fulton/np-tl County/nn-tl Grand/jj-tl Jury/nn-tl ./.") == (
         "The Fulton County Grand Jury."
     )
-    out = text.brown_text(BROWN_CA01)
+    out = readers.brown_text(BROWN_CA01)
     para1, para2 = out.split("\n\n")
     assert para1 == (
         "The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary election produced "
         '"no evidence" that any irregularities took place. It was won by Ivan Allen Jr.'
     )
     assert para2 == "The jury, which had 1-1/2 hours (or so), said so; it was pleased?"
-    assert "/" not in text.brown_text(BROWN_CB01) and "**" not in text.brown_text(BROWN_CB01)
+    assert "/" not in readers.brown_text(BROWN_CB01) and "**" not in readers.brown_text(BROWN_CB01)
 
 
 def test_readers_follow_each_package_layout():
