@@ -1039,3 +1039,28 @@ def test_length_curve_table_is_the_result_file():
     at_508 = next(c for c in r["curve"] if c["tokens"] == 508)["ratios"]["added_rss_ours_over_theirs"]
     built = f"(ours builds {a['prompt_tokens']:,} adding **{added:.1f} GiB**) |"
     assert f"| **{at_508:.2f}**; from **{first_fail:,}** tokens {built}" in readme
+
+
+TS = "bench/results/text_sources.json"  # python -m studies.text_sources
+_G = ("sources", "gutenberg")
+
+
+def _millions(v: float) -> str:
+    return f"{v / 1e6:.2f}"
+
+
+FIGURES += [
+    Figure(
+        R,
+        "Moby-Dick, which `moby-dick` already holds: {} documents",
+        TS,
+        _G,
+        lambda g: str(g["train"]["documents"] + g["heldout"]["documents"]),
+    ),
+    Figure(R, "documents ({} held out)", TS, (*_G, "heldout", "documents"), "{}"),
+    Figure(R, "held out), {}M words", TS, _G, lambda g: _millions(g["train"]["words"] + g["heldout"]["words"])),
+    Figure(R, "words, {}M training and", TS, (*_G, "train", "tokens"), _millions),
+    Figure(R, "training and\n{}k held-out tokens", TS, (*_G, "heldout", "tokens"), lambda v: f"{v / 1e3:.0f}"),
+    Figure(R, "With it, {}M training tokens", TS, ("train_tokens", "all"), _millions),
+    Figure(R, "({}M of\nthem the default", TS, ("train_tokens", "default"), _millions),
+]
