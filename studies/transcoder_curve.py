@@ -135,9 +135,15 @@ def main(argv=None) -> int:
         if args.tokens is None
         else OUT.with_name(f"{OUT.stem}_t{args.tokens / 1e6:g}M.json")
     )
-    quality = QUALITY if args.tokens is None else QUALITY.with_name(f"default_transcoders_t{args.tokens / 1e6:g}M.json")
-    build = json.loads(quality.read_text())["build"] if quality.exists() else {}  # the build's time and machine
-    rate = layers[0]["tokens_seen"] / build["seconds"] if build.get("seconds") else None  # tokens/s, all 18
+    # the rate the hours are counted at: the stream's own time where the set records it, else (the default set,
+    # built before it did) its build report's; None: no hours
+    first = next(iter(tcs.values())).meta["training"]
+    quality = QUALITY if args.tokens is None else None
+    build = json.loads(quality.read_text())["build"] if quality and quality.exists() else {}
+    if first.get("stream_seconds"):
+        rate = first["stream_tokens"] / first["stream_seconds"]  # tokens/s, all 18
+    else:
+        rate = layers[0]["tokens_seen"] / build["seconds"] if build.get("seconds") else None
     for row in layers:
         t = row["tokens_for_target"]
         row["hours_for_target"] = None if t is None or rate is None else max(0.0, t - row["tokens_seen"]) / rate / 3600

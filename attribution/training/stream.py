@@ -115,7 +115,7 @@ def train_dictionaries(
         unit_scale=True,
         disable=not progress,
     )
-    saved = time.monotonic()
+    saved = started = time.monotonic()
     for i in range(done, n_batches):
         ids = windows[order[i * batch_windows : (i + 1) * batch_windows]]
         with torch.no_grad(), model_autocast(model):
@@ -149,6 +149,8 @@ def train_dictionaries(
             "epochs": n_batches / per_epoch,
             "batch_windows": batch_windows,
             "stream_seed": seed,
+            "stream_seconds": time.monotonic() - started,  # this process's batches (a resumed run: its part)
+            "stream_tokens": (n_batches - done) * per_step,  # the tokens those seconds streamed
         }
         log = logs[name]  # each batch is new text: its statistics before the step are held-out ones
         d.sae.meta["curve"] = {
