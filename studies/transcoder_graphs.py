@@ -120,5 +120,18 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def compare(before: dict, after: dict) -> str:
+    """Markdown: the median scores of two runs (two sets of transcoders), before → after."""
+    a, b = before["median"], after["median"]
+    tb, ta = (r["transcoders"]["folder"].split("-t")[-1].split("-")[0] for r in (before, after))  # "2M", "4M"
+    lines = [f"| graph | median replacement, {tb} → {ta} | median completeness, {tb} → {ta} |", "|---|---|---|"]
+    for name, key in (("full", "full"), (f"pruned to <= {after['max_features']} features", "pruned")):
+        lines.append(
+            f"| {name} | {a[key + '_replacement']:.3f} → {b[key + '_replacement']:.3f} "
+            f"| {a[key + '_completeness']:.3f} → {b[key + '_completeness']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -694,6 +695,7 @@ TC_FIGURES.append(
     Figure(R, "held-out documents, {} tokens;", "bench/results/transcoder_recipe.json", ("eval_tokens",), "{:,}")
 )
 TCC = "bench/results/transcoder_curve.json"  # python -m studies.transcoder_curve
+TCC4 = "bench/results/transcoder_curve_t4M.json"  # ... --tokens 4000000 --forward bench/results/transcoder_curve.json
 
 
 def curve_spread(get: Callable, rows: Callable = lambda d: d["layers"], fmt: str = "{:.2f}") -> Callable:
@@ -723,8 +725,10 @@ TC_FIGURES += [
     ),
     Figure(R, "at 8M they stand at {}), about", TCC, (), curve_spread(lambda r: r["projected"]["8000000"], _below)),
     Figure(R, "about {} h more", TCC, (), lambda d: f"{max(r['hours_for_target'] for r in d['layers']):.0f}"),
-    Figure(FRONT, "second to {}) | **~18M**", TCC, ("summary", "median_backtest_error"), "{:.3f}"),
-    Figure(FRONT, "0.006) | **~{}M** (trained", TCC, ("summary", "max_tokens_for_target"), lambda v: f"{v / 1e6:.0f}"),
+    Figure(FRONT, "fresh batches to {}, erring high)", TCC4, ("summary", "median_forward_error"), "{:.3f}"),
+    Figure(
+        FRONT, "erring high) | **~{}M** (fitted", TCC4, ("summary", "max_tokens_for_target"), lambda v: f"{v / 1e6:.0f}"
+    ),
     Figure(R, "build's rate of {}\ntokens/s", TCC, ("build_rate_tokens_per_s",), "{:.0f}"),
     Figure(
         R,
@@ -954,6 +958,10 @@ def test_transcoder_recipe_and_graph_tables_are_the_committed_studies():
     assert recipe_table(json.loads(_read("bench/results/transcoder_recipe.json"))) in doc
     graphs = json.loads(_read(TCG))
     assert graph_table(graphs) in doc and layer_shares(graphs) in doc
+    from studies.transcoder_graphs import compare
+
+    longer = json.loads(_read(TCG4))  # the same recipe on 4M tokens
+    assert compare(graphs, longer) in doc and layer_shares(longer) in doc
 
 
 def test_qk_suite_table_is_the_committed_study():
@@ -1063,4 +1071,73 @@ FIGURES += [
     Figure(R, "training and\n{}k held-out tokens", TS, (*_G, "heldout", "tokens"), lambda v: f"{v / 1e3:.0f}"),
     Figure(R, "With it, {}M training tokens", TS, ("train_tokens", "all"), _millions),
     Figure(R, "({}M of\nthem the default", TS, ("train_tokens", "default"), _millions),
+]
+
+# the default recipe on 4M tokens (docs/replacement.md "Twice the tokens")
+TC4, TCB4 = "bench/results/default_transcoders_t4M.json", "bench/results/default_transcoders_t4M_build.json"
+TCG4 = "bench/results/transcoder_graphs_v2_t4M.json"  # python -m studies.transcoder_graphs --tokens 4000000
+_FWD = ("layers",)
+
+
+def _forward(get: Callable, agg: Callable = statistics.median, fmt: str = "{:.3f}") -> Callable:
+    """agg over the layers' forward checks of get(check), formatted."""
+    return lambda layers: fmt.format(agg(get(r["forward_check"]) for r in layers))
+
+
+def _at_least(rows: list, x: float = 0.5) -> str:
+    return str(sum(r["features_on_rest"] >= x for r in rows))
+
+
+FIGURES += [
+    Figure(R, "the same recipe on\n{} tokens", TC4, ("transcoders", 0, "tokens_seen"), "{:,}"),
+    Figure(R, "its training stream ran {} min", TCB4, ("training_seconds",), lambda v: f"{v / 60:.0f}"),
+    Figure(R, "min, {} tokens/s on the 2-core", TCB4, ("tokens_per_s",), "{:.0f}"),
+    Figure(R, "by a median of {} (", TCC4, _FWD, _forward(lambda c: c["heldout_gain"])),
+    Figure(R, "median of 0.045 ({}-", TCC4, _FWD, _forward(lambda c: c["heldout_gain"], min)),
+    Figure(R, "-{}), to", TCC4, _FWD, _forward(lambda c: c["heldout_gain"], max)),
+    Figure(R, "), to {}; ", TC4, ("transcoders",), spread("features_on_rest")),
+    Figure(R, "; {} of the 18 layers are now", TC4, ("transcoders",), _at_least),
+    Figure(R, "above 0.5\n({} at 2M)", TCQ, ("transcoders",), _at_least),
+    Figure(R, "EV of the MLP output {}, CE", TC4, ("transcoders",), spread("explained_variance")),
+    Figure(R, "CE loss recovered {}. The 2M", TC4, ("transcoders",), spread("ce_loss_recovered")),
+    Figure(R, "predicted them to within {} (median", TCC4, ("summary", "median_forward_error"), "{:.3f}"),
+    Figure(
+        R, "below its prediction\n({}-", TCC4, _FWD, _forward(lambda c: c["predicted_mean"] - c["measured_mean"], min)
+    ),
+    Figure(R, "-{}), so extrapolated", TCC4, _FWD, _forward(lambda c: c["predicted_mean"] - c["measured_mean"], max)),
+    Figure(R, "text) was {} against the law", TCC4, _FWD, _forward(lambda c: c["heldout_gain"], fmt="{:+.3f}")),
+    Figure(R, "against the law's {} (medians)", TCC4, _FWD, _forward(lambda c: c["predicted_gain"], fmt="{:+.3f}")),
+    Figure(R, "every layer are ~{}M (the 2M", TCC4, ("summary", "max_tokens_for_target"), lambda v: f"{v / 1e6:.0f}"),
+]
+FIGURES += [
+    Figure(FRONT, "2M → 4M | **{}**;", TCC4, _FWD, _forward(lambda c: c["heldout_gain"], fmt="{:+.3f}")),
+    Figure(FRONT, "**+0.045**; {} →", TCG, ("median", "pruned_replacement"), "{:.3f}"),
+    Figure(FRONT, "→ **{}** /", TCG4, ("median", "pruned_replacement"), "{:.3f}"),
+    Figure(FRONT, "/ {} → **", TCG, ("median", "pruned_completeness"), "{:.3f}"),
+    Figure(
+        FRONT,
+        "→ **{}** | [replacement graphs](docs/replacement.md) |\n| tokens the",
+        TCG4,
+        ("median", "pruned_completeness"),
+        "{:.3f}",
+    ),
+]
+
+
+def _gain(part: str, key: str) -> Callable:
+    """The 4M set's median score minus the 2M set's (TCG), signed, as the prose quotes it."""
+    before = json.loads((ROOT / TCG).read_text())["median"]
+    return lambda m: f"{m[part + '_' + key] - before[part + '_' + key]:+.3f}"
+
+
+def _fell(after: list) -> str:
+    before = json.loads((ROOT / TCG).read_text())["median_error_share_by_layer"]
+    return str(sum(b < a for a, b in zip(before, after, strict=True)))
+
+
+FIGURES += [
+    Figure(R, "replacement score most ({})", TCG4, ("median",), _gain("full", "replacement")),
+    Figure(R, "the pruned\ngraphs {} /", TCG4, ("median",), _gain("pruned", "replacement")),
+    Figure(R, "graphs +0.014 / {}, far", TCG4, ("median",), _gain("pruned", "completeness")),
+    Figure(R, "influence fell at {} of 18", TCG4, ("median_error_share_by_layer",), _fell),
 ]
