@@ -3,7 +3,7 @@
     python -m studies.text_sources   # writes bench/results/text_sources.json
 
 The default corpus (text.SOURCES) and the extra sources (text.EXTRA_SOURCES, read only when named), counted
-the way corpus.real_tokens tokenises a document (its text and a blank line), so a build's token budget can be
+as training text holds them (text.token_count), so a build's token budget can be
 set against the fresh text there is (docs/training.md).
 """
 
@@ -20,12 +20,9 @@ OUT = ROOT / "bench" / "results" / "text_sources.json"
 
 
 def count(model, docs) -> dict:
-    tok = model.tokenizer
-    return {
-        "documents": len(docs),
-        "words": sum(len(d.text.split()) for d in docs),
-        "tokens": sum(len(tok(d.text + "\n\n", add_special_tokens=False).input_ids) for d in docs),
-    }
+    from attribution.training.text import token_count
+
+    return {"documents": len(docs), "words": sum(len(d.text.split()) for d in docs), "tokens": token_count(model, docs)}
 
 
 def main(argv=None) -> dict:

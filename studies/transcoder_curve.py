@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from attribution import load_model
     from attribution.compute import machine
-    from attribution.training.transcoder_defaults import default_transcoders
+    from attribution.training.transcoder_defaults import budget_tag, default_transcoders
 
     model = load_model()
     budget = {} if args.tokens is None else {"tokens": args.tokens}
@@ -133,13 +133,12 @@ def main(argv=None) -> int:
         if args.out
         else OUT
         if args.tokens is None
-        else OUT.with_name(f"{OUT.stem}_t{args.tokens / 1e6:g}M.json")
+        else OUT.with_name(f"{OUT.stem}_{budget_tag(args.tokens)}.json")
     )
     # the rate the hours are counted at: the stream's own time where the set records it, else (the default set,
     # built before it did) its build report's; None: no hours
     first = next(iter(tcs.values())).meta["training"]
-    quality = QUALITY if args.tokens is None else None
-    build = json.loads(quality.read_text())["build"] if quality and quality.exists() else {}
+    build = json.loads(QUALITY.read_text())["build"] if args.tokens is None and QUALITY.exists() else {}
     if first.get("stream_seconds"):
         rate = first["stream_tokens"] / first["stream_seconds"]  # tokens/s, all 18
     else:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from attribution import LogitDiff, load_model
 from attribution.compute import machine
-from attribution.training.transcoder_defaults import VERSION, default_transcoders
+from attribution.training.transcoder_defaults import VERSION, budget_tag, default_transcoders
 from cases.suite_prompts import check, load_suite
 from graphs import build_graph
 from graphs.scores import graph_scores
@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="default: bench/results/transcoder_graphs_v<version>[_t<N>M].json")
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts")
     a = p.parse_args(argv)
-    budget = "" if a.tokens is None else f"_t{a.tokens / 1e6:g}M"
+    budget = "" if a.tokens is None else f"_{budget_tag(a.tokens)}"
     out = a.out or str(ROOT / "bench" / "results" / f"transcoder_graphs_v{VERSION}{budget}.json")
     model = load_model()
     tcs = default_transcoders(model, train=False, **({} if a.tokens is None else {"tokens": a.tokens}))

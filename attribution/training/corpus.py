@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from attribution.cache import build_once, cache_dir, corrupt, model_fingerprint, read_safetensors
 from attribution.compute import compute_dtype, dtype_name, run_dtype
 from attribution.errors import AttributionError
-from attribution.training.text import parse_spec, real_text
+from attribution.training.text import document_ids, parse_spec, real_text
 
 
 @torch.no_grad()
@@ -138,7 +138,7 @@ def real_tokens(
         raise AttributionError(f"need seq_len >= 2 and max_tokens >= seq_len - 1, got {seq_len}, {max_tokens}")
     ids: list[int] = []
     for doc in tqdm(real_text(split, sources, progress=progress), desc="tokenizing text", disable=not progress):
-        ids += model.tokenizer(doc.text + "\n\n", add_special_tokens=False).input_ids
+        ids += document_ids(model, doc)
         if len(ids) >= max_tokens:
             break
     if len(ids) < seq_len - 1:

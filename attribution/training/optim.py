@@ -27,8 +27,8 @@ class ScheduleFreeSignSGD(torch.optim.Optimizer):
     def step(self, closure=None) -> None:
         """One step; it consumes the gradients (each is replaced by its sign, in place).
 
-        Four in-place passes a parameter and no temporary: a fresh [4,096 x 640] temporary is page-faulted in
-        on every step, which made this step ~3x slower than its arithmetic (bench/test_sae.py)."""
+        Four in-place passes a parameter and no temporary: with two [4,096 x 640] temporaries a parameter (the
+        sign, x - z) the step took ~12.7 ms at 640 x 4,096, in place ~7 ms (AMX Xeon, 2 threads)."""
         for group in self.param_groups:
             lr, beta = group["lr"], group["momentum"]
             group["lr_sq_sum"] += lr * lr

@@ -370,6 +370,12 @@ def _unreachable(url: str, source: Source, what: str, exc: BaseException) -> Att
     )
 
 
+def document_ids(model, doc: Document) -> list[int]:
+    """A document's token ids as training text holds it (corpus.real_tokens): its text and the blank line that
+    separates it from the next."""
+    return model.tokenizer(doc.text + "\n\n", add_special_tokens=False).input_ids
+
+
 def token_count(model, docs: list[Document]) -> int:
-    """How many tokens `docs` make with the model's tokenizer (for reports)."""
-    return sum(len(model.tokenizer(d.text, add_special_tokens=False).input_ids) for d in docs)
+    """How many tokens `docs` make in training text (document_ids), for reports."""
+    return sum(len(document_ids(model, d)) for d in docs)

@@ -33,6 +33,11 @@ SKIP_TOKENS = 131_072  # tokens the skip path is fitted on (first windows of the
 RIDGE = 1e-4  # relative ridge on the skip's normal equations (x's variance scale), against ill-conditioning
 
 
+def budget_tag(tokens: int) -> str:
+    """A token budget as folder and result-file names spell it: "t2M", "t0.5M"."""
+    return f"t{tokens / 1e6:g}M"
+
+
 @dataclass(frozen=True)
 class TranscoderSpec:
     """The recipe of one default transcoder."""
@@ -86,7 +91,7 @@ class TranscoderSpec:
     def folder(self) -> str:
         skip = "-skip" if self.skip else ""
         recipe = self._digest()
-        return f"tc-{self.hook}-topk{self.d_sae}-k{self.k}{skip}-t{self.tokens / 1e6:g}M-{recipe[:10]}-v{VERSION}"
+        return f"tc-{self.hook}-topk{self.d_sae}-k{self.k}{skip}-{budget_tag(self.tokens)}-{recipe[:10]}-v{VERSION}"
 
 
 def default_transcoder_specs(model, **overrides) -> dict[str, TranscoderSpec]:
