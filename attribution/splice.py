@@ -74,6 +74,15 @@ def decompose(sae, x: Tensor, out: Tensor | None = None) -> Decomposition:
     return Decomposition(f, x - decode(sae, f).to(x.dtype))
 
 
+@torch.no_grad()
+def decompose_clt(clt, xs: list[Tensor], outs: list[Tensor]) -> list[Decomposition]:
+    """Each layer's features and error term under a cross-layer transcoder (attribution.saes.clt), from every
+    layer's input xs[L] and MLP output outs[L]: out_l = sum_s f_s W_dec[s -> l] + b_dec_l + x_l W_skip_l + e_l."""
+    xs = [x.to(wide(x.dtype, clt.layers[0])) for x in xs]
+    fs = clt.encode(xs)
+    return [Decomposition(f, out.to(y.dtype) - y) for f, y, out in zip(fs, clt.decode(fs, xs), outs)]
+
+
 def decompose_acts(sae, acts: dict, hook: str) -> Decomposition:
     """decompose with the values a trace captured (for a transcoder its input `hook` and its target)."""
     return decompose(sae, acts[hook], acts[sae.target] if sae.is_transcoder else None)

@@ -57,11 +57,11 @@ def build_graph(
     max_rows: downstream nodes per backward pass (None: as many as memory allows, at most 256). A graph that
         cannot fit raises memory.OutOfMemoryError before any work.
     progress: progress bars (feature indexes, edges).
-    Transcoders (one per layer, e.g. default_transcoders(model)) make a replacement graph instead
-    (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first, and max_rows
-    is its target rows per backward pass (default for both: what fits in memory); candidates and error_nodes
-    are refused there (it ranks feature rows by influence and keeps every error node). The result is unpruned;
-    call .prune() on it.
+    Transcoders (one per layer, e.g. default_transcoders(model), or a CrossLayerTranscoder) make a replacement
+    graph instead (graphs.replacement): then max_feature_nodes caps its feature rows, most influential first,
+    and max_rows is its target rows per backward pass (default for both: what fits in memory); candidates and
+    error_nodes are refused there (it ranks feature rows by influence and keeps every error node). The result is
+    unpruned; call .prune() on it.
     """
     if is_replacement(saes):
         given = [f"{k}={v!r}" for k, v in (("candidates", candidates), ("error_nodes", error_nodes))
@@ -205,6 +205,10 @@ def _edges(model, batch, sides, last_attr, metric_index, max_rows, fixed, progre
 
 def is_replacement(saes) -> bool:
     """Whether `saes` are transcoders (a replacement graph) rather than residual-stream SAEs."""
+    from attribution.saes.clt import CrossLayerTranscoder
+
+    if isinstance(saes, CrossLayerTranscoder):
+        return True
     values = saes.values() if isinstance(saes, dict) else saes if isinstance(saes, (list, tuple)) else []
     return any(getattr(s, "is_transcoder", False) for s in values)
 

@@ -1,11 +1,13 @@
-"""Replacement graphs: circuit-tracer's attribution graph with per-layer transcoders, on this library's engine.
+"""Replacement graphs: circuit-tracer's attribution graph with per-layer or cross-layer transcoders, on this
+library's engine.
 
 The replacement model is the model on this prompt with every MLP replaced by its transcoder's features plus
 an error term (held constant), plus the transcoder's linear skip path, and with every norm's scale and every
 attention pattern frozen (engine.trace(freeze=True)). It is linear in the residual stream, so the edge from
 source s to target t is exact:
-- s adds v_s to the residual stream: a_s W_dec[s] (a feature, at its layer's MLP output), its error vector
-  (an error node), or its embedding (a token, at the input of block 0);
+- s adds v_s to the residual stream: a_s W_dec[s] (a feature, at its layer's MLP output; a cross-layer
+  transcoder's feature adds a_s W_dec[s -> l] at each layer l it reaches), its error vector (an error node), or
+  its embedding (a token, at the input of block 0);
 - t reads the stream with a direction: its encoder column at its transcoder's input (a feature's
   pre-activation), or the logit difference W_U[good] - W_U[bad] after the frozen final norm (the metric);
 - edge(s -> t) = v_s . d(read_t)/d(v_s), one backward per target row, many rows per backward: the forward
@@ -32,7 +34,8 @@ from tqdm.auto import tqdm
 
 from attribution.engine import Group, eager_attention, trace
 from attribution.metrics import Rows, evaluate
-from attribution.splice import decompose, prepare_saes
+from attribution.saes.clt import CrossLayerTranscoder
+from attribution.splice import decompose, decompose_clt, prepare_saes
 from graphs.describe import described, prob
 from graphs.graph import Graph
 from graphs.graph_nodes import METRIC_ID, GraphError, GraphNode, error_id, feature_id, token_id
@@ -91,6 +94,11 @@ def direction(model, metric) -> tuple[Tensor, int]:
 def check_transcoders(model, tcs) -> dict:
     """{read hook: transcoder}, one per layer and every layer covered (an MLP left in place would put its
     nonlinearity into the edges)."""
+    if isinstance(tcs, CrossLayerTranscoder):
+        raise GraphError(
+            f"{tcs!r} is a cross-layer transcoder: build_replacement_graph takes one; this analysis takes one "
+            "transcoder per layer ({hook: transcoder}, e.g. default_transcoders(model))"
+        )
     tcs = prepare_saes(model, tcs)
     if not tcs:
         raise GraphError(
@@ -140,7 +148,7 @@ def build_replacement_graph(
     """
     start = time.perf_counter()
     vec, m_pos = direction(model, metric)
-    tcs, batch, clean, decs, src = _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size)
+    tcs, batch, clean, decs, src, ahead = _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size)
     hooks = list(tcs)
     value = float(evaluate(metric, model, clean.hidden, Rows.copies(0, 1))[0])
     width = batch.width
@@ -151,7 +159,7 @@ def build_replacement_graph(
         tqdm.write(budget.describe(width))
     store = _store(model)
     names = labeler(model, tcs, labels, progress)
-    vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width)
+    vectors = _Vectors(tcs, decs, clean.acts[EMBED][0], src, width, ahead)
     run = _Replacement(model, tcs, batch, clean.acts, store)
     rows = SparseRows(len(src.kind), budget.entries, store)  # the metric's row, then a row per feature
     rows.add(run.rows(vectors, [("metric", vec, m_pos)]), torch.tensor([model.n_layers]))  # above every layer
@@ -181,6 +189,7 @@ def build_replacement_graph(
     graph.info.update(
         build_s=time.perf_counter() - start,
         replacement=True,
+        reach=None if ahead is None else 1 + ahead[0].shape[1],  # a cross-layer transcoder's
         max_feature_nodes=max_feature_nodes,
         active_features=n_feat,
         plan={
@@ -200,7 +209,7 @@ def plan_replacement_graph(
     """What build_replacement_graph would compute with these arguments and the memory it would plan to use,
     from the clean pass alone (no rows): how long a prompt, how many rows. Raises as the build would."""
     direction(model, metric)
-    tcs, batch, *_, src = _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size)
+    tcs, batch, *_, src, _ = _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size)
     return _plan(model, batch, src, max_feature_nodes, batch_size)
 
 
@@ -209,14 +218,29 @@ def _clean_pass(model, tcs, prompt, max_feature_nodes, batch_size):
     if not isinstance(prompt, str):
         raise GraphError(f"a graph explains one prompt: pass a str, got {type(prompt).__name__}")
     check_request(max_feature_nodes, batch_size)
-    tcs = check_transcoders(model, tcs)
+    clt = tcs if isinstance(tcs, CrossLayerTranscoder) else None
+    tcs = check_cross_layer(model, clt) if clt is not None else check_transcoders(model, tcs)
     batch = model.tokenize(prompt)
     with torch.no_grad():
         # freeze=True changes no value, except that a float64 model's norms stay in float64 (Hugging Face rounds
         # them to float32): the replacement model's own clean values, so edges are exact to float64
         clean = trace(model, batch, capture=[EMBED, *tcs, *(t.target for t in tcs.values())], freeze=True)
-        decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
-    return tcs, batch, clean, decs, _sources(model, tcs, decs, clean.acts[EMBED][0], batch)
+        if clt is None:
+            decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
+        else:
+            xs, outs = [clean.acts[h][0] for h in tcs], [clean.acts[t.target][0] for t in tcs.values()]
+            decs = dict(zip(tcs, decompose_clt(clt, xs, outs)))
+    ahead = None if clt is None else [w.detach() for w in clt.W_ahead]
+    return tcs, batch, clean, decs, _sources(model, tcs, decs, clean.acts[EMBED][0], batch), ahead
+
+
+def check_cross_layer(model, clt: CrossLayerTranscoder) -> dict:
+    """A CLT's per-layer transcoders, checked as check_transcoders checks a set, with the CLT on the model's
+    device (its decoders ahead included)."""
+    clt.check(model)
+    if clt.W_ahead[0].device != model.device:
+        clt.to(model.device)
+    return check_transcoders(model, {s.hook: s for s in clt.layers})
 
 
 def _store(model) -> torch.dtype:
@@ -264,22 +288,25 @@ def _sources(model, tcs, decs, emb: Tensor, batch, bos: bool = False) -> Sources
 class _Vectors:
     """What each source adds to the stream, laid out for the per-row dot products with the gradients: per
     layer, the active features padded per position ([pos, k, d_model]: one small batched matmul per backward,
-    not a gather of [rows, features, d_model]), and the error and token vectors per position."""
+    not a gather of [rows, features, d_model]), and the error and token vectors per position. With a
+    cross-layer transcoder's decoders ahead (`ahead[L]` [d_sae, reach - 1, d_out]), a feature of layer L has
+    one such vector per layer it writes: vectors [reach, pos, k, d], the j-th read at layer L + j's probe."""
 
-    def __init__(self, tcs, decs, emb: Tensor, src: Sources, width: int):
-        self.layers = []  # per layer: (columns [pos, k] (-1 pad), vectors [pos, k, d], error columns, vectors)
+    def __init__(self, tcs, decs, emb: Tensor, src: Sources, width: int, ahead: list[Tensor] | None = None):
+        self.layers = []  # per layer: (columns [pos, k] (-1 pad), vectors [reach, pos, k, d], error cols, vectors)
         for layer, (h, d) in enumerate(decs.items()):
             tc = tcs[h]
+            dec = tc.W_dec[:, None] if ahead is None else torch.cat([tc.W_dec[:, None], ahead[layer]], 1)
             fi = ((src.kind == 0) & (src.layer == layer)).nonzero().squeeze(-1)
             ei = ((src.kind == 1) & (src.layer == layer)).nonzero().squeeze(-1)
             pos = src.pos[fi]
             k = int(torch.bincount(pos, minlength=width).max()) if len(fi) else 0
             cols = torch.full((width, k), -1, dtype=torch.long)
-            vecs = torch.zeros(width, k, tc.W_dec.shape[1], dtype=tc.W_dec.dtype, device=tc.W_dec.device)
+            vecs = torch.zeros(dec.shape[1], width, k, dec.shape[2], dtype=dec.dtype, device=dec.device)
             slot = torch.zeros(width, dtype=torch.long)
             for i, p in zip(fi.tolist(), pos.tolist()):
                 cols[p, slot[p]] = i
-                vecs[p, slot[p]] = tc.W_dec[int(src.feature[i])] * float(src.value[i])
+                vecs[:, p, slot[p]] = dec[int(src.feature[i])] * float(src.value[i])
                 slot[p] += 1
             ev = d.error[src.pos[ei].to(d.error.device)]  # [n, d_model]
             self.layers.append((cols, vecs, ei, src.pos[ei], ev))
@@ -349,14 +376,14 @@ class _Replacement:
         if g_emb is not None:
             out[:, ti] = _dots(g_emb[:, tpos.to(g_emb.device)], tvec).to(self.store)
         for layer, (cols, vecs, ei, epos, ev) in enumerate(vectors.layers):
+            if cols.numel():  # per layer written: [pos, rows, d] x [pos, d, k] -> [pos, rows, k]
+                reached = [(grads[1 + layer + j], v) for j, v in enumerate(vecs) if grads[1 + layer + j] is not None]
+                if reached:
+                    vals = sum(torch.bmm(g.transpose(0, 1), v.to(g.dtype).transpose(1, 2)) for g, v in reached)
+                    used = cols >= 0
+                    out[:, cols[used]] = vals.permute(1, 0, 2).cpu()[:, used].to(self.store)
             g = grads[1 + layer]
-            if g is None:
-                continue
-            if cols.numel():  # [pos, rows, d] x [pos, d, k] -> [pos, rows, k]
-                vals = torch.bmm(g.transpose(0, 1), vecs.to(g.dtype).transpose(1, 2)).permute(1, 0, 2).cpu()
-                used = cols >= 0
-                out[:, cols[used]] = vals[:, used].to(self.store)
-            if len(ei):
+            if g is not None and len(ei):
                 out[:, ei] = _dots(g[:, epos.to(g.device)], ev).to(self.store)
         return out
 
