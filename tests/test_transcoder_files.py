@@ -381,7 +381,7 @@ def test_bad_circuit_tracer_and_saelens_folders(tmp_path):
     for cfg_text, match in [
         ("model_kind: [", "not valid YAML"),
         ("- a list", "should hold a mapping"),
-        ("model_kind: cross_layer_transcoder", "not cross-layer"),
+        ("model_kind: cross_layer_transcoder", r"load it with attribution.saes.load_clt"),
         ("model_kind: transcoder_set\nfeature_input_hook: hook_resid_mid", "lacks feature_output_hook"),
     ]:
         (ct / "config.yaml").write_text(cfg_text)

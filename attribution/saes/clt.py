@@ -121,17 +121,18 @@ class CrossLayerTranscoder(nn.Module):
         return self.decode(fs, xs), fs
 
     def check(self, model=None) -> None:
-        """Raise SAEError for NaN/inf weights, or a CLT that does not fit `model` (one layer per block)."""
-        for sae in self.layers:
-            sae.check(model)
-        for s, w in enumerate(self.W_ahead):
-            if not torch.isfinite(w).all():
-                raise SAEError(f"{self!r}: the decoders ahead of layer {s} hold NaN/inf; retrain or reload it.")
+        """Raise SAEError for NaN/inf weights, or a CLT that does not fit `model` (one layer per block; the layer
+        count first, as it says more than a missing hook)."""
         if model is not None and model.n_layers != self.n_layers:
             raise SAEError(
                 f"{self!r} has {self.n_layers} layers but {model.name!r} has {model.n_layers}; load the CLT "
                 "trained for this model."
             )
+        for sae in self.layers:
+            sae.check(model)
+        for s, w in enumerate(self.W_ahead):
+            if not torch.isfinite(w).all():
+                raise SAEError(f"{self!r}: the decoders ahead of layer {s} hold NaN/inf; retrain or reload it.")
 
     def _count(self, xs) -> None:
         if len(xs) != self.n_layers:

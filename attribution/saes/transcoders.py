@@ -1,6 +1,7 @@
 """Transcoder sets: `load_transcoders` reads a folder in any format that holds transcoders (attribution.saes.formats:
 Gemma Scope 2, circuit-tracer, SAELens, ours), a folder of such folders, or a known release id; `save_transcoders`
-writes a circuit-tracer set.
+writes a circuit-tracer set; `load_clt` / `save_clt` read and write a cross-layer transcoder in circuit-tracer's CLT
+layout (attribution.saes.formats.circuit_tracer_clt).
 
 Every format is converted to our layout, output = act(x @ W_enc + b_enc) @ W_dec + b_dec + x @ W_skip with
 W_enc [d_in, d_sae], W_dec [d_sae, d_out], W_skip [d_in, d_out]; each format's module says what it stores (the
@@ -14,12 +15,15 @@ from pathlib import Path
 from attribution.errors import AttributionError, SAEError
 from attribution.saes import formats
 from attribution.saes.base import SAE
+from attribution.saes.clt import CrossLayerTranscoder
+from attribution.saes.formats import circuit_tracer_clt
 from attribution.saes.formats.common import CFG, WEIGHTS, Entry, check_model_name
 from attribution.saes.formats.gemma_scope import CONFIG as GS2_CONFIG
 from attribution.saes.formats.gemma_scope import PARAMS as GS2_PARAMS
 from attribution.saes.formats.gemma_scope import RELEASES
 
 CT_CONFIG = formats.circuit_tracer.CONFIG
+CLT_KIND = circuit_tracer_clt.KIND
 
 
 def load_transcoders(source, *, model=None, layers=None, device=None, dtype=None) -> dict[str, SAE]:
@@ -71,6 +75,54 @@ def save_transcoders(tcs, folder, *, format: str = "circuit-tracer", model_name:
     if not saes:
         raise SAEError("save_transcoders got no transcoders; pass {hook: transcoder} as load_transcoders returns.")
     return fmt.write_transcoders(saes, Path(folder), model_name)
+
+
+def load_clt(folder, *, model=None, device=None, dtype=None) -> CrossLayerTranscoder:
+    """A cross-layer transcoder from a circuit-tracer CLT folder (config.yaml, model_kind cross_layer_transcoder,
+    + W_enc_<i> / W_dec_<i>.safetensors), frozen; with `model`, checked to fit it (one layer per block, hooks
+    and width), and its hook names read with the model's family."""
+    if not isinstance(folder, str | Path):
+        raise SAEError(f"load_clt takes a folder, got {type(folder).__name__}.")
+    if str(folder).startswith("hf://"):
+        raise SAEError(
+            f"load_clt reads a local folder, not {folder}: download the repository's config.yaml and "
+            "*.safetensors (e.g. `huggingface-cli download REPO --local-dir DIR`) and pass DIR."
+        )
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise SAEError(f"{path} is not a folder; pass the folder holding the CLT's {CT_CONFIG} and safetensors.")
+    if not (path / CT_CONFIG).is_file():
+        raise SAEError(f"{path} has no {CT_CONFIG}; a circuit-tracer CLT folder holds one (model_kind {CLT_KIND}).")
+    clt = circuit_tracer_clt.read_clt(path, getattr(model, "family", None))
+    if device is not None or dtype is not None:
+        clt = clt.to(device=device, dtype=dtype)
+    clt.requires_grad_(False)
+    if model is None:
+        clt.check(None)
+        return clt
+    try:
+        clt.check(model)
+        for sae in clt.layers:
+            model.hook(sae.target)
+    except AttributionError as exc:
+        raise SAEError(f"cross-layer transcoder {path} does not fit {model.name!r}: {exc}") from None
+    if clt.meta.get("model_name"):
+        check_model_name(clt.meta["model_name"], model, path, stacklevel=3)
+    return clt
+
+
+def save_clt(clt: CrossLayerTranscoder, folder, *, model_name: str | None = None) -> Path:
+    """Write a cross-layer transcoder in circuit-tracer's CLT layout, which load_clt reads back exactly.
+
+    circuit-tracer reads it with its own `load_clt(folder, feature_input_hook=..., feature_output_hook=...)` (hooks
+    from config.yaml; its hf_utils loader wants a hub repo_id). Its decoders W_dec_<i> [d_sae, n_layers - i,
+    d_model] are ours padded with zeros beyond the reach. Its loader has no skip path and knows only relu and
+    jump_relu (x * (x > t)): a skip path (kept as W_skip_<i>), TopK (run as ReLU) and negative thresholds are not
+    computed as ours there, and we warn (SAEWarning).
+    """
+    if str(folder).startswith("hf://"):
+        raise SAEError(f"save_clt writes a local folder, not {folder}; upload the folder afterwards.")
+    return circuit_tracer_clt.write_clt(clt, Path(folder), model_name)
 
 
 # --- finding the transcoders ------------------------------------------------------------------------------

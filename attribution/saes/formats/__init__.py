@@ -7,6 +7,7 @@ which one a folder holds.
 | SAELens | saelens.py | SAEs, transcoders | (ours is SAELens-readable) |
 | Gemma Scope 2 | gemma_scope.py | transcoders | |
 | circuit-tracer | circuit_tracer.py | per-layer transcoder sets | transcoder sets (save_transcoders) |
+| circuit-tracer CLT | circuit_tracer_clt.py | cross-layer transcoders (load_clt) | CLTs (save_clt) |
 | sparsify | sparsify.py | TopK SAEs (needs hook=) | |
 """
 

@@ -49,7 +49,8 @@ def detect(path: Path) -> bool:
     return (path / CONFIG).is_file()
 
 
-def read_transcoders(path: Path, family: Family | None) -> list[Entry]:
+def read_config(path: Path, kind: str) -> dict:
+    """`path`/config.yaml as a mapping, checked to be of model_kind `kind` and to name both feature hooks."""
     import yaml
 
     where = path / CONFIG
@@ -59,25 +60,31 @@ def read_transcoders(path: Path, family: Family | None) -> list[Entry]:
         raise SAEError(f"{where} is not valid YAML ({exc}); re-save or re-download it.") from exc
     if not isinstance(cfg, dict):
         raise SAEError(f"{where} should hold a mapping (model_kind, feature_input_hook, ...).")
-    if cfg.get("model_kind") != "transcoder_set":
-        raise SAEError(
-            f"{where}: model_kind {cfg.get('model_kind')!r}; only per-layer transcoder sets (transcoder_set) load "
-            "here, not cross-layer transcoders."
-        )
+    if cfg.get("model_kind") != kind:
+        how = {"transcoder_set": "load_transcoders", "cross_layer_transcoder": "load_clt"}
+        other = how.get(cfg.get("model_kind"))
+        fix = f"; load it with attribution.saes.{other}(folder)" if other else ""
+        raise SAEError(f"{where}: model_kind {cfg.get('model_kind')!r}; {how[kind]} reads {kind} folders{fix}.")
     for key in ("feature_input_hook", "feature_output_hook"):
         if not isinstance(cfg.get(key), str):
             raise SAEError(f"{where} lacks {key} (e.g. hook_resid_mid / hook_mlp_out); add it.")
-    ours = cfg.get("attribution") if isinstance(cfg.get("attribution"), dict) else {}
-    if "transcoders" in cfg:
-        names = cfg["transcoders"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise SAEError(f"{where}: transcoders must be a list of file paths, one per layer.")
-        hub = [n for n in names if n.startswith("hf://")]
+    if isinstance(cfg.get("transcoders"), list):
+        hub = [n for n in cfg["transcoders"] if isinstance(n, str) and n.startswith("hf://")]
         if hub:
             raise SAEError(
                 f"{where} lists files on the Hugging Face hub ({hub[0]}, ...). Download them, put them in this "
                 "folder and replace each hf:// entry by its path relative to the folder."
             )
+    return cfg
+
+
+def read_transcoders(path: Path, family: Family | None) -> list[Entry]:
+    where, cfg = path / CONFIG, read_config(path, "transcoder_set")
+    ours = cfg.get("attribution") if isinstance(cfg.get("attribution"), dict) else {}
+    if "transcoders" in cfg:
+        names = cfg["transcoders"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SAEError(f"{where}: transcoders must be a list of file paths, one per layer.")
         layers, files = ours.get("layers", list(range(len(names)))), [path / n for n in names]
     else:  # circuit-tracer's cache layout: layer_<L>.safetensors
         found = {p: re.fullmatch(r"layer_(\d+)", p.stem) for p in path.glob("layer_*.safetensors")}
