@@ -104,7 +104,8 @@ def test_qk_terms_sum_to_the_pre_softmax_score_and_match_interventions(family, a
     live = Attention(m, layer).scores(pre, torch.arange(batch.width), head)[qp, kp]
     assert qk.score == pytest.approx(float(live), rel=1e-9)
     ref = _eager_attentions(tiny_model(family), batch)[layer][head, qp, kp]  # a copy: eager softmaxes in float32
-    assert qk.pattern == pytest.approx(float(ref), rel=1e-6)  # HF: RMSNorms in float32
+    # HF: RMSNorms and the softmax in float32, whose rounding differs by CPU kernel (2.6e-6 on an AVX2 EPYC)
+    assert qk.pattern == pytest.approx(float(ref), rel=2e-5)
     # every pair's terms sum to the score; the listed pairs are the largest
     terms = qk.q.T @ qk.k
     assert float(terms.sum()) == pytest.approx(qk.score, rel=1e-9, abs=1e-12)
