@@ -15,6 +15,9 @@ The step is sparse where the maths is: one dense encoder product per layer, then
 feature) pairs: decodes are embedding bags, and the decoder and encoder gradients are sparse-dense products
 over those pairs (topk_step._ByFeature). Each layer has its own optimiser, stepped as soon as its gradients
 are known (all gradients come from the same forward), so one set of gradient buffers serves every layer.
+Measured once at n = 1,024 tokens, 18 layers, d_sae 4,096, d 640, reach 4, k 32 (float32, 2 AVX2 cores shared
+with another job): ~17.5 s a step, peak RSS ~4 GB; argsort of the pairs ~3.3 s, autograd through the bags
+~3.9 s, the addmm's (dense encoders and sparse gradients) ~3 s.
 """
 
 from __future__ import annotations
