@@ -70,6 +70,13 @@ def make_optimizer(sae: SAE, cfg) -> tuple[torch.optim.Optimizer, list[tuple[Ten
     [d_sae, d_in], contiguous and sharing its storage, so the optimiser's state is contiguous too (fused Adam
     copies a non-contiguous parameter, its gradient and its state to contiguous ones and back every step: ~25
     ms at 640 x 8,192). Returns the optimiser and the (parameter, stand-in) pairs whose gradients to pass on."""
+    params, stand_ins = trainable(sae, cfg)
+    return optimizer(params, cfg), stand_ins
+
+
+def trainable(sae: SAE, cfg) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
+    """What the optimiser steps for `sae` (a fitted skip path left out; a rows-layout encoder by its stand-in),
+    and the (parameter, stand-in) pairs."""
     params, stand_ins = [], []
     for name, p in sae.named_parameters():
         if name == "W_skip" and not cfg.train_skip:
@@ -79,12 +86,17 @@ def make_optimizer(sae: SAE, cfg) -> tuple[torch.optim.Optimizer, list[tuple[Ten
             stand_ins.append((p, q))
             p = q
         params.append(p)
+    return params, stand_ins
+
+
+def optimizer(params: list[Tensor], cfg) -> torch.optim.Optimizer:
+    """cfg.optimizer over `params`: schedule-free sign-SGD, or Adam (fused where the device has the kernel)."""
     if cfg.optimizer == "signsgd":
-        return ScheduleFreeSignSGD(params, lr=cfg.lr, momentum=cfg.momentum), stand_ins
+        return ScheduleFreeSignSGD(params, lr=cfg.lr, momentum=cfg.momentum)
     try:
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), fused=True), stand_ins
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), fused=True)
     except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999)), stand_ins
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
 
 
 def transposed_state(opt: torch.optim.Optimizer) -> None:

@@ -3,7 +3,9 @@
 Activations are never stored: each batch of token windows runs through the model once (stopping after the
 last hook needed), and every dictionary takes one optimiser step on its hook's activations of that batch,
 so the number of training tokens is bounded by time, not by memory or disk. A dictionary reads one hook and
-reconstructs it (an SAE), or reads one hook and reconstructs another (a transcoder: `target`).
+reconstructs it (an SAE), or reads one hook and reconstructs another (a transcoder: `target`), or (a
+cross-layer transcoder, trained by attribution.training.clt_fit) reads one hook a layer and reconstructs one a
+layer: `hook` and `target` are then lists, and its steps take [n_layers, n, d] stacks of them.
 
 Windows are visited in a seeded random order, `batch_windows` at a time; the tokens kept are the same for
 every dictionary (not <bos>, not the rare massive-norm tokens, judged at `mask_hook`), so a dictionary
@@ -31,19 +33,22 @@ from attribution.engine import trace
 from attribution.errors import AttributionError
 from attribution.models.model import Batch
 from attribution.saes.base import SAE
+from attribution.saes.clt import CrossLayerTranscoder
 from attribution.tokens import OUTLIER, keep_tokens
+from attribution.training import clt_fit
+from attribution.training.clt_fit import CLTFitter
 from attribution.training.trainer import Fitter, TrainConfig, TrainLog
 
 
 @dataclass
 class Dictionary:
     """One dictionary to train: the SAE (initialised by the first batch), its recipe, the hook it reads and,
-    for a transcoder, the hook it reconstructs."""
+    for a transcoder, the hook it reconstructs (a CrossLayerTranscoder: one of each a layer, as lists)."""
 
-    sae: SAE
+    sae: SAE | CrossLayerTranscoder
     config: TrainConfig
-    hook: str
-    target: str | None = None
+    hook: str | list[str]
+    target: str | list[str] | None = None
 
 
 def train_dictionaries(
@@ -91,7 +96,7 @@ def train_dictionaries(
         )
     hooks = {name: _hooks(model, d) for name, d in dictionaries.items()}
     mask_hook = model.hook(mask_hook).name if mask_hook else None
-    capture = {h for hs in hooks.values() for h in hs if h} | ({mask_hook} if mask_hook else set())
+    capture = {h for hs in hooks.values() for h in _flat(hs)} | ({mask_hook} if mask_hook else set())
     capture = sorted(capture, key=lambda h: model.hooks[h].order)
     mask_hook = mask_hook or capture[-1]
     per_step = batch_windows * (windows.shape[1] - 1)  # tokens a batch (its <bos> column not trained on)
@@ -102,7 +107,7 @@ def train_dictionaries(
     for name, d in dictionaries.items():
         splits[name] = max(1, round(per_step / d.config.batch_size))  # optimiser steps a forward batch
         cfg = dataclasses.replace(d.config, steps=n_batches * splits[name], progress=False)
-        fitters[name] = Fitter(d.sae.to(model.device), cfg)
+        fitters[name] = (CLTFitter if isinstance(d.sae, CrossLayerTranscoder) else Fitter)(d.sae.to(model.device), cfg)
     recipe = _recipe(model, dictionaries, windows, batch_windows, seed, mask_hook, n_batches)
     lineage = _lineage(model, dictionaries, batch_windows, seed, mask_hook)
     done = _resume(checkpoint, recipe, fitters) or _continue(start, lineage, n_batches, fitters)
@@ -123,15 +128,15 @@ def train_dictionaries(
         kept = keep_tokens(acts[mask_hook], OUTLIER)  # [batch, seq]: not <bos>, not a massive-norm token
         shuffle = None
         for name, f in fitters.items():
-            x, target = (acts[h][kept] if h else None for h in hooks[name])
+            x, target = (_gather(acts, h, kept) for h in hooks[name])  # [n, d], a CLT's [n_layers, n, d]
             if splits[name] == 1:
                 f.step(x, target)
                 continue
             if shuffle is None:  # one order of the batch's tokens for every dictionary, fixed by (seed, i)
-                shuffle = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                shuffle = torch.randperm(x.shape[-2], generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
             parts = shuffle.to(x.device).chunk(splits[name])
             for part in parts:
-                f.step(x[part], None if target is None else target[part])
+                f.step(x[..., part, :], None if target is None else target[..., part, :])
         bar.update(per_step)
         if progress and next(iter(fitters.values())).logged:
             evs = [f.log.explained_variance[-1] for f in fitters.values()]
@@ -164,8 +169,30 @@ def train_dictionaries(
     return logs
 
 
-def _hooks(model, d: Dictionary) -> tuple[str, str | None]:
-    return model.hook(d.hook).name, model.hook(d.target).name if d.target else None  # HookError if missing
+def _hooks(model, d: Dictionary) -> tuple:
+    """(read, target) hook names, each a list for a cross-layer transcoder (HookError if one is missing)."""
+    if not isinstance(d.sae, CrossLayerTranscoder):
+        return model.hook(d.hook).name, model.hook(d.target).name if d.target else None
+    n = d.sae.n_layers
+    if not (
+        isinstance(d.hook, list | tuple) and isinstance(d.target, list | tuple) and len(d.hook) == len(d.target) == n
+    ):
+        raise AttributionError(
+            f"a cross-layer transcoder's Dictionary reads and writes one hook a layer: give hook and target as "
+            f"lists of {n} (hook=clt.hooks, target=[s.target for s in clt.layers]); got {d.hook!r}, {d.target!r}"
+        )
+    return [model.hook(h).name for h in d.hook], [model.hook(h).name for h in d.target]
+
+
+def _flat(hooks) -> list[str]:
+    return [h for hs in hooks if hs for h in ([hs] if isinstance(hs, str) else hs)]
+
+
+def _gather(acts: dict, hook, kept: Tensor) -> Tensor | None:
+    """A hook's kept tokens [n, d]; a list of hooks' stacked [len, n, d]; None for no hook."""
+    if not hook:
+        return None
+    return acts[hook][kept] if isinstance(hook, str) else torch.stack([acts[h][kept] for h in hook])
 
 
 def _order(n: int, per_epoch: int, total: int, seed: int) -> Tensor:
@@ -184,8 +211,7 @@ def _recipe(
     """What a checkpoint must match to be resumed: the model, the text and its order, every dictionary's
     hooks, initial weights and recipe."""
     parts = {
-        name: [d.hook, d.target, sae_fingerprint(d.sae), dataclasses.asdict(d.config)]
-        for name, d in dictionaries.items()
+        name: [d.hook, d.target, _fingerprint(d.sae), dataclasses.asdict(d.config)] for name, d in dictionaries.items()
     }
     return digest([model_fingerprint(model), tensor_digest(windows), batch_windows, seed, mask_hook, parts, n_batches])
 
@@ -200,11 +226,17 @@ def _lineage(model, dictionaries: dict, batch_windows: int, seed: int, mask_hook
     return digest([model_fingerprint(model), batch_windows, seed, mask_hook, parts])
 
 
-def _shape(sae: SAE) -> list:
+def _shape(sae: SAE | CrossLayerTranscoder) -> list:
+    if isinstance(sae, CrossLayerTranscoder):
+        return clt_fit.shape(sae, _shape)
     return [sae.architecture, sae.d_in, sae.d_sae, dataclasses.asdict(sae.options), sae.W_skip is not None]
 
 
-def _continue(start, lineage: str, n_batches: int, fitters: dict[str, Fitter]) -> int:
+def _fingerprint(sae: SAE | CrossLayerTranscoder) -> str:
+    return clt_fit.fingerprint(sae) if isinstance(sae, CrossLayerTranscoder) else sae_fingerprint(sae)
+
+
+def _continue(start, lineage: str, n_batches: int, fitters: dict) -> int:
     """Batches covered by the kept state `start` (train_dictionaries' keep), whose state is loaded; 0 when
     there is none. A state of other dictionaries, or as long as this run or longer, is an error."""
     if start is None:
@@ -226,7 +258,7 @@ def _continue(start, lineage: str, n_batches: int, fitters: dict[str, Fitter]) -
     return _load_state(state, fitters)
 
 
-def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
+def _resume(checkpoint, recipe: str, fitters: dict) -> int:
     """Batches already done: those of a checkpoint of this recipe, whose state is loaded; else 0."""
     if checkpoint is None or not Path(checkpoint).is_file():
         return 0
@@ -240,14 +272,14 @@ def _resume(checkpoint, recipe: str, fitters: dict[str, Fitter]) -> int:
     return _load_state(state, fitters)
 
 
-def _load_state(state: dict, fitters: dict[str, Fitter]) -> int:
+def _load_state(state: dict, fitters: dict) -> int:
     """Load a checkpoint's or kept state's fitters; the batches it covered."""
     for name, f in fitters.items():
         f.load_state_dict(state["fitters"][name])
     return int(state["batches"])
 
 
-def _save(checkpoint, recipe: str, batches: int, fitters: dict[str, Fitter], lineage: str | None = None) -> None:
+def _save(checkpoint, recipe: str, batches: int, fitters: dict, lineage: str | None = None) -> None:
     state = {"recipe": recipe, "batches": batches, "fitters": {n: f.state_dict() for n, f in fitters.items()}}
     state["lineage"] = lineage
     with atomic_write(checkpoint, directory=False) as tmp:  # makes the parent folder
