@@ -59,9 +59,10 @@ class CrossLayerTranscoder(nn.Module):
         """A zero CLT for a model with n_layers blocks of width d_model (`options`: the architecture's, k=32)."""
         if reads not in READS:
             raise SAEError(f"a cross-layer transcoder reads one of {READS} at each layer, not {reads!r}")
-        kw = dict(target=None, skip=skip, dtype=dtype, **options)
         layers = [
-            build(architecture, d_model, d_sae, f"{reads}.{s}", **kw | {"target": f"mlp_out.{s}"})
+            build(
+                architecture, d_model, d_sae, f"{reads}.{s}", target=f"mlp_out.{s}", skip=skip, dtype=dtype, **options
+            )
             for s in range(n_layers)
         ]
         return cls(layers, reach)
