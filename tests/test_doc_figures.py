@@ -1141,3 +1141,94 @@ FIGURES += [
     Figure(R, "graphs +0.014 / {}, far", TCG4, ("median",), _gain("pruned", "completeness")),
     Figure(R, "influence fell at {} of 18", TCG4, ("median_error_share_by_layer",), _fell),
 ]
+
+# cross-layer vs per-layer transcoders at equal tokens (docs/replacement.md "Cross-layer transcoders")
+CLT = "bench/results/clt_experiment_t0.3M.json"  # python -m studies.clt_experiment --tokens 300000 --limit 12
+CLT_STEP = "bench/results/transcoder_set_step.json"  # pytest bench/test_sae.py -k transcoder_set_step
+_HELD = ("held_out",)
+
+
+def _rest_gains(rows: list) -> list[float]:
+    return [r["clt"]["features_on_rest"] - r["per_layer"]["features_on_rest"] for r in rows]
+
+
+def _clt_wins(prompts: dict) -> str:
+    """On how many prompts the CLT's graph beats the per-layer one on every one of the four scores."""
+    keys = [(p, k) for p in ("full", "pruned") for k in ("replacement", "completeness")]
+    pairs = zip(prompts["per_layer"], prompts["clt"], strict=True)
+    return str(sum(all(c[p][k] > a[p][k] for p, k in keys) for a, c in pairs))
+
+
+def _shares(median: dict) -> str:
+    a, b = median["per_layer"]["error_share_by_layer"], median["clt"]["error_share_by_layer"]
+    return ", ".join(f"L{i} {x:.2f}→{y:.2f}" for i, (x, y) in enumerate(zip(a, b)))
+
+
+def _hours_for(tokens: float) -> Callable:
+    """Hours the stream would take for `tokens` at the rate it ran (its batches' tokens over its seconds)."""
+    return lambda b: f"{tokens / (-(-b['tokens'] // 4064) * 4064 / b['train_s']) / 3600:.1f}"
+
+
+FIGURES += [
+    Figure(R, "it costs {}x the 18 per-layer", CLT_STEP, ("clt_over_per_layer",), "{:.2f}"),
+    Figure("attribution/training/clt_fit.py", "a step costs {}x the 18", CLT_STEP, ("clt_over_per_layer",), "{:.2f}"),
+    Figure(R, "ran both at once in {} min", CLT, ("build", "train_s"), lambda v: f"{v / 60:.0f}"),
+    Figure(R, "min after {} min of skip fitting", CLT, ("build", "skip_fit_s"), lambda v: f"{v / 60:.0f}"),
+    Figure(
+        R,
+        "held-out text: {} per-layer",
+        CLT,
+        _HELD,
+        lambda rows: f"{statistics.median(r['per_layer']['l0'] for r in rows):.1f}",
+    ),
+    Figure(
+        R, "per-layer, {} CLT. On", CLT, _HELD, lambda rows: f"{statistics.median(r['clt']['l0'] for r in rows):.1f}"
+    ),
+    Figure(R, "leaves at {} of 18 layers", CLT, _HELD, lambda rows: str(sum(g > 0 for g in _rest_gains(rows)))),
+    Figure(R, "(median gain {}; layers", CLT, _HELD, lambda rows: f"{statistics.median(_rest_gains(rows)):.3f}"),
+    Figure(R, "layers 5-17 gain {}-", CLT, _HELD, lambda rows: f"{min(_rest_gains(rows)[5:]):.3f}"),
+    Figure(R, "gain 0.024-{}; layers 0", CLT, _HELD, lambda rows: f"{max(_rest_gains(rows)[5:]):.3f}"),
+    Figure(R, "On the first {} two-hop prompts", CLT, ("prompts", "clt"), len),
+    Figure(R, "| full | {} → 0.484 |", CLT, ("median", "per_layer", "full_replacement"), "{:.3f}"),
+    Figure(R, "| full | 0.449 → {} |", CLT, ("median", "clt", "full_replacement"), "{:.3f}"),
+    Figure(R, "| {} → 0.833 |", CLT, ("median", "per_layer", "full_completeness"), "{:.3f}"),
+    Figure(R, "| 0.828 → {} |", CLT, ("median", "clt", "full_completeness"), "{:.3f}"),
+    Figure(R, "features | {} → 0.254 |", CLT, ("median", "per_layer", "pruned_replacement"), "{:.3f}"),
+    Figure(R, "features | 0.230 → {} |", CLT, ("median", "clt", "pruned_replacement"), "{:.3f}"),
+    Figure(R, "| {} → 0.542 |", CLT, ("median", "per_layer", "pruned_completeness"), "{:.3f}"),
+    Figure(R, "| 0.525 → {} |", CLT, ("median", "clt", "pruned_completeness"), "{:.3f}"),
+    Figure(R, "higher with the CLT on {} of the", CLT, ("prompts",), _clt_wins),
+    Figure(R, "is not lower: {} per-layer", CLT, ("median", "per_layer", "error_share"), "{:.3f}"),
+    Figure(R, "per-layer, {} CLT (median over", CLT, ("median", "clt", "error_share"), "{:.3f}"),
+    Figure(
+        R,
+        "lower at {} of the 18 layers",
+        CLT,
+        ("median",),
+        lambda m: str(
+            sum(b < a for a, b in zip(m["per_layer"]["error_share_by_layer"], m["clt"]["error_share_by_layer"]))
+        ),
+    ),
+    Figure(R, "per-layer → CLT):\n\n{}\n", CLT, ("median",), _shares),
+    Figure(R, "would take ~{} h on this CPU", CLT, ("build",), _hours_for(2e6)),
+]
+FIGURES += [
+    Figure(
+        FRONT,
+        "(not lower: not shipped as a default) | {} →",
+        CLT,
+        ("median", "per_layer", "pruned_replacement"),
+        "{:.3f}",
+    ),
+    Figure(FRONT, "| 0.230 → **{}** / 0.525", CLT, ("median", "clt", "pruned_replacement"), "{:.3f}"),
+    Figure(FRONT, "** / {} → **0.542**;", CLT, ("median", "per_layer", "pruned_completeness"), "{:.3f}"),
+    Figure(FRONT, "0.525 → **{}**; 0.317", CLT, ("median", "clt", "pruned_completeness"), "{:.3f}"),
+    Figure(FRONT, "**0.542**; {} → **0.318**", CLT, ("median", "per_layer", "error_share"), "{:.3f}"),
+    Figure(
+        FRONT,
+        "0.317 → **{}** | [replacement graphs](docs/replacement.md#cross",
+        CLT,
+        ("median", "clt", "error_share"),
+        "{:.3f}",
+    ),
+]
