@@ -112,7 +112,9 @@ def test_graph_in_each_dtype(dtype):
     m = tiny_model("gpt2", dtype=dtype)
     saes = {h: random_sae(ref, h, seed=i).float() for i, h in enumerate(hooks)}
     g = build_graph(m, saes, PROMPTS[0], LogitDiff(m, "sad", "happy"), **kw)
-    _close(_edges(g), _edges(g64), dtype, "graph edges")
+    # features near their threshold fire in one dtype and not the other, and with them their edges: in bf16
+    # 98.7% of the float64 graph's edges are shared on an AVX2 EPYC (bf16 emulated), >= 99% with AMX
+    _close(_edges(g), _edges(g64), dtype, "graph edges", min_shared=0.98 if dtype == torch.bfloat16 else 0.99)
     assert check(m, saes, g).faithfulness == pytest.approx(1.0, abs=TOL[dtype])  # the unpruned graph is the model
 
 
