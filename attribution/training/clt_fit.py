@@ -43,6 +43,7 @@ from attribution.training.trainer import (
     _init,
     _lr_factor,
     _normalizer,
+    check_loss,
 )
 
 
@@ -162,11 +163,7 @@ class CLTFitter:
         return self.since_fired[s] >= self.cfg.dead_after_tokens
 
     def _check_loss(self, loss: Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NumericalError(
-                f"training diverged at step {self.step_}: the loss is {float(loss)}; lower TrainConfig.lr "
-                f"(now {self.cfg.lr}) or train in float32 (TrainConfig.dtype='float32')"
-            )
+        check_loss(loss, self.step_, self.cfg.lr)
 
     def _start(self, xs: Tensor, ts: Tensor) -> None:
         if xs.shape[1] == 0:
@@ -203,9 +200,7 @@ class CLTFitter:
     # --- the surface Fitter has ------------------------------------------------------------------------------
 
     def postfix(self) -> dict:
-        log = self.log
-        ev, l0, dead = log.explained_variance[-1], log.l0[-1], log.dead_fraction[-1]
-        return {"ev": f"{ev:.3f}", "l0": f"{l0:.1f}", "dead": f"{dead:.1%}"}
+        return self.log.postfix()
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly where this one stopped."""

@@ -117,6 +117,20 @@ class TrainLog:
     def last(self) -> dict:
         return {k: v[-1] for k, v in asdict(self).items() if isinstance(v, list) and v}
 
+    def postfix(self) -> dict:
+        """The progress bar's view of the last logged step."""
+        ev, l0, dead = self.explained_variance[-1], self.l0[-1], self.dead_fraction[-1]
+        return {"ev": f"{ev:.3f}", "l0": f"{l0:.1f}", "dead": f"{dead:.1%}"}
+
+
+def check_loss(loss: Tensor, step: int, lr: float) -> None:
+    """Raise NumericalError for a loss that is not finite, naming the step and the fix."""
+    if not torch.isfinite(loss):
+        raise NumericalError(
+            f"training diverged at step {step}: the loss is {float(loss)}; lower TrainConfig.lr "
+            f"(now {lr}) or train in float32 (TrainConfig.dtype='float32')"
+        )
+
 
 def fit(sae: SAE, batches: Iterable[Tensor], cfg: TrainConfig | None = None) -> TrainLog:
     """Train `sae` in place on batches of activations [batch, d_in]; returns the training log.
@@ -248,11 +262,7 @@ class Fitter:
         return err.detach(), l0, dead
 
     def _check_loss(self, loss: Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NumericalError(
-                f"training diverged at step {self.step_}: the loss is {float(loss)}; lower TrainConfig.lr "
-                f"(now {self.cfg.lr}) or train in float32 (TrainConfig.dtype='float32')"
-            )
+        check_loss(loss, self.step_, self.cfg.lr)
 
     def _dead_after(self, counts: Tensor, n: int) -> Tensor:
         """[d_sae] bool: the features silent for cfg.dead_after_tokens tokens, once this batch's firing
@@ -273,9 +283,7 @@ class Fitter:
         self.log.scale = float(in_scale.mean())
 
     def postfix(self) -> dict:
-        log = self.log
-        ev, l0, dead = log.explained_variance[-1], log.l0[-1], log.dead_fraction[-1]
-        return {"ev": f"{ev:.3f}", "l0": f"{l0:.1f}", "dead": f"{dead:.1%}"}
+        return self.log.postfix()
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly where this one stopped."""
