@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from attribution import LogitDiff
+from attribution import LogitDiff, feature_index
 from attribution.engine import Group, frozen_state, trace
 from attribution.saes.clt import CrossLayerTranscoder
 from attribution.splice import decompose_clt
@@ -180,3 +180,14 @@ def test_analyses_for_per_layer_sets_refuse_a_clt_by_name():
     g = _graph(m, clt)
     with pytest.raises(GraphError, match="cross-layer transcoder"):
         head_parts(m, clt, g, LogitDiff(m, "sad", "happy"))
+
+
+def test_a_clt_graph_is_labelled_by_each_layers_index(tiny_windows, tmp_path, monkeypatch):
+    """Labels come from a feature index per layer (clt.layers[L], whose output side is its own layer's write)."""
+    monkeypatch.setenv("ATTRIBUTION_CACHE", str(tmp_path / "cache"))
+    model, tokens = tiny_windows
+    clt = random_clt(model)
+    indexes = {t.hook: feature_index(model, t, tokens=tokens, progress=False) for t in clt.layers}
+    g = build_graph(model, clt, PROMPTS[0], LogitDiff(model, "sad", "happy"), labels=indexes, progress=False)
+    features = [n for n in g.full_nodes if n.kind == "feature"]
+    assert features and all(n.label for n in features)
