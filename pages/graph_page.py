@@ -246,7 +246,8 @@ def page(graph, *, collapse_groups: bool = True, check=None, cards=None, max_edg
         "graph.html.j2",
         prompt=graph.prompt,
         metric=f"{graph.metric} = {graph.metric_value:+.3f}",
-        counts=f"{kinds.count('feature')} features, {kinds.count('error')} error nodes, {n_edges} edges",
+        counts=f"{kinds.count('feature')} features, {kinds.count('error')} error nodes, {n_edges} edges"
+        + (f" · cross-layer transcoder: a feature writes up to {r} layers" if (r := graph.info.get("reach")) else ""),
         check=check.summary() if check is not None else None,
         legend=legend,
         has_groups=any(n["kind"] == "group" for n in drawn["nodes"]),  # a group with a kept member

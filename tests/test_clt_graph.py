@@ -191,3 +191,5 @@ def test_a_clt_graph_is_labelled_by_each_layers_index(tiny_windows, tmp_path, mo
     g = build_graph(model, clt, PROMPTS[0], LogitDiff(model, "sad", "happy"), labels=indexes, progress=False)
     features = [n for n in g.full_nodes if n.kind == "feature"]
     assert features and all(n.label for n in features)
+    page = g.prune(0.8, 0.98).to_html(tmp_path / "graph.html").read_text()  # the page says what wrote the features
+    assert f"cross-layer transcoder: a feature writes up to {clt.reach} layers" in page
