@@ -4,21 +4,19 @@ removal subtracts what it writes at every layer it reaches)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 from attribution import LogitDiff, feature_index
-from attribution.engine import Group, frozen_state, trace
+from attribution.engine import trace
 from attribution.saes.clt import CrossLayerTranscoder
 from attribution.splice import decompose_clt
 from graphs import GraphError, build_graph
 from graphs.heads import head_parts
-from graphs.replacement import EMBED, build_replacement_graph, direction
+from graphs.replacement import build_replacement_graph
 from tests.conftest import PROMPTS, tiny_model
 from tests.conftest import random_transcoders as transcoders
-from tests.test_replacement import F32, Minus
+from tests.test_replacement import F32, removal_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,85 +29,6 @@ def random_clt(model, arch="topk", reach=2, seed=0, scale=0.5) -> CrossLayerTran
         for w in clt.W_ahead:
             w.copy_(scale * torch.randn(w.shape, generator=g, dtype=w.dtype) / w.shape[-1] ** 0.5)
     return clt.requires_grad_(False)
-
-
-@dataclass
-class Written:
-    """Layer l's MLP output in the replacement model: held constant, skip path live, less what each row's
-    removed nodes wrote there, plus (linear=True) what the graph's features write in response to the rows'
-    own inputs at their layers (layer s's features read here from `reads[s]`, filled as the forward runs)."""
-
-    const: torch.Tensor  # [1, pos, d]
-    clt: CrossLayerTranscoder
-    layer: int
-    minus: torch.Tensor  # [rows, pos, d]
-    clean_reads: list  # [1, pos, d_in] per layer
-    active: list | None  # [pos, d_sae] per layer (None: features held)
-    reads: dict  # layer -> the rows' input at that layer, this forward
-
-    def __call__(self, x):
-        raise AssertionError("called with its read")
-
-    def at(self, read):
-        self.reads[self.layer] = read
-        tc = self.clt.layers[self.layer]
-        out = self.const + tc.skip(read) - self.minus
-        if self.active is not None:
-            for s in self.clt.sources(self.layer):
-                src = self.clt.layers[s]
-                delta = ((self.reads[s] - self.clean_reads[s]) @ src.W_enc) * self.active[s]
-                out = out + delta @ self.clt.decoders(s)[:, self.layer - s]
-        return out
-
-
-class _Edit:
-    def __init__(self, w: Written):
-        self.w, self.reads = w, w.clt.layers[w.layer].hook
-
-    def __call__(self, x, read):
-        return self.w.at(read)
-
-
-def removal_runs(model, clt, graph, metric, linear: bool):
-    """Row 0 removes nothing, row 1 + s removes source node s; the metric and each feature's pre-activation."""
-    batch = model.tokenize(graph.prompt)
-    hooks, targets = clt.hooks, [s.target for s in clt.layers]
-    clean = trace(model, batch, capture=[EMBED, *hooks, *targets], freeze=True)
-    decs = decompose_clt(clt, [clean.acts[h][0] for h in hooks], [clean.acts[t][0] for t in targets])
-    sources = [x for x in graph.full_nodes if x.kind != "metric"]
-    n, width, d = len(sources) + 1, batch.width, model.d_model
-    minus = [torch.zeros(n, width, d, dtype=model.dtype) for _ in hooks]
-    emb = torch.zeros(n, width, d, dtype=model.dtype)
-    layer_of = {h: i for i, h in enumerate(hooks)}
-    for r, x in enumerate(sources, 1):
-        if x.kind == "token":
-            emb[r, x.position] = clean.acts[EMBED][0, x.position]
-        elif x.kind == "error":
-            minus[layer_of[x.hook]][r, x.position] = decs[layer_of[x.hook]].error[x.position]
-        else:
-            s = layer_of[x.hook]
-            for j, v in enumerate(clt.decoders(s)[x.feature]):
-                minus[s + j][r, x.position] = x.activation * v
-    active = [torch.zeros(width, clt.d_sae, dtype=model.dtype) for _ in hooks]
-    for x in graph.full_nodes:
-        if x.kind == "feature":
-            active[layer_of[x.hook]][x.position, x.feature] = 1.0
-    reads, edits = {}, {EMBED: Minus(emb)}
-    clean_reads = [clean.acts[h] for h in hooks]
-    for L, (h, t) in enumerate(zip(hooks, targets)):
-        const = clean.acts[t] - clt.layers[L].skip(clean.acts[h])
-        w = Written(const, clt, L, minus[L], clean_reads, active if linear else None, reads)
-        edits[t] = _Edit(w)
-    tr = trace(
-        model, batch, groups=[Group(edits, n=n)], capture=hooks, keep_batch=False, freeze=frozen_state(model, batch)
-    )
-    vec, pos = direction(model, metric)
-    values = {"metric": tr.hidden[:, pos % width] @ vec}
-    for x in graph.full_nodes:
-        if x.kind == "feature":
-            tc = clt.layers[layer_of[x.hook]]
-            values[x.id] = tr.acts[x.hook][:, x.position] @ tc.W_enc[:, x.feature] + tc.b_enc[x.feature]
-    return sources, values
 
 
 def _graph(m, clt, prompt=PROMPTS[0], **kw):

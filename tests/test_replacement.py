@@ -13,7 +13,8 @@ import torch
 
 from attribution import LogitDiff
 from attribution.engine import Group, Splice, frozen_state, trace
-from attribution.splice import decompose
+from attribution.saes.clt import CrossLayerTranscoder
+from attribution.splice import decompose, decompose_clt
 from graphs import GraphError, build_graph
 from graphs.replacement import EMBED, build_replacement_graph, direction
 from graphs.scores import graph_scores
@@ -56,32 +57,67 @@ class Minus:
         return x - self.delta
 
 
+@dataclass
+class Written:
+    """Layer `layer`'s MLP output in the replacement model of a cross-layer transcoder (a per-layer set is one of
+    reach 1): held constant, skip path live, less what each row's removed nodes wrote there, plus (linear=True)
+    what the graph's features of every layer reaching it write in response to the rows' own inputs (each layer's
+    input recorded in `inputs` as the forward passes it)."""
+
+    const: torch.Tensor  # [1, pos, d]
+    clt: CrossLayerTranscoder
+    layer: int
+    minus: torch.Tensor  # [rows, pos, d]
+    clean_reads: list  # [1, pos, d_in] per layer
+    active: list | None  # [pos, d_sae] bool per layer: features that respond (None: held)
+    inputs: dict  # layer -> the rows' input there, this forward
+
+    @property
+    def reads(self):
+        return self.clt.layers[self.layer].hook
+
+    def __call__(self, x, read):
+        self.inputs[self.layer] = read
+        out = self.const + self.clt.layers[self.layer].skip(read) - self.minus
+        if self.active is not None:
+            for s in self.clt.sources(self.layer):
+                delta = ((self.inputs[s] - self.clean_reads[s]) @ self.clt.layers[s].W_enc) * self.active[s]
+                out = out + delta @ self.clt.decoders(s)[:, self.layer - s]
+        return out
+
+
 def removal_runs(model, tcs, graph, metric, linear: bool, extra: dict | None = None):
-    """Row 0 removes nothing, row 1 + s removes source node s (its vector subtracted where it is added);
-    returns the sources and, per row, every feature node's pre-activation and the metric. extra: more edits
+    """Row 0 removes nothing, row 1 + s removes source node s (what it writes subtracted where it is added: a
+    cross-layer transcoder's feature at every layer it reaches); returns the sources and, per row, every feature
+    node's pre-activation and the metric. tcs: {hook: transcoder} or a CrossLayerTranscoder. extra: more edits
     applied to every row (tests/test_heads.py: heads' OV zeroed)."""
+    clt = tcs if isinstance(tcs, CrossLayerTranscoder) else CrossLayerTranscoder(list(tcs.values()), reach=1)
     batch = model.tokenize(graph.prompt)
-    hooks = list(tcs)
-    clean = trace(model, batch, capture=[EMBED, *hooks, *(t.target for t in tcs.values())], freeze=True)
-    decs = {h: decompose(t, clean.acts[h][0], clean.acts[t.target][0]) for h, t in tcs.items()}
+    hooks, targets = clt.hooks, [t.target for t in clt.layers]
+    clean = trace(model, batch, capture=[EMBED, *hooks, *targets], freeze=True)
+    decs = decompose_clt(clt, [clean.acts[h][0] for h in hooks], [clean.acts[t][0] for t in targets])
     sources = [x for x in graph.full_nodes if x.kind != "metric"]
     n, width, d = len(sources) + 1, batch.width, model.d_model
-    minus = {h: torch.zeros(n, width, d, dtype=model.dtype) for h in [EMBED, *hooks]}
+    emb = torch.zeros(n, width, d, dtype=model.dtype)
+    minus = [torch.zeros(n, width, d, dtype=model.dtype) for _ in hooks]
+    layer_of = {h: i for i, h in enumerate(hooks)}
     for r, x in enumerate(sources, 1):
         if x.kind == "token":
-            minus[EMBED][r, x.position] = clean.acts[EMBED][0, x.position]
+            emb[r, x.position] = clean.acts[EMBED][0, x.position]
         elif x.kind == "error":
-            minus[x.hook][r, x.position] = decs[x.hook].error[x.position]
+            minus[layer_of[x.hook]][r, x.position] = decs[layer_of[x.hook]].error[x.position]
         else:
-            minus[x.hook][r, x.position] = x.activation * tcs[x.hook].W_dec[x.feature]
-    active = {h: torch.zeros(width, t.d_sae, dtype=model.dtype) for h, t in tcs.items()}
+            s = layer_of[x.hook]
+            for j, v in enumerate(clt.decoders(s)[x.feature]):
+                minus[s + j][r, x.position] = x.activation * v
+    active = [torch.zeros(width, clt.d_sae, dtype=model.dtype) for _ in hooks]
     for x in graph.full_nodes:
         if x.kind == "feature":
-            active[x.hook][x.position, x.feature] = 1.0
-    edits = {EMBED: Minus(minus[EMBED])}
-    for h, tc in tcs.items():
-        const = clean.acts[tc.target] - tc.skip(clean.acts[h])
-        edits[tc.target] = Replaced(const, tc, minus[h], clean.acts[h], active[h] if linear else None)
+            active[layer_of[x.hook]][x.position, x.feature] = 1.0
+    edits, inputs, clean_reads = {EMBED: Minus(emb)}, {}, [clean.acts[h] for h in hooks]
+    for L, (h, t) in enumerate(zip(hooks, targets)):
+        const = clean.acts[t] - clt.layers[L].skip(clean.acts[h])
+        edits[t] = Written(const, clt, L, minus[L], clean_reads, active if linear else None, inputs)
     edits.update(extra or {})
     tr = trace(
         model, batch, groups=[Group(edits, n=n)], capture=hooks, keep_batch=False, freeze=frozen_state(model, batch)
@@ -90,9 +126,8 @@ def removal_runs(model, tcs, graph, metric, linear: bool, extra: dict | None = N
     values = {"metric": tr.hidden[:, pos % width] @ vec}
     for x in graph.full_nodes:
         if x.kind == "feature":
-            values[x.id] = (
-                tr.acts[x.hook][:, x.position] @ tcs[x.hook].W_enc[:, x.feature] + tcs[x.hook].b_enc[x.feature]
-            )
+            tc = clt.layers[layer_of[x.hook]]
+            values[x.id] = tr.acts[x.hook][:, x.position] @ tc.W_enc[:, x.feature] + tc.b_enc[x.feature]
     return sources, values
 
 
