@@ -17,6 +17,7 @@ the influence that error nodes carry (issue 21, part 7).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -62,11 +63,8 @@ def train(model, tokens: int, reach: int, d_sae: int | None, k: int, progress: b
         tc = build("topk", model.d_model, s.d_sae, h, k=s.k, target=s.target, skip=True)
         with torch.no_grad():
             tc.W_skip.copy_(skips[h].to(tc.W_skip.dtype))
+        layers.append(copy.deepcopy(tc))  # the CLT's layer: the same zero transcoder with the same skip path
         dicts[h] = Dictionary(tc, s.train_config(), h, target=s.target)
-        twin = build("topk", model.d_model, s.d_sae, h, k=s.k, target=s.target, skip=True)
-        with torch.no_grad():
-            twin.W_skip.copy_(skips[h].to(twin.W_skip.dtype))
-        layers.append(twin)
     clt = CrossLayerTranscoder(layers, reach)
     dicts["clt"] = Dictionary(clt, spec.train_config(), clt.hooks, target=[t.target for t in clt.layers])
     t0 = time.perf_counter()
